@@ -1,0 +1,110 @@
+"""BM25 as Qdrant sparse vectors, with no model download.
+
+Qdrant's ``Modifier.IDF`` multiplies each query term by its IDF at search time but does no term-frequency
+saturation or length normalisation (see DESIGN.md §5), so the document side of BM25 is computed here:
+``w(t, d) = tf * (k1 + 1) / (tf + k1 * (1 - b + b * |d| / avgdl))``, and a query term weighs 1 (times its count).
+With a collection whose sparse vector has ``modifier=IDF``, the dot product is exactly Okapi BM25.
+
+Written by hand because the libraries that do this (fastembed's ``Qdrant/bm25``) download their tokenizer data
+from a hub at run time. Terms are hashed (CRC32) into the uint32 index space, so the vocabulary needs no state.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+import snowballstemmer
+
+# A short English stop list: removing only the most frequent function words keeps BM25 robust.
+STOPWORDS = frozenset(
+    """a an and are as at be but by for from has have he her his i if in into is it its me my no not of on or our
+    she so than that the their them then there these they this those to was we were what when where which who
+    will with you your do does did can could should would how about""".split()
+)
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+_stemmer = snowballstemmer.stemmer("english")
+
+
+@lru_cache(maxsize=200_000)
+def _stem(word: str) -> str:
+    return _stemmer.stemWord(word)
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercase word tokens, English stop words removed, Snowball-stemmed."""
+    return [_stem(w) for w in _TOKEN.findall(text.lower()) if w not in STOPWORDS]
+
+
+@lru_cache(maxsize=200_000)
+def term_index(term: str) -> int:
+    """The sparse-vector index of a term (stable across processes and machines)."""
+    return zlib.crc32(term.encode("utf-8"))
+
+
+SparseVector = tuple[list[int], list[float]]
+
+
+class BM25Encoder:
+    """Encode documents and queries as BM25 sparse vectors for a Qdrant collection with ``Modifier.IDF``.
+
+    ``avgdl`` (average document length in tokens) comes from :meth:`fit` over the corpus; until then it is the
+    running mean of the documents encoded so far, so incremental indexing works without a fit.
+    """
+
+    def __init__(self, k1: float = 1.2, b: float = 0.75, avgdl: float | None = None) -> None:
+        if k1 < 0 or not 0 <= b <= 1:
+            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+        self.k1, self.b, self.avgdl = k1, b, avgdl
+        self._seen_tokens = 0
+        self._seen_docs = 0
+
+    def fit(self, texts: Iterable[str]) -> BM25Encoder:
+        """Set ``avgdl`` from a corpus."""
+        lengths = [len(tokenize(t)) for t in texts]
+        self.avgdl = max(1.0, sum(lengths) / max(1, len(lengths)))
+        return self
+
+    def _avgdl(self) -> float:
+        if self.avgdl is not None:
+            return self.avgdl
+        return max(1.0, self._seen_tokens / max(1, self._seen_docs))
+
+    def encode_document(self, text: str) -> SparseVector:
+        tokens = tokenize(text)
+        self._seen_tokens += len(tokens)
+        self._seen_docs += 1
+        norm = self.k1 * (1 - self.b + self.b * len(tokens) / self._avgdl())
+        return _merge((term_index(t), tf * (self.k1 + 1) / (tf + norm)) for t, tf in Counter(tokens).items())
+
+    @staticmethod
+    def encode_query(text: str) -> SparseVector:
+        return _merge((term_index(t), float(tf)) for t, tf in Counter(tokenize(text)).items())
+
+    # ---- the shapes LlamaIndex's QdrantVectorStore(sparse_doc_fn=..., sparse_query_fn=...) takes ----------
+    def sparse_doc_fn(self, texts: Sequence[str]) -> tuple[list[list[int]], list[list[float]]]:
+        """Batch document encoder for ``QdrantVectorStore(enable_hybrid=True, sparse_doc_fn=...)``."""
+        return _unzip(self.encode_document(t) for t in texts)
+
+    def sparse_query_fn(self, texts: Sequence[str]) -> tuple[list[list[int]], list[list[float]]]:
+        """Batch query encoder for ``QdrantVectorStore(enable_hybrid=True, sparse_query_fn=...)``."""
+        return _unzip(self.encode_query(t) for t in texts)
+
+
+def _merge(pairs: Iterable[tuple[int, float]]) -> SparseVector:
+    """Sum weights of terms whose hashes collide, so indices are unique as Qdrant requires."""
+    acc: dict[int, float] = {}
+    for idx, weight in pairs:
+        acc[idx] = acc.get(idx, 0.0) + weight
+    return list(acc), list(acc.values())
+
+
+def _unzip(vectors: Iterable[SparseVector]) -> tuple[list[list[int]], list[list[float]]]:
+    indices, values = [], []
+    for idx, val in vectors:
+        indices.append(idx)
+        values.append(val)
+    return indices, values

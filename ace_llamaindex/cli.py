@@ -1,0 +1,280 @@
+"""``ace``: a thin shell over the Python API. Every command's work lives in a library module."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .errors import AceError
+
+console = Console(stderr=True)
+out = Console()
+
+
+def friendly(fn):
+    """Turn our own errors into one red line and exit code 2, instead of a stack trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AceError as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="ace-llamaindex")
+def cli() -> None:
+    """Mine hard negatives, fine-tune, evaluate and serve embeddings for LlamaIndex + Qdrant."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def dataset_options(f):
+    f = click.option("--format", "fmt", default=None, help="Dataset format (default: auto-detect). See `ace plugins`.")(f)
+    f = click.option("--split", default="test", show_default=True, help="qrels split of a BEIR folder.")(f)
+    return click.argument("dataset", required=False, type=click.Path(path_type=Path))(f)
+
+
+def mining_options(f):
+    opts = [
+        click.option("--miner", default="dense", show_default=True, help="Miner plugin: dense, bm25, hybrid, or an installed one."),
+        click.option("--model", default=None, help="Embedding model of the current system (default: bundled all-MiniLM-L6-v2)."),
+        click.option("--num-negatives", default=5, show_default=True, type=int),
+        click.option("--range-min", default=0, show_default=True, type=int, help="Skip this many top wrong results."),
+        click.option("--range-max", default=50, show_default=True, type=int, help="Look this deep into the ranking."),
+        click.option("--absolute-margin", type=float, help="Negative score <= positive score - margin."),
+        click.option("--relative-margin", type=float, help="Negative score <= positive score * (1 - margin)."),
+        click.option("--max-score", type=float, help="Drop candidates scoring above this."),
+        click.option("--min-score", type=float, help="Drop candidates scoring below this."),
+        click.option("--sampling-strategy", type=click.Choice(["top", "random"]), default="top", show_default=True),
+        click.option("--min-difficulty", type=click.Choice(["easy", "medium", "hard"]), help="Only queries at least this hard."),
+        click.option("--skip-category", multiple=True, help="Skip queries of this category (repeatable)."),
+        click.option("--seed", default=42, show_default=True, type=int),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _mining(kw: dict):
+    from .mining import MiningOptions
+
+    return MiningOptions(
+        num_negatives=kw["num_negatives"], range_min=kw["range_min"], range_max=kw["range_max"],
+        absolute_margin=kw["absolute_margin"], relative_margin=kw["relative_margin"], max_score=kw["max_score"],
+        min_score=kw["min_score"], sampling_strategy=kw["sampling_strategy"], min_difficulty=kw["min_difficulty"],
+        skip_categories=list(kw["skip_category"]), seed=kw["seed"],
+    )
+
+
+def training_options(f):
+    opts = [
+        click.option("--base-model", default=None, help="Model to fine-tune (default: bundled all-MiniLM-L6-v2); folder or HF id."),
+        click.option("--epochs", default=1, show_default=True, type=int),
+        click.option("--batch-size", default=32, show_default=True, type=int),
+        click.option("--learning-rate", default=2e-5, show_default=True, type=float),
+        click.option("--warmup-ratio", default=0.1, show_default=True, type=float),
+        click.option("--max-seq-length", default=None, type=int),
+        click.option("--train-negatives", default=None, type=int, help="Use at most this many hard negatives per example."),
+        click.option("--val-fraction", default=0.1, show_default=True, type=float),
+        click.option("--early-stopping", "early_stopping", default=None, type=int, help="Patience in epochs."),
+        click.option("--cached-loss/--no-cached-loss", default=None, help="CachedMNRL (default: when batch > 32)."),
+        click.option("--device", default=None, help="cpu, cuda, mps (default: auto)."),
+        click.option("--resume", is_flag=True, help="Continue from the last checkpoint."),
+        click.option("--trainer", default="sentence-transformers", show_default=True),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _training(kw: dict, seed: int):
+    from .models import DEFAULT_MODEL
+    from .training import TrainConfig
+
+    return TrainConfig(
+        base_model=kw["base_model"] or DEFAULT_MODEL, epochs=kw["epochs"], batch_size=kw["batch_size"],
+        learning_rate=kw["learning_rate"], warmup_ratio=kw["warmup_ratio"], max_seq_length=kw["max_seq_length"],
+        num_negatives=kw["train_negatives"], val_fraction=kw["val_fraction"], early_stopping_patience=kw["early_stopping"],
+        cached_loss=kw["cached_loss"], seed=seed, device=kw["device"], resume=kw["resume"],
+    )
+
+
+def print_report(report: dict, metric: str = "ndcg@10") -> None:
+    """The overall table and the verdicts, for people."""
+    metrics = [m for m in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "cosine") if m in report["metrics"]]
+    metrics += [m for m in report["metrics"] if m not in metrics]
+    table = Table(title=f"{report['n_queries']} queries, {report['n_documents']} documents")
+    table.add_column("system")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for name, row in report["overall"].items():
+        table.add_row(name, *[f"{row[m]:.3f}" if m in row else "–" for m in metrics])
+    out.print(table)
+    verdicts = Table(title="paired bootstrap, 95% CI")
+    for col in ("candidate vs baseline", "metric", "delta", "95% CI", "verdict"):
+        verdicts.add_column(col)
+    for c in report["comparisons"]:
+        if c["metric"] in ("recall@1", metric):
+            colour = {"better": "green", "worse": "red"}.get(c["verdict"], "yellow")
+            verdicts.add_row(f"{c['candidate']} vs {c['baseline']}", c["metric"], f"{c['delta']:+.3f}",
+                             f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]", f"[{colour}]{c['verdict']}[/{colour}]")
+    out.print(verdicts)
+
+
+@cli.command()
+@dataset_options
+@mining_options
+@click.option("-o", "--output", default="training_data.json", show_default=True, type=click.Path(path_type=Path))
+@friendly
+def mine(dataset, fmt, split, output, **kw):
+    """Mine hard negatives for DATASET (default: the shipped demo) and write training_data.json."""
+    from .encoding import CachedEncoder
+    from .loading import load_dataset
+    from .mining import save_training_data
+    from .plugins import get
+
+    ds = load_dataset(dataset, fmt, split=split)
+    options = _mining(kw)
+    options.validate()
+    encoder = CachedEncoder(kw["model"]) if kw["miner"] != "bm25" else None
+    examples = get("miners", kw["miner"])(encoder=encoder, options=options).mine(ds)
+    save_training_data(examples, output, source=ds.source, options=options)
+    console.print(f"{len(examples)} examples, {sum(len(e.negatives) for e in examples)} negatives -> {output}")
+
+
+@cli.command()
+@click.argument("training_data", type=click.Path(path_type=Path))
+@click.option("-o", "--output", default="models/ace-finetuned", show_default=True, type=click.Path(path_type=Path))
+@click.option("--seed", default=42, show_default=True, type=int)
+@training_options
+@friendly
+def train(training_data, output, seed, **kw):
+    """Fine-tune on TRAINING_DATA (from `ace mine`); writes a full sentence-transformers model to OUTPUT."""
+    from .mining import load_training_data
+    from .plugins import get
+
+    examples = load_training_data(training_data)
+    result = get("trainers", kw["trainer"])(examples, output, _training(kw, seed))
+    card = result.card
+    console.print(f"model -> {result.model_dir} ({card.get('train_seconds')} s on {card.get('device')})")
+    if card.get("validation_per_epoch"):
+        before = card["validation_before"].get("cosine_ndcg@10")
+        after = card.get("best_metric")
+        console.print(f"validation nDCG@10: {before:.3f} before, {after:.3f} best epoch")
+
+
+def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_model: str | None, query_prefix: str,
+                      document_prefix: str):
+    from .encoding import CachedEncoder, LlamaIndexEncoder
+    from .http_embedding import OpenAICompatibleEmbedding
+
+    if baseline_url:
+        client = OpenAICompatibleEmbedding(base_url=baseline_url, model_name=baseline_model or "text-embedding",
+                                           query_prefix=query_prefix, document_prefix=document_prefix)
+        return LlamaIndexEncoder(client, label=f"{baseline_url}#{client.model_name}")
+    return CachedEncoder(baseline)
+
+
+@cli.command(name="eval")
+@dataset_options
+@click.option("--finetuned", type=click.Path(path_type=Path), help="Fine-tuned model folder (omit to evaluate the baseline only).")
+@click.option("--baseline", default=None, help="Baseline sentence-transformers model (default: bundled all-MiniLM-L6-v2).")
+@click.option("--baseline-url", default=None, help="Baseline as an OpenAI-compatible endpoint, e.g. http://localhost:1234/v1")
+@click.option("--baseline-model", default=None, help="Model name at --baseline-url, e.g. text-embedding-nomic-embed-text-v1.5")
+@click.option("--query-prefix", default="", help="Prefix for endpoint queries (nomic: 'search_query: ').")
+@click.option("--document-prefix", default="", help="Prefix for endpoint documents (nomic: 'search_document: ').")
+@click.option("--max-queries", type=int, default=None)
+@click.option("--metric", "metric_names", multiple=True, help="Metric plugins to compute (default: all installed).")
+@click.option("--rrf-k", default=60, show_default=True, type=int)
+@click.option("--dense-weight", default=1.0, show_default=True, type=float)
+@click.option("--sparse-weight", default=1.0, show_default=True, type=float)
+@click.option("--out-dir", default="reports", show_default=True, type=click.Path(path_type=Path))
+@click.option("--report", "reporters", multiple=True, help="Reporters to write (default: all: json, md, png).")
+@friendly
+def eval_cmd(dataset, fmt, split, finetuned, baseline, baseline_url, baseline_model, query_prefix, document_prefix,
+             max_queries, metric_names, rrf_k, dense_weight, sparse_weight, out_dir, reporters):
+    """Compare baseline vs fine-tuned (dense and hybrid, plus BM25) on DATASET."""
+    from .encoding import CachedEncoder
+    from .evaluate import evaluate, standard_systems
+    from .loading import load_dataset
+    from .pipeline import write_reports
+    from .plugins import components, get
+    from .store import HybridParams
+
+    ds = load_dataset(dataset, fmt, split=split)
+    base = _baseline_encoder(baseline, baseline_url, baseline_model, query_prefix, document_prefix)
+    tuned = CachedEncoder(str(finetuned), cache_dir=False) if finetuned else None
+    metrics = {n: get("metrics", n) for n in metric_names} if metric_names else {n: c.obj for n, c in components("metrics").items()}
+    systems = standard_systems(base, tuned, hybrid=HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight))
+    report = evaluate(ds, systems, metrics=metrics, max_queries=max_queries)
+    print_report(report.data)
+    for name, path in write_reports(report, out_dir, list(reporters) or None).items():
+        console.print(f"{name} report -> {path}")
+
+
+@cli.command()
+@dataset_options
+@click.option("--out", "out_dir", default="runs/demo", show_default=True, type=click.Path(path_type=Path))
+@click.option("--test-fraction", default=0.25, show_default=True, type=float, help="Queries held out for evaluation.")
+@mining_options
+@training_options
+@friendly
+def pipeline(dataset, fmt, split, out_dir, test_fraction, **kw):
+    """Mine, fine-tune and evaluate end to end (default: the shipped demo dataset, embedded Qdrant)."""
+    from .loading import load_dataset
+    from .pipeline import run_pipeline
+
+    ds = load_dataset(dataset, fmt, split=split)
+    if kw["model"] and not kw["base_model"]:
+        kw["base_model"] = kw["model"]
+    console.print(f"dataset: {ds.source}: {len(ds.queries)} queries, {len(ds.corpus)} documents")
+    result = run_pipeline(ds, out_dir, miner=kw["miner"], trainer=kw["trainer"], mining=_mining(kw),
+                          training=_training(kw, kw["seed"]), test_fraction=test_fraction, seed=kw["seed"])
+    console.print(f"training data -> {result.training_data}\nmodel -> {result.model_dir}")
+    print_report(result.report.data)
+    for name, path in result.reports.items():
+        console.print(f"{name} report -> {path}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json):
+    """List installed plugins and the components they register."""
+    from .plugins import KINDS, plugin_state
+
+    state = plugin_state()
+    rows = [{"kind": kind, "name": c.name, "plugin": c.plugin, "source": state.sources.get(c.plugin, "?"), "description": c.description}
+            for kind in KINDS for c in state.components[kind].values()]
+    if as_json:
+        out.print_json(json.dumps({"components": rows, "failures": state.failures}))
+        return
+    table = Table(title="ace plugins")
+    for col in ("kind", "name", "plugin", "source", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["kind"], r["name"], r["plugin"], r["source"], r["description"])
+    out.print(table)
+    for name, problem in state.failures.items():
+        console.print(f"[red]plugin {name!r} is broken:[/red] {problem}")
+
+
+def main() -> None:
+    from .plugins import add_commands
+
+    add_commands(cli)
+    cli()
+
+
+if __name__ == "__main__":
+    main()

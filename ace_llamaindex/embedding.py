@@ -1,0 +1,190 @@
+"""``FineTunedEmbedding``: a sentence-transformers model dir as a LlamaIndex embedding, with a safe fallback.
+
+When the fine-tuned model cannot load or encode, a baseline embedding (any LlamaIndex ``BaseEmbedding``, e.g.
+:class:`~ace_llamaindex.http_embedding.OpenAICompatibleEmbedding`) takes over. Vectors from the two models live
+in different spaces, so every vector is labelled with the model that made it (:meth:`embed_query_with_space`),
+and :class:`~ace_llamaindex.retriever.HybridQdrantRetriever` searches the matching named vector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from pydantic import Field, PrivateAttr
+
+from .errors import EmbeddingError
+from .models import load_model, resolve_model
+
+log = logging.getLogger(__name__)
+
+
+def space_label(embed_model: BaseEmbedding) -> str:
+    """The label of the vector space an embedding model writes into (its ``model_name``)."""
+    return str(getattr(embed_model, "model_name", None) or type(embed_model).__name__)
+
+
+class FineTunedEmbedding(BaseEmbedding):
+    """A sentence-transformers model (folder or HF id) as a LlamaIndex embedding; drop-in ``Settings.embed_model``.
+
+    Query and document prompts come from the model's own ``prompts`` (``encode_query``/``encode_document``)
+    unless ``query_prompt``/``document_prompt`` are given.
+    """
+
+    model_path: str = Field(default="bundled:all-MiniLM-L6-v2", description="Model folder, HF id, or 'bundled:all-MiniLM-L6-v2'")
+    device: str | None = Field(default=None, description="cpu, cuda, mps; None picks automatically")
+    normalize: bool = Field(default=True, description="L2-normalise vectors (cosine == dot product)")
+    max_seq_length: int | None = Field(default=None, description="Truncate inputs to this many tokens")
+    query_prompt: str | None = Field(default=None, description="Text prepended to queries (overrides the model's)")
+    document_prompt: str | None = Field(default=None, description="Text prepended to documents (overrides the model's)")
+    _model: Any = PrivateAttr(default=None)
+    _load_error: str | None = PrivateAttr(default=None)
+    _fallback: BaseEmbedding | None = PrivateAttr(default=None)
+    _on_fallback: bool = PrivateAttr(default=False)
+
+    def __init__(self, model_path: str = "bundled:all-MiniLM-L6-v2", fallback: BaseEmbedding | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("model_name", f"finetuned:{model_path}")
+        super().__init__(model_path=model_path, **kwargs)
+        self._fallback = fallback
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "FineTunedEmbedding"
+
+    @property
+    def fallback(self) -> BaseEmbedding | None:
+        return self._fallback
+
+    def spaces(self) -> list[tuple[str, BaseEmbedding]]:
+        """Every vector space this embedding may answer in: (label, model), the fine-tuned one first.
+
+        An index must hold document vectors for each, so a query served by the fallback has documents to match.
+        """
+        spaces: list[tuple[str, BaseEmbedding]] = [(self.model_name, _PrimaryOnly(self))]
+        if self._fallback is not None:
+            spaces.append((space_label(self._fallback), self._fallback))
+        return spaces
+
+    # ---- the fine-tuned model ------------------------------------------------------------------------------
+    def _load(self) -> Any:
+        if self._model is None and self._load_error is None:
+            try:
+                self._model = load_model(resolve_model(self.model_path), self.device)
+                if self.max_seq_length:
+                    self._model.max_seq_length = self.max_seq_length
+            except EmbeddingError as exc:
+                self._load_error = str(exc)
+        if self._model is None:
+            raise EmbeddingError(self._load_error or f"model {self.model_path!r} is not loaded")
+        return self._model
+
+    def encode_primary(self, texts: list[str], kind: str) -> list[list[float]]:
+        """Encode with the fine-tuned model only (no fallback); raises :class:`EmbeddingError`."""
+        model = self._load()
+        prompt = self.query_prompt if kind == "query" else self.document_prompt
+        encode = model.encode_query if kind == "query" else model.encode_document
+        try:
+            kwargs = {"prompt": prompt} if prompt is not None else {}
+            vectors = encode(texts, batch_size=self.embed_batch_size, normalize_embeddings=self.normalize,
+                             convert_to_numpy=True, show_progress_bar=False, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any encoder failure becomes one error the fallback can catch
+            raise EmbeddingError(f"fine-tuned model {self.model_path!r} failed to encode: {exc}") from exc
+        return vectors.tolist()
+
+    # ---- fallback ------------------------------------------------------------------------------------------
+    def _switch(self, to_fallback: bool, reason: str = "") -> None:
+        if to_fallback and not self._on_fallback:
+            log.warning("FineTunedEmbedding: %s; falling back to %s", reason, space_label(self._fallback))
+        elif not to_fallback and self._on_fallback:
+            log.warning("FineTunedEmbedding: fine-tuned model %s is serving again", self.model_path)
+        self._on_fallback = to_fallback
+
+    def _with_fallback(self, texts: list[str], kind: str) -> tuple[list[list[float]], str]:
+        try:
+            vectors = self.encode_primary(texts, kind)
+        except EmbeddingError as exc:
+            if self._fallback is None:
+                raise
+            self._switch(True, str(exc))
+            fb = self._fallback
+            vectors = [fb.get_query_embedding(t) for t in texts] if kind == "query" else fb.get_text_embedding_batch(texts)
+            return vectors, space_label(fb)
+        self._switch(False)
+        return vectors, self.model_name
+
+    async def _awith_fallback(self, texts: list[str], kind: str) -> tuple[list[list[float]], str]:
+        try:
+            vectors = await asyncio.to_thread(self.encode_primary, texts, kind)
+        except EmbeddingError as exc:
+            if self._fallback is None:
+                raise
+            self._switch(True, str(exc))
+            fb = self._fallback
+            if kind == "query":
+                vectors = [await fb.aget_query_embedding(t) for t in texts]
+            else:
+                vectors = await fb.aget_text_embedding_batch(texts)
+            return vectors, space_label(fb)
+        self._switch(False)
+        return vectors, self.model_name
+
+    def embed_query_with_space(self, query: str) -> tuple[list[float], str]:
+        """The query vector and the label of the model that produced it."""
+        vectors, label = self._with_fallback([query], "query")
+        return vectors[0], label
+
+    async def aembed_query_with_space(self, query: str) -> tuple[list[float], str]:
+        vectors, label = await self._awith_fallback([query], "query")
+        return vectors[0], label
+
+    @property
+    def serving(self) -> str:
+        """Label of the model that served the latest call."""
+        return space_label(self._fallback) if self._on_fallback else self.model_name
+
+    # ---- BaseEmbedding contract ----------------------------------------------------------------------------
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._with_fallback([query], "query")[0][0]
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return (await self._awith_fallback([query], "query"))[0][0]
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._with_fallback([text], "document")[0][0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return self._with_fallback(texts, "document")[0]
+
+    async def _aget_text_embedding(self, text: str) -> list[float]:
+        return (await self._awith_fallback([text], "document"))[0][0]
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return (await self._awith_fallback(texts, "document"))[0]
+
+
+class _PrimaryOnly(BaseEmbedding):
+    """The fine-tuned model with no fallback: used to index its own named vector (never mixed with the baseline)."""
+
+    _owner: Any = PrivateAttr()
+
+    def __init__(self, owner: FineTunedEmbedding) -> None:
+        super().__init__(model_name=owner.model_name, embed_batch_size=owner.embed_batch_size)
+        self._owner = owner
+
+    def _encode(self, kind: str) -> Callable[[list[str]], list[list[float]]]:
+        return lambda texts: self._owner.encode_primary(texts, kind)
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._encode("query")([query])[0]
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_query_embedding(query)
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._encode("document")([text])[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return self._encode("document")(texts)

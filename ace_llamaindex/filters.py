@@ -1,0 +1,40 @@
+"""Translate LlamaIndex ``MetadataFilters`` into a Qdrant ``Filter`` (payload keys are node metadata keys)."""
+
+from __future__ import annotations
+
+from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
+from qdrant_client import models
+
+from .errors import OptionError
+
+_RANGE = {FilterOperator.GT: "gt", FilterOperator.GTE: "gte", FilterOperator.LT: "lt", FilterOperator.LTE: "lte"}
+
+
+def _condition(f: MetadataFilter | MetadataFilters) -> models.Condition:
+    if isinstance(f, MetadataFilters):
+        return to_qdrant_filter(f)
+    if f.operator == FilterOperator.EQ:
+        return models.FieldCondition(key=f.key, match=models.MatchValue(value=f.value))
+    if f.operator == FilterOperator.IN:
+        return models.FieldCondition(key=f.key, match=models.MatchAny(any=list(f.value)))
+    if f.operator == FilterOperator.NIN:
+        return models.FieldCondition(key=f.key, match=models.MatchExcept(**{"except": list(f.value)}))
+    if f.operator == FilterOperator.NE:
+        return models.Filter(must_not=[models.FieldCondition(key=f.key, match=models.MatchValue(value=f.value))])
+    if f.operator in _RANGE:
+        return models.FieldCondition(key=f.key, range=models.Range(**{_RANGE[f.operator]: f.value}))
+    if f.operator == FilterOperator.TEXT_MATCH:
+        return models.FieldCondition(key=f.key, match=models.MatchText(text=f.value))
+    raise OptionError(f"metadata filter operator {f.operator!r} on {f.key!r} is not supported; use ==, !=, in, nin, >, >=, <, <=, text_match")
+
+
+def to_qdrant_filter(filters: MetadataFilters | None) -> models.Filter | None:
+    """AND / OR / NOT of the filters, nested ``MetadataFilters`` included."""
+    if filters is None or not filters.filters:
+        return None
+    conditions = [_condition(f) for f in filters.filters]
+    if filters.condition == FilterCondition.OR:
+        return models.Filter(should=conditions)
+    if filters.condition == FilterCondition.NOT:
+        return models.Filter(must_not=conditions)
+    return models.Filter(must=conditions)

@@ -1,0 +1,43 @@
+"""Reciprocal Rank Fusion, for callers that fuse in Python (LlamaIndex's stock ``QdrantVectorStore``).
+
+Our own retriever fuses inside Qdrant (``prefetch`` + ``RrfQuery``); this function gives users of the stock store
+the same fusion: ``QdrantVectorStore(enable_hybrid=True, hybrid_fusion_fn=rrf_fusion, ...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+DEFAULT_RRF_K = 60
+
+
+def rrf_scores(rankings: Sequence[Sequence[str]], k: int = DEFAULT_RRF_K, weights: Sequence[float] | None = None) -> dict[str, float]:
+    """``score(d) = sum_i w_i / (k + rank_i(d))`` with ranks from 1 (Cormack et al., 2009)."""
+    weights = list(weights) if weights is not None else [1.0] * len(rankings)
+    if len(weights) != len(rankings):
+        raise ValueError(f"got {len(weights)} weights for {len(rankings)} rankings")
+    scores: dict[str, float] = {}
+    for ranking, weight in zip(rankings, weights):
+        for rank, item in enumerate(ranking, 1):
+            scores[item] = scores.get(item, 0.0) + weight / (k + rank)
+    return scores
+
+
+def rrf_fusion(dense_result: Any, sparse_result: Any, alpha: float = 0.5, top_k: int = 2, k: int = DEFAULT_RRF_K, **kwargs: Any) -> Any:
+    """A ``hybrid_fusion_fn`` for LlamaIndex's ``QdrantVectorStore``: weighted RRF of dense and sparse results.
+
+    ``alpha`` keeps LlamaIndex's meaning (1 = dense only, 0 = sparse only); it weights the two lists.
+    """
+    from llama_index.core.vector_stores.types import VectorStoreQueryResult
+
+    nodes = {}
+    rankings = []
+    for result in (dense_result, sparse_result):
+        ids = list(result.ids or [])
+        rankings.append(ids)
+        for node_id, node in zip(ids, result.nodes or []):
+            nodes.setdefault(node_id, node)
+    fused = rrf_scores(rankings, k=k, weights=[alpha, 1.0 - alpha])
+    top = sorted(fused, key=fused.get, reverse=True)[:top_k]
+    return VectorStoreQueryResult(nodes=[nodes[i] for i in top], similarities=[fused[i] for i in top], ids=top)

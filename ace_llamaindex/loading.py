@@ -1,0 +1,28 @@
+"""Load a dataset by path, in any registered format (auto-detected unless named)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .dataset import QADataset
+from .errors import DatasetError
+from .plugins import components, get
+
+DEMO_DATASET = Path(__file__).parent / "data" / "agent_memories.json"
+
+
+def load_dataset(path: str | Path | None = None, fmt: str | None = None, **options: Any) -> QADataset:
+    """Read ``path`` (default: the shipped demo dataset) with the loader named ``fmt`` or the first that fits.
+
+    ``options`` go to the loader (BEIR takes ``split``).
+    """
+    path = Path(path) if path else DEMO_DATASET
+    if not path.exists():
+        raise DatasetError(path, "path", "does not exist")
+    if fmt:
+        return get("loaders", fmt).load(path, **options)
+    for name, component in components("loaders").items():
+        if component.obj.sniff(path):
+            return component.obj.load(path, **options)
+    raise DatasetError(path, "format", f"not recognised; expected one of {', '.join(components('loaders'))} (pass --format)")

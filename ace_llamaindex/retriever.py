@@ -1,0 +1,133 @@
+"""``HybridQdrantRetriever``: dense + BM25 fused with RRF inside Qdrant, as a LlamaIndex ``BaseRetriever``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.vector_stores.types import MetadataFilters
+from qdrant_client import QdrantClient
+
+from .bm25 import BM25Encoder
+from .embedding import space_label
+from .filters import to_qdrant_filter
+from .models import vector_name
+from .store import MODES, CorpusIndex, Hit, HybridParams, make_client
+
+SERVED_BY = "ace_served_by"
+_INTERNAL = {"doc_id", "text"}
+
+
+def embedding_spaces(embed_model: BaseEmbedding) -> list[tuple[str, BaseEmbedding]]:
+    """(label, model) for each vector space the embedding may answer in; one for a plain embedding."""
+    spaces = getattr(embed_model, "spaces", None)
+    return spaces() if callable(spaces) else [(space_label(embed_model), embed_model)]
+
+
+def query_with_space(embed_model: BaseEmbedding, query: str) -> tuple[list[float], str]:
+    embed = getattr(embed_model, "embed_query_with_space", None)
+    return embed(query) if callable(embed) else (embed_model.get_query_embedding(query), space_label(embed_model))
+
+
+class HybridQdrantRetriever(BaseRetriever):
+    """Retrieve nodes from a Qdrant collection by dense, BM25, or hybrid (RRF) search.
+
+    Embedded local Qdrant by default (``path=`` a folder, or in memory when ``path`` and ``url`` are None);
+    ``url=`` for a server or cluster. Each result's metadata says which embedding model served the query
+    (``ace_served_by``): after a fallback, the baseline's named vector is searched, never the fine-tuned one.
+    """
+
+    def __init__(
+        self,
+        embed_model: BaseEmbedding,
+        *,
+        collection: str = "ace_memories",
+        path: str | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        client: QdrantClient | None = None,
+        mode: str = "hybrid",
+        similarity_top_k: int = 10,
+        score_threshold: float | None = None,
+        filters: MetadataFilters | None = None,
+        rrf_k: int = 60,
+        dense_weight: float = 1.0,
+        sparse_weight: float = 1.0,
+        prefetch_limit: int = 100,
+        bm25: BM25Encoder | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        super().__init__(**kwargs)
+        self.embed_model = embed_model
+        self.index = CorpusIndex(client or make_client(path=path, url=url, api_key=api_key), collection, bm25)
+        self.mode = mode
+        self.similarity_top_k = similarity_top_k
+        self.score_threshold = score_threshold
+        self.filters = filters
+        self.hybrid = HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight, prefetch_limit=prefetch_limit)
+
+    # ---- indexing ------------------------------------------------------------------------------------------
+    def add_nodes(self, nodes: Sequence[BaseNode], show_progress: bool = True) -> None:
+        """Index LlamaIndex nodes or documents: one named dense vector per embedding space, plus BM25."""
+        texts = [n.get_content() for n in nodes]
+        dense = {vector_name(label): np.asarray(model.get_text_embedding_batch(texts, show_progress=show_progress), dtype=np.float32)
+                 for label, model in embedding_spaces(self.embed_model)} if self.mode != "bm25" else {}
+        payloads = [dict(n.metadata) for n in nodes]
+        self.index.upsert([n.node_id for n in nodes], texts, dense, payloads, show_progress=show_progress)
+
+    # ---- retrieval -----------------------------------------------------------------------------------------
+    def _search(self, queries: Sequence[str], vectors: list[list[float]] | None, labels: list[str] | None) -> list[list[NodeWithScore]]:
+        results: list[list[NodeWithScore]] = [[] for _ in queries]
+        qfilter = to_qdrant_filter(self.filters)
+        groups: dict[str | None, list[int]] = {}
+        for i in range(len(queries)):
+            groups.setdefault(labels[i] if labels else None, []).append(i)
+        for label, idx in groups.items():  # one batch per vector space
+            hits = self.index.search(
+                self.mode, vectors=np.asarray([vectors[i] for i in idx], dtype=np.float32) if label else None,
+                texts=[queries[i] for i in idx], using=vector_name(label) if label else None,
+                limit=self.similarity_top_k, query_filter=qfilter, hybrid=self.hybrid, score_threshold=self.score_threshold,
+            )
+            for i, row in zip(idx, hits):
+                results[i] = [_to_node(h, label) for h in row]
+        return results
+
+    def _embed(self, queries: Sequence[str]) -> tuple[list[list[float]] | None, list[str] | None]:
+        if self.mode == "bm25":
+            return None, None
+        pairs = [query_with_space(self.embed_model, q) for q in queries]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return self.batch_retrieve([query_bundle.query_str])[0]
+
+    def batch_retrieve(self, queries: Sequence[str]) -> list[list[NodeWithScore]]:
+        """Retrieve for many queries; Qdrant receives them as batched requests."""
+        vectors, labels = self._embed(queries)
+        return self._search(queries, vectors, labels)
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        labels = vectors = None
+        if self.mode != "bm25":
+            aembed = getattr(self.embed_model, "aembed_query_with_space", None)
+            if callable(aembed):
+                vector, label = await aembed(query_bundle.query_str)
+            else:
+                vector, label = await self.embed_model.aget_query_embedding(query_bundle.query_str), space_label(self.embed_model)
+            vectors, labels = [vector], [label]
+        return (await asyncio.to_thread(self._search, [query_bundle.query_str], vectors, labels))[0]
+
+
+def _to_node(hit: Hit, served_by: str | None) -> NodeWithScore:
+    metadata = {k: v for k, v in hit.payload.items() if k not in _INTERNAL}
+    metadata[SERVED_BY] = served_by or "bm25"
+    node = TextNode(id_=hit.doc_id, text=hit.text, metadata=metadata, excluded_embed_metadata_keys=[SERVED_BY],
+                    excluded_llm_metadata_keys=[SERVED_BY])
+    return NodeWithScore(node=node, score=hit.score)

@@ -1,0 +1,211 @@
+"""One Qdrant collection holding a corpus: one named dense vector per embedding model, plus BM25 sparse vectors.
+
+Keeping one named vector per model is what makes fallback safe: a query vector from model A is only ever
+searched against document vectors from model A. Search runs through Qdrant's Query API, fusion included
+(``prefetch`` + ``RrfQuery``), so it behaves the same in embedded local mode and against a server or cluster.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+from tqdm.auto import tqdm
+
+from .bm25 import BM25Encoder
+from .errors import OptionError
+from .fusion import DEFAULT_RRF_K
+
+SPARSE_NAME = "bm25"
+_NAMESPACE = uuid.UUID("5b1d0c4e-9d55-4a8e-9a43-ace11a3a1d3b")
+MODES = ("dense", "bm25", "hybrid")
+
+
+def point_id(doc_id: str) -> str:
+    """Qdrant point ids must be ints or UUIDs; a document id maps to a stable UUID."""
+    return str(uuid.uuid5(_NAMESPACE, doc_id))
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    doc_id: str
+    score: float
+    text: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HybridParams:
+    """How dense and BM25 results are fused. ``weights`` are (dense, bm25) weights inside RRF."""
+
+    rrf_k: int = DEFAULT_RRF_K
+    dense_weight: float = 1.0
+    sparse_weight: float = 1.0
+    prefetch_limit: int = 100
+
+
+def make_client(path: str | None = None, url: str | None = None, api_key: str | None = None) -> QdrantClient:
+    """Embedded local Qdrant (``path`` folder, or in memory when both are None), or a server/cluster by ``url``."""
+    if url:
+        return QdrantClient(url=url, api_key=api_key)
+    return QdrantClient(path=path) if path else QdrantClient(":memory:")
+
+
+class CorpusIndex:
+    """A corpus in one Qdrant collection, searchable dense, BM25 or hybrid, in batches."""
+
+    def __init__(self, client: QdrantClient, collection: str = "ace_memories", bm25: BM25Encoder | None = None) -> None:
+        self.client = client
+        self.collection = collection
+        self.bm25 = bm25 or BM25Encoder()
+
+    # ---- schema --------------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.client.collection_exists(self.collection)
+
+    def dense_vectors(self) -> dict[str, int]:
+        """Named dense vectors in the collection and their sizes."""
+        if not self.exists():
+            return {}
+        vectors = self.client.get_collection(self.collection).config.params.vectors
+        return {name: params.size for name, params in (vectors or {}).items()} if isinstance(vectors, dict) else {}
+
+    def ensure(self, dense: Mapping[str, int]) -> None:
+        """Create the collection (BM25 with IDF modifier + the given named dense vectors), or add missing ones."""
+        params = {n: models.VectorParams(size=d, distance=models.Distance.COSINE) for n, d in dense.items()}
+        if not self.exists():
+            self.client.create_collection(
+                self.collection,
+                vectors_config=params,
+                sparse_vectors_config={SPARSE_NAME: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+            )
+            return
+        have = self.dense_vectors()
+        for name, size in dense.items():
+            if name in have and have[name] != size:
+                raise OptionError(f"collection {self.collection!r}: vector {name!r} has size {have[name]}, model gives {size}")
+        if set(dense) - set(have):
+            # Qdrant cannot add a named vector to an existing collection: rebuild it with all vectors.
+            raise OptionError(
+                f"collection {self.collection!r} has dense vectors {sorted(have)}; {sorted(set(dense) - set(have))} "
+                "is new. Index into a new collection (or delete this one) so every model's vectors are present."
+            )
+
+    # ---- writing -------------------------------------------------------------------------------------------
+    def upsert(
+        self,
+        doc_ids: Sequence[str],
+        texts: Sequence[str],
+        dense: Mapping[str, np.ndarray],
+        payloads: Sequence[dict[str, Any]] | None = None,
+        batch_size: int = 256,
+        show_progress: bool = True,
+    ) -> None:
+        """Write documents with their dense vectors (one array per named vector) and BM25 vectors."""
+        if self.bm25.avgdl is None:
+            self.bm25.fit(texts)
+        self.ensure({name: int(v.shape[1]) for name, v in dense.items()})
+        bar = tqdm(total=len(doc_ids), desc=f"indexing into {self.collection}", unit="doc", disable=not show_progress)
+        for start in range(0, len(doc_ids), batch_size):
+            points = []
+            for i in range(start, min(start + batch_size, len(doc_ids))):
+                indices, values = self.bm25.encode_document(texts[i])
+                vector: dict[str, Any] = {name: v[i].tolist() for name, v in dense.items()}
+                if indices:
+                    vector[SPARSE_NAME] = models.SparseVector(indices=indices, values=values)
+                payload = {**(payloads[i] if payloads else {}), "doc_id": doc_ids[i], "text": texts[i]}
+                points.append(models.PointStruct(id=point_id(doc_ids[i]), vector=vector, payload=payload))
+            self.client.upsert(self.collection, points=points, wait=True)
+            bar.update(len(points))
+        bar.close()
+
+    # ---- searching -----------------------------------------------------------------------------------------
+    def _request(
+        self,
+        mode: str,
+        vector: np.ndarray | None,
+        text: str | None,
+        using: str | None,
+        limit: int,
+        query_filter: models.Filter | None,
+        hybrid: HybridParams,
+        score_threshold: float | None,
+    ) -> models.QueryRequest:
+        sparse = None
+        if mode != "dense":
+            indices, values = self.bm25.encode_query(text or "")
+            sparse = models.SparseVector(indices=indices, values=values)
+        if mode == "dense":
+            return models.QueryRequest(query=vector.tolist(), using=using, limit=limit, filter=query_filter,
+                                       with_payload=True, score_threshold=score_threshold)
+        if mode == "bm25":
+            return models.QueryRequest(query=sparse, using=SPARSE_NAME, limit=limit, filter=query_filter,
+                                       with_payload=True, score_threshold=score_threshold)
+        prefetch_limit = max(limit, hybrid.prefetch_limit)
+        return models.QueryRequest(
+            prefetch=[
+                models.Prefetch(query=vector.tolist(), using=using, limit=prefetch_limit, filter=query_filter),
+                models.Prefetch(query=sparse, using=SPARSE_NAME, limit=prefetch_limit, filter=query_filter),
+            ],
+            query=models.RrfQuery(rrf=models.Rrf(k=hybrid.rrf_k, weights=[hybrid.dense_weight, hybrid.sparse_weight])),
+            limit=limit,
+            with_payload=True,
+            score_threshold=score_threshold,
+        )
+
+    def search(
+        self,
+        mode: str,
+        *,
+        vectors: np.ndarray | None = None,
+        texts: Sequence[str] | None = None,
+        using: str | None = None,
+        limit: int = 10,
+        query_filter: models.Filter | None = None,
+        hybrid: HybridParams | None = None,
+        score_threshold: float | None = None,
+        batch_size: int = 64,
+        show_progress: bool = False,
+    ) -> list[list[Hit]]:
+        """Batch search: one list of hits per query. ``dense`` needs vectors and ``using`` (the named vector),
+        ``bm25`` needs texts, ``hybrid`` needs both."""
+        if mode not in MODES:
+            raise OptionError(f"search mode must be one of {MODES}, got {mode!r}")
+        if mode != "bm25" and (vectors is None or using is None):
+            raise OptionError(f"{mode} search needs query vectors and the named vector to search (using=)")
+        if mode != "dense" and texts is None:
+            raise OptionError(f"{mode} search needs the query texts")
+        n = len(vectors) if vectors is not None else len(texts)
+        hybrid = hybrid or HybridParams()
+        results: list[list[Hit]] = []
+        for start in tqdm(range(0, n, batch_size), desc=f"{mode} search", disable=not show_progress):
+            stop = min(start + batch_size, n)
+            requests = [
+                self._request(mode, None if vectors is None else vectors[i], None if texts is None else texts[i],
+                              using, limit, query_filter, hybrid, score_threshold)
+                for i in range(start, stop)
+            ]
+            for response in self.client.query_batch_points(self.collection, requests=requests):
+                results.append([_hit(p) for p in response.points])
+        return results
+
+    def iter_documents(self, batch_size: int = 256) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """Yield (doc_id, text, payload) for every point."""
+        offset = None
+        while True:
+            points, offset = self.client.scroll(self.collection, limit=batch_size, offset=offset, with_payload=True)
+            for p in points:
+                yield str(p.payload.get("doc_id", p.id)), str(p.payload.get("text", "")), dict(p.payload)
+            if offset is None:
+                return
+
+
+def _hit(point: models.ScoredPoint) -> Hit:
+    payload = dict(point.payload or {})
+    return Hit(doc_id=str(payload.get("doc_id", point.id)), score=float(point.score), text=str(payload.get("text", "")), payload=payload)
