@@ -1,0 +1,27 @@
+# Two commands for a newcomer: `make demo` runs the whole job, `make test` runs the tests.
+# Both create .venv on first use (CPU torch first, so pip never pulls a multi-GB CUDA build).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test infinity-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml plugins/ace-extra-metrics/pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh $(VENV)
+	touch $@
+
+demo: setup
+	$(VENV)/bin/ace pipeline --out runs/demo
+
+# The fallback tests talk to a real OpenAI-compatible server (infinity-emb), which pins an older
+# transformers and so lives in its own venv.
+infinity-venv: .venv-infinity/.installed
+.venv-infinity/.installed:
+	bash scripts/setup_infinity.sh .venv-infinity
+	touch $@
+
+test: setup infinity-venv
+	ACE_INFINITY_BIN=$(CURDIR)/.venv-infinity/bin/infinity_emb ACE_REQUIRE_INFINITY=1 $(PY) -m pytest -q
