@@ -13,14 +13,19 @@ DEFAULT_RRF_K = 60
 
 
 def rrf_scores(rankings: Sequence[Sequence[str]], k: int = DEFAULT_RRF_K, weights: Sequence[float] | None = None) -> dict[str, float]:
-    """``score(d) = sum_i w_i / (k + rank_i(d))`` with ranks from 1 (Cormack et al., 2009)."""
+    """Weighted RRF exactly as Qdrant computes it, so Python-side and server-side fusion rank alike.
+
+    ``score(d) = sum_i 1 / (rank_i(d) / w_i + k - 1)`` with ranks from 1 (Cormack et al., 2009, with Qdrant's
+    weighting: a weight stretches a list's ranks; weight 0 drops the list). With all weights 1 this is
+    ``1 / (k - 1 + rank)``.
+    """
     weights = list(weights) if weights is not None else [1.0] * len(rankings)
     if len(weights) != len(rankings):
         raise ValueError(f"got {len(weights)} weights for {len(rankings)} rankings")
     scores: dict[str, float] = {}
     for ranking, weight in zip(rankings, weights):
         for rank, item in enumerate(ranking, 1):
-            scores[item] = scores.get(item, 0.0) + weight / (k + rank)
+            scores[item] = scores.get(item, 0.0) + (1.0 / (rank / weight + k - 1) if weight > 0 else 0.0)
     return scores
 
 

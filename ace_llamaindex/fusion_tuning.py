@@ -14,8 +14,9 @@ from .dataset import QADataset
 from .evaluate import Encoder, System, evaluate
 from .store import HybridParams
 
-DEFAULT_WEIGHTS = ((1.0, 0.0), (1.0, 0.25), (1.0, 0.5), (1.0, 1.0), (0.5, 1.0), (0.25, 1.0))
-DEFAULT_K = (10, 60)
+# Qdrant weights stretch ranks (score 1 / (rank / w + k - 1)), so they matter most when k is small.
+DEFAULT_WEIGHTS = ((1.0, 0.0), (1.0, 0.1), (1.0, 0.25), (1.0, 0.5), (1.0, 1.0), (0.5, 1.0), (0.25, 1.0))
+DEFAULT_K = (2, 10, 60)
 
 
 @dataclass

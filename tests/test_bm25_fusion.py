@@ -1,0 +1,85 @@
+"""BM25 sparse vectors in Qdrant equal Okapi BM25; RRF helpers work in LlamaIndex's stock QdrantVectorStore."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import Counter
+
+import pytest
+from qdrant_client import QdrantClient
+
+from ace_llamaindex.bm25 import BM25Encoder, tokenize
+from ace_llamaindex.fusion import rrf_fusion, rrf_scores
+from ace_llamaindex.store import CorpusIndex
+
+DOCS = {
+    "a": "Rotate the service account keys every 90 days with the rotation script.",
+    "b": "Keys in Redis must have a TTL; keys without expiry are flagged nightly.",
+    "c": "Deploy freezes run from Friday afternoon to Monday morning.",
+    "d": "The rotation of on-call happens weekly on Mondays.",
+}
+
+
+def okapi(query: str, docs: dict[str, str], k1=1.2, b=0.75) -> dict[str, float]:
+    """Textbook BM25 with Lucene's IDF, written independently of the encoder."""
+    toks = {d: tokenize(t) for d, t in docs.items()}
+    avgdl = sum(map(len, toks.values())) / len(toks)
+    n = len(docs)
+    scores = {}
+    for d, words in toks.items():
+        tf = Counter(words)
+        s = 0.0
+        for term in set(tokenize(query)):
+            df = sum(term in w for w in toks.values())
+            if not tf[term]:
+                continue
+            idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+            s += idf * tf[term] * (k1 + 1) / (tf[term] + k1 * (1 - b + b * len(words) / avgdl))
+        scores[d] = s
+    return scores
+
+
+def test_tokenizer_stems_and_drops_stopwords():
+    assert tokenize("The Keys are rotating") == ["key", "rotat"]
+
+
+def test_qdrant_scores_equal_okapi_bm25():
+    index = CorpusIndex(QdrantClient(":memory:"), "t")
+    index.upsert(list(DOCS), list(DOCS.values()), {}, show_progress=False)
+    query = "key rotation schedule"
+    hits = index.search("bm25", texts=[query], limit=4)[0]
+    expected = okapi(query, DOCS)
+    assert {h.doc_id for h in hits} == {d for d, s in expected.items() if s > 0}
+    for h in hits:
+        assert h.score == pytest.approx(expected[h.doc_id], rel=1e-4)
+
+
+def test_rrf_scores_match_qdrant_weighting():
+    scores = rrf_scores([["x", "y"], ["y", "z"]], k=60, weights=[1.0, 0.5])
+    assert scores["y"] == pytest.approx(1 / (2 + 59) + 1 / (1 / 0.5 + 59))
+    assert rrf_scores([["x"], ["y"]], weights=[1.0, 0.0]) == {"x": pytest.approx(1 / 60), "y": 0.0}
+    with pytest.raises(ValueError):
+        rrf_scores([["x"]], weights=[1.0, 1.0])
+
+
+def test_stock_qdrant_vector_store_hybrid_with_our_functions(base_encoder):
+    from llama_index.core import StorageContext, VectorStoreIndex
+    from llama_index.core.schema import TextNode
+    from llama_index.vector_stores.qdrant import QdrantVectorStore
+    from qdrant_client import models
+
+    from ace_llamaindex.embedding import FineTunedEmbedding
+
+    bm25 = BM25Encoder().fit(DOCS.values())
+    store = QdrantVectorStore(
+        "stock", client=QdrantClient(":memory:"), enable_hybrid=True, sparse_doc_fn=bm25.sparse_doc_fn,
+        sparse_query_fn=bm25.sparse_query_fn, hybrid_fusion_fn=rrf_fusion,
+        sparse_config=models.SparseVectorParams(modifier=models.Modifier.IDF),
+    )
+    ids = {k: str(uuid.uuid5(uuid.NAMESPACE_URL, k)) for k in DOCS}  # the stock store needs UUID node ids
+    index = VectorStoreIndex([TextNode(id_=ids[k], text=v) for k, v in DOCS.items()], embed_model=FineTunedEmbedding(),
+                             storage_context=StorageContext.from_defaults(vector_store=store))
+    nodes = index.as_retriever(vector_store_query_mode="hybrid", similarity_top_k=2, sparse_top_k=3).retrieve("when to rotate keys")
+    assert nodes[0].node.node_id == ids["a"]
+    assert len(nodes) == 2
