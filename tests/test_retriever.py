@@ -1,0 +1,118 @@
+"""HybridQdrantRetriever over embedded Qdrant: modes, filters, batches, async, and the vector-space rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.core.schema import TextNode
+from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
+
+from ace_llamaindex.embedding import FineTunedEmbedding
+from ace_llamaindex.retriever import SERVED_BY, HybridQdrantRetriever
+
+
+@pytest.fixture(scope="module")
+def nodes(demo):
+    cats = {}
+    for q in demo.queries:
+        cats[demo.relevant_docs[q][0]] = demo.category(q)
+    return [TextNode(id_=k, text=v, metadata={"category": cats.get(k, "none"), "length": len(v)}) for k, v in demo.corpus.items()]
+
+
+@pytest.fixture(scope="module")
+def retriever(nodes):
+    r = HybridQdrantRetriever(FineTunedEmbedding(), similarity_top_k=5)
+    r.add_nodes(nodes, show_progress=False)
+    return r
+
+
+def easy_queries(demo, n=10):
+    return [q for q in sorted(demo.queries) if demo.difficulty(q) == "easy"][:n]
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_modes_find_the_memory(demo, nodes, mode):
+    r = HybridQdrantRetriever(FineTunedEmbedding(), mode=mode, similarity_top_k=5)
+    r.add_nodes(nodes, show_progress=False)
+    qids = easy_queries(demo)
+    results = r.batch_retrieve([demo.queries[q] for q in qids])
+    hits = sum(demo.relevant_docs[q][0] in [n.node.node_id for n in res] for q, res in zip(qids, results))
+    assert hits >= 8
+    assert all(n.node.metadata[SERVED_BY] == ("bm25" if mode == "bm25" else "finetuned:bundled:all-MiniLM-L6-v2")
+               for res in results for n in res)
+
+
+def test_batch_equals_single(retriever, demo):
+    qs = [demo.queries[q] for q in easy_queries(demo, 4)]
+    batch = retriever.batch_retrieve(qs)
+    for q, res in zip(qs, batch):
+        assert [n.node.node_id for n in retriever.retrieve(q)] == [n.node.node_id for n in res]
+
+
+async def test_async_equals_sync(retriever):
+    sync = retriever.retrieve("celery tasks never run")
+    async_ = await retriever.aretrieve("celery tasks never run")
+    assert [n.node.node_id for n in sync] == [n.node.node_id for n in async_]
+
+
+def test_metadata_filters_and_threshold(nodes):
+    r = HybridQdrantRetriever(FineTunedEmbedding(), mode="dense", similarity_top_k=10,
+                              filters=MetadataFilters(filters=[MetadataFilter(key="category", value="security")]))
+    r.add_nodes(nodes, show_progress=False)
+    res = r.retrieve("how do we deploy")
+    assert res and all(n.node.metadata["category"] == "security" for n in res)
+    r.filters = MetadataFilters(filters=[MetadataFilter(key="length", operator=FilterOperator.LT, value=80)])
+    assert all(n.node.metadata["length"] < 80 for n in r.retrieve("how do we deploy"))
+    r.filters, r.score_threshold = None, 0.5
+    res = r.retrieve("rotate the service account keys")
+    assert res and all(n.score >= 0.5 for n in res) and len(res) < 10
+
+
+def test_query_engine_without_llm(retriever):
+    from llama_index.core.llms import MockLLM
+    from llama_index.core.response_synthesizers.no_text import NoText
+
+    # NoText: the engine returns the retrieved nodes; the LLM slot is filled but never called
+    synth = NoText(llm=MockLLM())
+    engine = RetrieverQueryEngine(retriever=retriever, response_synthesizer=synth)
+    response = engine.query("where are feature flags defined")
+    assert response.source_nodes[0].node.node_id == "m021"
+
+
+def test_local_path_persists(tmp_path, nodes):
+    r = HybridQdrantRetriever(FineTunedEmbedding(), path=str(tmp_path / "q"), collection="mem")
+    r.add_nodes(nodes[:10], show_progress=False)
+    r.index.client.close()
+    again = HybridQdrantRetriever(FineTunedEmbedding(), path=str(tmp_path / "q"), collection="mem")
+    assert again.retrieve(nodes[0].text)[0].node.node_id == nodes[0].node_id
+
+
+def test_after_fallback_results_come_from_the_baseline_named_vector(embedding_server, tuned_model_dir, nodes):
+    """The vector-space rule: a baseline query vector is only ever compared with baseline document vectors."""
+    from ace_llamaindex.http_embedding import OpenAICompatibleEmbedding
+    from ace_llamaindex.models import vector_name
+
+    baseline = OpenAICompatibleEmbedding(base_url=embedding_server, model_name="minilm")
+    emb = FineTunedEmbedding(str(tuned_model_dir), fallback=baseline)
+    r = HybridQdrantRetriever(emb, mode="dense", similarity_top_k=3)
+    r.add_nodes(nodes, show_progress=False)
+    assert set(r.index.dense_vectors()) == {vector_name(emb.model_name), vector_name("minilm")}
+
+    query = "how do we roll back a bad deploy"
+    primary = r.retrieve(query)
+    assert {n.node.metadata[SERVED_BY] for n in primary} == {emb.model_name}
+
+    emb._model = None
+    emb._load_error = "simulated: model files gone"  # the fine-tuned model can no longer encode
+    fallen = r.retrieve(query)
+    assert {n.node.metadata[SERVED_BY] for n in fallen} == {"minilm"}
+    # The scores are cosines against the baseline's own document vectors...
+    q = np.array(baseline.get_query_embedding(query))
+    q /= np.linalg.norm(q)
+    d = np.array(baseline.get_text_embedding_batch([n.node.text for n in fallen]))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    assert [n.score for n in fallen] == pytest.approx((d @ q).tolist(), abs=1e-3)
+    # ...and not against the fine-tuned vectors, which would score differently.
+    wrong = r.index.search("dense", vectors=q[None, :].astype(np.float32), using=vector_name(emb.model_name), limit=3)[0]
+    assert [h.score for h in wrong] != pytest.approx([n.score for n in fallen], abs=1e-3)
