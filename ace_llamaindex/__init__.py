@@ -1,3 +1,21 @@
 """ace-llamaindex: fine-tune embeddings on your own retrieval logs and serve them in LlamaIndex."""
 
+from .dataset import QADataset
+from .embedding import FineTunedEmbedding
+from .encoding import CachedEncoder, LlamaIndexEncoder
+from .evaluate import System, evaluate, standard_systems
+from .fusion import rrf_fusion
+from .bm25 import BM25Encoder
+from .http_embedding import OpenAICompatibleEmbedding
+from .loading import load_dataset
+from .mining import HardNegativeMiner, MiningOptions, load_training_data, save_training_data
+from .reporting import markdown_report
+from .retriever import HybridQdrantRetriever
+from .training import TrainConfig, train
+
 __version__ = "0.1.0"
+__all__ = [
+    "BM25Encoder", "CachedEncoder", "FineTunedEmbedding", "HardNegativeMiner", "HybridQdrantRetriever", "LlamaIndexEncoder",
+    "MiningOptions", "OpenAICompatibleEmbedding", "QADataset", "System", "TrainConfig", "evaluate", "load_dataset",
+    "load_training_data", "markdown_report", "rrf_fusion", "save_training_data", "standard_systems", "train",
+]

@@ -26,7 +26,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except AceError as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
     return wrapper

@@ -1,0 +1,51 @@
+"""The `ace` CLI: a thin shell with clear errors, end to end on the shipped dataset."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from ace_llamaindex.cli import cli
+
+
+def test_mine_eval_and_errors(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "training_data.json"
+    result = runner.invoke(cli, ["mine", "--miner", "bm25", "--num-negatives", "2", "--min-difficulty", "hard", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["metadata"]["total_examples"] == len(data["examples"]) > 0
+    assert {e["metadata"]["difficulty"] for e in data["examples"]} == {"hard"}
+
+    result = runner.invoke(cli, ["eval", "--max-queries", "20", "--out-dir", str(tmp_path / "r"), "--report", "json", "--report", "md"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "eval.json").read_text())
+    assert report["n_queries"] == 20 and set(report["overall"]) == {"bm25", "base", "base+hybrid"}
+    assert "recall@1" in result.output
+
+
+def test_bad_input_is_one_clear_line(tmp_path):
+    runner = CliRunner()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"queries": {"q1": "x"}, "corpus": {"d1": "y"}, "relevant_docs": {"q1": ["d2"]}}')
+    result = runner.invoke(cli, ["mine", str(bad)])
+    assert result.exit_code == 2
+    assert "bad.json: relevant_docs['q1']: corpus id 'd2' is not in corpus" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(cli, ["mine", "--range-min", "9", "--range-max", "3"])
+    assert result.exit_code == 2 and "range_min < range_max" in result.output
+    result = runner.invoke(cli, ["train", str(tmp_path / "missing.json")])
+    assert result.exit_code == 2 and "missing.json: file: does not exist" in result.output
+
+
+def test_pipeline_end_to_end(tmp_path):
+    result = CliRunner().invoke(cli, ["pipeline", "--out", str(tmp_path / "run"), "--batch-size", "16", "--num-negatives", "2",
+                                      "--max-seq-length", "64", "--val-fraction", "0"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    report = json.loads((run / "eval.json").read_text())
+    assert {"base", "finetuned", "finetuned+hybrid"} <= set(report["overall"])
+    assert report["training_card"]["train_examples"] > 0
+    assert (run / "model" / "model.safetensors").exists() and (run / "eval.png").exists()
+    assert "finetuned vs base" in result.output
