@@ -32,7 +32,8 @@ def rrf_scores(rankings: Sequence[Sequence[str]], k: int = DEFAULT_RRF_K, weight
 def rrf_fusion(dense_result: Any, sparse_result: Any, alpha: float = 0.5, top_k: int = 2, k: int = DEFAULT_RRF_K, **kwargs: Any) -> Any:
     """A ``hybrid_fusion_fn`` for LlamaIndex's ``QdrantVectorStore``: weighted RRF of dense and sparse results.
 
-    ``alpha`` keeps LlamaIndex's meaning (1 = dense only, 0 = sparse only); it weights the two lists.
+    ``alpha`` keeps LlamaIndex's meaning (1 = dense only, 0 = sparse only); the list weights are
+    ``(2 * alpha, 2 * (1 - alpha))``, so the default 0.5 is plain RRF, the same as :class:`HybridQdrantRetriever`.
     """
     from llama_index.core.vector_stores.types import VectorStoreQueryResult
 
@@ -43,6 +44,6 @@ def rrf_fusion(dense_result: Any, sparse_result: Any, alpha: float = 0.5, top_k:
         rankings.append(ids)
         for node_id, node in zip(ids, result.nodes or []):
             nodes.setdefault(node_id, node)
-    fused = rrf_scores(rankings, k=k, weights=[alpha, 1.0 - alpha])
+    fused = rrf_scores(rankings, k=k, weights=[2 * alpha, 2 * (1.0 - alpha)])
     top = sorted(fused, key=fused.get, reverse=True)[:top_k]
     return VectorStoreQueryResult(nodes=[nodes[i] for i in top], similarities=[fused[i] for i in top], ids=top)
