@@ -136,19 +136,30 @@ def print_report(report: dict, metric: str = "ndcg@10") -> None:
 @dataset_options
 @mining_options
 @click.option("-o", "--output", default="training_data.json", show_default=True, type=click.Path(path_type=Path))
+@click.option("--collection", default=None, help="Mine over this existing Qdrant collection (your current system).")
+@click.option("--qdrant-url", default=None, help="Qdrant server or cluster holding --collection.")
+@click.option("--qdrant-path", default=None, help="Embedded Qdrant folder holding --collection.")
+@click.option("--vector-name", default=None, help="Named dense vector to search in --collection.")
+@click.option("--text-field", default="text", show_default=True, help="Payload key with the document text.")
+@click.option("--id-field", default="doc_id", show_default=True, help="Payload key with the corpus id.")
 @friendly
-def mine(dataset, fmt, split, output, **kw):
+def mine(dataset, fmt, split, output, collection, qdrant_url, qdrant_path, vector_name, text_field, id_field, **kw):
     """Mine hard negatives for DATASET (default: the shipped demo) and write training_data.json."""
     from .encoding import CachedEncoder
     from .loading import load_dataset
     from .mining import save_training_data
     from .plugins import get
+    from .store import CorpusIndex, make_client
 
     ds = load_dataset(dataset, fmt, split=split)
     options = _mining(kw)
     options.validate()
     encoder = CachedEncoder(kw["model"]) if kw["miner"] != "bm25" else None
-    examples = get("miners", kw["miner"])(encoder=encoder, options=options).mine(ds)
+    extra = {}
+    if collection:
+        index = CorpusIndex(make_client(path=qdrant_path, url=qdrant_url), collection, text_field=text_field, id_field=id_field)
+        extra = {"index": index, "using": vector_name}
+    examples = get("miners", kw["miner"])(encoder=encoder, options=options, **extra).mine(ds)
     save_training_data(examples, output, source=ds.source, options=options)
     console.print(f"{len(examples)} examples, {sum(len(e.negatives) for e in examples)} negatives -> {output}")
 

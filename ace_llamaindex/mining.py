@@ -129,12 +129,15 @@ class HardNegativeMiner:
     """Mine with one retrieval mode (``dense``, ``bm25`` or ``hybrid``) over a real Qdrant collection."""
 
     def __init__(self, mode: str = "dense", encoder: CachedEncoder | None = None, index: CorpusIndex | None = None,
-                 options: MiningOptions | None = None, show_progress: bool = True) -> None:
+                 options: MiningOptions | None = None, show_progress: bool = True, using: str | None = None) -> None:
+        """``index``: mine over this collection instead of indexing the dataset's corpus (e.g. the collection your
+        current system already serves; its payload's document ids must match the dataset's corpus ids).
+        ``using``: the named dense vector to search there (default: the one ace writes for ``encoder``)."""
         if mode not in MODES:
             raise OptionError(f"miner mode must be one of {MODES}, got {mode!r}")
         if mode != "bm25" and encoder is None:
             encoder = CachedEncoder(show_progress=show_progress)
-        self.mode, self.encoder, self.index = mode, encoder, index
+        self.mode, self.encoder, self.index, self.using = mode, encoder, index, using
         self.options = options or MiningOptions()
         self.show_progress = show_progress
 
@@ -148,7 +151,7 @@ class HardNegativeMiner:
         if not qids:
             raise OptionError("no query passes the difficulty/category filters; loosen --min-difficulty or --skip-category")
         texts = [dataset.queries[q] for q in qids]
-        using = vector_name(self.encoder.label) if self.encoder and self.mode != "bm25" else None
+        using = (self.using or vector_name(self.encoder.label)) if self.encoder and self.mode != "bm25" else None
         qvecs = self.encoder.encode_queries(texts) if using else None
         excluded = excluded_documents(dataset)
         depth = opts.range_max + max(len(excluded[q]) for q in qids)  # room for the excluded positives

@@ -60,10 +60,14 @@ def make_client(path: str | None = None, url: str | None = None, api_key: str | 
 class CorpusIndex:
     """A corpus in one Qdrant collection, searchable dense, BM25 or hybrid, in batches."""
 
-    def __init__(self, client: QdrantClient, collection: str = "ace_memories", bm25: BM25Encoder | None = None) -> None:
+    def __init__(self, client: QdrantClient, collection: str = "ace_memories", bm25: BM25Encoder | None = None,
+                 text_field: str = "text", id_field: str = "doc_id") -> None:
+        """``text_field``/``id_field`` name the payload keys holding a point's text and document id, so an
+        existing collection written by another tool can be searched (and mined) as it is."""
         self.client = client
         self.collection = collection
         self.bm25 = bm25 or BM25Encoder()
+        self.text_field, self.id_field = text_field, id_field
 
     # ---- schema --------------------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -84,6 +88,7 @@ class CorpusIndex:
                 self.collection,
                 vectors_config=params,
                 sparse_vectors_config={SPARSE_NAME: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                metadata={"bm25_avgdl": self.bm25.avgdl, "bm25_k1": self.bm25.k1, "bm25_b": self.bm25.b},
             )
             return
         have = self.dense_vectors()
@@ -107,9 +112,16 @@ class CorpusIndex:
         batch_size: int = 256,
         show_progress: bool = True,
     ) -> None:
-        """Write documents with their dense vectors (one array per named vector) and BM25 vectors."""
+        """Write documents with their dense vectors (one array per named vector) and BM25 vectors.
+
+        BM25's average document length is fitted on the first batch written and kept in the collection's
+        metadata, so documents added later (or by another process) are weighted the same way."""
         if self.bm25.avgdl is None:
-            self.bm25.fit(texts)
+            stored = self.client.get_collection(self.collection).config.metadata if self.exists() else None
+            if stored and stored.get("bm25_avgdl"):
+                self.bm25.avgdl = float(stored["bm25_avgdl"])
+            else:
+                self.bm25.fit(texts)
         self.ensure({name: int(v.shape[1]) for name, v in dense.items()})
         bar = tqdm(total=len(doc_ids), desc=f"indexing into {self.collection}", unit="doc", disable=not show_progress)
         for start in range(0, len(doc_ids), batch_size):
@@ -192,7 +204,7 @@ class CorpusIndex:
                 for i in range(start, stop)
             ]
             for response in self.client.query_batch_points(self.collection, requests=requests):
-                results.append([_hit(p) for p in response.points])
+                results.append([self._hit(p) for p in response.points])
         return results
 
     def iter_documents(self, batch_size: int = 256) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -201,11 +213,12 @@ class CorpusIndex:
         while True:
             points, offset = self.client.scroll(self.collection, limit=batch_size, offset=offset, with_payload=True)
             for p in points:
-                yield str(p.payload.get("doc_id", p.id)), str(p.payload.get("text", "")), dict(p.payload)
+                hit = self._hit(p)
+                yield hit.doc_id, hit.text, hit.payload
             if offset is None:
                 return
 
-
-def _hit(point: models.ScoredPoint) -> Hit:
-    payload = dict(point.payload or {})
-    return Hit(doc_id=str(payload.get("doc_id", point.id)), score=float(point.score), text=str(payload.get("text", "")), payload=payload)
+    def _hit(self, point: models.ScoredPoint | models.Record) -> Hit:
+        payload = dict(point.payload or {})
+        return Hit(doc_id=str(payload.get(self.id_field, point.id)), score=float(getattr(point, "score", 0.0) or 0.0),
+                   text=str(payload.get(self.text_field, "")), payload=payload)

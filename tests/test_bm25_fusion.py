@@ -83,3 +83,12 @@ def test_stock_qdrant_vector_store_hybrid_with_our_functions(base_encoder):
     nodes = index.as_retriever(vector_store_query_mode="hybrid", similarity_top_k=2, sparse_top_k=3).retrieve("when to rotate keys")
     assert nodes[0].node.node_id == ids["a"]
     assert len(nodes) == 2
+
+
+def test_bm25_avgdl_is_kept_with_the_collection(tmp_path):
+    client = QdrantClient(path=str(tmp_path / "q"))
+    first = CorpusIndex(client, "t")
+    first.upsert(["a", "b"], [DOCS["a"], DOCS["b"]], {}, show_progress=False)
+    later = CorpusIndex(client, "t")  # e.g. another process adding documents
+    later.upsert(["c"], [DOCS["c"]], {}, show_progress=False)
+    assert later.bm25.avgdl == first.bm25.avgdl == (len(tokenize(DOCS["a"])) + len(tokenize(DOCS["b"]))) / 2

@@ -119,3 +119,23 @@ def test_training_data_file_roundtrip_and_trainer_ready(tmp_path, small, base_en
     hf = to_hf_dataset(again)
     assert hf.column_names == ["anchor", "positive", "negative_1", "negative_2"] and len(hf) == len(examples)
     assert not list(tmp_path.glob(".*tmp"))  # atomic write left nothing behind
+
+
+def test_dense_mining_over_a_users_existing_collection(small, base_encoder):
+    """The collection the current system already serves: its own vector name and payload keys."""
+    from qdrant_client import QdrantClient, models
+
+    from ace_llamaindex.store import CorpusIndex, point_id
+
+    client = QdrantClient(":memory:")
+    client.create_collection("theirs", vectors_config={"embedding": models.VectorParams(size=384, distance=models.Distance.COSINE)})
+    ids = list(small.corpus)
+    vecs = base_encoder.encode_documents([small.corpus[d] for d in ids])
+    client.upsert("theirs", [models.PointStruct(id=point_id(d), vector={"embedding": v.tolist()},
+                                                payload={"memory_id": d, "content": small.corpus[d]}) for d, v in zip(ids, vecs)])
+    index = CorpusIndex(client, "theirs", text_field="content", id_field="memory_id")
+    theirs = HardNegativeMiner("dense", base_encoder, index=index, using="embedding",
+                               options=MiningOptions(num_negatives=3, fill_random=False), show_progress=False).mine(small)
+    ours = HardNegativeMiner("dense", base_encoder, options=MiningOptions(num_negatives=3, fill_random=False),
+                             show_progress=False).mine(small)
+    assert [e.metadata["negative_ids"] for e in theirs] == [e.metadata["negative_ids"] for e in ours]
