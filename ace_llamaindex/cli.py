@@ -258,6 +258,69 @@ def pipeline(dataset, fmt, split, out_dir, test_fraction, **kw):
         console.print(f"{name} report -> {path}")
 
 
+def serving_options(f):
+    opts = [
+        click.option("--model", default=None, help="Fine-tuned model folder or HF id (default: bundled all-MiniLM-L6-v2)."),
+        click.option("--fallback-url", default=None, help="OpenAI-compatible endpoint to fall back to, e.g. http://localhost:1234/v1"),
+        click.option("--fallback-model", default="text-embedding", show_default=True, help="Model name at --fallback-url."),
+        click.option("--qdrant-path", default="qdrant_data", show_default=True, help="Embedded Qdrant folder."),
+        click.option("--qdrant-url", default=None, help="Qdrant server or cluster (overrides --qdrant-path)."),
+        click.option("--collection", default="ace_memories", show_default=True),
+        click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default="hybrid", show_default=True),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _retriever(model, fallback_url, fallback_model, qdrant_path, qdrant_url, collection, mode, top_k=10):
+    from .embedding import FineTunedEmbedding
+    from .http_embedding import OpenAICompatibleEmbedding
+    from .retriever import HybridQdrantRetriever
+
+    fallback = OpenAICompatibleEmbedding(base_url=fallback_url, model_name=fallback_model) if fallback_url else None
+    embed = FineTunedEmbedding(model or "bundled:all-MiniLM-L6-v2", fallback=fallback)
+    return HybridQdrantRetriever(embed, path=None if qdrant_url else qdrant_path, url=qdrant_url, collection=collection,
+                                 mode=mode, similarity_top_k=top_k)
+
+
+@cli.command()
+@dataset_options
+@serving_options
+@friendly
+def index(dataset, fmt, split, **kw):
+    """Index DATASET's corpus (default: the demo memories) into Qdrant: a named vector per model + BM25."""
+    from llama_index.core.schema import TextNode
+
+    from .loading import load_dataset
+
+    ds = load_dataset(dataset, fmt, split=split)
+    retriever = _retriever(**kw)
+    retriever.add_nodes([TextNode(id_=k, text=v) for k, v in ds.corpus.items()])
+    console.print(f"{len(ds.corpus)} documents -> collection {kw['collection']!r} ({kw['qdrant_url'] or kw['qdrant_path']})")
+
+
+@cli.command()
+@click.argument("query")
+@serving_options
+@click.option("--top-k", default=5, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def search(query, top_k, as_json, **kw):
+    """Search an index built by `ace index`."""
+    retriever = _retriever(top_k=top_k, **kw)
+    if not retriever.index.exists():
+        raise click.ClickException(f"no collection {kw['collection']!r}; run `ace index` first")
+    results = retriever.retrieve(query)
+    rows = [{"id": n.node.node_id, "score": n.score, "served_by": n.node.metadata.get("ace_served_by"), "text": n.node.text}
+            for n in results]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    for r in rows:
+        out.print(f"[{r['score']:.4f}] {r['id']}: {r['text']}", highlight=False, soft_wrap=True)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json):

@@ -49,3 +49,14 @@ def test_pipeline_end_to_end(tmp_path):
     assert report["training_card"]["train_examples"] > 0
     assert (run / "model" / "model.safetensors").exists() and (run / "eval.png").exists()
     assert "finetuned vs base" in result.output
+
+
+def test_index_then_search(tmp_path):
+    runner = CliRunner()
+    where = ["--qdrant-path", str(tmp_path / "q"), "--collection", "mem"]
+    result = runner.invoke(cli, ["index", *where])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["search", "celery tasks never run", "--json", "--top-k", "3", *where])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert rows[0]["id"] == "m010" and len(rows) == 3
