@@ -84,3 +84,16 @@ def test_hybrid_and_bm25_systems_differ_from_dense(small, base_encoder):
     report = evaluate(small, systems, show_progress=False, comparisons=[("dense", "hybrid")])
     rows = report.data["per_query"]
     assert any(rows[q]["bm25"]["mrr@10"] != rows[q]["dense"]["mrr@10"] for q in rows)
+
+
+def test_baseline_from_an_openai_compatible_endpoint(embedding_server, small, base_encoder):
+    """The nomic-via-LM-Studio case, with a real server: the endpoint serves the bundled model, so it must score
+    like the local copy of that model."""
+    from ace_llamaindex.encoding import LlamaIndexEncoder
+    from ace_llamaindex.http_embedding import OpenAICompatibleEmbedding
+
+    endpoint = LlamaIndexEncoder(OpenAICompatibleEmbedding(base_url=embedding_server, model_name="minilm"), label="endpoint")
+    systems = [System("endpoint", "dense", endpoint), System("local", "dense", base_encoder)]
+    report = evaluate(small, systems, show_progress=False, comparisons=[("local", "endpoint")])
+    assert report.overall("endpoint", "mrr@10") == pytest.approx(report.overall("local", "mrr@10"), abs=0.02)
+    assert report.data["systems"]["endpoint"]["model"] == "endpoint"
