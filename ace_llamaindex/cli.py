@@ -60,6 +60,8 @@ def mining_options(f):
         click.option("--min-difficulty", type=click.Choice(["easy", "medium", "hard"]), help="Only queries at least this hard."),
         click.option("--skip-category", multiple=True, help="Skip queries of this category (repeatable)."),
         click.option("--seed", default=42, show_default=True, type=int),
+        click.option("--engine", type=click.Choice(["local", "edge"]), default="local", show_default=True,
+                     help="Embedded engine: qdrant-client local mode, or Qdrant Edge (in-process Qdrant, faster)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -159,6 +161,7 @@ def mine(dataset, fmt, split, output, collection, qdrant_url, qdrant_path, vecto
     if collection:
         index = CorpusIndex(make_client(path=qdrant_path, url=qdrant_url), collection, text_field=text_field, id_field=id_field)
         extra = {"index": index, "using": vector_name}
+    extra = extra or {"engine": kw["engine"]}
     examples = get("miners", kw["miner"])(encoder=encoder, options=options, **extra).mine(ds)
     save_training_data(examples, output, source=ds.source, options=options)
     console.print(f"{len(examples)} examples, {sum(len(e.negatives) for e in examples)} negatives -> {output}")
@@ -212,9 +215,10 @@ def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_m
 @click.option("--sparse-weight", default=1.0, show_default=True, type=float)
 @click.option("--out-dir", default="reports", show_default=True, type=click.Path(path_type=Path))
 @click.option("--report", "reporters", multiple=True, help="Reporters to write (default: all: json, md, png).")
+@click.option("--engine", type=click.Choice(["local", "edge"]), default="local", show_default=True)
 @friendly
 def eval_cmd(dataset, fmt, split, finetuned, baseline, baseline_url, baseline_model, query_prefix, document_prefix,
-             max_queries, metric_names, rrf_k, dense_weight, sparse_weight, out_dir, reporters):
+             max_queries, metric_names, rrf_k, dense_weight, sparse_weight, out_dir, reporters, engine):
     """Compare baseline vs fine-tuned (dense and hybrid, plus BM25) on DATASET."""
     from .encoding import CachedEncoder
     from .evaluate import evaluate, standard_systems
@@ -228,7 +232,7 @@ def eval_cmd(dataset, fmt, split, finetuned, baseline, baseline_url, baseline_mo
     tuned = CachedEncoder(str(finetuned), cache_dir=False) if finetuned else None
     metrics = {n: get("metrics", n) for n in metric_names} if metric_names else {n: c.obj for n, c in components("metrics").items()}
     systems = standard_systems(base, tuned, hybrid=HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight))
-    report = evaluate(ds, systems, metrics=metrics, max_queries=max_queries)
+    report = evaluate(ds, systems, metrics=metrics, max_queries=max_queries, engine=engine)
     print_report(report.data)
     for name, path in write_reports(report, out_dir, list(reporters) or None).items():
         console.print(f"{name} report -> {path}")
@@ -251,7 +255,7 @@ def pipeline(dataset, fmt, split, out_dir, test_fraction, **kw):
         kw["base_model"] = kw["model"]
     console.print(f"dataset: {ds.source}: {len(ds.queries)} queries, {len(ds.corpus)} documents")
     result = run_pipeline(ds, out_dir, miner=kw["miner"], trainer=kw["trainer"], mining=_mining(kw),
-                          training=_training(kw, kw["seed"]), test_fraction=test_fraction, seed=kw["seed"])
+                          training=_training(kw, kw["seed"]), test_fraction=test_fraction, seed=kw["seed"], engine=kw["engine"])
     console.print(f"training data -> {result.training_data}\nmodel -> {result.model_dir}")
     print_report(result.report.data)
     for name, path in result.reports.items():
@@ -267,13 +271,15 @@ def serving_options(f):
         click.option("--qdrant-url", default=None, help="Qdrant server or cluster (overrides --qdrant-path)."),
         click.option("--collection", default="ace_memories", show_default=True),
         click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default="hybrid", show_default=True),
+        click.option("--engine", type=click.Choice(["local", "edge"]), default="local", show_default=True,
+                     help="Embedded engine: qdrant-client local mode, or Qdrant Edge (in-process Qdrant, faster)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
     return f
 
 
-def _retriever(model, fallback_url, fallback_model, qdrant_path, qdrant_url, collection, mode, top_k=10):
+def _retriever(model, fallback_url, fallback_model, qdrant_path, qdrant_url, collection, mode, engine, top_k=10):
     from .embedding import FineTunedEmbedding
     from .http_embedding import OpenAICompatibleEmbedding
     from .retriever import HybridQdrantRetriever
@@ -281,7 +287,7 @@ def _retriever(model, fallback_url, fallback_model, qdrant_path, qdrant_url, col
     fallback = OpenAICompatibleEmbedding(base_url=fallback_url, model_name=fallback_model) if fallback_url else None
     embed = FineTunedEmbedding(model or "bundled:all-MiniLM-L6-v2", fallback=fallback)
     return HybridQdrantRetriever(embed, path=None if qdrant_url else qdrant_path, url=qdrant_url, collection=collection,
-                                 mode=mode, similarity_top_k=top_k)
+                                 mode=mode, similarity_top_k=top_k, engine=engine)
 
 
 @cli.command()

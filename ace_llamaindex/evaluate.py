@@ -19,7 +19,7 @@ from .dataset import QADataset
 from .metrics import BUILTIN_METRICS, Metric
 from .models import vector_name
 from .stats import paired_bootstrap
-from .store import CorpusIndex, HybridParams, make_client
+from .store import HybridParams, open_index
 
 
 class Encoder(Protocol):
@@ -77,6 +77,7 @@ def evaluate(
     depth: int = 100,
     qdrant_path: str | None = None,
     qdrant_url: str | None = None,
+    engine: str = "local",
     show_progress: bool = True,
     resamples: int = 5000,
 ) -> EvalReport:
@@ -97,9 +98,8 @@ def evaluate(
         doc_vectors[label] = enc.encode_documents(doc_texts)
         dense[vector_name(label)] = doc_vectors[label]
         timings[f"encode corpus: {label}"] = time.perf_counter() - started
-    index = CorpusIndex(make_client(path=qdrant_path, url=qdrant_url), "ace_eval")
-    if index.exists():
-        index.client.delete_collection("ace_eval")
+    index = open_index("ace_eval", path=qdrant_path, url=qdrant_url, engine=engine)
+    index.delete()
     index.upsert(doc_ids, doc_texts, dense, show_progress=show_progress)
     position = {d: i for i, d in enumerate(doc_ids)}
 

@@ -32,12 +32,12 @@ class FusionChoice:
 
 
 def tune_fusion(dataset: QADataset, encoder: Encoder, metric: str = "ndcg@10",
-                weights=DEFAULT_WEIGHTS, ks=DEFAULT_K, show_progress: bool = False) -> FusionChoice:
+                weights=DEFAULT_WEIGHTS, ks=DEFAULT_K, show_progress: bool = False, engine: str = "local") -> FusionChoice:
     """Grid-search (dense_weight, sparse_weight) x rrf_k; return the best by ``metric`` (ties: fewer changes)."""
     grid = {f"dense={d},bm25={s},k={k}": HybridParams(rrf_k=k, dense_weight=d, sparse_weight=s)
             for (d, s), k in product(weights, ks)}
     systems = [System(name, "hybrid", encoder, params) for name, params in grid.items()]
-    report = evaluate(dataset, systems, comparisons=[], show_progress=show_progress, resamples=1)
+    report = evaluate(dataset, systems, comparisons=[], show_progress=show_progress, resamples=1, engine=engine)
     scores = {name: report.overall(name, metric) for name in grid}
     best = max(scores, key=lambda n: scores[n])
     return FusionChoice(grid[best], metric, scores)

@@ -28,7 +28,8 @@ def register_loaders(register):
 @hookspec
 def register_miners(register):
     """Register hard-negative miners: a factory ``(encoder, options: MiningOptions, index=None,
-    show_progress=True) -> obj`` where ``obj.mine(dataset) -> list[TrainingExample]``."""
+    show_progress=True, **kwargs) -> obj`` where ``obj.mine(dataset) -> list[TrainingExample]``. ``kwargs`` may
+    carry ``engine`` ("local" or "edge") and ``using`` (a named vector); ignore what you do not use."""
 
 
 @hookspec

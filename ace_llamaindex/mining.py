@@ -25,7 +25,7 @@ from .dataset import DIFFICULTIES, QADataset, read_json
 from .encoding import CachedEncoder
 from .errors import DatasetError, OptionError
 from .models import vector_name
-from .store import MODES, CorpusIndex, HybridParams, make_client, point_id
+from .store import MODES, CorpusIndex, HybridParams, open_index, point_id
 
 
 @dataclass
@@ -113,11 +113,10 @@ def select_queries(dataset: QADataset, options: MiningOptions) -> list[str]:
 
 
 def build_index(dataset: QADataset, encoder: CachedEncoder | None, *, path: str | None = None, url: str | None = None,
-                collection: str = "ace_mining", show_progress: bool = True) -> CorpusIndex:
+                collection: str = "ace_mining", engine: str = "local", show_progress: bool = True) -> CorpusIndex:
     """Index the corpus (dense vectors of ``encoder`` if given, BM25 always) into embedded or remote Qdrant."""
-    index = CorpusIndex(make_client(path=path, url=url), collection)
-    if index.exists():
-        index.client.delete_collection(collection)
+    index = open_index(collection, path=path, url=url, engine=engine)
+    index.delete()
     ids = list(dataset.corpus)
     texts = [dataset.corpus[i] for i in ids]
     dense = {vector_name(encoder.label): encoder.encode_documents(texts)} if encoder else {}
@@ -129,15 +128,17 @@ class HardNegativeMiner:
     """Mine with one retrieval mode (``dense``, ``bm25`` or ``hybrid``) over a real Qdrant collection."""
 
     def __init__(self, mode: str = "dense", encoder: CachedEncoder | None = None, index: CorpusIndex | None = None,
-                 options: MiningOptions | None = None, show_progress: bool = True, using: str | None = None) -> None:
+                 options: MiningOptions | None = None, show_progress: bool = True, using: str | None = None,
+                 engine: str = "local") -> None:
         """``index``: mine over this collection instead of indexing the dataset's corpus (e.g. the collection your
         current system already serves; its payload's document ids must match the dataset's corpus ids).
-        ``using``: the named dense vector to search there (default: the one ace writes for ``encoder``)."""
+        ``using``: the named dense vector to search there (default: the one ace writes for ``encoder``).
+        ``engine``: where the corpus is indexed when no ``index`` is given (``local`` or ``edge``)."""
         if mode not in MODES:
             raise OptionError(f"miner mode must be one of {MODES}, got {mode!r}")
         if mode != "bm25" and encoder is None:
             encoder = CachedEncoder(show_progress=show_progress)
-        self.mode, self.encoder, self.index, self.using = mode, encoder, index, using
+        self.mode, self.encoder, self.index, self.using, self.engine = mode, encoder, index, using, engine
         self.options = options or MiningOptions()
         self.show_progress = show_progress
 
@@ -146,7 +147,8 @@ class HardNegativeMiner:
         opts = self.options
         opts.validate()
         rng = random.Random(opts.seed)
-        index = self.index or build_index(dataset, self.encoder if self.mode != "bm25" else None, show_progress=self.show_progress)
+        index = self.index or build_index(dataset, self.encoder if self.mode != "bm25" else None, engine=self.engine,
+                                          show_progress=self.show_progress)
         qids = select_queries(dataset, opts)
         if not qids:
             raise OptionError("no query passes the difficulty/category filters; loosen --min-difficulty or --skip-category")

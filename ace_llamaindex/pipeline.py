@@ -42,6 +42,7 @@ def run_pipeline(
     seed: int = 42,
     show_progress: bool = True,
     reporters: list[str] | None = None,
+    engine: str = "local",
 ) -> PipelineResult:
     """Hold out ``test_fraction`` of the queries, mine + train on the rest, and compare base vs fine-tuned on the
     held-out queries (the corpus is shared, as a memory bank is)."""
@@ -50,12 +51,12 @@ def run_pipeline(
     train_set, test_set = dataset.split(test_fraction, seed)
     base = CachedEncoder(training.base_model, max_seq_length=training.max_seq_length, show_progress=show_progress)
     mining = mining or MiningOptions(seed=seed)
-    examples = get("miners", miner)(encoder=base, options=mining, show_progress=show_progress).mine(train_set)
+    examples = get("miners", miner)(encoder=base, options=mining, show_progress=show_progress, engine=engine).mine(train_set)
     data_path = save_training_data(examples, out_dir / "training_data.json", source=dataset.source, options=mining)
     result = get("trainers", trainer)(examples, out_dir / "model", training, data_fingerprint=train_set.fingerprint())
     finetuned = CachedEncoder(str(result.model_dir), max_seq_length=training.max_seq_length, show_progress=show_progress,
                               cache_dir=False)
     metrics: dict[str, Any] = {n: c.obj for n, c in components("metrics").items()}
-    report = evaluate(test_set, standard_systems(base, finetuned), metrics=metrics, show_progress=show_progress)
+    report = evaluate(test_set, standard_systems(base, finetuned), metrics=metrics, show_progress=show_progress, engine=engine)
     report.data["training_card"] = result.card
     return PipelineResult(data_path, result.model_dir, report, write_reports(report, out_dir, reporters))

@@ -17,7 +17,7 @@ from .bm25 import BM25Encoder
 from .embedding import space_label
 from .filters import to_qdrant_filter
 from .models import vector_name
-from .store import MODES, CorpusIndex, Hit, HybridParams, make_client
+from .store import MODES, CorpusIndex, Hit, HybridParams, open_index
 
 SERVED_BY = "ace_served_by"
 _INTERNAL = {"doc_id", "text"}
@@ -38,7 +38,7 @@ class HybridQdrantRetriever(BaseRetriever):
     """Retrieve nodes from a Qdrant collection by dense, BM25, or hybrid (RRF) search.
 
     Embedded local Qdrant by default (``path=`` a folder, or in memory when ``path`` and ``url`` are None);
-    ``url=`` for a server or cluster. Each result's metadata says which embedding model served the query
+    ``url=`` for a server or cluster; ``engine="edge"`` for Qdrant Edge, the Qdrant engine in-process. Each result's metadata says which embedding model served the query
     (``ace_served_by``): after a fallback, the baseline's named vector is searched, never the fine-tuned one.
     """
 
@@ -60,13 +60,15 @@ class HybridQdrantRetriever(BaseRetriever):
         sparse_weight: float = 1.0,
         prefetch_limit: int = 100,
         bm25: BM25Encoder | None = None,
+        engine: str = "local",
         **kwargs: Any,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         super().__init__(**kwargs)
         self.embed_model = embed_model
-        self.index = CorpusIndex(client or make_client(path=path, url=url, api_key=api_key), collection, bm25)
+        self.index = (CorpusIndex(client, collection, bm25) if client is not None
+                      else open_index(collection, path=path, url=url, api_key=api_key, engine=engine, bm25=bm25))
         self.mode = mode
         self.similarity_top_k = similarity_top_k
         self.score_threshold = score_threshold

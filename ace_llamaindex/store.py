@@ -57,6 +57,24 @@ def make_client(path: str | None = None, url: str | None = None, api_key: str | 
     return QdrantClient(path=path) if path else QdrantClient(":memory:")
 
 
+ENGINES = ("local", "edge")
+
+
+def open_index(collection: str, *, path: str | None = None, url: str | None = None, api_key: str | None = None,
+               engine: str = "local", **kwargs: Any) -> CorpusIndex:
+    """A :class:`CorpusIndex` on the chosen engine: ``local`` (qdrant-client: embedded local mode, or a server by
+    ``url``) or ``edge`` (Qdrant Edge, the Qdrant engine in-process; much faster embedded search)."""
+    if engine == "edge":
+        if url:
+            raise OptionError("engine 'edge' is in-process; use engine 'local' with url= for a Qdrant server")
+        from .edge_store import EdgeCorpusIndex
+
+        return EdgeCorpusIndex(path, collection, **kwargs)
+    if engine != "local":
+        raise OptionError(f"engine must be one of {ENGINES}, got {engine!r}")
+    return CorpusIndex(make_client(path=path, url=url, api_key=api_key), collection, **kwargs)
+
+
 class CorpusIndex:
     """A corpus in one Qdrant collection, searchable dense, BM25 or hybrid, in batches."""
 
@@ -69,9 +87,14 @@ class CorpusIndex:
         self.bm25 = bm25 or BM25Encoder()
         self.text_field, self.id_field = text_field, id_field
 
-    # ---- schema --------------------------------------------------------------------------------------------
+    # ---- the engine: every call that touches Qdrant itself (EdgeCorpusIndex overrides these) ---------------
     def exists(self) -> bool:
         return self.client.collection_exists(self.collection)
+
+    def delete(self) -> None:
+        """Drop the collection if it exists."""
+        if self.exists():
+            self.client.delete_collection(self.collection)
 
     def dense_vectors(self) -> dict[str, int]:
         """Named dense vectors in the collection and their sizes."""
@@ -80,16 +103,36 @@ class CorpusIndex:
         vectors = self.client.get_collection(self.collection).config.params.vectors
         return {name: params.size for name, params in (vectors or {}).items()} if isinstance(vectors, dict) else {}
 
+    def _stored_metadata(self) -> dict[str, Any]:
+        return (self.client.get_collection(self.collection).config.metadata or {}) if self.exists() else {}
+
+    def _create(self, dense: Mapping[str, int], metadata: dict[str, Any]) -> None:
+        self.client.create_collection(
+            self.collection,
+            vectors_config={n: models.VectorParams(size=d, distance=models.Distance.COSINE) for n, d in dense.items()},
+            sparse_vectors_config={SPARSE_NAME: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+            metadata=metadata,
+        )
+
+    def _write(self, points: list[models.PointStruct]) -> None:
+        self.client.upsert(self.collection, points=points, wait=True)
+
+    def _query(self, requests: list[models.QueryRequest]) -> list[list[Any]]:
+        return [r.points for r in self.client.query_batch_points(self.collection, requests=requests)]
+
+    def _scroll(self, batch_size: int) -> Iterator[Any]:
+        offset = None
+        while True:
+            points, offset = self.client.scroll(self.collection, limit=batch_size, offset=offset, with_payload=True)
+            yield from points
+            if offset is None:
+                return
+
+    # ---- schema --------------------------------------------------------------------------------------------
     def ensure(self, dense: Mapping[str, int]) -> None:
-        """Create the collection (BM25 with IDF modifier + the given named dense vectors), or add missing ones."""
-        params = {n: models.VectorParams(size=d, distance=models.Distance.COSINE) for n, d in dense.items()}
+        """Create the collection (BM25 with IDF modifier + the given named dense vectors), or check it."""
         if not self.exists():
-            self.client.create_collection(
-                self.collection,
-                vectors_config=params,
-                sparse_vectors_config={SPARSE_NAME: models.SparseVectorParams(modifier=models.Modifier.IDF)},
-                metadata={"bm25_avgdl": self.bm25.avgdl, "bm25_k1": self.bm25.k1, "bm25_b": self.bm25.b},
-            )
+            self._create(dense, {"bm25_avgdl": self.bm25.avgdl, "bm25_k1": self.bm25.k1, "bm25_b": self.bm25.b})
             return
         have = self.dense_vectors()
         for name, size in dense.items():
@@ -117,8 +160,8 @@ class CorpusIndex:
         BM25's average document length is fitted on the first batch written and kept in the collection's
         metadata, so documents added later (or by another process) are weighted the same way."""
         if self.bm25.avgdl is None:
-            stored = self.client.get_collection(self.collection).config.metadata if self.exists() else None
-            if stored and stored.get("bm25_avgdl"):
+            stored = self._stored_metadata()
+            if stored.get("bm25_avgdl"):
                 self.bm25.avgdl = float(stored["bm25_avgdl"])
             else:
                 self.bm25.fit(texts)
@@ -133,7 +176,7 @@ class CorpusIndex:
                     vector[SPARSE_NAME] = models.SparseVector(indices=indices, values=values)
                 payload = {**(payloads[i] if payloads else {}), "doc_id": doc_ids[i], "text": texts[i]}
                 points.append(models.PointStruct(id=point_id(doc_ids[i]), vector=vector, payload=payload))
-            self.client.upsert(self.collection, points=points, wait=True)
+            self._write(points)
             bar.update(len(points))
         bar.close()
 
@@ -203,22 +246,17 @@ class CorpusIndex:
                               using, limit, query_filter, hybrid, score_threshold)
                 for i in range(start, stop)
             ]
-            for response in self.client.query_batch_points(self.collection, requests=requests):
-                results.append([self._hit(p) for p in response.points])
+            for points in self._query(requests):
+                results.append([self._hit(p) for p in points])
         return results
 
     def iter_documents(self, batch_size: int = 256) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """Yield (doc_id, text, payload) for every point."""
-        offset = None
-        while True:
-            points, offset = self.client.scroll(self.collection, limit=batch_size, offset=offset, with_payload=True)
-            for p in points:
-                hit = self._hit(p)
-                yield hit.doc_id, hit.text, hit.payload
-            if offset is None:
-                return
+        for p in self._scroll(batch_size):
+            hit = self._hit(p)
+            yield hit.doc_id, hit.text, hit.payload
 
-    def _hit(self, point: models.ScoredPoint | models.Record) -> Hit:
+    def _hit(self, point: Any) -> Hit:
         payload = dict(point.payload or {})
         return Hit(doc_id=str(payload.get(self.id_field, point.id)), score=float(getattr(point, "score", 0.0) or 0.0),
                    text=str(payload.get(self.text_field, "")), payload=payload)

@@ -139,3 +139,14 @@ def test_dense_mining_over_a_users_existing_collection(small, base_encoder):
     ours = HardNegativeMiner("dense", base_encoder, options=MiningOptions(num_negatives=3, fill_random=False),
                              show_progress=False).mine(small)
     assert [e.metadata["negative_ids"] for e in theirs] == [e.metadata["negative_ids"] for e in ours]
+
+
+def test_miners_on_the_edge_engine_match_local_mode(small, base_encoder):
+    pytest.importorskip("qdrant_edge")
+    opts = MiningOptions(num_negatives=3, fill_random=False)
+    for mode in ("dense", "bm25"):
+        local = HardNegativeMiner(mode, base_encoder, options=opts, show_progress=False).mine(small)
+        edge = HardNegativeMiner(mode, base_encoder, options=opts, show_progress=False, engine="edge").mine(small)
+        for a, b in zip(local, edge):  # same scores; documents with tied BM25 scores may come in another order
+            assert b.metadata["positive_score"] == pytest.approx(a.metadata["positive_score"], rel=1e-5)
+            assert b.metadata["negative_scores"] == pytest.approx(a.metadata["negative_scores"], rel=1e-5)

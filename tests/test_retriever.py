@@ -116,3 +116,43 @@ def test_after_fallback_results_come_from_the_baseline_named_vector(embedding_se
     # ...and not against the fine-tuned vectors, which would score differently.
     wrong = r.index.search("dense", vectors=q[None, :].astype(np.float32), using=vector_name(emb.model_name), limit=3)[0]
     assert [h.score for h in wrong] != pytest.approx([n.score for n in fallen], abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def both_engines(nodes):
+    pytest.importorskip("qdrant_edge")
+    engines = {}
+    for engine in ("local", "edge"):
+        engines[engine] = HybridQdrantRetriever(FineTunedEmbedding(), engine=engine, similarity_top_k=5)
+        engines[engine].add_nodes(nodes, show_progress=False)
+    return engines
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_edge_engine_scores_like_local_mode(both_engines, demo, mode):
+    """Qdrant Edge (the engine in-process) and qdrant-client's local mode answer the same requests alike."""
+    qs = [demo.queries[q] for q in sorted(demo.queries)[:25]]
+    results = {}
+    for engine, r in both_engines.items():
+        r.mode = mode
+        results[engine] = r.batch_retrieve(qs)
+    if mode != "hybrid":
+        for local, edge in zip(results["local"], results["edge"]):
+            assert [n.score for n in edge] == pytest.approx([n.score for n in local], rel=1e-4, abs=1e-6)
+    else:  # BM25 ties may be broken differently inside a prefetch list, which shifts a few RRF ranks
+        overlap = [len({n.node.node_id for n in a} & {n.node.node_id for n in b}) / 5
+                   for a, b in zip(results["local"], results["edge"])]
+        assert sum(overlap) / len(overlap) >= 0.9
+
+
+def test_edge_engine_filters_and_persistence(tmp_path, nodes):
+    pytest.importorskip("qdrant_edge")
+    r = HybridQdrantRetriever(FineTunedEmbedding(), engine="edge", path=str(tmp_path / "edge"), collection="mem",
+                              filters=MetadataFilters(filters=[MetadataFilter(key="category", value="security")]))
+    r.add_nodes(nodes, show_progress=False)
+    res = r.retrieve("how do we deploy")
+    assert res and all(n.node.metadata["category"] == "security" for n in res)
+    r.index.close()
+    again = HybridQdrantRetriever(FineTunedEmbedding(), engine="edge", path=str(tmp_path / "edge"), collection="mem")
+    assert again.retrieve(nodes[0].text)[0].node.node_id == nodes[0].node_id
+    assert again.index.bm25.avgdl is None and again.index._stored_metadata()["bm25_avgdl"] > 0
