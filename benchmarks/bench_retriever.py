@@ -56,6 +56,8 @@ def main() -> None:
 
     ours = HybridQdrantRetriever(embed, similarity_top_k=10)
     ours.index.upsert(ids, texts, {vector_name(embed.model_name): vectors}, show_progress=True)
+    edge = HybridQdrantRetriever(embed, similarity_top_k=10, engine="edge")
+    edge.index.upsert(ids, texts, {vector_name(embed.model_name): vectors}, show_progress=True)
 
     from llama_index.core import StorageContext, VectorStoreIndex
     from llama_index.core.schema import TextNode
@@ -74,26 +76,29 @@ def main() -> None:
     stock = stock_index.as_retriever(vector_store_query_mode="hybrid", similarity_top_k=10, sparse_top_k=100, hybrid_top_k=10)
     stock_dense = stock_index.as_retriever(similarity_top_k=10)
 
-    for q in qids[:5]:  # warm up both paths
-        ours.retrieve(ds.queries[q]), stock.retrieve(ds.queries[q])
+    for q in qids[:5]:  # warm up every path
+        ours.retrieve(ds.queries[q]), edge.retrieve(ds.queries[q]), stock.retrieve(ds.queries[q])
     forward = []
     for q in qids:
         started = time.perf_counter()
         embed.get_query_embedding(ds.queries[q])
         forward.append(time.perf_counter() - started)
     rows = [
-        run("ours: HybridQdrantRetriever (RRF in Qdrant, k=60)", ours.retrieve, ds, qids, lambda n: n.node.node_id),
+        run("ours, edge engine: HybridQdrantRetriever (RRF in Qdrant, k=60)", edge.retrieve, ds, qids, lambda n: n.node.node_id),
+        run("ours, local mode: HybridQdrantRetriever (RRF in Qdrant, k=60)", ours.retrieve, ds, qids, lambda n: n.node.node_id),
         run("stock: QdrantVectorStore hybrid + our BM25 + rrf_fusion", stock.retrieve, ds, qids, lambda n: back[n.node.node_id]),
         run("stock: QdrantVectorStore dense only", stock_dense.retrieve, ds, qids, lambda n: back[n.node.node_id]),
     ]
-    ours.mode = "dense"
-    rows.append(run("ours: dense only", ours.retrieve, ds, qids, lambda n: n.node.node_id))
+    ours.mode = edge.mode = "dense"
+    rows.append(run("ours, local mode: dense only", ours.retrieve, ds, qids, lambda n: n.node.node_id))
+    rows.append(run("ours, edge engine: dense only", edge.retrieve, ds, qids, lambda n: n.node.node_id))
     fwd = percentiles(forward)
     for row in rows:
         row["overhead_over_forward_p50"] = round((row["p50_ms"] - fwd["p50_ms"]) / fwd["p50_ms"], 3)
     result = {"dataset": args.dataset, "split": args.split, "queries": len(qids), "documents": len(ids),
               "model_forward_one_query": fwd, "systems": rows,
-              "note": "embedded (local-mode) Qdrant: brute-force search in Python; a Qdrant server indexes both vectors"}
+              "note": "local mode = qdrant-client's embedded mode (brute force in Python; the stock store uses it too); "
+                      "edge = Qdrant Edge, Qdrant's engine in-process"}
     save(f"retriever-{args.dataset}", result)
     for row in rows:
         print(row)
