@@ -15,7 +15,7 @@ from rich.table import Table
 from .errors import AceError
 
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 140)  # tables stay readable in logs and CI
 
 
 def friendly(fn):
@@ -132,6 +132,10 @@ def print_report(report: dict, metric: str = "ndcg@10") -> None:
             verdicts.add_row(f"{c['candidate']} vs {c['baseline']}", c["metric"], f"{c['delta']:+.3f}",
                              f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]", f"[{colour}]{c['verdict']}[/{colour}]")
     out.print(verdicts)
+    fusion = report.get("fusion_tuning")
+    if fusion:
+        out.print(f"hybrid fusion tuned on held-out training queries: RRF k={fusion['rrf_k']}, weights dense="
+                  f"{fusion['dense_weight']} / bm25={fusion['sparse_weight']} ({fusion['metric']})", highlight=False)
 
 
 @cli.command()

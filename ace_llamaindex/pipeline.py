@@ -8,7 +8,8 @@ from typing import Any
 
 from .dataset import QADataset
 from .encoding import CachedEncoder
-from .evaluate import EvalReport, evaluate, standard_systems
+from .evaluate import EvalReport, System, default_comparisons, evaluate, standard_systems
+from .fusion_tuning import tune_fusion
 from .mining import MiningOptions, save_training_data
 from .plugins import components, get
 from .training import TrainConfig
@@ -43,12 +44,17 @@ def run_pipeline(
     show_progress: bool = True,
     reporters: list[str] | None = None,
     engine: str = "local",
+    tune_fraction: float = 0.15,
 ) -> PipelineResult:
     """Hold out ``test_fraction`` of the queries, mine + train on the rest, and compare base vs fine-tuned on the
-    held-out queries (the corpus is shared, as a memory bank is)."""
+    held-out queries (the corpus is shared, as a memory bank is).
+
+    A further ``tune_fraction`` of the training queries is kept out of training to tune the hybrid fusion
+    (RRF k and weights); the tuned hybrid is reported beside plain RRF, so the report shows when BM25 helps."""
     out_dir = Path(out_dir)
     training = training or TrainConfig(seed=seed)
     train_set, test_set = dataset.split(test_fraction, seed)
+    train_set, tune_set = train_set.split(tune_fraction, seed) if tune_fraction else (train_set, None)
     base = CachedEncoder(training.base_model, max_seq_length=training.max_seq_length, show_progress=show_progress)
     mining = mining or MiningOptions(seed=seed)
     examples = get("miners", miner)(encoder=base, options=mining, show_progress=show_progress, engine=engine).mine(train_set)
@@ -57,6 +63,12 @@ def run_pipeline(
     finetuned = CachedEncoder(str(result.model_dir), max_seq_length=training.max_seq_length, show_progress=show_progress,
                               cache_dir=False)
     metrics: dict[str, Any] = {n: c.obj for n, c in components("metrics").items()}
-    report = evaluate(test_set, standard_systems(base, finetuned), metrics=metrics, show_progress=show_progress, engine=engine)
+    systems = standard_systems(base, finetuned)
+    fusion = tune_fusion(tune_set, finetuned, engine=engine) if tune_set else None
+    if fusion:
+        systems.append(System("finetuned+hybrid(tuned)", "hybrid", finetuned, fusion.params))
+    report = evaluate(test_set, systems, metrics=metrics, show_progress=show_progress, engine=engine,
+                      comparisons=default_comparisons([s.name for s in systems]) + ([("finetuned", "finetuned+hybrid(tuned)")] if fusion else []))
     report.data["training_card"] = result.card
+    report.data["fusion_tuning"] = fusion.as_dict() if fusion else None
     return PipelineResult(data_path, result.model_dir, report, write_reports(report, out_dir, reporters))
