@@ -22,7 +22,7 @@ def load_dataset(path: str | Path | None = None, fmt: str | None = None, **optio
         raise DatasetError(path, "path", "does not exist")
     if fmt:
         return get("loaders", fmt).load(path, **options)
-    for name, component in components("loaders").items():
+    for component in components("loaders").values():
         if component.obj.sniff(path):
             return component.obj.load(path, **options)
     raise DatasetError(path, "format", f"not recognised; expected one of {', '.join(components('loaders'))} (pass --format)")

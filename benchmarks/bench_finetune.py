@@ -21,7 +21,6 @@ from ace_llamaindex.fusion_tuning import tune_fusion
 from ace_llamaindex.mining import HardNegativeMiner, MiningOptions
 from ace_llamaindex.models import resolve_model
 from ace_llamaindex.reporting import markdown_report
-from ace_llamaindex.store import HybridParams
 from ace_llamaindex.training import TrainConfig, split_by_query, train
 
 
