@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--miner", default="hybrid")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-st", action="store_true")
+    parser.add_argument("--engine", default="edge", choices=["local", "edge"], help="edge: Qdrant in-process (fast BM25)")
     args = parser.parse_args()
 
     folder = dataset_dir(args.dataset)
@@ -77,7 +78,7 @@ def main() -> None:
     # --- ours: mine over Qdrant with guards, train with validation, tune fusion weights on held-out train queries
     options = MiningOptions(num_negatives=args.negatives, relative_margin=0.05, range_max=50, seed=args.seed)
     with timed(timings, f"ours: mine ({args.miner})"):
-        examples = HardNegativeMiner(args.miner, base, options=options).mine(train_set)
+        examples = HardNegativeMiner(args.miner, base, options=options, engine=args.engine).mine(train_set)
     train_rows, val_rows = split_by_query(examples, 0.1, args.seed)
     val_queries = {e.metadata["query_id"] for e in val_rows}
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -86,7 +87,7 @@ def main() -> None:
         result = train(examples, work / "ours", config, data_fingerprint=train_set.fingerprint())
     ours = CachedEncoder(str(result.model_dir), cache_dir=False)
     with timed(timings, "ours: tune fusion on held-out train queries"):
-        fusion = tune_fusion(train_set.subset(val_queries), ours)
+        fusion = tune_fusion(train_set.subset(val_queries), ours, engine=args.engine)
 
     systems = [System("bm25", "bm25"), System("base", "dense", base), System("base+hybrid", "hybrid", base)]
     n_st = None
@@ -100,12 +101,12 @@ def main() -> None:
                    ("st-recipe+hybrid", "ours+hybrid(tuned)"), ("ours", "ours+hybrid(tuned)"), ("bm25", "ours+hybrid(tuned)")]
     names = {s.name for s in systems}
     with timed(timings, "evaluate all systems"):
-        report = evaluate(test_set, systems, comparisons=[c for c in comparisons if set(c) <= names])
+        report = evaluate(test_set, systems, comparisons=[c for c in comparisons if set(c) <= names], engine=args.engine)
     data = report.data
     data.pop("per_query")
     data["benchmark"] = {"dataset": args.dataset, "quick": args.quick, "epochs": args.epochs, "batch_size": args.batch_size,
                          "negatives": args.negatives, "learning_rate": args.learning_rate, "miner": args.miner,
-                         "train_max_seq_length": seq, "our_examples": len(examples), "st_examples": n_st,
+                         "train_max_seq_length": seq, "engine": args.engine, "our_examples": len(examples), "st_examples": n_st,
                          "fusion": fusion.as_dict(), "training_card": result.card, "timings_seconds": timings}
     save(tag, data)
     (RESULTS / f"{tag}.md").write_text(markdown_report(data) + "\n### Wall clock (s)\n\n" +
