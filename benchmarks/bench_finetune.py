@@ -64,13 +64,14 @@ def main() -> None:
     parser.add_argument("--miner", default="hybrid")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-st", action="store_true")
+    parser.add_argument("--suffix", default="", help="appended to the result file name")
     parser.add_argument("--engine", default="edge", choices=["local", "edge"], help="edge: Qdrant in-process (fast BM25)")
     args = parser.parse_args()
 
     folder = dataset_dir(args.dataset)
     train_set, test_set = load_beir(folder, "train"), load_beir(folder, "test")
     seq = 128 if args.quick else None
-    tag = f"finetune-{args.dataset}{'-quick' if args.quick else ''}"
+    tag = f"finetune-{args.dataset}{'-quick' if args.quick else ''}{'-' + args.suffix if args.suffix else ''}"
     work = RESULTS / f".{tag}-models"
     timings: dict[str, float] = {}
     base = CachedEncoder(cache_dir=CACHE)
