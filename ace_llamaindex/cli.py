@@ -60,8 +60,8 @@ def mining_options(f):
         click.option("--min-difficulty", type=click.Choice(["easy", "medium", "hard"]), help="Only queries at least this hard."),
         click.option("--skip-category", multiple=True, help="Skip queries of this category (repeatable)."),
         click.option("--seed", default=42, show_default=True, type=int),
-        click.option("--engine", type=click.Choice(["local", "edge"]), default="local", show_default=True,
-                     help="Embedded engine: qdrant-client local mode, or Qdrant Edge (in-process Qdrant, faster)."),
+        click.option("--engine", type=click.Choice(["auto", "local", "edge"]), default="auto", show_default=True,
+                     help="Engine for the throwaway mining index: Qdrant Edge if installed (auto), or local mode."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -219,7 +219,8 @@ def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_m
 @click.option("--sparse-weight", default=1.0, show_default=True, type=float)
 @click.option("--out-dir", default="reports", show_default=True, type=click.Path(path_type=Path))
 @click.option("--report", "reporters", multiple=True, help="Reporters to write (default: all: json, md, png).")
-@click.option("--engine", type=click.Choice(["local", "edge"]), default="local", show_default=True)
+@click.option("--engine", type=click.Choice(["auto", "local", "edge"]), default="auto", show_default=True,
+              help="Engine for the evaluation index: Qdrant Edge if installed (auto), or local mode.")
 @friendly
 def eval_cmd(dataset, fmt, split, finetuned, baseline, baseline_url, baseline_model, query_prefix, document_prefix,
              max_queries, metric_names, rrf_k, dense_weight, sparse_weight, out_dir, reporters, engine):

@@ -50,6 +50,7 @@ class CachedEncoder:
         self.cache_dir = None if cache_dir is False else Path(cache_dir) if cache_dir not in (None, True) else default_cache_dir()
         self._memory: dict[str, dict[str, np.ndarray]] = {}
         self._model = None
+        self._fingerprint: str | None = None
 
     @property
     def model(self):
@@ -65,8 +66,9 @@ class CachedEncoder:
         return int(self.model.get_sentence_embedding_dimension())
 
     def _space(self, kind: Kind) -> str:
-        seq = self.max_seq_length or "default"
-        return f"{model_fingerprint(self.model_name)}-{seq}-{kind}"
+        if self._fingerprint is None:  # stat-ing the model folder once per encoder, not once per call
+            self._fingerprint = model_fingerprint(self.model_name)
+        return f"{self._fingerprint}-{self.max_seq_length or 'default'}-{kind}"
 
     def _table(self, space: str) -> dict[str, np.ndarray]:
         if space not in self._memory:

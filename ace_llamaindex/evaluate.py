@@ -77,7 +77,7 @@ def evaluate(
     depth: int = 100,
     qdrant_path: str | None = None,
     qdrant_url: str | None = None,
-    engine: str = "local",
+    engine: str = "auto",
     show_progress: bool = True,
     resamples: int = 5000,
 ) -> EvalReport:

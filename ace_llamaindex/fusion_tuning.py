@@ -32,7 +32,7 @@ class FusionChoice:
 
 
 def tune_fusion(dataset: QADataset, encoder: Encoder, metric: str = "ndcg@10",
-                weights=DEFAULT_WEIGHTS, ks=DEFAULT_K, show_progress: bool = False, engine: str = "local") -> FusionChoice:
+                weights=DEFAULT_WEIGHTS, ks=DEFAULT_K, show_progress: bool = False, engine: str = "auto") -> FusionChoice:
     """Grid-search (dense_weight, sparse_weight) x rrf_k; return the best by ``metric`` (ties: fewer changes)."""
     grid = {f"dense={d},bm25={s},k={k}": HybridParams(rrf_k=k, dense_weight=d, sparse_weight=s)
             for (d, s), k in product(weights, ks)}

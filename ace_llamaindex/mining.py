@@ -113,7 +113,7 @@ def select_queries(dataset: QADataset, options: MiningOptions) -> list[str]:
 
 
 def build_index(dataset: QADataset, encoder: CachedEncoder | None, *, path: str | None = None, url: str | None = None,
-                collection: str = "ace_mining", engine: str = "local", show_progress: bool = True) -> CorpusIndex:
+                collection: str = "ace_mining", engine: str = "auto", show_progress: bool = True) -> CorpusIndex:
     """Index the corpus (dense vectors of ``encoder`` if given, BM25 always) into embedded or remote Qdrant."""
     index = open_index(collection, path=path, url=url, engine=engine)
     index.delete()
@@ -129,11 +129,11 @@ class HardNegativeMiner:
 
     def __init__(self, mode: str = "dense", encoder: CachedEncoder | None = None, index: CorpusIndex | None = None,
                  options: MiningOptions | None = None, show_progress: bool = True, using: str | None = None,
-                 engine: str = "local") -> None:
+                 engine: str = "auto") -> None:
         """``index``: mine over this collection instead of indexing the dataset's corpus (e.g. the collection your
         current system already serves; its payload's document ids must match the dataset's corpus ids).
         ``using``: the named dense vector to search there (default: the one ace writes for ``encoder``).
-        ``engine``: where the corpus is indexed when no ``index`` is given (``local`` or ``edge``)."""
+        ``engine``: where the corpus is indexed when no ``index`` is given (``local``, ``edge``, or ``auto``: edge if installed)."""
         if mode not in MODES:
             raise OptionError(f"miner mode must be one of {MODES}, got {mode!r}")
         if mode != "bm25" and encoder is None:

@@ -43,7 +43,7 @@ def run_pipeline(
     seed: int = 42,
     show_progress: bool = True,
     reporters: list[str] | None = None,
-    engine: str = "local",
+    engine: str = "auto",
     tune_fraction: float = 0.15,
 ) -> PipelineResult:
     """Hold out ``test_fraction`` of the queries, mine + train on the rest, and compare base vs fine-tuned on the

@@ -57,13 +57,24 @@ def make_client(path: str | None = None, url: str | None = None, api_key: str | 
     return QdrantClient(path=path) if path else QdrantClient(":memory:")
 
 
-ENGINES = ("local", "edge")
+ENGINES = ("local", "edge", "auto")
+
+
+def edge_available() -> bool:
+    try:
+        import qdrant_edge  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def open_index(collection: str, *, path: str | None = None, url: str | None = None, api_key: str | None = None,
                engine: str = "local", **kwargs: Any) -> CorpusIndex:
     """A :class:`CorpusIndex` on the chosen engine: ``local`` (qdrant-client: embedded local mode, or a server by
-    ``url``) or ``edge`` (Qdrant Edge, the Qdrant engine in-process; much faster embedded search)."""
+    ``url``), ``edge`` (Qdrant Edge, the Qdrant engine in-process; much faster embedded search), or ``auto``
+    (edge when installed and no ``url`` is given; meant for throwaway indexes such as mining's and evaluation's)."""
+    if engine == "auto":
+        engine = "edge" if url is None and edge_available() else "local"
     if engine == "edge":
         if url:
             raise OptionError("engine 'edge' is in-process; use engine 'local' with url= for a Qdrant server")

@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--negatives", type=int, default=5)
     parser.add_argument("--range-max", type=int, default=50)
     parser.add_argument("--relative-margin", type=float, default=0.05)
+    parser.add_argument("--engine", default="auto", choices=["auto", "local", "edge"])
     args = parser.parse_args()
     ds = load_beir(dataset_dir(args.dataset), args.split)
     excluded = excluded_documents(ds)
@@ -35,7 +36,7 @@ def main() -> None:
         encoder = CachedEncoder(cache_dir=cache, batch_size=32)
         options = MiningOptions(num_negatives=args.negatives, range_max=args.range_max, relative_margin=args.relative_margin,
                                 fill_random=False)
-        ours = HardNegativeMiner("dense", encoder, options=options).mine(ds)
+        ours = HardNegativeMiner("dense", encoder, options=options, engine=args.engine).mine(ds)
     ours_bad = sum(d in excluded[e.metadata["query_id"]] for e in ours for d in e.metadata["negative_ids"])
     ours_total = sum(len(e.negatives) for e in ours)
 
@@ -66,7 +67,8 @@ def main() -> None:
         "ours": {"negatives": ours_total, "false_negatives": ours_bad},
         "peer": {"negatives": peer_total, "false_negatives": peer_bad},
     }
-    save(f"mining-{args.dataset}-{args.split}", result)
+    result["engine"] = args.engine
+    save(f"mining-{args.dataset}-{args.split}-{args.engine}", result)
     print(result)
 
 

@@ -145,7 +145,7 @@ def test_miners_on_the_edge_engine_match_local_mode(small, base_encoder):
     pytest.importorskip("qdrant_edge")
     opts = MiningOptions(num_negatives=3, fill_random=False)
     for mode in ("dense", "bm25"):
-        local = HardNegativeMiner(mode, base_encoder, options=opts, show_progress=False).mine(small)
+        local = HardNegativeMiner(mode, base_encoder, options=opts, show_progress=False, engine="local").mine(small)
         edge = HardNegativeMiner(mode, base_encoder, options=opts, show_progress=False, engine="edge").mine(small)
         for a, b in zip(local, edge):  # same scores; documents with tied BM25 scores may come in another order
             assert b.metadata["positive_score"] == pytest.approx(a.metadata["positive_score"], rel=1e-5)
