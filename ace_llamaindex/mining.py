@@ -113,14 +113,15 @@ def select_queries(dataset: QADataset, options: MiningOptions) -> list[str]:
 
 
 def build_index(dataset: QADataset, encoder: CachedEncoder | None, *, path: str | None = None, url: str | None = None,
-                collection: str = "ace_mining", engine: str = "auto", show_progress: bool = True) -> CorpusIndex:
-    """Index the corpus (dense vectors of ``encoder`` if given, BM25 always) into embedded or remote Qdrant."""
+                collection: str = "ace_mining", engine: str = "auto", sparse: bool = True,
+                show_progress: bool = True) -> CorpusIndex:
+    """Index the corpus (dense vectors of ``encoder`` if given, BM25 unless ``sparse=False``) into Qdrant."""
     index = open_index(collection, path=path, url=url, engine=engine)
     index.delete()
     ids = list(dataset.corpus)
     texts = [dataset.corpus[i] for i in ids]
     dense = {vector_name(encoder.label): encoder.encode_documents(texts)} if encoder else {}
-    index.upsert(ids, texts, dense, show_progress=show_progress)
+    index.upsert(ids, texts, dense, show_progress=show_progress, sparse=sparse)
     return index
 
 
@@ -148,7 +149,7 @@ class HardNegativeMiner:
         opts.validate()
         rng = random.Random(opts.seed)
         index = self.index or build_index(dataset, self.encoder if self.mode != "bm25" else None, engine=self.engine,
-                                          show_progress=self.show_progress)
+                                          sparse=self.mode != "dense", show_progress=self.show_progress)
         qids = select_queries(dataset, opts)
         if not qids:
             raise OptionError("no query passes the difficulty/category filters; loosen --min-difficulty or --skip-category")

@@ -165,12 +165,14 @@ class CorpusIndex:
         payloads: Sequence[dict[str, Any]] | None = None,
         batch_size: int = 256,
         show_progress: bool = True,
+        sparse: bool = True,
     ) -> None:
-        """Write documents with their dense vectors (one array per named vector) and BM25 vectors.
+        """Write documents with their dense vectors (one array per named vector) and BM25 vectors
+        (``sparse=False`` skips BM25, for an index that will only be searched dense).
 
         BM25's average document length is fitted on the first batch written and kept in the collection's
         metadata, so documents added later (or by another process) are weighted the same way."""
-        if self.bm25.avgdl is None:
+        if sparse and self.bm25.avgdl is None:
             stored = self._stored_metadata()
             if stored.get("bm25_avgdl"):
                 self.bm25.avgdl = float(stored["bm25_avgdl"])
@@ -181,7 +183,7 @@ class CorpusIndex:
         for start in range(0, len(doc_ids), batch_size):
             points = []
             for i in range(start, min(start + batch_size, len(doc_ids))):
-                indices, values = self.bm25.encode_document(texts[i])
+                indices, values = self.bm25.encode_document(texts[i]) if sparse else ([], [])
                 vector: dict[str, Any] = {name: v[i].tolist() for name, v in dense.items()}
                 if indices:
                     vector[SPARSE_NAME] = models.SparseVector(indices=indices, values=values)
