@@ -82,8 +82,7 @@ def embedding_server():
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
+        for _second in range(180):  # wait up to ~3 minutes for the model to load
             if proc.poll() is not None:
                 pytest.fail(f"infinity_emb exited with {proc.returncode}; see {log.name}")
             try:
