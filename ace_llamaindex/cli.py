@@ -212,7 +212,7 @@ def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_m
 @click.option("--baseline-model", default=None, help="Model name at --baseline-url, e.g. text-embedding-nomic-embed-text-v1.5")
 @click.option("--query-prefix", default="", help="Prefix for endpoint queries (nomic: 'search_query: ').")
 @click.option("--document-prefix", default="", help="Prefix for endpoint documents (nomic: 'search_document: ').")
-@click.option("--max-queries", type=int, default=None)
+@click.option("--max-queries", type=int, default=None, help="Evaluate on a seeded random sample of this many queries.")
 @click.option("--metric", "metric_names", multiple=True, help="Metric plugins to compute (default: all installed).")
 @click.option("--rrf-k", default=60, show_default=True, type=int)
 @click.option("--dense-weight", default=1.0, show_default=True, type=float)

@@ -7,6 +7,7 @@ bootstrap come from the same numbers.
 
 from __future__ import annotations
 
+import random
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .dataset import QADataset
+from .errors import OptionError
 from .metrics import BUILTIN_METRICS, Metric
 from .models import vector_name
 from .stats import paired_bootstrap
@@ -67,6 +69,16 @@ def default_comparisons(names: Sequence[str]) -> list[tuple[str, str]]:
     return [(a, b) for a, b in wanted if a in names and b in names]
 
 
+def sample_queries(qids: list[str], max_queries: int | None, seed: int = 42) -> list[str]:
+    """At most ``max_queries`` of ``qids``, drawn at random with ``seed``, in their original order."""
+    if max_queries is None or max_queries >= len(qids):
+        return qids
+    if max_queries < 1:
+        raise OptionError(f"max_queries must be at least 1, got {max_queries}")
+    chosen = set(random.Random(seed).sample(qids, max_queries))
+    return [q for q in qids if q in chosen]
+
+
 def evaluate(
     dataset: QADataset,
     systems: Sequence[System],
@@ -80,11 +92,15 @@ def evaluate(
     engine: str = "auto",
     show_progress: bool = True,
     resamples: int = 5000,
+    seed: int = 42,
 ) -> EvalReport:
     """Run every system on the dataset's queries and return metrics overall, per difficulty, per category,
-    with paired-bootstrap intervals on the differences named in ``comparisons``."""
+    with paired-bootstrap intervals on the differences named in ``comparisons``.
+
+    ``max_queries``: evaluate on a seeded random sample of this many queries (not the first ones: files are
+    often sorted by category)."""
     metrics = dict(metrics or BUILTIN_METRICS)
-    qids = list(dataset.queries)[: max_queries or None]
+    qids = sample_queries(list(dataset.queries), max_queries, seed)
     query_texts = [dataset.queries[q] for q in qids]
     doc_ids = list(dataset.corpus)
     doc_texts = [dataset.corpus[d] for d in doc_ids]

@@ -34,9 +34,8 @@ def resolve_model(name_or_path: str | Path | None = None) -> str:
     return name
 
 
-@lru_cache(maxsize=4)
-def load_model(name_or_path: str | None = None, device: str | None = None) -> SentenceTransformer:
-    """Load (and memoise) a SentenceTransformer, with an error that says what was tried."""
+def open_model(name_or_path: str | None = None, device: str | None = None) -> SentenceTransformer:
+    """Load a fresh SentenceTransformer (one that may be trained), with an error that says what was tried."""
     from sentence_transformers import SentenceTransformer
 
     path = resolve_model(name_or_path)
@@ -45,6 +44,12 @@ def load_model(name_or_path: str | None = None, device: str | None = None) -> Se
     except Exception as exc:  # noqa: BLE001 - anything the loader raises becomes one clear error
         hint = "" if Path(path).exists() else " (not a local folder; offline, an HF id only works if it is in the HF cache)"
         raise EmbeddingError(f"cannot load sentence-transformers model {path!r}{hint}: {exc}") from exc
+
+
+@lru_cache(maxsize=4)
+def load_model(name_or_path: str | None = None, device: str | None = None) -> SentenceTransformer:
+    """A memoised :func:`open_model`, shared by everything that only encodes with it."""
+    return open_model(name_or_path, device)
 
 
 def model_fingerprint(name_or_path: str | None) -> str:

@@ -53,10 +53,12 @@ def run_pipeline(
     (RRF k and weights); the tuned hybrid is reported beside plain RRF, so the report shows when BM25 helps."""
     out_dir = Path(out_dir)
     training = training or TrainConfig(seed=seed)
+    mining = mining or MiningOptions(seed=seed)
+    training.validate()  # fail before minutes of mining, not after
+    mining.validate()
     train_set, test_set = dataset.split(test_fraction, seed)
     train_set, tune_set = train_set.split(tune_fraction, seed) if tune_fraction else (train_set, None)
     base = CachedEncoder(training.base_model, max_seq_length=training.max_seq_length, show_progress=show_progress)
-    mining = mining or MiningOptions(seed=seed)
     examples = get("miners", miner)(encoder=base, options=mining, show_progress=show_progress, engine=engine).mine(train_set)
     data_path = save_training_data(examples, out_dir / "training_data.json", source=dataset.source, options=mining)
     result = get("trainers", trainer)(examples, out_dir / "model", training, data_fingerprint=train_set.fingerprint())

@@ -20,7 +20,7 @@ from typing import Any
 from .atomic import atomic_directory, write_json
 from .errors import OptionError
 from .mining import TrainingExample
-from .models import DEFAULT_MODEL, resolve_model
+from .models import DEFAULT_MODEL, open_model
 
 log = logging.getLogger(__name__)
 CARD_NAME = "ace_training_card.json"
@@ -160,11 +160,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     was already at ``output_dir`` is left untouched. Checkpoints go to ``<output_dir>.checkpoints`` so a run
     can resume (``config.resume=True``).
     """
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
     from transformers import EarlyStoppingCallback
 
@@ -179,7 +175,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     if len(train_rows) < 2:
         raise OptionError(f"only {len(train_rows)} training example(s) after the validation split; need at least 2")
 
-    model = SentenceTransformer(resolve_model(config.base_model), device=device)
+    model = open_model(config.base_model, device=device)
     if config.max_seq_length:
         model.max_seq_length = config.max_seq_length
     evaluator = ir_evaluator(val_rows) if val_rows else None

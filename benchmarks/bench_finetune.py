@@ -21,7 +21,7 @@ from ace_llamaindex.fusion_tuning import tune_fusion
 from ace_llamaindex.mining import HardNegativeMiner, MiningOptions
 from ace_llamaindex.models import resolve_model
 from ace_llamaindex.reporting import markdown_report
-from ace_llamaindex.training import TrainConfig, split_by_query, train
+from ace_llamaindex.training import TrainConfig, detect_device, split_by_query, train
 
 
 def st_recipe(train_set, out_dir, num_negatives, batch_size, epochs, max_seq_length, seed, timings):
@@ -43,7 +43,8 @@ def st_recipe(train_set, out_dir, num_negatives, batch_size, epochs, max_seq_len
         model.max_seq_length = max_seq_length
     args = SentenceTransformerTrainingArguments(output_dir=str(out_dir) + ".ckpt", num_train_epochs=epochs,
                                                 per_device_train_batch_size=batch_size, batch_sampler=BatchSamplers.NO_DUPLICATES,
-                                                save_strategy="no", report_to="none", seed=seed, use_cpu=True, logging_steps=5)
+                                                save_strategy="no", report_to="none", seed=seed, use_cpu=detect_device() == "cpu",
+                                                logging_steps=5)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=mined, loss=MultipleNegativesRankingLoss(model))
     with timed(timings, "st_recipe: train"):
         trainer.train()

@@ -22,6 +22,7 @@ def test_mine_eval_and_errors(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r" / "eval.json").read_text())
     assert report["n_queries"] == 20 and set(report["overall"]) == {"bm25", "base", "base+hybrid"}
+    assert len(report["by_category"]) > 3  # a random sample, not the file's first (same-category) queries
     assert "recall@1" in result.output
 
 
@@ -37,6 +38,14 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert result.exit_code == 2 and "range_min < range_max" in result.output
     result = runner.invoke(cli, ["train", str(tmp_path / "missing.json")])
     assert result.exit_code == 2 and "missing.json: file: does not exist" in result.output
+    data = tmp_path / "training_data.json"
+    data.write_text(json.dumps({"examples": [{"query": f"q{i}", "positive": f"p{i}", "negatives": [f"n{i}"]} for i in range(4)]}))
+    result = runner.invoke(cli, ["train", str(data), "-o", str(tmp_path / "m"), "--base-model", str(tmp_path / "no-model")])
+    assert result.exit_code == 2 and "cannot load sentence-transformers model" in result.output and "no-model" in result.output
+    assert not (tmp_path / "m").exists()
+    result = runner.invoke(cli, ["pipeline", "--epochs", "0", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "epochs must be at least 1" in result.output
+    assert not (tmp_path / "run" / "training_data.json").exists()  # refused before mining
 
 
 def test_pipeline_end_to_end(tmp_path):

@@ -97,3 +97,17 @@ def test_baseline_from_an_openai_compatible_endpoint(embedding_server, small, ba
     report = evaluate(small, systems, show_progress=False, comparisons=[("local", "endpoint")])
     assert report.overall("endpoint", "mrr@10") == pytest.approx(report.overall("local", "mrr@10"), abs=0.02)
     assert report.data["systems"]["endpoint"]["model"] == "endpoint"
+
+
+def test_max_queries_is_a_seeded_sample_in_file_order(demo):
+    from ace_llamaindex.errors import OptionError
+    from ace_llamaindex.evaluate import sample_queries
+
+    qids = list(demo.queries)
+    picked = sample_queries(qids, 20, seed=1)
+    assert picked == sample_queries(qids, 20, seed=1) != sample_queries(qids, 20, seed=2)
+    assert len(set(picked)) == 20 and picked == sorted(picked, key=qids.index)
+    assert len({demo.category(q) for q in picked}) > 3
+    assert sample_queries(qids, len(qids) + 5) == qids
+    with pytest.raises(OptionError, match="max_queries must be at least 1"):
+        sample_queries(qids, 0)
