@@ -5,6 +5,12 @@ saturation or length normalisation (see DESIGN.md §5), so the document side of 
 ``w(t, d) = tf * (k1 + 1) / (tf + k1 * (1 - b + b * |d| / avgdl))``, and a query term weighs 1 (times its count).
 With a collection whose sparse vector has ``modifier=IDF``, the dot product is exactly Okapi BM25.
 
+Ties are broken deterministically: documents with the same matching terms and length would score exactly
+alike, and Qdrant Edge orders such ties differently in every process, so reports would change from run to run.
+Each document's weights are scaled by ``1 + TIE_BREAK * u`` with ``u`` in [0, 1) from a hash of its text: every
+engine (local mode, Edge, a server) then ranks former ties the same way, and no score moves by more than 1e-4
+relative. (Our search results also order any remaining exact tie by document id.)
+
 Written by hand because the libraries that do this (fastembed's ``Qdrant/bm25``) download their tokenizer data
 from a hub at run time. Terms are hashed (CRC32) into the uint32 index space, so the vocabulary needs no state.
 """
@@ -46,6 +52,12 @@ def term_index(term: str) -> int:
 
 
 SparseVector = tuple[list[int], list[float]]
+TIE_BREAK = 1e-4  # relative: ~800 float32 steps apart, far below any meaningful BM25 gap
+
+
+def tie_breaker(text: str) -> float:
+    """A factor in [1, 1 + TIE_BREAK), fixed by the text, that separates otherwise equal BM25 scores."""
+    return 1.0 + TIE_BREAK * zlib.crc32(text.encode("utf-8")) / 2**32
 
 
 class BM25Encoder:
@@ -78,7 +90,8 @@ class BM25Encoder:
         self._seen_tokens += len(tokens)
         self._seen_docs += 1
         norm = self.k1 * (1 - self.b + self.b * len(tokens) / self._avgdl())
-        return _merge((term_index(t), tf * (self.k1 + 1) / (tf + norm)) for t, tf in Counter(tokens).items())
+        scale = (self.k1 + 1) * tie_breaker(text)
+        return _merge((term_index(t), tf * scale / (tf + norm)) for t, tf in Counter(tokens).items())
 
     @staticmethod
     def encode_query(text: str) -> SparseVector:

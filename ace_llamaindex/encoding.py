@@ -76,7 +76,7 @@ class CachedEncoder:
             file = self.cache_dir / f"{space}.npz" if self.cache_dir else None
             if file and file.exists():
                 with np.load(file) as data:
-                    table = dict(zip(data["keys"].tolist(), data["vectors"]))
+                    table = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
             self._memory[space] = table
         return self._memory[space]
 
@@ -95,7 +95,7 @@ class CachedEncoder:
         space = self._space(kind)
         table = self._table(space)
         keys = [_key(t) for t in texts]
-        missing = {k: t for k, t in zip(keys, texts) if k not in table}
+        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in table}
         if missing:
             encode = self.model.encode_query if kind == "query" else self.model.encode_document
             vectors = encode(
@@ -105,7 +105,7 @@ class CachedEncoder:
                 convert_to_numpy=True,
                 show_progress_bar=self.show_progress and len(missing) > self.batch_size,
             )
-            table.update(zip(missing, vectors.astype(np.float32)))
+            table.update(zip(missing, vectors.astype(np.float32), strict=True))
             self._persist(space)
         if not keys:
             return np.zeros((0, self.dimension), dtype=np.float32)
@@ -136,7 +136,7 @@ class LlamaIndexEncoder:
                 vectors = [self.embed_model.get_query_embedding(t) for t in missing]
             else:
                 vectors = self.embed_model.get_text_embedding_batch(missing, show_progress=len(missing) > 100)
-            for text, vec in zip(missing, vectors):
+            for text, vec in zip(missing, vectors, strict=True):
                 arr = np.asarray(vec, dtype=np.float32)
                 self._memory[(kind, text)] = arr / (np.linalg.norm(arr) or 1.0)
         return np.stack([self._memory[(kind, t)] for t in texts])

@@ -23,7 +23,7 @@ def rrf_scores(rankings: Sequence[Sequence[str]], k: int = DEFAULT_RRF_K, weight
     if len(weights) != len(rankings):
         raise ValueError(f"got {len(weights)} weights for {len(rankings)} rankings")
     scores: dict[str, float] = {}
-    for ranking, weight in zip(rankings, weights):
+    for ranking, weight in zip(rankings, weights, strict=True):
         for rank, item in enumerate(ranking, 1):
             scores[item] = scores.get(item, 0.0) + (1.0 / (rank / weight + k - 1) if weight > 0 else 0.0)
     return scores
@@ -42,7 +42,7 @@ def rrf_fusion(dense_result: Any, sparse_result: Any, alpha: float = 0.5, top_k:
     for result in (dense_result, sparse_result):
         ids = list(result.ids or [])
         rankings.append(ids)
-        for node_id, node in zip(ids, result.nodes or []):
+        for node_id, node in zip(ids, result.nodes or [], strict=False):
             nodes.setdefault(node_id, node)
     fused = rrf_scores(rankings, k=k, weights=[2 * alpha, 2 * (1.0 - alpha)])
     top = sorted(fused, key=fused.get, reverse=True)[:top_k]

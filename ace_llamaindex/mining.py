@@ -169,7 +169,7 @@ class HardNegativeMiner:
             cand_scores = self._candidate_scores(qvec, [h for _, h in candidates])
             for pos_id in dataset.relevant_docs[qid]:
                 pos_score = self._positive_score(qvec, texts[i], pos_id, dataset.corpus[pos_id], index)
-                keep = [(rank, h, s) for (rank, h), s in zip(candidates, cand_scores) if self._passes(s, pos_score)]
+                keep = [(rank, h, s) for (rank, h), s in zip(candidates, cand_scores, strict=True) if self._passes(s, pos_score)]
                 if opts.sampling_strategy == "random":
                     keep = sorted(rng.sample(keep, min(opts.num_negatives, len(keep))), key=lambda x: x[0])
                 keep = keep[:opts.num_negatives]

@@ -97,7 +97,7 @@ class HybridQdrantRetriever(BaseRetriever):
                 texts=[queries[i] for i in idx], using=vector_name(label) if label else None,
                 limit=self.similarity_top_k, query_filter=qfilter, hybrid=self.hybrid, score_threshold=self.score_threshold,
             )
-            for i, row in zip(idx, hits):
+            for i, row in zip(idx, hits, strict=True):
                 results[i] = [_to_node(h, label) for h in row]
         return results
 

@@ -260,7 +260,8 @@ class CorpusIndex:
                 for i in range(start, stop)
             ]
             for points in self._query(requests):
-                results.append([self._hit(p) for p in points])
+                # Exact ties in document-id order: engines (Qdrant Edge above all) order them arbitrarily.
+                results.append(sorted((self._hit(p) for p in points), key=lambda h: (-h.score, h.doc_id)))
         return results
 
     def iter_documents(self, batch_size: int = 256) -> Iterator[tuple[str, str, dict[str, Any]]]:

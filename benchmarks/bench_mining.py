@@ -56,7 +56,7 @@ def main() -> None:
     peer_bad = peer_total = 0
     for row in peer:
         qid = qid_of_text[row["anchor"]]
-        for text, label in zip(row["positive"], row["labels"]):  # labeled-list: the documents column keeps its name
+        for text, label in zip(row["positive"], row["labels"], strict=True):  # labeled-list: the documents column keeps its name
             if label == 0:
                 peer_total += 1
                 peer_bad += bool(ids_of_text.get(text, set()) & excluded[qid])

@@ -70,7 +70,7 @@ def main() -> None:
                               sparse_config=models.SparseVectorParams(modifier=models.Modifier.IDF))
     uid = {d: str(uuid.uuid5(uuid.NAMESPACE_URL, d)) for d in ids}
     back = {v: k for k, v in uid.items()}
-    nodes = [TextNode(id_=uid[d], text=t, embedding=v.tolist()) for d, t, v in zip(ids, texts, vectors)]
+    nodes = [TextNode(id_=uid[d], text=t, embedding=v.tolist()) for d, t, v in zip(ids, texts, vectors, strict=True)]
     stock_index = VectorStoreIndex(nodes, embed_model=embed, storage_context=StorageContext.from_defaults(vector_store=store),
                                    show_progress=True)
     stock = stock_index.as_retriever(vector_store_query_mode="hybrid", similarity_top_k=10, sparse_top_k=100, hybrid_top_k=10)

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from qdrant_client import QdrantClient
 
-from ace_llamaindex.bm25 import BM25Encoder, tokenize
+from ace_llamaindex.bm25 import BM25Encoder, tie_breaker, tokenize
 from ace_llamaindex.fusion import rrf_fusion, rrf_scores
 from ace_llamaindex.store import CorpusIndex
 
@@ -36,7 +36,7 @@ def okapi(query: str, docs: dict[str, str], k1=1.2, b=0.75) -> dict[str, float]:
                 continue
             idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
             s += idf * tf[term] * (k1 + 1) / (tf[term] + k1 * (1 - b + b * len(words) / avgdl))
-        scores[d] = s
+        scores[d] = s * tie_breaker(docs[d])  # our documented, deterministic tie-breaker (< 1e-4 relative)
     return scores
 
 
@@ -52,7 +52,7 @@ def test_qdrant_scores_equal_okapi_bm25():
     expected = okapi(query, DOCS)
     assert {h.doc_id for h in hits} == {d for d, s in expected.items() if s > 0}
     for h in hits:
-        assert h.score == pytest.approx(expected[h.doc_id], rel=1e-4)
+        assert h.score == pytest.approx(expected[h.doc_id], rel=1e-6)
 
 
 def test_rrf_scores_match_qdrant_weighting():
@@ -92,3 +92,28 @@ def test_bm25_avgdl_is_kept_with_the_collection(tmp_path):
     later = CorpusIndex(client, "t")  # e.g. another process adding documents
     later.upsert(["c"], [DOCS["c"]], {}, show_progress=False)
     assert later.bm25.avgdl == first.bm25.avgdl == (len(tokenize(DOCS["a"])) + len(tokenize(DOCS["b"]))) / 2
+
+
+def test_bm25_ties_rank_alike_on_every_engine():
+    """Equal BM25 scores are common on short texts; Edge would order them anew in each process."""
+    pytest.importorskip("qdrant_edge")
+    from ace_llamaindex.loading import load_dataset
+    from ace_llamaindex.store import open_index
+
+    ds = load_dataset(None)
+    ids, queries = list(ds.corpus), list(ds.queries.values())
+    rankings = []
+    for engine in ("local", "edge"):
+        index = open_index(f"ties-{engine}", engine=engine)
+        index.upsert(ids, [ds.corpus[i] for i in ids], {}, show_progress=False)
+        rankings.append(index.search("bm25", texts=queries, limit=10, show_progress=False))
+    local, edge = ([[h.doc_id for h in hits] for hits in r] for r in rankings)
+    assert local == edge
+
+
+def test_equal_bm25_documents_get_distinct_stable_scores():
+    twins = ["Rotate the keys every month.", "Rotate the logs every night."]  # same length, one shared query term
+    enc = BM25Encoder(avgdl=4.0)
+    weights = [enc.encode_document(t)[1] for t in twins]
+    assert weights[0] != weights[1] and max(weights[0]) == pytest.approx(max(weights[1]), rel=1e-4)
+    assert [BM25Encoder(avgdl=4.0).encode_document(t)[1] for t in twins] == weights

@@ -30,14 +30,14 @@ def test_metrics_agree_with_ir_measures_on_a_real_run(demo, base_encoder):
                  show_progress=False)
     qids = sorted(ds.queries)
     hits = index.search("dense", vectors=base_encoder.encode_queries([ds.queries[q] for q in qids]), using="v", limit=20)
-    run = [ScoredDoc(q, h.doc_id, h.score) for q, row in zip(qids, hits) for h in row]
+    run = [ScoredDoc(q, h.doc_id, h.score) for q, row in zip(qids, hits, strict=True) for h in row]
     qrels = [ir_measures.Qrel(q, d, 1) for q in qids for d in relevant[q]]
     theirs = {m: {} for m in ("R@1", "R@5", "R@10", "RR@10", "nDCG@10")}
     for row in ir_measures.iter_calc([R @ 1, R @ 5, R @ 10, MRR @ 10, nDCG @ 10], qrels, run):
         theirs[str(row.measure)][row.query_id] = row.value
     names = {"recall@1": "R@1", "recall@5": "R@5", "recall@10": "R@10", "mrr@10": "RR@10", "ndcg@10": "nDCG@10"}
     checked = 0
-    for q, row in zip(qids, hits):
+    for q, row in zip(qids, hits, strict=True):
         ranked = [h.doc_id for h in row]
         for ours, their in names.items():
             assert BUILTIN_METRICS[ours](ranked, set(relevant[q])) == pytest.approx(theirs[their].get(q, 0.0), abs=1e-9), (q, ours)

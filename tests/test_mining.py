@@ -62,7 +62,7 @@ def test_margins_and_ranges(small, base_encoder):
     examples = HardNegativeMiner("dense", base_encoder, options=opts, show_progress=False).mine(small)
     plain = HardNegativeMiner("dense", base_encoder, options=MiningOptions(num_negatives=3, fill_random=False),
                               show_progress=False).mine(small)
-    for e, p in zip(examples, plain):
+    for e, p in zip(examples, plain, strict=True):
         pos = e.metadata["positive_score"]
         for s in e.metadata["negative_scores"]:
             assert s <= pos * 0.9 + 1e-6 and s <= 0.6 + 1e-6
@@ -132,7 +132,7 @@ def test_dense_mining_over_a_users_existing_collection(small, base_encoder):
     ids = list(small.corpus)
     vecs = base_encoder.encode_documents([small.corpus[d] for d in ids])
     client.upsert("theirs", [models.PointStruct(id=point_id(d), vector={"embedding": v.tolist()},
-                                                payload={"memory_id": d, "content": small.corpus[d]}) for d, v in zip(ids, vecs)])
+                                                payload={"memory_id": d, "content": small.corpus[d]}) for d, v in zip(ids, vecs, strict=True)])
     index = CorpusIndex(client, "theirs", text_field="content", id_field="memory_id")
     theirs = HardNegativeMiner("dense", base_encoder, index=index, using="embedding",
                                options=MiningOptions(num_negatives=3, fill_random=False), show_progress=False).mine(small)
@@ -147,6 +147,6 @@ def test_miners_on_the_edge_engine_match_local_mode(small, base_encoder):
     for mode in ("dense", "bm25"):
         local = HardNegativeMiner(mode, base_encoder, options=opts, show_progress=False, engine="local").mine(small)
         edge = HardNegativeMiner(mode, base_encoder, options=opts, show_progress=False, engine="edge").mine(small)
-        for a, b in zip(local, edge):  # same scores; documents with tied BM25 scores may come in another order
+        for a, b in zip(local, edge, strict=True):  # same scores; documents with tied BM25 scores may come in another order
             assert b.metadata["positive_score"] == pytest.approx(a.metadata["positive_score"], rel=1e-5)
             assert b.metadata["negative_scores"] == pytest.approx(a.metadata["negative_scores"], rel=1e-5)

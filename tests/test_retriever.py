@@ -37,7 +37,7 @@ def test_modes_find_the_memory(demo, nodes, mode):
     r.add_nodes(nodes, show_progress=False)
     qids = easy_queries(demo)
     results = r.batch_retrieve([demo.queries[q] for q in qids])
-    hits = sum(demo.relevant_docs[q][0] in [n.node.node_id for n in res] for q, res in zip(qids, results))
+    hits = sum(demo.relevant_docs[q][0] in [n.node.node_id for n in res] for q, res in zip(qids, results, strict=True))
     assert hits >= 8
     assert all(n.node.metadata[SERVED_BY] == ("bm25" if mode == "bm25" else "finetuned:bundled:all-MiniLM-L6-v2")
                for res in results for n in res)
@@ -46,7 +46,7 @@ def test_modes_find_the_memory(demo, nodes, mode):
 def test_batch_equals_single(retriever, demo):
     qs = [demo.queries[q] for q in easy_queries(demo, 4)]
     batch = retriever.batch_retrieve(qs)
-    for q, res in zip(qs, batch):
+    for q, res in zip(qs, batch, strict=True):
         assert [n.node.node_id for n in retriever.retrieve(q)] == [n.node.node_id for n in res]
 
 
@@ -137,11 +137,11 @@ def test_edge_engine_scores_like_local_mode(both_engines, demo, mode):
         r.mode = mode
         results[engine] = r.batch_retrieve(qs)
     if mode != "hybrid":
-        for local, edge in zip(results["local"], results["edge"]):
+        for local, edge in zip(results["local"], results["edge"], strict=True):
             assert [n.score for n in edge] == pytest.approx([n.score for n in local], rel=1e-4, abs=1e-6)
     else:  # BM25 ties may be broken differently inside a prefetch list, which shifts a few RRF ranks
         overlap = [len({n.node.node_id for n in a} & {n.node.node_id for n in b}) / 5
-                   for a, b in zip(results["local"], results["edge"])]
+                   for a, b in zip(results["local"], results["edge"], strict=True)]
         assert sum(overlap) / len(overlap) >= 0.9
 
 
