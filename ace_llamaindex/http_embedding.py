@@ -4,17 +4,24 @@ fallback it fails fast and clearly instead of hanging a request for a minute."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import httpx
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import Field, PrivateAttr
+from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from .errors import EmbeddingError
 
 log = logging.getLogger(__name__)
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+class _Retryable(EmbeddingError):
+    """A failure another attempt may fix (408, 429, 5xx)."""
 
 
 class OpenAICompatibleEmbedding(BaseEmbedding):
@@ -39,6 +46,9 @@ class OpenAICompatibleEmbedding(BaseEmbedding):
     def url(self) -> str:
         return self.base_url.rstrip("/") + "/embeddings"
 
+    def _body(self, texts: list[str]) -> dict[str, Any]:
+        return {"model": self.model_name, "input": texts}
+
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
@@ -53,48 +63,45 @@ class OpenAICompatibleEmbedding(BaseEmbedding):
             raise EmbeddingError(f"{self.url}: asked for {n} embeddings, got {len(vectors)} usable ones")
         return vectors
 
-    def _judge(self, response: httpx.Response | None, exc: Exception | None, n: int) -> list[list[float]] | EmbeddingError:
-        """Vectors on success; else the error, raised at once when retrying cannot help."""
-        if exc is not None:
-            return EmbeddingError(f"{self.url}: {type(exc).__name__}: {exc}")
+    def _vectors(self, response: httpx.Response, n: int) -> list[list[float]]:
+        """The vectors of a response; a 408/429/5xx raises a retryable error, any other status a final one."""
         if response.status_code == 200:
             return self._parse(response, n)
-        failure = EmbeddingError(f"{self.url}: HTTP {response.status_code}: {response.text[:200]!r}")
-        if response.status_code not in RETRYABLE_STATUS:
-            raise failure
-        return failure
+        error = _Retryable if response.status_code in RETRYABLE_STATUS else EmbeddingError
+        raise error(f"{self.url}: HTTP {response.status_code}: {response.text[:200]!r}")
+
+    def _retrying(self) -> dict[str, Any]:
+        """tenacity's policy, shared by the sync and async paths: timeouts, connection errors and retryable
+        statuses are tried again with exponential backoff (backoff, 2 * backoff, ...)."""
+        return {"stop": stop_after_attempt(self.max_retries + 1), "wait": wait_exponential(multiplier=self.backoff),
+                "retry": retry_if_exception_type((_Retryable, httpx.TransportError)), "reraise": True}
+
+    @contextmanager
+    def _last_failure(self) -> Iterator[None]:
+        """Report the failure that ended the retries as one clear error."""
+        try:
+            yield
+        except (_Retryable, httpx.TransportError) as exc:
+            detail = str(exc) if isinstance(exc, _Retryable) else f"{self.url}: {type(exc).__name__}: {exc}"
+            raise EmbeddingError(f"{detail} (after {self.max_retries + 1} attempts)") from exc
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout)
-        for attempt in range(self.max_retries + 1):
-            response, exc = None, None
-            try:
-                response = self._client.post(self.url, json={"model": self.model_name, "input": texts}, headers=self._headers())
-            except httpx.TransportError as error:
-                exc = error
-            outcome = self._judge(response, exc, len(texts))
-            if not isinstance(outcome, EmbeddingError):
-                return outcome
-            if attempt < self.max_retries:
-                time.sleep(self.backoff * 2**attempt)
-        raise EmbeddingError(f"{outcome} (after {self.max_retries + 1} attempts)")
+        self._client = self._client or httpx.Client(timeout=self.timeout)
+        with self._last_failure():
+            for attempt in Retrying(**self._retrying()):
+                with attempt:
+                    response = self._client.post(self.url, json=self._body(texts), headers=self._headers())
+                    return self._vectors(response, len(texts))
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     async def _aembed(self, texts: list[str]) -> list[list[float]]:
-        if self._aclient is None:
-            self._aclient = httpx.AsyncClient(timeout=self.timeout)
-        for attempt in range(self.max_retries + 1):
-            response, exc = None, None
-            try:
-                response = await self._aclient.post(self.url, json={"model": self.model_name, "input": texts}, headers=self._headers())
-            except httpx.TransportError as error:
-                exc = error
-            outcome = self._judge(response, exc, len(texts))
-            if not isinstance(outcome, EmbeddingError):
-                return outcome
-            if attempt < self.max_retries:
-                await asyncio.sleep(self.backoff * 2**attempt)
-        raise EmbeddingError(f"{outcome} (after {self.max_retries + 1} attempts)")
+        self._aclient = self._aclient or httpx.AsyncClient(timeout=self.timeout)
+        with self._last_failure():
+            async for attempt in AsyncRetrying(**self._retrying()):
+                with attempt:
+                    response = await self._aclient.post(self.url, json=self._body(texts), headers=self._headers())
+                    return self._vectors(response, len(texts))
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     def _get_query_embedding(self, query: str) -> list[float]:
         return self._embed([self.query_prefix + query])[0]

@@ -129,6 +129,15 @@ def test_retries_5xx_then_succeeds(fake):
     assert f.calls == 3
 
 
+async def test_async_path_retries_the_same_way(fake):
+    f = fake((502, "busy", 0), (200, "OK", 0))
+    assert await client(f.url).aget_query_embedding("a") == [1.0, 0.0]
+    f = fake((500, "down", 0))
+    with pytest.raises(EmbeddingError, match=r"HTTP 500.*after 3 attempts"):
+        await client(f.url).aget_query_embedding("a")
+    assert f.calls == 3
+
+
 def test_gives_up_after_bounded_retries(fake):
     f = fake((500, "down", 0))
     with pytest.raises(EmbeddingError, match=r"HTTP 500.*after 3 attempts"):
