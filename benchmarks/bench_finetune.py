@@ -99,7 +99,7 @@ def main() -> None:
         systems += [System("st-recipe", "dense", st), System("st-recipe+hybrid", "hybrid", st)]
     systems += [System("ours", "dense", ours), System("ours+hybrid", "hybrid", ours),
                 System("ours+hybrid(tuned)", "hybrid", ours, fusion.params)]
-    comparisons = [("base", "ours"), ("st-recipe", "ours"), ("base+hybrid", "ours+hybrid(tuned)"),
+    comparisons = [("base", "ours"), ("st-recipe", "ours"), ("st-recipe+hybrid", "ours+hybrid"), ("base+hybrid", "ours+hybrid(tuned)"),
                    ("st-recipe+hybrid", "ours+hybrid(tuned)"), ("ours", "ours+hybrid(tuned)"), ("bm25", "ours+hybrid(tuned)")]
     names = {s.name for s in systems}
     with timed(timings, "evaluate all systems"):
