@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .errors import AceError
+from .errors import AceError, OptionError
 
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 140)  # tables stay readable in logs and CI
@@ -40,9 +40,21 @@ def cli() -> None:
 
 
 def dataset_options(f):
+    f = click.option("--strict", is_flag=True,
+                     help="Refuse empty documents/queries and qrels to them (default: drop and count them).")(f)
     f = click.option("--format", "fmt", default=None, help="Dataset format (default: auto-detect). See `ace plugins`.")(f)
     f = click.option("--split", default="test", show_default=True, help="qrels split of a BEIR folder.")(f)
     return click.argument("dataset", required=False, type=click.Path(path_type=Path))(f)
+
+
+def _load(dataset, fmt, split, strict):
+    """Load a dataset and say in one line what hygiene dropped."""
+    from .loading import load_dataset
+
+    ds = load_dataset(dataset, fmt, strict=strict, split=split)
+    if ds.dropped:
+        console.print(f"[yellow]warning:[/yellow] {ds.hygiene_summary()} (--strict refuses them)", highlight=False)
+    return ds
 
 
 def mining_options(f):
@@ -82,17 +94,22 @@ def _mining(kw: dict):
 def training_options(f):
     opts = [
         click.option("--base-model", default=None, help="Model to fine-tune (default: bundled all-MiniLM-L6-v2); folder or HF id."),
-        click.option("--epochs", default=1, show_default=True, type=int),
+        click.option("--epochs", default=None, type=int,
+                     help="Default: enough epochs for at least 25 optimizer steps (1 to 10), validated each epoch, "
+                          "best kept, stopping after 2 epochs without gain."),
         click.option("--batch-size", default=32, show_default=True, type=int),
-        click.option("--learning-rate", default=2e-5, show_default=True, type=float),
+        click.option("--learning-rate", default=5e-5, show_default=True, type=float),
         click.option("--warmup-ratio", default=0.1, show_default=True, type=float),
         click.option("--max-seq-length", default=None, type=int),
         click.option("--train-negatives", default=None, type=int, help="Use at most this many hard negatives per example."),
-        click.option("--val-fraction", default=0.1, show_default=True, type=float),
+        click.option("--val-fraction", default=None, type=float,
+                     help="Queries held out for validation and the promotion gate (default: 10%, but at least 100 "
+                          "or a quarter of the queries)."),
         click.option("--early-stopping", "early_stopping", default=None, type=int, help="Patience in epochs."),
         click.option("--cached-loss/--no-cached-loss", default=None, help="CachedMNRL (default: when batch > 32)."),
         click.option("--device", default=None, help="cpu, cuda, mps (default: auto)."),
         click.option("--resume", is_flag=True, help="Continue from the last checkpoint."),
+        click.option("--force", is_flag=True, help="Replace an existing model even when the gate does not call the new one better."),
         click.option("--trainer", default="sentence-transformers", show_default=True),
     ]
     for opt in reversed(opts):
@@ -108,8 +125,22 @@ def _training(kw: dict, seed: int):
         base_model=kw["base_model"] or DEFAULT_MODEL, epochs=kw["epochs"], batch_size=kw["batch_size"],
         learning_rate=kw["learning_rate"], warmup_ratio=kw["warmup_ratio"], max_seq_length=kw["max_seq_length"],
         num_negatives=kw["train_negatives"], val_fraction=kw["val_fraction"], early_stopping_patience=kw["early_stopping"],
-        cached_loss=kw["cached_loss"], seed=seed, device=kw["device"], resume=kw["resume"],
+        cached_loss=kw["cached_loss"], seed=seed, device=kw["device"], resume=kw["resume"], force=kw["force"],
     )
+
+
+def print_training(card: dict) -> None:
+    """The promotion gate's verdict and the fusion saved with the model, for people."""
+    g = card.get("gate") or {}
+    if g.get("delta") is not None:
+        colour = {"better": "green", "worse": "red"}.get(g["verdict"], "yellow")
+        console.print(f"promotion gate ({g['n_queries']} validation queries): {g['metric']} {g['base']:.3f} -> "
+                      f"{g['finetuned']:.3f}, {g['delta']:+.3f} [{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}]: "
+                      f"[{colour}]{g['verdict']}[/{colour}]", highlight=False)
+    elif g:
+        console.print(f"promotion gate: {g.get('verdict')}", highlight=False)
+    if card.get("fusion"):
+        console.print(f"fusion saved with the model: {card['fusion']['name']} ({card['fusion']['reason']})", highlight=False)
 
 
 def print_report(report: dict, metric: str = "ndcg@10") -> None:
@@ -132,10 +163,12 @@ def print_report(report: dict, metric: str = "ndcg@10") -> None:
             verdicts.add_row(f"{c['candidate']} vs {c['baseline']}", c["metric"], f"{c['delta']:+.3f}",
                              f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]", f"[{colour}]{c['verdict']}[/{colour}]")
     out.print(verdicts)
-    fusion = report.get("fusion_tuning")
+    fusion = report.get("fusion")
     if fusion:
-        out.print(f"hybrid fusion tuned on held-out training queries: RRF k={fusion['rrf_k']}, weights dense="
-                  f"{fusion['dense_weight']} / bm25={fusion['sparse_weight']} ({fusion['metric']})", highlight=False)
+        out.print(f"fusion chosen on validation queries (saved with the model, used by serving): {fusion['name']}: "
+                  f"{fusion['reason']}", highlight=False)
+    for warning in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 
 
 @cli.command()
@@ -149,15 +182,14 @@ def print_report(report: dict, metric: str = "ndcg@10") -> None:
 @click.option("--text-field", default="text", show_default=True, help="Payload key with the document text.")
 @click.option("--id-field", default="doc_id", show_default=True, help="Payload key with the corpus id.")
 @friendly
-def mine(dataset, fmt, split, output, collection, qdrant_url, qdrant_path, vector_name, text_field, id_field, **kw):
+def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_path, vector_name, text_field, id_field, **kw):
     """Mine hard negatives for DATASET (default: the shipped demo) and write training_data.json."""
     from .encoding import CachedEncoder
-    from .loading import load_dataset
     from .mining import save_training_data
     from .plugins import get
     from .store import CorpusIndex, make_client
 
-    ds = load_dataset(dataset, fmt, split=split)
+    ds = _load(dataset, fmt, split, strict)
     options = _mining(kw)
     options.validate()
     encoder = CachedEncoder(kw["model"]) if kw["miner"] != "bm25" else None
@@ -178,18 +210,26 @@ def mine(dataset, fmt, split, output, collection, qdrant_url, qdrant_path, vecto
 @training_options
 @friendly
 def train(training_data, output, seed, **kw):
-    """Fine-tune on TRAINING_DATA (from `ace mine`); writes a full sentence-transformers model to OUTPUT."""
+    """Fine-tune on TRAINING_DATA (from `ace mine`); writes a full sentence-transformers model to OUTPUT.
+
+    \b
+    Budget (defaults): lr 5e-5; epochs for at least 25 optimizer steps (1-10), validated each epoch, best epoch
+    kept, early stop after 2 epochs without gain; validation on 10% of the queries, but at least 100 (or a quarter).
+    Promotion gate: the new model is compared with its base on the validation queries (paired bootstrap, nDCG@10);
+    unless it is better, an existing model at OUTPUT is kept (--force replaces it). The fusion chosen on the same
+    queries is saved as OUTPUT/fusion.json and used by `ace search`, `ace eval` and the retriever."""
     from .mining import load_training_data
     from .plugins import get
 
     examples = load_training_data(training_data)
     result = get("trainers", kw["trainer"])(examples, output, _training(kw, seed))
     card = result.card
-    console.print(f"model -> {result.model_dir} ({card.get('train_seconds')} s on {card.get('device')})")
-    if card.get("validation_per_epoch"):
-        before = card["validation_before"].get("cosine_ndcg@10")
-        after = card.get("best_metric")
-        console.print(f"validation nDCG@10: {before:.3f} before, {after:.3f} best epoch")
+    print_training(card)
+    if result.promoted:
+        console.print(f"model -> {result.model_dir} ({card.get('train_seconds')} s on {card.get('device')})")
+    else:
+        console.print(f"[yellow]not promoted:[/yellow] the model at {result.model_dir} was kept; the new one is not "
+                      "better on validation (use --force to replace it anyway)", highlight=False)
 
 
 def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_model: str | None, query_prefix: str,
@@ -217,27 +257,57 @@ def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_m
 @click.option("--rrf-k", default=60, show_default=True, type=int)
 @click.option("--dense-weight", default=1.0, show_default=True, type=float)
 @click.option("--sparse-weight", default=1.0, show_default=True, type=float)
+@click.option("--exclude-training-queries", is_flag=True,
+              help="Leave out queries the fine-tuned model trained or validated on (its training card lists them).")
 @click.option("--out-dir", default="reports", show_default=True, type=click.Path(path_type=Path))
 @click.option("--report", "reporters", multiple=True, help="Reporters to write (default: all: json, md, png).")
 @click.option("--engine", type=click.Choice(["auto", "local", "edge"]), default="auto", show_default=True,
               help="Engine for the evaluation index: Qdrant Edge if installed (auto), or local mode.")
 @friendly
-def eval_cmd(dataset, fmt, split, finetuned, baseline, baseline_url, baseline_model, query_prefix, document_prefix,
-             max_queries, metric_names, rrf_k, dense_weight, sparse_weight, out_dir, reporters, engine):
-    """Compare baseline vs fine-tuned (dense and hybrid, plus BM25) on DATASET."""
+def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, baseline_model, query_prefix, document_prefix,
+             max_queries, metric_names, rrf_k, dense_weight, sparse_weight, exclude_training_queries, out_dir, reporters, engine):
+    """Compare baseline vs fine-tuned (dense and hybrid, plus BM25) on DATASET.
+
+    With a fine-tuned model that has a fusion.json, the row finetuned+fusion shows the fusion serving uses."""
     from .encoding import CachedEncoder
-    from .evaluate import evaluate, standard_systems
-    from .loading import load_dataset
-    from .pipeline import write_reports
+    from .evaluate import System, default_comparisons, evaluate, standard_systems
+    from .fusion_selection import load_fusion
+    from .overlap import training_overlap
+    from .pipeline import FUSED, write_reports
     from .plugins import components, get
     from .store import HybridParams
+    from .training import read_card
 
-    ds = load_dataset(dataset, fmt, split=split)
+    ds = _load(dataset, fmt, split, strict)
+    card = read_card(finetuned) if finetuned else None
+    warnings = []
+    if card:
+        print_training(card)
+        overlap = training_overlap(ds, card)
+        if overlap and exclude_training_queries:
+            keep = [q for q in ds.queries if q not in overlap]
+            if not keep:
+                raise OptionError("every query was seen in training; nothing is left to evaluate")
+            ds = ds.subset(keep)
+            console.print(f"left out {len(overlap)} queries the model trained or validated on", highlight=False)
+        elif overlap:
+            warnings.append(f"{len(overlap)} of {len(ds.queries)} queries were in {finetuned}'s training or validation "
+                            "data: these numbers flatter the fine-tuned model (--exclude-training-queries leaves them out)")
+            console.print(f"[yellow]warning:[/yellow] {warnings[-1]}", highlight=False)
     base = _baseline_encoder(baseline, baseline_url, baseline_model, query_prefix, document_prefix)
     tuned = CachedEncoder(str(finetuned), cache_dir=False) if finetuned else None
     metrics = {n: get("metrics", n) for n in metric_names} if metric_names else {n: c.obj for n, c in components("metrics").items()}
     systems = standard_systems(base, tuned, hybrid=HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight))
-    report = evaluate(ds, systems, metrics=metrics, max_queries=max_queries, engine=engine)
+    comparisons = default_comparisons([s.name for s in systems])
+    fusion = load_fusion(finetuned) if finetuned else None
+    if fusion:
+        systems.append(System(FUSED, fusion.mode, None if fusion.mode == "bm25" else tuned, fusion.params))
+        comparisons += [("finetuned", FUSED), ("finetuned+hybrid", FUSED)]
+    report = evaluate(ds, systems, metrics=metrics, max_queries=max_queries, engine=engine, comparisons=comparisons)
+    report.data["fusion"] = fusion.to_dict() if fusion else None
+    report.data["warnings"] = warnings
+    if card:
+        report.data["training_card"] = card
     print_report(report.data)
     for name, path in write_reports(report, out_dir, list(reporters) or None).items():
         console.print(f"{name} report -> {path}")
@@ -250,21 +320,61 @@ def eval_cmd(dataset, fmt, split, finetuned, baseline, baseline_url, baseline_mo
 @mining_options
 @training_options
 @friendly
-def pipeline(dataset, fmt, split, out_dir, test_fraction, **kw):
+def pipeline(dataset, fmt, split, strict, out_dir, test_fraction, **kw):
     """Mine, fine-tune and evaluate end to end (default: the shipped demo dataset, embedded Qdrant)."""
-    from .loading import load_dataset
     from .pipeline import run_pipeline
 
-    ds = load_dataset(dataset, fmt, split=split)
+    if not 0 < test_fraction < 1:
+        raise OptionError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+    ds = _load(dataset, fmt, split, strict)
     if kw["model"] and not kw["base_model"]:
         kw["base_model"] = kw["model"]
     console.print(f"dataset: {ds.source}: {len(ds.queries)} queries, {len(ds.corpus)} documents")
     result = run_pipeline(ds, out_dir, miner=kw["miner"], trainer=kw["trainer"], mining=_mining(kw),
                           training=_training(kw, kw["seed"]), test_fraction=test_fraction, seed=kw["seed"], engine=kw["engine"])
     console.print(f"training data -> {result.training_data}\nmodel -> {result.model_dir}")
+    print_training(result.report.data["training_card"])
     print_report(result.report.data)
     for name, path in result.reports.items():
         console.print(f"{name} report -> {path}")
+
+
+@cli.command(name="tune-fusion")
+@dataset_options
+@click.option("--model", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Fine-tuned model folder; fusion.json is written into it.")
+@click.option("--max-queries", type=int, default=None, help="Use a seeded random sample of this many queries.")
+@click.option("--engine", type=click.Choice(["auto", "local", "edge"]), default="auto", show_default=True)
+@friendly
+def tune_fusion_cmd(dataset, fmt, split, strict, model, max_queries, engine):
+    """Choose the fusion for MODEL on DATASET's queries (use queries it did not train on) and save fusion.json."""
+    from .encoding import CachedEncoder
+    from .evaluate import sample_queries
+    from .fusion_selection import select_fusion
+    from .overlap import training_overlap
+    from .training import read_card
+
+    ds = _load(dataset, fmt, split, strict)
+    card = read_card(model)
+    seen = training_overlap(ds, card) if card else set()
+    if seen:
+        console.print(f"[yellow]warning:[/yellow] left out {len(seen)} queries the model trained or validated on", highlight=False)
+        keep = [q for q in ds.queries if q not in seen]
+        if not keep:
+            raise OptionError("every query was seen in training; give queries the model has not seen")
+        ds = ds.subset(keep)
+    ds = ds.subset(sample_queries(list(ds.queries), max_queries))
+    choice = select_fusion(ds, CachedEncoder(str(model), cache_dir=False), engine=engine, show_progress=True)
+    table = Table(title=f"fusion candidates on {choice.n_queries} queries ({choice.metric})")
+    for col in ("candidate", choice.metric, "vs dense", "95% CI", "verdict"):
+        table.add_column(col)
+    for name, score in choice.scores.items():
+        v = choice.vs_dense.get(name)
+        table.add_row(name, f"{score:.3f}", f"{v['delta']:+.3f}" if v else "", f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" if v else "",
+                      v["verdict"] if v else "")
+    out.print(table)
+    path = choice.save(model)
+    console.print(f"chosen: {choice.summary()} -> {path}", highlight=False)
 
 
 def serving_options(f):
@@ -275,7 +385,8 @@ def serving_options(f):
         click.option("--qdrant-path", default="qdrant_data", show_default=True, help="Embedded Qdrant folder."),
         click.option("--qdrant-url", default=None, help="Qdrant server or cluster (overrides --qdrant-path)."),
         click.option("--collection", default="ace_memories", show_default=True),
-        click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default="hybrid", show_default=True),
+        click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default=None,
+                     help="Default: the fusion saved with the model (fusion.json), else dense. hybrid = plain RRF."),
         click.option("--engine", type=click.Choice(["local", "edge"]), default="local", show_default=True,
                      help="Embedded engine: qdrant-client local mode, or Qdrant Edge (in-process Qdrant, faster)."),
     ]
@@ -299,13 +410,12 @@ def _retriever(model, fallback_url, fallback_model, qdrant_path, qdrant_url, col
 @dataset_options
 @serving_options
 @friendly
-def index(dataset, fmt, split, **kw):
+def index(dataset, fmt, split, strict, **kw):
     """Index DATASET's corpus (default: the demo memories) into Qdrant: a named vector per model + BM25."""
     from llama_index.core.schema import TextNode
 
-    from .loading import load_dataset
 
-    ds = load_dataset(dataset, fmt, split=split)
+    ds = _load(dataset, fmt, split, strict)
     retriever = _retriever(**kw)
     retriever.add_nodes([TextNode(id_=k, text=v) for k, v in ds.corpus.items()])
     console.print(f"{len(ds.corpus)} documents -> collection {kw['collection']!r} ({kw['qdrant_url'] or kw['qdrant_path']})")

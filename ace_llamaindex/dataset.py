@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from .atomic import write_json
 from .errors import DatasetError
 
 DIFFICULTIES = ("easy", "medium", "hard")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,9 +31,19 @@ class QADataset:
     query_meta: dict[str, dict[str, str]] = field(default_factory=dict)
     mode: str = "text"
     source: str = "<memory>"
+    # What real-data hygiene removed: {"empty documents": [ids], "qrels to empty documents": ["qid -> doc"],
+    # "empty queries": [ids], "queries left without a relevant document": [ids]}
+    dropped: dict[str, list[str]] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        drop_blemishes(self)
         validate(self)
+
+    def hygiene_summary(self) -> str | None:
+        """One line saying what was dropped, or None when nothing was."""
+        if not self.dropped:
+            return None
+        return f"{self.source}: dropped " + ", ".join(f"{len(v)} {k}" for k, v in self.dropped.items())
 
     # ---- views -------------------------------------------------------------------------------------------
     def difficulty(self, qid: str) -> str | None:
@@ -143,6 +155,42 @@ def load_llamaindex_json(path: str | Path) -> QADataset:
         mode=data.get("mode", "text"),
         source=str(path),
     )
+
+
+def drop_blemishes(ds: QADataset) -> None:
+    """Real collections have blemishes: drop empty documents, the qrels that point at them, empty queries, and
+    queries left with no relevant document; count each in ``ds.dropped`` (``load_dataset(strict=True)`` refuses)."""
+    dropped: dict[str, list[str]] = {}
+    empty_docs = [d for d, t in ds.corpus.items() if isinstance(t, str) and not t.strip()]
+    if empty_docs:
+        dropped["empty documents"] = empty_docs
+        gone = set(empty_docs)
+        ds.corpus = {d: t for d, t in ds.corpus.items() if d not in gone}
+        dangling = [f"{q} -> {d}" for q, docs in ds.relevant_docs.items() for d in docs if d in gone]
+        if dangling:
+            dropped["qrels to empty documents"] = dangling
+            ds.relevant_docs = {q: [d for d in docs if d not in gone] for q, docs in ds.relevant_docs.items()}
+    empty_queries = [q for q, t in ds.queries.items() if isinstance(t, str) and not t.strip()]
+    if empty_queries:
+        dropped["empty queries"] = empty_queries
+    orphans = [q for q in ds.queries if q not in empty_queries and q in ds.relevant_docs and not ds.relevant_docs[q]
+               and "qrels to empty documents" in dropped]
+    if orphans:
+        dropped["queries left without a relevant document"] = orphans
+    if empty_queries or orphans:
+        gone = set(empty_queries) | set(orphans)
+        ds.queries = {q: t for q, t in ds.queries.items() if q not in gone}
+        ds.relevant_docs = {q: d for q, d in ds.relevant_docs.items() if q not in gone}
+        ds.query_meta = {q: m for q, m in ds.query_meta.items() if q not in gone}
+    if dropped:
+        ds.dropped = {**ds.dropped, **dropped}
+        log.warning("%s", ds.hygiene_summary())
+
+
+def refuse_blemishes(ds: QADataset) -> None:
+    """``--strict``: a dataset that needed :func:`drop_blemishes` is an error naming the first record."""
+    for kind, items in ds.dropped.items():
+        raise DatasetError(ds.source, items[0], f"{kind} ({len(items)} in all); without --strict they are dropped and counted")
 
 
 def validate(ds: QADataset) -> None:

@@ -108,8 +108,9 @@ class EdgeCorpusIndex(CorpusIndex):
 
     def _request_to_edge(self, r: models.QueryRequest) -> Any:
         q = self.q
-        if isinstance(r.query, models.RrfQuery):
-            query = q.Fusion.Rrf(k=r.query.rrf.k, weights=r.query.rrf.weights)
+        if isinstance(r.query, (models.RrfQuery, models.FusionQuery)):
+            query = (q.Fusion.Rrf(k=r.query.rrf.k, weights=r.query.rrf.weights) if isinstance(r.query, models.RrfQuery)
+                     else q.Fusion.Dbsf())
             prefetches = [q.Prefetch(limit=p.limit, query=self._nearest(p.query, p.using), filter=self._filter(p.filter))
                           for p in r.prefetch]
         else:

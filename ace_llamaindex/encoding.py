@@ -52,6 +52,13 @@ class CachedEncoder:
         self._model = None
         self._fingerprint: str | None = None
 
+    @classmethod
+    def from_model(cls, model, label: str, **kwargs) -> CachedEncoder:
+        """An encoder over an already loaded SentenceTransformer (e.g. one just trained), cached in memory only."""
+        encoder = cls(None, cache_dir=False, show_progress=False, **kwargs)
+        encoder.label, encoder._model, encoder._fingerprint = label, model, f"in-memory-{id(model)}"
+        return encoder
+
     @property
     def model(self):
         """The loaded SentenceTransformer (loaded on first use)."""

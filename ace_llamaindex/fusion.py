@@ -10,6 +10,26 @@ from collections.abc import Sequence
 from typing import Any
 
 DEFAULT_RRF_K = 60
+FUSION_METHODS = ("rrf", "dbsf", "convex")
+# Theoretical minimum of each score (Bruch et al.'s TM2C2): cosine similarity is >= -1, a BM25 score >= 0.
+DENSE_MIN, BM25_MIN = -1.0, 0.0
+
+
+def _tmm(scores: Sequence[tuple[str, float]], floor: float) -> dict[str, float]:
+    """Theoretical-min-max normalisation: ``(s - floor) / (max - floor)``, in [0, 1]."""
+    if not scores:
+        return {}
+    top = max(s for _, s in scores)
+    span = top - floor
+    return {d: (s - floor) / span if span > 0 else 0.0 for d, s in scores}
+
+
+def convex_scores(dense: Sequence[tuple[str, float]], sparse: Sequence[tuple[str, float]], alpha: float) -> dict[str, float]:
+    """``alpha * tmm(dense) + (1 - alpha) * tmm(bm25)`` for every document in either list (Bruch, Gai & Ingber,
+    "An Analysis of Fusion Functions for Hybrid Retrieval", TOIS 2023). A document missing from one list gets that
+    list's theoretical minimum (0 after normalisation). Scores lie in [0, 1]; 1 means top of both lists."""
+    d, s = _tmm(dense, DENSE_MIN), _tmm(sparse, BM25_MIN)
+    return {doc: alpha * d.get(doc, 0.0) + (1 - alpha) * s.get(doc, 0.0) for doc in d.keys() | s.keys()}
 
 
 def rrf_scores(rankings: Sequence[Sequence[str]], k: int = DEFAULT_RRF_K, weights: Sequence[float] | None = None) -> dict[str, float]:

@@ -34,7 +34,9 @@ def register_miners(register):
 
 @hookspec
 def register_trainers(register):
-    """Register trainers: ``(examples, output_dir, config: TrainConfig, data_fingerprint=None) -> TrainResult``."""
+    """Register trainers: ``(examples, output_dir, config: TrainConfig, data_fingerprint=None, corpus=None,
+    engine="auto") -> TrainResult``. ``corpus`` (id -> text) is the real corpus for validation when known; a trainer
+    may ignore it and ``engine``. ``TrainResult.promoted`` says whether the model was written."""
 
 
 @hookspec

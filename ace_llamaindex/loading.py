@@ -5,24 +5,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .dataset import QADataset
+from .dataset import QADataset, refuse_blemishes
 from .errors import DatasetError
 from .plugins import components, get
 
 DEMO_DATASET = Path(__file__).parent / "data" / "agent_memories.json"
 
 
-def load_dataset(path: str | Path | None = None, fmt: str | None = None, **options: Any) -> QADataset:
+def load_dataset(path: str | Path | None = None, fmt: str | None = None, strict: bool = False, **options: Any) -> QADataset:
     """Read ``path`` (default: the shipped demo dataset) with the loader named ``fmt`` or the first that fits.
 
-    ``options`` go to the loader (BEIR takes ``split``).
+    Empty documents, qrels pointing at them and queries left without a relevant document are dropped and counted
+    (``dataset.dropped``); ``strict=True`` refuses such a dataset instead. ``options`` go to the loader (BEIR
+    takes ``split``).
     """
     path = Path(path) if path else DEMO_DATASET
     if not path.exists():
         raise DatasetError(path, "path", "does not exist")
     if fmt:
-        return get("loaders", fmt).load(path, **options)
-    for component in components("loaders").values():
-        if component.obj.sniff(path):
-            return component.obj.load(path, **options)
-    raise DatasetError(path, "format", f"not recognised; expected one of {', '.join(components('loaders'))} (pass --format)")
+        dataset = get("loaders", fmt).load(path, **options)
+    else:
+        for component in components("loaders").values():
+            if component.obj.sniff(path):
+                dataset = component.obj.load(path, **options)
+                break
+        else:
+            raise DatasetError(path, "format", f"not recognised; expected one of {', '.join(components('loaders'))} (pass --format)")
+    if strict:
+        refuse_blemishes(dataset)
+    return dataset

@@ -9,7 +9,8 @@ from typing import Any
 from .dataset import QADataset
 from .encoding import CachedEncoder
 from .evaluate import EvalReport, System, default_comparisons, evaluate, standard_systems
-from .fusion_tuning import tune_fusion
+from .errors import OptionError
+from .fusion_selection import load_fusion
 from .mining import MiningOptions, save_training_data
 from .plugins import components, get
 from .training import TrainConfig
@@ -44,33 +45,44 @@ def run_pipeline(
     show_progress: bool = True,
     reporters: list[str] | None = None,
     engine: str = "auto",
-    tune_fraction: float = 0.15,
+    test_set: QADataset | None = None,
 ) -> PipelineResult:
-    """Hold out ``test_fraction`` of the queries, mine + train on the rest, and compare base vs fine-tuned on the
-    held-out queries (the corpus is shared, as a memory bank is).
+    """Hold out ``test_fraction`` of the queries (or use ``test_set``, e.g. a BEIR test split), mine + train on the
+    rest, and compare base vs fine-tuned on the held-out queries (the corpus is shared, as a memory bank is).
 
-    A further ``tune_fraction`` of the training queries is kept out of training to tune the hybrid fusion
-    (RRF k and weights); the tuned hybrid is reported beside plain RRF, so the report shows when BM25 helps."""
+    Training holds out its own validation queries: they decide the best epoch, the promotion gate and the hybrid
+    fusion saved with the model (``fusion.json``); the report shows that fusion on the test queries beside plain
+    RRF, so it is visible whether BM25 helps."""
     out_dir = Path(out_dir)
     training = training or TrainConfig(seed=seed)
     mining = mining or MiningOptions(seed=seed)
     training.validate()  # fail before minutes of mining, not after
     mining.validate()
-    train_set, test_set = dataset.split(test_fraction, seed)
-    train_set, tune_set = train_set.split(tune_fraction, seed) if tune_fraction else (train_set, None)
+    if test_set is None:
+        train_set, test_set = dataset.split(test_fraction, seed)
+    else:
+        train_set = dataset
     base = CachedEncoder(training.base_model, max_seq_length=training.max_seq_length, show_progress=show_progress)
     examples = get("miners", miner)(encoder=base, options=mining, show_progress=show_progress, engine=engine).mine(train_set)
     data_path = save_training_data(examples, out_dir / "training_data.json", source=dataset.source, options=mining)
-    result = get("trainers", trainer)(examples, out_dir / "model", training, data_fingerprint=train_set.fingerprint())
+    result = get("trainers", trainer)(examples, out_dir / "model", training, data_fingerprint=train_set.fingerprint(),
+                                      corpus=train_set.corpus, engine=engine)
+    if not result.promoted:  # an older model is at out_dir/model: evaluate the candidate we just trained instead
+        raise OptionError(f"{result.gate.sentence() if result.gate else 'not better'}; the model at {result.model_dir} was "
+                          "kept (use --force to replace it)")
     finetuned = CachedEncoder(str(result.model_dir), max_seq_length=training.max_seq_length, show_progress=show_progress,
                               cache_dir=False)
     metrics: dict[str, Any] = {n: c.obj for n, c in components("metrics").items()}
     systems = standard_systems(base, finetuned)
-    fusion = tune_fusion(tune_set, finetuned, engine=engine) if tune_set else None
+    comparisons = default_comparisons([s.name for s in systems])
+    fusion = load_fusion(result.model_dir)
     if fusion:
-        systems.append(System("finetuned+hybrid(tuned)", "hybrid", finetuned, fusion.params))
-    report = evaluate(test_set, systems, metrics=metrics, show_progress=show_progress, engine=engine,
-                      comparisons=default_comparisons([s.name for s in systems]) + ([("finetuned", "finetuned+hybrid(tuned)")] if fusion else []))
+        systems.append(System(FUSED, fusion.mode, None if fusion.mode == "bm25" else finetuned, fusion.params))
+        comparisons += [("finetuned", FUSED), ("finetuned+hybrid", FUSED)]
+    report = evaluate(test_set, systems, metrics=metrics, show_progress=show_progress, engine=engine, comparisons=comparisons)
     report.data["training_card"] = result.card
-    report.data["fusion_tuning"] = fusion.as_dict() if fusion else None
+    report.data["fusion"] = fusion.to_dict() if fusion else None
     return PipelineResult(data_path, result.model_dir, report, write_reports(report, out_dir, reporters))
+
+
+FUSED = "finetuned+fusion"  # the fine-tuned model with the fusion chosen on validation (what serving uses)

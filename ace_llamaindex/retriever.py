@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +18,8 @@ from qdrant_client import QdrantClient
 
 from .bm25 import BM25Encoder
 from .embedding import space_label
+from .errors import OptionError
+from .fusion_selection import DENSE_DEFAULT, FUSION_FILE, FusionChoice, load_fusion
 from .filters import to_qdrant_filter
 from .models import vector_name
 from .store import MODES, CorpusIndex, Hit, HybridParams, open_index
@@ -34,8 +39,38 @@ def query_with_space(embed_model: BaseEmbedding, query: str) -> tuple[list[float
     return embed(query) if callable(embed) else (embed_model.get_query_embedding(query), space_label(embed_model))
 
 
+def model_folder(embed_model: BaseEmbedding) -> str | None:
+    """The local folder an embedding's model lives in, if any (where ``fusion.json`` is looked for)."""
+    for attr in ("model_path", "model_name", "model_dir"):
+        value = getattr(embed_model, attr, None)
+        if isinstance(value, str) and Path(value).is_dir():
+            return value
+    return None
+
+
+def resolve_fusion(embed_model: BaseEmbedding, fusion: str | FusionChoice | None) -> FusionChoice:
+    """``"auto"``: the fusion saved with the model (``fusion.json``), else dense (which never loses to dense);
+    a path to a ``fusion.json`` or a model folder; or a :class:`FusionChoice`."""
+    if isinstance(fusion, FusionChoice):
+        return fusion
+    if fusion in (None, "auto"):
+        return load_fusion(model_folder(embed_model)) or DENSE_DEFAULT
+    path = Path(fusion)
+    if path.is_file():
+        return load_fusion(path.parent) if path.name == FUSION_FILE else FusionChoice.from_dict(json.loads(path.read_text()), str(path))
+    choice = load_fusion(path)
+    if choice is None:
+        raise OptionError(f"fusion={fusion!r}: expected 'auto', a FusionChoice, or a model folder / file with {FUSION_FILE}")
+    return choice
+
+
 class HybridQdrantRetriever(BaseRetriever):
-    """Retrieve nodes from a Qdrant collection by dense, BM25, or hybrid (RRF) search.
+    """Retrieve nodes from a Qdrant collection by dense, BM25, or hybrid search.
+
+    By default (``mode=None, fusion="auto"``) it searches the way the model's validation chose: the ``fusion.json``
+    that ``ace train``/``ace pipeline`` saved in the model folder (dense, BM25, RRF, DBSF or a convex combination),
+    and dense when there is none, because plain RRF loses to dense on many collections. ``mode="hybrid"`` asks for
+    hybrid explicitly (``fusion_method``: ``rrf`` by default, ``dbsf`` or ``convex`` with ``alpha``).
 
     Embedded local Qdrant by default (``path=`` a folder, or in memory when ``path`` and ``url`` are None);
     ``url=`` for a server or cluster; ``engine="edge"`` for Qdrant Edge, the Qdrant engine in-process. Each result's metadata says which embedding model served the query
@@ -51,36 +86,46 @@ class HybridQdrantRetriever(BaseRetriever):
         url: str | None = None,
         api_key: str | None = None,
         client: QdrantClient | None = None,
-        mode: str = "hybrid",
+        mode: str | None = None,
+        fusion: str | FusionChoice | None = "auto",
         similarity_top_k: int = 10,
         score_threshold: float | None = None,
         filters: MetadataFilters | None = None,
         rrf_k: int = 60,
         dense_weight: float = 1.0,
         sparse_weight: float = 1.0,
+        fusion_method: str = "rrf",
+        alpha: float = 0.5,
         prefetch_limit: int = 100,
         bm25: BM25Encoder | None = None,
         engine: str = "local",
         **kwargs: Any,
     ) -> None:
-        if mode not in MODES:
+        if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         super().__init__(**kwargs)
         self.embed_model = embed_model
         self.index = (CorpusIndex(client, collection, bm25) if client is not None
                       else open_index(collection, path=path, url=url, api_key=api_key, engine=engine, bm25=bm25))
-        self.mode = mode
         self.similarity_top_k = similarity_top_k
         self.score_threshold = score_threshold
         self.filters = filters
-        self.hybrid = HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight, prefetch_limit=prefetch_limit)
+        if mode is None:  # the model's own validated choice
+            self.fusion = resolve_fusion(embed_model, fusion)
+            self.mode, self.hybrid = self.fusion.mode, dataclasses.replace(self.fusion.params, prefetch_limit=prefetch_limit)
+        else:
+            self.mode = mode
+            self.hybrid = HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight,
+                                       prefetch_limit=prefetch_limit, method=fusion_method, alpha=alpha)
+            self.fusion = FusionChoice(self.hybrid.describe() if mode == "hybrid" else mode, mode, self.hybrid,
+                                       reason="set explicitly")
 
     # ---- indexing ------------------------------------------------------------------------------------------
     def add_nodes(self, nodes: Sequence[BaseNode], show_progress: bool = True) -> None:
         """Index LlamaIndex nodes or documents: one named dense vector per embedding space, plus BM25."""
         texts = [n.get_content() for n in nodes]
         dense = {vector_name(label): np.asarray(model.get_text_embedding_batch(texts, show_progress=show_progress), dtype=np.float32)
-                 for label, model in embedding_spaces(self.embed_model)} if self.mode != "bm25" else {}
+                 for label, model in embedding_spaces(self.embed_model)}  # every mode: the fusion may change later
         payloads = [dict(n.metadata) for n in nodes]
         self.index.upsert([n.node_id for n in nodes], texts, dense, payloads, show_progress=show_progress)
 

@@ -1,0 +1,126 @@
+"""Choose how to fuse dense and BM25 results, on validation queries, without overfitting; save it with the model.
+
+Hybrid is not free: plain RRF loses to dense alone on many collections. So every candidate (dense, BM25, RRF,
+DBSF, convex combinations) is measured on queries the model did not train on, by the same code that serves it
+(:func:`~ace_llamaindex.evaluate.evaluate`), and a candidate replaces dense only when a paired bootstrap says it is
+better with 95% confidence. Too few validation queries: dense, and the choice says why. The result is written to
+``fusion.json`` in the model folder, where the retriever, ``ace search`` and ``ace eval`` find it (``fusion="auto"``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_json
+from .dataset import QADataset
+from .errors import OptionError
+from .evaluate import Encoder, System, evaluate
+from .store import MODES, HybridParams
+
+FUSION_FILE = "fusion.json"
+MIN_QUERIES = 30  # below this a bootstrap interval is too wide to trust; keep dense
+DEFAULT_METRIC = "ndcg@10"
+
+
+def default_candidates() -> dict[str, tuple[str, HybridParams]]:
+    """The candidates, simplest first: dense, BM25, plain RRF (k=60), DBSF, and convex combinations."""
+    candidates = {"dense": ("dense", HybridParams()), "bm25": ("bm25", HybridParams()),
+                  "rrf(k=60)": ("hybrid", HybridParams()), "dbsf": ("hybrid", HybridParams(method="dbsf"))}
+    for alpha in (0.3, 0.5, 0.7, 0.8, 0.9):
+        params = HybridParams(method="convex", alpha=alpha)
+        candidates[params.describe()] = ("hybrid", params)
+    return candidates
+
+
+@dataclass
+class FusionChoice:
+    """A retrieval mode and fusion, and the validation evidence behind it."""
+
+    name: str
+    mode: str
+    params: HybridParams = field(default_factory=HybridParams)
+    metric: str = DEFAULT_METRIC
+    n_queries: int = 0
+    reason: str = ""
+    scores: dict[str, float] = field(default_factory=dict)          # candidate -> mean metric on validation
+    vs_dense: dict[str, dict[str, Any]] = field(default_factory=dict)  # candidate -> {delta, ci95, verdict}
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise OptionError(f"fusion mode must be one of {MODES}, got {self.mode!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "mode": self.mode, "params": asdict(self.params), "metric": self.metric,
+                "n_queries": self.n_queries, "reason": self.reason, "validation": {"scores": self.scores, "vs_dense": self.vs_dense}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "fusion.json") -> FusionChoice:
+        try:
+            validation = data.get("validation", {})
+            return cls(name=data["name"], mode=data["mode"], params=HybridParams(**data.get("params", {})),
+                       metric=data.get("metric", DEFAULT_METRIC), n_queries=int(data.get("n_queries", 0)),
+                       reason=data.get("reason", ""), scores=validation.get("scores", {}), vs_dense=validation.get("vs_dense", {}))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise OptionError(f"{source}: not a fusion choice ({exc}); expected name, mode and params") from None
+
+    def save(self, model_dir: str | Path) -> Path:
+        """Write ``fusion.json`` into the model folder (atomically)."""
+        return write_json(Path(model_dir) / FUSION_FILE, self.to_dict())
+
+    def summary(self) -> str:
+        return f"{self.name} ({self.reason})"
+
+
+DENSE_DEFAULT = FusionChoice("dense", "dense", reason="no fusion.json with the model: dense never loses to itself")
+
+
+def load_fusion(model_dir: str | Path | None) -> FusionChoice | None:
+    """The fusion saved with a model (``<model_dir>/fusion.json``), or None."""
+    if not model_dir:
+        return None
+    path = Path(model_dir) / FUSION_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise OptionError(f"{path}: unreadable fusion choice ({exc})") from None
+    return FusionChoice.from_dict(data, str(path))
+
+
+def select_fusion(dataset: QADataset, encoder: Encoder, *, metric: str = DEFAULT_METRIC,
+                  candidates: dict[str, tuple[str, HybridParams]] | None = None, min_queries: int = MIN_QUERIES,
+                  engine: str = "auto", show_progress: bool = False, seed: int = 42) -> FusionChoice:
+    """Measure every candidate on ``dataset`` (validation queries: neither trained on nor tested on) and keep dense
+    unless another candidate beats it with confidence (95% paired-bootstrap interval above zero); among those,
+    the best mean wins."""
+    candidates = candidates or default_candidates()
+    if "dense" not in candidates:
+        raise OptionError("fusion candidates must include 'dense', the fallback choice")
+    n = len(dataset.queries)
+    if n < min_queries:
+        return FusionChoice("dense", "dense", metric=metric, n_queries=n,
+                            reason=f"only {n} validation queries (< {min_queries}): too few to trust a fusion, kept dense")
+    systems = [System(name, mode, None if mode == "bm25" else encoder, params) for name, (mode, params) in candidates.items()]
+    report = evaluate(dataset, systems, comparisons=[("dense", name) for name in candidates if name != "dense"],
+                      show_progress=show_progress, engine=engine, seed=seed)
+    scores = {name: round(report.overall(name, metric), 4) for name in candidates}
+    vs_dense = {c["candidate"]: {"delta": round(c["delta"], 4), "ci95": [round(x, 4) for x in c["ci95"]], "verdict": c["verdict"]}
+                for c in report.data["comparisons"] if c["metric"] == metric}
+    winners = [name for name, v in vs_dense.items() if v["verdict"] == "better"]
+    if winners:
+        name = max(winners, key=lambda c: scores[c])
+        v = vs_dense[name]
+        reason = (f"beats dense on {n} validation queries: {metric} {v['delta']:+.3f} "
+                  f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]")
+    else:
+        name = "dense"
+        best = max(scores, key=lambda c: scores[c])
+        reason = (f"no candidate beats dense with confidence on {n} validation queries"
+                  + (f" (best: {best}, {metric} {vs_dense[best]['delta']:+.3f} [{vs_dense[best]['ci95'][0]:+.3f}, "
+                     f"{vs_dense[best]['ci95'][1]:+.3f}])" if best != "dense" else ""))
+    mode, params = candidates[name]
+    return FusionChoice(name, mode, params, metric, n, reason, scores, vs_dense)

@@ -1,0 +1,14 @@
+"""Which evaluation queries a fine-tuned model has already seen (its training card lists their hashes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .dataset import QADataset
+from .promotion import text_hash
+
+
+def training_overlap(dataset: QADataset, card: dict[str, Any]) -> set[str]:
+    """Query ids of ``dataset`` whose text was among the model's training or validation queries."""
+    seen = set(card.get("training_queries") or []) | set(card.get("validation_queries") or [])
+    return {qid for qid, text in dataset.queries.items() if text_hash(text) in seen}
