@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from click.testing import CliRunner
+
+from ace_llamaindex.cli import cli
 
 from ace_llamaindex.beir import load_beir
 from ace_llamaindex.dataset import QADataset, load_llamaindex_json
@@ -43,7 +46,6 @@ def test_duck_typed_llamaindex_object():
         ('{"queries": {"q1": "x"},\n "corpus": {', "line 2"),
         ({"queries": {"q1": "x"}, "corpus": {"d1": "y"}}, "'relevant_docs'"),
         ({**LI, "relevant_docs": {"q1": ["nope"]}}, "corpus id 'nope' is not in corpus"),
-        ({**LI, "corpus": {"d1": "  ", "d2": "x"}}, "corpus['d1']: is empty"),
         ('{"queries": {"q1": "a", "q1": "b"}, "corpus": {}, "relevant_docs": {}}', "'q1'"),
         ({**LI, "relevant_docs": {"q1": ["d1"], "q9": ["d1"]}}, "q9"),
         ({**LI, "query_meta": {"q1": {"difficulty": "extreme"}}}, "expected one of"),
@@ -121,3 +123,42 @@ def test_split_is_disjoint_and_reproducible(demo):
     assert not set(train.queries) & set(test.queries)
     assert len(train.queries) + len(test.queries) == len(demo.queries)
     assert demo.split(0.25, seed=1)[1].queries == test.queries
+
+
+BLEMISHED = {"queries": {"q1": "undo a deploy", "q2": "friday freeze", "q3": "   "},
+             "corpus": {"d1": "Re-run the release.", "d2": "", "d3": "Freeze on Fridays."},
+             "relevant_docs": {"q1": ["d1", "d2"], "q2": ["d2"], "q3": ["d3"]}}
+
+
+@pytest.mark.parametrize(("kind", "items"), [
+    ("empty documents", ["d2"]),
+    ("qrels to empty documents", ["q1 -> d2", "q2 -> d2"]),
+    ("empty queries", ["q3"]),
+    ("queries left without a relevant document", ["q2"]),
+])
+def test_blemishes_are_dropped_and_counted(tmp_path, kind, items):
+    from ace_llamaindex.loading import load_dataset
+
+    ds = load_dataset(write(tmp_path / "b.json", BLEMISHED))
+    assert ds.dropped[kind] == items
+    assert list(ds.queries) == ["q1"] and ds.relevant_docs == {"q1": ["d1"]} and "d2" not in ds.corpus
+    assert f"{len(items)} {kind}" in ds.hygiene_summary()
+
+
+def test_strict_refuses_blemishes_naming_the_record(tmp_path):
+    from ace_llamaindex.loading import load_dataset
+
+    path = write(tmp_path / "b.json", BLEMISHED)
+    with pytest.raises(DatasetError, match="d2: empty documents"):
+        load_dataset(path, strict=True)
+
+
+def test_beir_empty_document_and_its_qrels_are_dropped(tmp_path):
+    from ace_llamaindex.loading import load_dataset
+
+    root = make_beir(tmp_path / "beir")
+    write(root / "corpus.jsonl", '{"_id": "d1", "title": "Rollback", "text": "Re-run the release."}\n{"_id": "d2", "title": "", "text": " "}\n')
+    ds = load_dataset(root, split="test")
+    assert ds.dropped["empty documents"] == ["d2"] and list(ds.queries) == ["q1"]
+    result = CliRunner().invoke(cli, ["eval", str(root), "--strict", "--out-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "empty documents" in result.output and "Traceback" not in result.output

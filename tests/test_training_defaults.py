@@ -1,0 +1,79 @@
+"""Training that pays off from the defaults: the budget rule, ragged negatives, the promotion gate, honest eval."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from ace_llamaindex.cli import cli
+from ace_llamaindex.mining import HardNegativeMiner, MiningOptions, TrainingExample
+from ace_llamaindex.training import CARD_NAME, TrainConfig, auto_epochs, train, training_datasets, validation_count
+
+
+@pytest.mark.parametrize(("n_train", "batch", "epochs"), [
+    (100, 32, 7),      # 4 steps an epoch: enough epochs for >= 25 steps
+    (800, 32, 1),      # 25 steps: one pass
+    (20_000, 32, 1),   # large data: never more than it needs
+    (10, 32, 10),      # tiny: capped
+])
+def test_auto_epochs(n_train, batch, epochs):
+    assert auto_epochs(n_train, batch) == epochs
+
+
+@pytest.mark.parametrize(("n_queries", "fraction", "expected"), [
+    (2000, None, 200),   # 10%
+    (800, None, 100),    # at least 100 for the gate's power
+    (138, None, 34),     # ...or a quarter of a small set
+    (3, None, 0),        # too few to hold any out
+    (800, 0.05, 40),     # an explicit fraction is kept
+    (800, 0.0, 0),
+])
+def test_validation_count(n_queries, fraction, expected):
+    assert validation_count(n_queries, fraction) == expected
+
+
+def test_ragged_negatives_do_not_strip_everyone():
+    rows = [TrainingExample("q1", "p1", ["a", "b", "c"]), TrainingExample("q2", "p2", ["d"]), TrainingExample("q3", "p3", [])]
+    data, info = training_datasets(rows)
+    assert info == {"negatives_per_example": 3, "padded": 1, "in_batch_only": 1}
+    hard = data["hard_negatives"]
+    assert hard.column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
+    assert hard[1]["negative_3"] == "d"  # its own negative repeated
+    assert data["in_batch_only"].column_names == ["anchor", "positive"]
+    alone, info = training_datasets(rows[:2], num_negatives=2)
+    assert alone.column_names[-1] == "negative_2" and info["in_batch_only"] == 0
+
+
+@pytest.fixture(scope="module")
+def examples(small, base_encoder):
+    return HardNegativeMiner("dense", base_encoder, options=MiningOptions(num_negatives=2), show_progress=False).mine(small)
+
+
+def test_gate_keeps_the_existing_model(tmp_path, examples, tuned_model_dir):
+    target = tmp_path / "model"
+    shutil.copytree(tuned_model_dir, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
+    # A learning rate this small changes nothing: the gate finds no clear difference, so the old model stays.
+    result = train(examples, target, TrainConfig(epochs=1, batch_size=8, learning_rate=1e-12))
+    assert result.gate.verdict == "no clear difference" and not result.promoted
+    assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before
+    forced = train(examples, target, TrainConfig(epochs=1, batch_size=8, learning_rate=1e-12, force=True))
+    assert forced.promoted
+    card = json.loads((target / CARD_NAME).read_text())
+    assert card["gate"]["verdict"] == "no clear difference" and card["gate"]["n_queries"] == result.gate.n_queries > 0
+    assert (target / "fusion.json").exists() and card["fusion"]["mode"] in ("dense", "bm25", "hybrid")
+
+
+def test_eval_warns_on_training_queries(tuned_model_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["eval", "--finetuned", str(tuned_model_dir), "--out-dir", str(tmp_path / "r"), "--report", "json"])
+    assert result.exit_code == 0, result.output
+    assert "were in" in result.output and "training or validation" in result.output
+    total = json.loads((tmp_path / "r" / "eval.json").read_text())["n_queries"]
+    result = runner.invoke(cli, ["eval", "--finetuned", str(tuned_model_dir), "--exclude-training-queries",
+                                 "--out-dir", str(tmp_path / "r2"), "--report", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r2" / "eval.json").read_text())["n_queries"] < total
