@@ -139,6 +139,11 @@ def print_training(card: dict) -> None:
                       f"[{colour}]{g['verdict']}[/{colour}]", highlight=False)
     elif g:
         console.print(f"promotion gate: {g.get('verdict')}", highlight=False)
+    if g.get("verdict") in ("no clear difference", "worse") and g.get("base") is not None:
+        console.print(f"[yellow]this data can't show a gain:[/yellow] the base model already reaches {g['metric']} "
+                      f"{g['base']:.3f} on {g['n_queries']} held-out validation queries, and the fine-tuned model is "
+                      f"not better with 95% confidence. More (or harder) queries from your own logs give the gate "
+                      "something to measure.", highlight=False)
     if card.get("fusion"):
         console.print(f"fusion saved with the model: {card['fusion']['name']} ({card['fusion']['reason']})", highlight=False)
 

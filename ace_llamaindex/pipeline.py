@@ -27,7 +27,7 @@ class PipelineResult:
 def write_reports(report: EvalReport, out_dir: str | Path, names: list[str] | None = None, stem: str = "eval") -> dict[str, Path]:
     """Write the report with each named reporter (default: all registered) as ``out_dir/<stem>.<name>``."""
     written = {}
-    for name in names or list(components("reporters")):
+    for name in list(components("reporters")) if names is None else names:
         written[name] = get("reporters", name)(report.data, Path(out_dir) / f"{stem}.{name}")
     return written
 

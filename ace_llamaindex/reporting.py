@@ -35,6 +35,7 @@ def markdown_report(report: dict[str, Any], breakdown_metric: str = "ndcg@10") -
         for c in report["comparisons"]:
             lo, hi = c["ci95"]
             out.append(f"| {c['candidate']} vs {c['baseline']} | {c['metric']} | {c['delta']:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {c['verdict']} |")
+    out += _training_section(report)
     systems = list(report["overall"])
     for key, title in (("by_difficulty", "difficulty"), ("by_category", "category")):
         groups = report.get(key) or {}
@@ -43,6 +44,30 @@ def markdown_report(report: dict[str, Any], breakdown_metric: str = "ndcg@10") -
         rows = {f"{g} (n={v['n']})": {s: v[s][breakdown_metric] for s in systems} for g, v in groups.items()}
         out += ["", f"### {breakdown_metric} by {title}", ""] + _table(rows, systems, title)
     return "\n".join(out) + "\n"
+
+
+def _training_section(report: dict[str, Any]) -> list[str]:
+    """The promotion gate's verdict and the fusion chosen on validation, with its evidence."""
+    out: list[str] = []
+    gate = (report.get("training_card") or {}).get("gate") or {}
+    if gate.get("delta") is not None:
+        lo, hi = gate["ci95"]
+        out += ["", "### Promotion gate (validation queries, before this evaluation)", "",
+                f"{gate['metric']} base {gate['base']:.3f} -> fine-tuned {gate['finetuned']:.3f}: {gate['delta']:+.3f} "
+                f"[{lo:+.3f}, {hi:+.3f}] on {gate['n_queries']} queries: **{gate['verdict']}**."]
+    fusion = report.get("fusion")
+    if fusion:
+        out += ["", f"### Fusion chosen on validation: {fusion['name']}", "", fusion["reason"] + ".", ""]
+        scores, vs = fusion["validation"]["scores"], fusion["validation"]["vs_dense"]
+        if scores:
+            out += [f"| candidate | {fusion['metric']} | vs dense | 95% CI | verdict |", "|---|---:|---:|---|---|"]
+            for name, score in scores.items():
+                v = vs.get(name)
+                out.append(f"| {name} | {score:.3f} | " + (f"{v['delta']:+.3f} | [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}] | {v['verdict']} |"
+                                                          if v else "– | – | – |"))
+    for warning in report.get("warnings", []):
+        out += ["", f"**Warning:** {warning}"]
+    return out
 
 
 def write_markdown_report(report: dict[str, Any], path: str | Path) -> Path:
