@@ -49,7 +49,8 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    _recover(target)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
     try:
         yield scratch
     except BaseException:
@@ -62,3 +63,50 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     os.replace(scratch, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(target: Path) -> None:
+    """A kill between the two renames of a swap leaves the previous version at ``.<name>.old-<pid>``: put it back.
+    Half-built scratch folders of killed runs are removed."""
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not target.exists():
+        os.replace(olds.pop(), target)
+    for stale in olds + list(target.parent.glob(f".{target.name}.partial-*")):
+        pid = stale.name.rsplit(".old-", 1)[-1] if ".old-" in stale.name else stale.name.split(".partial-", 1)[1].split("-")[0]
+        if not _alive(pid):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process that owns a scratch/old folder (its pid is in the name) still runs."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_output(path: str | Path, kind: str = "file") -> Path:
+    """Before hours of work: can ``path`` be written? ``kind`` is ``file`` or ``dir``. Raises :class:`OptionError`
+    naming the path and the problem (a directory where a file goes, or the reverse; no write permission)."""
+    from .errors import OptionError
+
+    path = Path(path)
+    if path.exists():
+        if kind == "file" and path.is_dir():
+            raise OptionError(f"{path}: is a directory; expected a file path to write")
+        if kind == "dir" and not path.is_dir():
+            raise OptionError(f"{path}: is a file; expected a directory to write into")
+    parent = path if kind == "dir" and path.is_dir() else path.parent
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OptionError(f"{path}: {existing} is a file, so {parent} cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OptionError(f"{path}: no permission to write in {existing}")
+    return path

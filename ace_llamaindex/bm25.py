@@ -31,7 +31,12 @@ STOPWORDS = frozenset(
     she so than that the their them then there these they this those to was we were what when where which who
     will with you your do does did can could should would how about""".split()
 )
-_TOKEN = re.compile(r"\w+", re.UNICODE)
+# Word characters, plus the combining marks \w leaves out (Thai/Lao/Myanmar/Khmer vowel signs, Latin diacritics).
+_TOKEN = re.compile(r"[\w\u0300-\u036f\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]+", re.UNICODE)
+# Scripts written without spaces between words (Han, kana, Thai, Lao, Myanmar, Khmer): a run of them is one \w+
+# match, so a query could only ever match a whole run. Such runs are indexed as overlapping character bigrams (as
+# Lucene's CJKAnalyzer does), a lone character as itself.
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]+")
 _stemmer = snowballstemmer.stemmer("english")
 
 
@@ -40,9 +45,22 @@ def _stem(word: str) -> str:
     return _stemmer.stemWord(word)
 
 
+def _bigrams(run: str) -> list[str]:
+    return [run] if len(run) == 1 else [run[i:i + 2] for i in range(len(run) - 1)]
+
+
 def tokenize(text: str) -> list[str]:
-    """Lowercase word tokens, English stop words removed, Snowball-stemmed."""
-    return [_stem(w) for w in _TOKEN.findall(text.lower()) if w not in STOPWORDS]
+    """Lowercase word tokens, English stop words removed, Snowball-stemmed; runs of unspaced scripts (CJK, Thai...)
+    become character bigrams."""
+    tokens: list[str] = []
+    for word in _TOKEN.findall(text.lower()):
+        if _UNSPACED.search(word):
+            for part in re.split(f"({_UNSPACED.pattern})", word):
+                if part:
+                    tokens += _bigrams(part) if _UNSPACED.fullmatch(part) else ([_stem(part)] if part not in STOPWORDS else [])
+        elif word not in STOPWORDS:
+            tokens.append(_stem(word))
+    return tokens
 
 
 @lru_cache(maxsize=200_000)

@@ -108,7 +108,8 @@ def training_options(f):
         click.option("--early-stopping", "early_stopping", default=None, type=int, help="Patience in epochs."),
         click.option("--cached-loss/--no-cached-loss", default=None, help="CachedMNRL (default: when batch > 32)."),
         click.option("--device", default=None, help="cpu, cuda, mps (default: auto)."),
-        click.option("--resume", is_flag=True, help="Continue from the last checkpoint."),
+        click.option("--resume", is_flag=True, help="Continue from the last checkpoint of this same run (same data, options, base model)."),
+        click.option("--keep-checkpoints", is_flag=True, help="Keep OUTPUT.checkpoints after a finished run (removed by default)."),
         click.option("--force", is_flag=True, help="Replace an existing model even when the gate does not call the new one better."),
         click.option("--trainer", default="sentence-transformers", show_default=True),
     ]
@@ -126,6 +127,7 @@ def _training(kw: dict, seed: int):
         learning_rate=kw["learning_rate"], warmup_ratio=kw["warmup_ratio"], max_seq_length=kw["max_seq_length"],
         num_negatives=kw["train_negatives"], val_fraction=kw["val_fraction"], early_stopping_patience=kw["early_stopping"],
         cached_loss=kw["cached_loss"], seed=seed, device=kw["device"], resume=kw["resume"], force=kw["force"],
+        keep_checkpoints=kw["keep_checkpoints"],
     )
 
 
@@ -189,6 +191,9 @@ def print_report(report: dict, metric: str = "ndcg@10") -> None:
 @friendly
 def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_path, vector_name, text_field, id_field, **kw):
     """Mine hard negatives for DATASET (default: the shipped demo) and write training_data.json."""
+    from .atomic import check_output
+
+    check_output(output)
     from .encoding import CachedEncoder
     from .mining import save_training_data
     from .plugins import get
@@ -223,12 +228,19 @@ def train(training_data, output, seed, **kw):
     Promotion gate: the new model is compared with its base on the validation queries (paired bootstrap, nDCG@10);
     unless it is better, an existing model at OUTPUT is kept (--force replaces it). The fusion chosen on the same
     queries is saved as OUTPUT/fusion.json and used by `ace search`, `ace eval` and the retriever."""
+    from .atomic import check_output
+
+    check_output(output, "dir")
     from .mining import load_training_data
     from .plugins import get
 
     examples = load_training_data(training_data)
     result = get("trainers", kw["trainer"])(examples, output, _training(kw, seed))
     card = result.card
+    neg = card.get("negatives") or {}
+    if neg.get("padded") or neg.get("in_batch_only"):
+        console.print(f"[yellow]note:[/yellow] {neg['padded']} example(s) had fewer than {neg['negatives_per_example']} hard "
+                      f"negatives (their own repeated); {neg['in_batch_only']} had none (in-batch negatives only)", highlight=False)
     print_training(card)
     if result.promoted:
         console.print(f"model -> {result.model_dir} ({card.get('train_seconds')} s on {card.get('device')})")
@@ -274,6 +286,9 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
     """Compare baseline vs fine-tuned (dense and hybrid, plus BM25) on DATASET.
 
     With a fine-tuned model that has a fusion.json, the row finetuned+fusion shows the fusion serving uses."""
+    from .atomic import check_output
+
+    check_output(out_dir, "dir")
     from .encoding import CachedEncoder
     from .evaluate import System, default_comparisons, evaluate, standard_systems
     from .fusion_selection import load_fusion
@@ -327,6 +342,9 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
 @friendly
 def pipeline(dataset, fmt, split, strict, out_dir, test_fraction, **kw):
     """Mine, fine-tune and evaluate end to end (default: the shipped demo dataset, embedded Qdrant)."""
+    from .atomic import check_output
+
+    check_output(out_dir, "dir")
     from .pipeline import run_pipeline
 
     if not 0 < test_fraction < 1:
@@ -429,14 +447,16 @@ def index(dataset, fmt, split, strict, **kw):
 @cli.command()
 @click.argument("query")
 @serving_options
-@click.option("--top-k", default=5, show_default=True, type=int)
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def search(query, top_k, as_json, **kw):
     """Search an index built by `ace index`."""
+    if not kw["qdrant_url"] and not Path(kw["qdrant_path"]).exists():  # a read-only command creates nothing
+        raise OptionError(f"no index at {kw['qdrant_path']!r}; run `ace index` first (or pass --qdrant-path/--qdrant-url)")
     retriever = _retriever(top_k=top_k, **kw)
     if not retriever.index.exists():
-        raise click.ClickException(f"no collection {kw['collection']!r}; run `ace index` first")
+        raise OptionError(f"no collection {kw['collection']!r} in {kw['qdrant_url'] or kw['qdrant_path']}; run `ace index` first")
     results = retriever.retrieve(query)
     rows = [{"id": n.node.node_id, "score": n.score, "served_by": n.node.metadata.get("ace_served_by"), "text": n.node.text}
             for n in results]
@@ -470,8 +490,12 @@ def plugins(as_json):
 
 
 def main() -> None:
+    import signal
+
     from .plugins import add_commands
 
+    # SIGTERM ends the process like Ctrl-C does: atomic writes roll back and temporary indexes are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     add_commands(cli)
     cli()
 

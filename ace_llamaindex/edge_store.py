@@ -9,6 +9,7 @@ Qdrant Edge is beta; this module is the only place that knows its API.
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 import tempfile
@@ -43,7 +44,21 @@ class EdgeCorpusIndex(CorpusIndex):
         self.q = _edge()
         self._tmp = None if path else tempfile.mkdtemp(prefix="ace-edge-")
         self.root = Path(path or self._tmp) / collection
-        self.shard = self.q.EdgeShard.load(str(self.root)) if (self.root / META_FILE).exists() else None
+        self.shard = None
+        if (self.root / META_FILE).exists():
+            self.shard = self._open(lambda: self.q.EdgeShard.load(str(self.root)))
+        if self._tmp:
+            _TEMP_DIRS.add(self._tmp)
+
+    def _open(self, opener):
+        """Open or create the shard; a folder another process holds is one clear error (Edge locks its WAL)."""
+        try:
+            return opener()
+        except Exception as exc:  # noqa: BLE001 - Edge raises its own OSError-like types
+            if "WouldBlock" in str(exc) or "lock" in str(exc).lower():
+                raise OptionError(f"{self.root}: Qdrant Edge folder is in use by another process (one process per "
+                                  "folder; use a Qdrant server for shared access)") from None
+            raise
 
     # ---- engine calls ----------------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -56,7 +71,7 @@ class EdgeCorpusIndex(CorpusIndex):
         shutil.rmtree(self.root, ignore_errors=True)
 
     def close(self) -> None:
-        if self.shard is not None:
+        if getattr(self, "shard", None) is not None:
             self.shard.close()
             self.shard = None
 
@@ -76,7 +91,7 @@ class EdgeCorpusIndex(CorpusIndex):
             vectors={n: q.EdgeVectorParams(size=d, distance=q.Distance.Cosine) for n, d in dense.items()},
             sparse_vectors={SPARSE_NAME: q.EdgeSparseVectorParams(modifier=q.Modifier.Idf)},
         )
-        self.shard = q.EdgeShard.create(str(self.root), config)
+        self.shard = self._open(lambda: q.EdgeShard.create(str(self.root), config))
         write_json(self.root / META_FILE, {"dense": dict(dense), "metadata": metadata})
 
     def _write(self, points: list[models.PointStruct]) -> None:
@@ -148,6 +163,19 @@ class EdgeCorpusIndex(CorpusIndex):
     def __del__(self) -> None:
         try:
             self.close()
+        except Exception:  # noqa: BLE001, S110 - never raise from a finaliser
+            pass
         finally:
             if getattr(self, "_tmp", None):
                 shutil.rmtree(self._tmp, ignore_errors=True)
+                _TEMP_DIRS.discard(self._tmp)
+
+
+# Temporary shards left by an interrupted run are removed at exit (the CLI turns SIGTERM into a normal exit).
+_TEMP_DIRS: set[str] = set()
+
+
+@atexit.register
+def _remove_temp_dirs() -> None:
+    for path in list(_TEMP_DIRS):
+        shutil.rmtree(path, ignore_errors=True)

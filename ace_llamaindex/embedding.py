@@ -40,6 +40,11 @@ class FineTunedEmbedding(BaseEmbedding):
     max_seq_length: int | None = Field(default=None, description="Truncate inputs to this many tokens")
     query_prompt: str | None = Field(default=None, description="Text prepended to queries (overrides the model's)")
     document_prompt: str | None = Field(default=None, description="Text prepended to documents (overrides the model's)")
+    allow_space_switch: bool = Field(
+        default=False,
+        description="Let plain get_query_embedding/get_text_embedding answer from the fallback when the fine-tuned "
+                    "model fails. Off by default: a store that is not space-aware would compare the fallback's "
+                    "vectors with fine-tuned document vectors. Our retriever and vector store are space-aware.")
     _model: Any = PrivateAttr(default=None)
     _load_error: str | None = PrivateAttr(default=None)
     _fallback: BaseEmbedding | None = PrivateAttr(default=None)
@@ -145,24 +150,36 @@ class FineTunedEmbedding(BaseEmbedding):
         """Label of the model that served the latest call."""
         return space_label(self._fallback) if self._on_fallback else self.model_name
 
-    # ---- BaseEmbedding contract ----------------------------------------------------------------------------
+    # ---- BaseEmbedding contract: callers that do not know about vector spaces ----------------------------------
+    def _same_space(self, result: tuple[list[list[float]], str]) -> list[list[float]]:
+        """A space-unaware caller (a stock vector store) would compare these vectors with fine-tuned ones:
+        refuse a fallback answer unless ``allow_space_switch``."""
+        vectors, label = result
+        if label != self.model_name and not self.allow_space_switch:
+            raise EmbeddingError(
+                f"fine-tuned model {self.model_path!r} failed ({self._load_error or 'encoding error'}); its fallback "
+                f"{label!r} is another vector space, so its vectors are not returned where fine-tuned vectors are "
+                "expected. Use HybridQdrantRetriever (space-aware), or allow_space_switch=True "
+                "if your index holds the fallback's vectors.")
+        return vectors
+
     def _get_query_embedding(self, query: str) -> list[float]:
-        return self._with_fallback([query], "query")[0][0]
+        return self._same_space(self._with_fallback([query], "query"))[0]
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
-        return (await self._awith_fallback([query], "query"))[0][0]
+        return self._same_space(await self._awith_fallback([query], "query"))[0]
 
     def _get_text_embedding(self, text: str) -> list[float]:
-        return self._with_fallback([text], "document")[0][0]
+        return self._same_space(self._with_fallback([text], "document"))[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return self._with_fallback(texts, "document")[0]
+        return self._same_space(self._with_fallback(texts, "document"))
 
     async def _aget_text_embedding(self, text: str) -> list[float]:
-        return (await self._awith_fallback([text], "document"))[0][0]
+        return self._same_space(await self._awith_fallback([text], "document"))[0]
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return (await self._awith_fallback(texts, "document"))[0]
+        return self._same_space(await self._awith_fallback(texts, "document"))
 
 
 class _PrimaryOnly(BaseEmbedding):

@@ -4,14 +4,17 @@ fallback it fails fast and clearly instead of hanging a request for a minute."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, SecretStr
 from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from .errors import EmbeddingError
@@ -29,14 +32,16 @@ class OpenAICompatibleEmbedding(BaseEmbedding):
 
     base_url: str = Field(description="Server URL up to the API prefix, e.g. http://localhost:1234/v1")
     model_name: str = Field(default="text-embedding", description="Model name the server knows")
-    api_key: str | None = Field(default=None, description="Sent as a Bearer token when set")
-    timeout: float = Field(default=10.0, description="Seconds per request (connect and read)")
+    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False,
+                                      description="Sent as a Bearer token when set; never shown in repr, logs or to_json")
+    timeout: float = Field(default=10.0, description="Seconds per request, overall: a server that trickles bytes is cut off too")
     max_retries: int = Field(default=2, description="Retries after the first attempt, for timeouts, 429 and 5xx")
     backoff: float = Field(default=0.5, description="First retry delay in seconds; doubles each retry")
     query_prefix: str = Field(default="", description="Prepended to queries (nomic: 'search_query: ')")
     document_prefix: str = Field(default="", description="Prepended to documents (nomic: 'search_document: ')")
     _client: httpx.Client | None = PrivateAttr(default=None)
     _aclient: httpx.AsyncClient | None = PrivateAttr(default=None)
+    _dimension: int | None = PrivateAttr(default=None)
 
     @classmethod
     def class_name(cls) -> str:
@@ -50,25 +55,42 @@ class OpenAICompatibleEmbedding(BaseEmbedding):
         return {"model": self.model_name, "input": texts}
 
     def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return {"Authorization": f"Bearer {self.api_key.get_secret_value()}"} if self.api_key else {}
 
-    def _parse(self, response: httpx.Response, n: int) -> list[list[float]]:
+    def _parse(self, body: bytes, n: int) -> list[list[float]]:
+        """Vectors in ``index`` order, each a non-empty list of finite numbers, all of one length (the same
+        length as earlier answers: a server that changes model mid-flight is an error, not a silent new space)."""
+        text = body.decode("utf-8", "replace")
         try:
-            rows = response.json()["data"]
+            rows = json.loads(text)["data"]
             vectors = [row["embedding"] for row in sorted(rows, key=lambda r: r.get("index", 0))]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise EmbeddingError(f"{self.url}: malformed response (expected {{'data': [{{'embedding': [...]}}]}}): "
-                                 f"{response.text[:200]!r}") from exc
-        if len(vectors) != n or not all(isinstance(v, list) and v for v in vectors):
-            raise EmbeddingError(f"{self.url}: asked for {n} embeddings, got {len(vectors)} usable ones")
+                                 f"{text[:200]!r}") from exc
+        if len(vectors) != n:
+            raise EmbeddingError(f"{self.url}: asked for {n} embeddings, got {len(vectors)}")
+        for i, v in enumerate(vectors):
+            if not isinstance(v, list) or not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                          and math.isfinite(x) for x in v):
+                raise EmbeddingError(f"{self.url}: embedding {i} is not a list of finite numbers (got {str(v)[:80]})")
+        dims = {len(v) for v in vectors} | ({self._dimension} if self._dimension else set())
+        if len(dims) > 1:
+            raise EmbeddingError(f"{self.url}: embeddings of different lengths {sorted(dims)} from model {self.model_name!r}")
+        self._dimension = dims.pop()
         return vectors
 
-    def _vectors(self, response: httpx.Response, n: int) -> list[list[float]]:
+    def _vectors(self, status: int, body: bytes, n: int) -> list[list[float]]:
         """The vectors of a response; a 408/429/5xx raises a retryable error, any other status a final one."""
-        if response.status_code == 200:
-            return self._parse(response, n)
-        error = _Retryable if response.status_code in RETRYABLE_STATUS else EmbeddingError
-        raise error(f"{self.url}: HTTP {response.status_code}: {response.text[:200]!r}")
+        if status == 200:
+            return self._parse(body, n)
+        error = _Retryable if status in RETRYABLE_STATUS else EmbeddingError
+        raise error(f"{self.url}: HTTP {status}: {body[:200].decode('utf-8', 'replace')!r}")
+
+    def _deadline_passed(self, started: float) -> None:
+        # httpx's timeouts bound each read, not the whole response: a server trickling one byte per second
+        # would never trip them. This bounds the whole call.
+        if time.monotonic() - started > self.timeout:
+            raise _Retryable(f"{self.url}: no complete response within {self.timeout} s")
 
     def _retrying(self) -> dict[str, Any]:
         """tenacity's policy, shared by the sync and async paths: timeouts, connection errors and retryable
@@ -90,8 +112,12 @@ class OpenAICompatibleEmbedding(BaseEmbedding):
         with self._last_failure():
             for attempt in Retrying(**self._retrying()):
                 with attempt:
-                    response = self._client.post(self.url, json=self._body(texts), headers=self._headers())
-                    return self._vectors(response, len(texts))
+                    started, chunks = time.monotonic(), []
+                    with self._client.stream("POST", self.url, json=self._body(texts), headers=self._headers()) as response:
+                        for chunk in response.iter_bytes():
+                            chunks.append(chunk)
+                            self._deadline_passed(started)
+                    return self._vectors(response.status_code, b"".join(chunks), len(texts))
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     async def _aembed(self, texts: list[str]) -> list[list[float]]:
@@ -99,8 +125,12 @@ class OpenAICompatibleEmbedding(BaseEmbedding):
         with self._last_failure():
             async for attempt in AsyncRetrying(**self._retrying()):
                 with attempt:
-                    response = await self._aclient.post(self.url, json=self._body(texts), headers=self._headers())
-                    return self._vectors(response, len(texts))
+                    started, chunks = time.monotonic(), []
+                    async with self._aclient.stream("POST", self.url, json=self._body(texts), headers=self._headers()) as response:
+                        async for chunk in response.aiter_bytes():
+                            chunks.append(chunk)
+                            self._deadline_passed(started)
+                    return self._vectors(response.status_code, b"".join(chunks), len(texts))
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     def _get_query_embedding(self, query: str) -> list[float]:

@@ -30,7 +30,19 @@ def load_dataset(path: str | Path | None = None, fmt: str | None = None, strict:
                 dataset = component.obj.load(path, **options)
                 break
         else:
+            _refuse_non_utf8(path)
             raise DatasetError(path, "format", f"not recognised; expected one of {', '.join(components('loaders'))} (pass --format)")
     if strict:
         refuse_blemishes(dataset)
     return dataset
+
+
+def _refuse_non_utf8(path: Path) -> None:
+    """A file (or a BEIR folder's files) that is not UTF-8 is named as such, not as an unknown format."""
+    files = [path] if path.is_file() else [path / "corpus.jsonl", path / "queries.jsonl"]
+    for file in files:
+        if file.is_file():
+            try:
+                file.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DatasetError(file, f"byte {exc.start}", "is not UTF-8 text (save the file as UTF-8)") from None

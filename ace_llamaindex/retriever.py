@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,13 @@ from qdrant_client import QdrantClient
 
 from .bm25 import BM25Encoder
 from .embedding import space_label
-from .errors import OptionError
+from .errors import EmbeddingError, OptionError
 from .fusion_selection import DENSE_DEFAULT, FUSION_FILE, FusionChoice, load_fusion
 from .filters import to_qdrant_filter
 from .models import vector_name
 from .store import MODES, CorpusIndex, Hit, HybridParams, open_index
 
+log = logging.getLogger(__name__)
 SERVED_BY = "ace_served_by"
 _INTERNAL = {"doc_id", "text"}
 
@@ -107,7 +109,10 @@ class HybridQdrantRetriever(BaseRetriever):
         self.embed_model = embed_model
         self.index = (CorpusIndex(client, collection, bm25) if client is not None
                       else open_index(collection, path=path, url=url, api_key=api_key, engine=engine, bm25=bm25))
+        if similarity_top_k < 1:
+            raise OptionError(f"similarity_top_k must be at least 1, got {similarity_top_k}")
         self.similarity_top_k = similarity_top_k
+        self.missing_spaces: list[str] = []
         self.score_threshold = score_threshold
         self.filters = filters
         if mode is None:  # the model's own validated choice
@@ -122,10 +127,23 @@ class HybridQdrantRetriever(BaseRetriever):
 
     # ---- indexing ------------------------------------------------------------------------------------------
     def add_nodes(self, nodes: Sequence[BaseNode], show_progress: bool = True) -> None:
-        """Index LlamaIndex nodes or documents: one named dense vector per embedding space, plus BM25."""
+        """Index LlamaIndex nodes or documents: one named dense vector per embedding space, plus BM25.
+
+        The fine-tuned space must encode; a fallback that is down is skipped with a warning (its space is listed
+        in ``missing_spaces``) rather than blocking indexing."""
+        if not nodes:
+            return
         texts = [n.get_content() for n in nodes]
-        dense = {vector_name(label): np.asarray(model.get_text_embedding_batch(texts, show_progress=show_progress), dtype=np.float32)
-                 for label, model in embedding_spaces(self.embed_model)}  # every mode: the fusion may change later
+        dense = {}
+        for i, (label, model) in enumerate(embedding_spaces(self.embed_model)):  # every mode: the fusion may change
+            try:
+                dense[vector_name(label)] = np.asarray(model.get_text_embedding_batch(texts, show_progress=show_progress),
+                                                       dtype=np.float32)
+            except EmbeddingError as exc:
+                if i == 0:
+                    raise
+                log.warning("indexing without the fallback's vector space %r: %s", label, exc)
+                self.missing_spaces.append(label)
         payloads = [dict(n.metadata) for n in nodes]
         self.index.upsert([n.node_id for n in nodes], texts, dense, payloads, show_progress=show_progress)
 

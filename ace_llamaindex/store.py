@@ -287,7 +287,7 @@ class CorpusIndex:
                               using, limit, query_filter, hybrid, score_threshold)
                 for i in range(start, stop)
             ]
-            for points in self._query(requests):
+            for points in self._query_or_explain(requests):
                 # Exact ties in document-id order: engines (Qdrant Edge above all) order them arbitrarily.
                 results.append(sorted((self._hit(p) for p in points), key=lambda h: (-h.score, h.doc_id)))
         return results
@@ -316,6 +316,20 @@ class CorpusIndex:
                 row.append(Hit(doc_id, fused[doc_id], h.text, {**h.payload, "ace_scores": scores}))
             results.append(row)
         return results
+
+    def _query_or_explain(self, requests: list[models.QueryRequest]) -> list[list[Any]]:
+        """Run the requests; a missing collection or vector becomes one clear error instead of the engine's."""
+        try:
+            return self._query(requests)
+        except Exception:  # noqa: BLE001 - engine errors (ValueError, UnexpectedResponse, ...) vary by engine
+            if not self.exists():
+                raise OptionError(f"collection {self.collection!r} does not exist; index documents into it first") from None
+            wanted = {r.using for r in requests} | {p.using for r in requests for p in (r.prefetch or [])}
+            missing = sorted(w for w in wanted if w and w != SPARSE_NAME and w not in self.dense_vectors())
+            if missing:
+                raise OptionError(f"collection {self.collection!r} has no dense vector {missing[0]!r}; it has "
+                                  f"{sorted(self.dense_vectors())}") from None
+            raise
 
     def iter_documents(self, batch_size: int = 256) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """Yield (doc_id, text, payload) for every point."""

@@ -17,10 +17,12 @@ them for small sets), so the gate and the fusion choice have statistical power.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,7 +59,8 @@ class TrainConfig:
     mini_batch_size: int = 32
     seed: int = 42
     device: str | None = None               # None: CUDA, then MPS, then CPU
-    resume: bool = False                    # continue from the last checkpoint in <output>.checkpoints
+    resume: bool = False                    # continue from the last checkpoint in <output>.checkpoints (same run only)
+    keep_checkpoints: bool = False          # keep <output>.checkpoints after a finished run
     extra: dict[str, Any] = field(default_factory=dict)  # passed through to SentenceTransformerTrainingArguments
 
     def validate(self) -> None:
@@ -283,7 +286,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         evaluator=evaluator,
         callbacks=callbacks,
     )
-    resume = config.resume and checkpoints.exists() and any(checkpoints.glob("checkpoint-*"))
+    resume = _prepare_checkpoints(checkpoints, run_fingerprint(examples, config), config.resume)
     started = time.time()
     trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.time() - started
@@ -329,7 +332,43 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
             write_json(scratch / CARD_NAME, card)
             if fusion:
                 fusion.save(scratch)
+    if not config.keep_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return TrainResult(model_dir=output_dir, card=card, gate=verdict, fusion=fusion, promoted=promoted)
+
+
+RUN_FILE = "ace_run.json"
+# Not part of a run's identity: how it is resumed or kept, where it runs, and how long it goes on (a run may be
+# extended by more epochs).
+_NOT_IN_FINGERPRINT = {"resume", "keep_checkpoints", "force", "device", "epochs", "early_stopping_patience"}
+
+
+def run_fingerprint(examples: list[TrainingExample], config: TrainConfig) -> str:
+    """What makes a run the same run: its data, its configuration and the base model's weights."""
+    from .models import model_fingerprint
+
+    digest = hashlib.sha256()
+    for e in examples:
+        digest.update(json.dumps([e.query, e.positive, e.negatives]).encode())
+    settings = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_FINGERPRINT}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(model_fingerprint(config.base_model).encode())
+    return digest.hexdigest()[:16]
+
+
+def _prepare_checkpoints(folder: Path, fingerprint: str, resume: bool) -> bool:
+    """Whether to resume: only from checkpoints of this very run (``ace_run.json``); a mismatch is refused."""
+    have = folder.exists() and any(folder.glob("checkpoint-*"))
+    if resume and have:
+        stamp = folder / RUN_FILE
+        theirs = json.loads(stamp.read_text()).get("fingerprint") if stamp.exists() else None
+        if theirs != fingerprint:
+            raise OptionError(f"--resume: the checkpoints in {folder} belong to another run (different data, options or "
+                              "base model); delete that folder or train without --resume")
+        return True
+    shutil.rmtree(folder, ignore_errors=True)  # stale checkpoints of another run are never picked up by accident
+    write_json(folder / RUN_FILE, {"fingerprint": fingerprint})
+    return False
 
 
 def _holds_model(path: Path) -> bool:

@@ -58,9 +58,14 @@ def test_fallback_to_real_server_when_model_cannot_load(embedding_server, caplog
     emb = FineTunedEmbedding("/no/such/model", fallback=baseline)
     with caplog.at_level("WARNING"):
         vec, served_by = emb.embed_query_with_space("how do I roll back")
-        emb.get_query_embedding("again")
+        emb.embed_query_with_space("again")
     assert served_by == "minilm" and len(vec) == 384 and emb.serving == "minilm"
     assert sum("falling back" in r.message for r in caplog.records) == 1  # logged once
+    # A caller that does not know about spaces (a stock vector store) never gets the fallback's vector silently.
+    with pytest.raises(EmbeddingError, match="another vector space"):
+        emb.get_query_embedding("again")
+    opted_in = FineTunedEmbedding("/no/such/model", fallback=baseline, allow_space_switch=True)
+    assert len(opted_in.get_query_embedding("again")) == 384
 
 
 async def test_async_fallback_to_real_server(embedding_server):
@@ -163,9 +168,9 @@ def test_client_errors_are_not_retried(fake):
 @pytest.mark.parametrize("body", ["not json", '{"data": [{"vector": [1]}]}', '{"data": []}'])
 async def test_malformed_responses(fake, body):
     f = fake((200, body, 0))
-    with pytest.raises(EmbeddingError, match="malformed|usable"):
+    with pytest.raises(EmbeddingError, match="malformed|asked for"):
         client(f.url).get_query_embedding("a")
-    with pytest.raises(EmbeddingError, match="malformed|usable"):
+    with pytest.raises(EmbeddingError, match="malformed|asked for"):
         await client(f.url).aget_query_embedding("a")
 
 

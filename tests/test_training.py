@@ -74,12 +74,18 @@ def test_interrupted_training_leaves_previous_model_intact(tmp_path, examples, t
 
 def test_resume_from_checkpoint(tmp_path, examples):
     out = tmp_path / "r"
-    first = train(examples, out, TrainConfig(epochs=1, batch_size=8, val_fraction=0.0))
+    first = train(examples, out, TrainConfig(epochs=1, batch_size=8, val_fraction=0.0, keep_checkpoints=True))
     assert not first.card["resumed_from_checkpoint"]
     assert list((tmp_path / "r.checkpoints").glob("checkpoint-*"))
-    second = train(examples, out, TrainConfig(epochs=2, batch_size=8, val_fraction=0.0, resume=True))
+    second = train(examples, out, TrainConfig(epochs=2, batch_size=8, val_fraction=0.0, resume=True, keep_checkpoints=True))
     assert second.card["resumed_from_checkpoint"]
     SentenceTransformer(str(out))
+    # Checkpoints of another run (other data) are refused, not revived.
+    with pytest.raises(OptionError, match="belong to another run"):
+        train(examples[:-3], out, TrainConfig(epochs=2, batch_size=8, val_fraction=0.0, resume=True))
+    # A finished run removes its checkpoints unless asked to keep them.
+    train(examples, tmp_path / "s", TrainConfig(epochs=1, batch_size=8, val_fraction=0.0))
+    assert not (tmp_path / "s.checkpoints").exists()
 
 
 @pytest.mark.parametrize("kwargs", [{"epochs": 0}, {"batch_size": 1}, {"learning_rate": 5.0}, {"val_fraction": 1.0},
