@@ -4,7 +4,8 @@ from .dataset import QADataset
 from .embedding import FineTunedEmbedding
 from .encoding import CachedEncoder, LlamaIndexEncoder
 from .evaluate import System, evaluate, standard_systems
-from .fusion import rrf_fusion
+from .fusion import convex_scores, rrf_fusion
+from .fusion_selection import FusionChoice, load_fusion, select_fusion
 from .bm25 import BM25Encoder
 from .http_embedding import OpenAICompatibleEmbedding
 from .loading import load_dataset
@@ -15,7 +16,7 @@ from .training import TrainConfig, train
 
 __version__ = "0.1.0"
 __all__ = [
-    "BM25Encoder", "CachedEncoder", "FineTunedEmbedding", "HardNegativeMiner", "HybridQdrantRetriever", "LlamaIndexEncoder",
+    "BM25Encoder", "CachedEncoder", "FineTunedEmbedding", "FusionChoice", "convex_scores", "load_fusion", "select_fusion", "HardNegativeMiner", "HybridQdrantRetriever", "LlamaIndexEncoder",
     "MiningOptions", "OpenAICompatibleEmbedding", "QADataset", "System", "TrainConfig", "evaluate", "load_dataset",
     "load_training_data", "markdown_report", "rrf_fusion", "save_training_data", "standard_systems", "train",
 ]

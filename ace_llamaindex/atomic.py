@@ -17,6 +17,18 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | Path, directory: bool = False) -> None:
+    """``mkstemp``/``mkdtemp`` create private (0600/0700) entries; give them the mode a plain ``open``/``mkdir``
+    would, so a model written by one user can be served by another (e.g. a container user) under umask 022."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Atomically write ``text`` to ``path`` (UTF-8), creating parent folders."""
     path = Path(path)
@@ -27,6 +39,7 @@ def write_text(path: str | Path, text: str) -> Path:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        honour_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -51,11 +64,14 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     _recover(target)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
+    honour_umask(scratch, directory=True)
     try:
         yield scratch
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
+    for entry in scratch.rglob("*"):  # libraries write some files privately (safetensors: 0600)
+        honour_umask(entry, directory=entry.is_dir())
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -10,16 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import Field, PrivateAttr
 
-from .errors import EmbeddingError
-from .models import load_model, resolve_model
+from .errors import EmbeddingError, OptionError
+from .models import DEFAULT_MODEL, content_fingerprint, load_model, resolve_model
+from .models import vector_name as _label_vector_name
 
 log = logging.getLogger(__name__)
+HF_ALIASES = {"max_length": "max_seq_length", "query_instruction": "query_prompt", "text_instruction": "document_prompt"}
+RETRY_FIRST, RETRY_MAX = 5.0, 300.0
+
+
+def _check_device(device: str | None) -> None:
+    """A device that is not there is an error now, not at the first query."""
+    if not device or device == "cpu":
+        return
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise OptionError(f"FineTunedEmbedding: device {device!r} requested but CUDA is not available here")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise OptionError("FineTunedEmbedding: device 'mps' requested but MPS is not available here")
 
 
 def space_label(embed_model: BaseEmbedding) -> str:
@@ -37,9 +53,12 @@ class FineTunedEmbedding(BaseEmbedding):
     model_path: str = Field(default="bundled:all-MiniLM-L6-v2", description="Model folder, HF id, or 'bundled:all-MiniLM-L6-v2'")
     device: str | None = Field(default=None, description="cpu, cuda, mps; None picks automatically")
     normalize: bool = Field(default=True, description="L2-normalise vectors (cosine == dot product)")
-    max_seq_length: int | None = Field(default=None, description="Truncate inputs to this many tokens")
-    query_prompt: str | None = Field(default=None, description="Text prepended to queries (overrides the model's)")
-    document_prompt: str | None = Field(default=None, description="Text prepended to documents (overrides the model's)")
+    max_seq_length: int | None = Field(default=None, description="Truncate inputs to this many tokens (HF: max_length)")
+    query_prompt: str | None = Field(default=None, description="Text prepended to queries, overrides the model's (HF: query_instruction)")
+    document_prompt: str | None = Field(default=None, description="Text prepended to documents (HF: text_instruction)")
+    trust_remote_code: bool = Field(default=False, description="Run code shipped with the model (off: never by surprise)")
+    cache_folder: str | None = Field(default=None, description="Where HF ids are cached")
+    vector_name: str | None = Field(default=None, description="Qdrant named vector for this model (default: from its weights)")
     allow_space_switch: bool = Field(
         default=False,
         description="Let plain get_query_embedding/get_text_embedding answer from the fallback when the fine-tuned "
@@ -47,13 +66,63 @@ class FineTunedEmbedding(BaseEmbedding):
                     "vectors with fine-tuned document vectors. Our retriever and vector store are space-aware.")
     _model: Any = PrivateAttr(default=None)
     _load_error: str | None = PrivateAttr(default=None)
+    _failed_at: float = PrivateAttr(default=0.0)
+    _retry_after: float | None = PrivateAttr(default=None)  # None: RETRY_FIRST
     _fallback: BaseEmbedding | None = PrivateAttr(default=None)
     _on_fallback: bool = PrivateAttr(default=False)
 
-    def __init__(self, model_path: str = "bundled:all-MiniLM-L6-v2", fallback: BaseEmbedding | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("model_name", f"finetuned:{model_path}")
-        super().__init__(model_path=model_path, **kwargs)
+    def __init__(self, model_path: str | None = None, fallback: BaseEmbedding | None = None, *,
+                 model_name: str | None = None, **kwargs: Any) -> None:
+        """``model_path`` or, as in ``HuggingFaceEmbedding``, ``model_name``: a folder, HF id or the bundled model.
+        ``HuggingFaceEmbedding``'s ``max_length``, ``query_instruction`` and ``text_instruction`` are accepted;
+        any other unknown argument is an error, never silently ignored."""
+        if model_path and model_name and model_name != model_path and not model_name.startswith("finetuned:"):
+            raise OptionError(f"FineTunedEmbedding: model_path={model_path!r} and model_name={model_name!r} disagree; give one")
+        if model_name and model_name.startswith("finetuned:"):  # our own label, e.g. from to_dict()
+            model_name = None
+        model_path = model_path or model_name or DEFAULT_MODEL
+        for hf_name, ours in HF_ALIASES.items():
+            if hf_name in kwargs:
+                if kwargs.get(ours) is not None:
+                    raise OptionError(f"FineTunedEmbedding: give {hf_name} or {ours}, not both")
+                kwargs[ours] = kwargs.pop(hf_name)
+        unknown = sorted(set(kwargs) - set(type(self).model_fields))
+        if unknown:
+            raise OptionError(f"FineTunedEmbedding got unknown argument(s) {unknown}; valid: model_path/model_name, "
+                              f"fallback, {', '.join(sorted(set(type(self).model_fields) - {'model_name', 'model_path'}))}")
+        _check_device(kwargs.get("device"))
+        super().__init__(model_path=model_path, model_name=f"finetuned:{model_path}", **kwargs)
         self._fallback = fallback
+
+    def to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """LlamaIndex's serialisation, with the fallback's configuration (its secrets excluded)."""
+        data = super().to_dict(**kwargs)
+        if self._fallback is not None:
+            data["fallback"] = self._fallback.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> FineTunedEmbedding:
+        data = {**data, **kwargs}
+        data.pop("class_name", None)
+        fallback = data.pop("fallback", None)
+        if fallback is not None:
+            from .http_embedding import OpenAICompatibleEmbedding
+
+            known = {OpenAICompatibleEmbedding.class_name(): OpenAICompatibleEmbedding, cls.class_name(): cls}
+            kind = known.get(fallback.get("class_name"))
+            if kind is None:
+                raise OptionError(f"FineTunedEmbedding.from_dict: unknown fallback class {fallback.get('class_name')!r}; "
+                                  "pass fallback= yourself")
+            fallback = kind.from_dict(fallback)
+        return cls(fallback=fallback, **data)
+
+    def named_vector(self, label: str) -> str:
+        """The Qdrant named vector of a space: this model's from its weights (or ``vector_name``), so a path spelled
+        differently finds the same vectors; the fallback's from its label."""
+        if label != self.model_name:
+            return _label_vector_name(label)
+        return self.vector_name or f"dense-ft-{content_fingerprint(self.model_path)}"
 
     @classmethod
     def class_name(cls) -> str:
@@ -75,13 +144,19 @@ class FineTunedEmbedding(BaseEmbedding):
 
     # ---- the fine-tuned model ------------------------------------------------------------------------------
     def _load(self) -> Any:
-        if self._model is None and self._load_error is None:
+        """The model; a failed load is tried again after a back-off (5 s, doubling to 5 min), the fallback serving
+        meanwhile, so a model that was briefly unavailable is not given up on for the life of the process."""
+        wait = RETRY_FIRST if self._retry_after is None else self._retry_after
+        due = self._load_error is None or time.monotonic() - self._failed_at >= wait
+        if self._model is None and due:
             try:
-                self._model = load_model(resolve_model(self.model_path), self.device)
-                if self.max_seq_length:
-                    self._model.max_seq_length = self.max_seq_length
+                self._model = load_model(resolve_model(self.model_path), self.device, self.max_seq_length,
+                                         self.trust_remote_code, self.cache_folder)
+                self._load_error, self._retry_after = None, None
             except EmbeddingError as exc:
-                self._load_error = str(exc)
+                if self._load_error is not None:
+                    self._retry_after = min(RETRY_MAX, max(wait, 1.0) * 2)
+                self._load_error, self._failed_at = str(exc), time.monotonic()
         if self._model is None:
             raise EmbeddingError(self._load_error or f"model {self.model_path!r} is not loaded")
         return self._model

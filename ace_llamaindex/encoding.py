@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 
+from .atomic import honour_umask
 from .models import load_model, model_fingerprint, resolve_model
 
 Kind = Literal["query", "document"]
@@ -63,9 +64,7 @@ class CachedEncoder:
     def model(self):
         """The loaded SentenceTransformer (loaded on first use)."""
         if self._model is None:
-            self._model = load_model(resolve_model(self.model_name), self.device)
-            if self.max_seq_length:
-                self._model.max_seq_length = self.max_seq_length
+            self._model = load_model(resolve_model(self.model_name), self.device, self.max_seq_length)
         return self._model
 
     @property
@@ -95,6 +94,7 @@ class CachedEncoder:
         fd, tmp = tempfile.mkstemp(suffix=".npz", dir=self.cache_dir)
         os.close(fd)
         np.savez(tmp, keys=np.array(list(table)), vectors=np.stack(list(table.values())))
+        honour_umask(tmp)
         os.replace(tmp, self.cache_dir / f"{space}.npz")
 
     def encode(self, texts: Sequence[str], kind: Kind = "document") -> np.ndarray:

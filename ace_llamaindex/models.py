@@ -34,22 +34,57 @@ def resolve_model(name_or_path: str | Path | None = None) -> str:
     return name
 
 
-def open_model(name_or_path: str | None = None, device: str | None = None) -> SentenceTransformer:
+def open_model(name_or_path: str | None = None, device: str | None = None, *, trust_remote_code: bool = False,
+               cache_folder: str | None = None) -> SentenceTransformer:
     """Load a fresh SentenceTransformer (one that may be trained), with an error that says what was tried."""
     from sentence_transformers import SentenceTransformer
 
     path = resolve_model(name_or_path)
     try:
-        return SentenceTransformer(path, device=device)
+        return SentenceTransformer(path, device=device, trust_remote_code=trust_remote_code, cache_folder=cache_folder)
     except Exception as exc:  # noqa: BLE001 - anything the loader raises becomes one clear error
         hint = "" if Path(path).exists() else " (not a local folder; offline, an HF id only works if it is in the HF cache)"
         raise EmbeddingError(f"cannot load sentence-transformers model {path!r}{hint}: {exc}") from exc
 
 
-@lru_cache(maxsize=4)
-def load_model(name_or_path: str | None = None, device: str | None = None) -> SentenceTransformer:
-    """A memoised :func:`open_model`, shared by everything that only encodes with it."""
-    return open_model(name_or_path, device)
+@lru_cache(maxsize=8)
+def load_model(name_or_path: str | None = None, device: str | None = None, max_seq_length: int | None = None,
+               trust_remote_code: bool = False, cache_folder: str | None = None) -> SentenceTransformer:
+    """A memoised :func:`open_model`, shared by everything that encodes with exactly these settings. Settings are
+    part of the key, so no caller changes the model another one uses (never mutate the returned model)."""
+    model = open_model(name_or_path, device, trust_remote_code=trust_remote_code, cache_folder=cache_folder)
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    return model
+
+
+_WEIGHTS = {".json", ".safetensors", ".bin", ".txt", ".model"}
+_NOT_WEIGHTS = {"ace_training_card.json", "fusion.json", "README.md"}
+
+
+@lru_cache(maxsize=32)
+def _content_digest(path: str, stamp: tuple) -> str:
+    digest = hashlib.sha256()
+    for rel, _size, _mtime in stamp:
+        digest.update(rel.encode())
+        with open(Path(path) / rel, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def content_fingerprint(name_or_path: str | None) -> str:
+    """A vector-space identity from what the model *is* (its config and weights, read once per process), not
+    where it lives: the same model opened as ``/abs/run/model`` or ``run/model`` gets the same id. An HF id
+    that is not a local folder is identified by its name."""
+    path = Path(resolve_model(name_or_path))
+    if not path.is_dir():
+        return hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    path = path.resolve()
+    stamp = tuple((str(f.relative_to(path)), f.stat().st_size, int(f.stat().st_mtime)) for f in sorted(path.rglob("*"))
+                  if f.is_file() and f.suffix in _WEIGHTS and f.name not in _NOT_WEIGHTS
+                  and not any(part.endswith(".checkpoints") for part in f.parts))
+    return _content_digest(str(path), stamp)
 
 
 def model_fingerprint(name_or_path: str | None) -> str:

@@ -36,6 +36,12 @@ def embedding_spaces(embed_model: BaseEmbedding) -> list[tuple[str, BaseEmbeddin
     return spaces() if callable(spaces) else [(space_label(embed_model), embed_model)]
 
 
+def named_vector(embed_model: BaseEmbedding, label: str) -> str:
+    """The Qdrant named vector holding documents of the space ``label`` (the embedding may name its own)."""
+    own = getattr(embed_model, "named_vector", None)
+    return own(label) if callable(own) else vector_name(label)
+
+
 def query_with_space(embed_model: BaseEmbedding, query: str) -> tuple[list[float], str]:
     embed = getattr(embed_model, "embed_query_with_space", None)
     return embed(query) if callable(embed) else (embed_model.get_query_embedding(query), space_label(embed_model))
@@ -137,7 +143,7 @@ class HybridQdrantRetriever(BaseRetriever):
         dense = {}
         for i, (label, model) in enumerate(embedding_spaces(self.embed_model)):  # every mode: the fusion may change
             try:
-                dense[vector_name(label)] = np.asarray(model.get_text_embedding_batch(texts, show_progress=show_progress),
+                dense[named_vector(self.embed_model, label)] = np.asarray(model.get_text_embedding_batch(texts, show_progress=show_progress),
                                                        dtype=np.float32)
             except EmbeddingError as exc:
                 if i == 0:
@@ -157,7 +163,7 @@ class HybridQdrantRetriever(BaseRetriever):
         for label, idx in groups.items():  # one batch per vector space
             hits = self.index.search(
                 self.mode, vectors=np.asarray([vectors[i] for i in idx], dtype=np.float32) if label else None,
-                texts=[queries[i] for i in idx], using=vector_name(label) if label else None,
+                texts=[queries[i] for i in idx], using=named_vector(self.embed_model, label) if label else None,
                 limit=self.similarity_top_k, query_filter=qfilter, hybrid=self.hybrid, score_threshold=self.score_threshold,
             )
             for i, row in zip(idx, hits, strict=True):

@@ -77,7 +77,15 @@ def make_client(path: str | None = None, url: str | None = None, api_key: str | 
     """Embedded local Qdrant (``path`` folder, or in memory when both are None), or a server/cluster by ``url``."""
     if url:
         return QdrantClient(url=url, api_key=api_key)
-    return QdrantClient(path=path) if path else QdrantClient(":memory:")
+    if not path:
+        return QdrantClient(":memory:")
+    try:
+        return QdrantClient(path=path)
+    except RuntimeError as exc:  # portalocker: the folder is locked by another client
+        if "already accessed" in str(exc) or "lock" in str(exc).lower():
+            raise OptionError(f"{path}: embedded Qdrant folder is in use by another client or process (one at a time; "
+                              "use a Qdrant server for shared access)") from None
+        raise
 
 
 ENGINES = ("local", "edge", "auto")

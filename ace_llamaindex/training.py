@@ -221,6 +221,10 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     at the end; an interrupted run leaves the previous model untouched. Checkpoints go to
     ``<output_dir>.checkpoints`` so a run can resume (``config.resume=True``).
     """
+    try:
+        import datasets  # noqa: F401 - sentence-transformers' trainer needs it: the [train] extra
+    except ImportError:
+        raise OptionError("training needs the [train] extra: pip install 'ace-llamaindex[train]'") from None
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
     from transformers import EarlyStoppingCallback
