@@ -13,10 +13,11 @@ from .mining import HardNegativeMiner, MiningOptions, load_training_data, save_t
 from .reporting import markdown_report
 from .retriever import HybridQdrantRetriever
 from .training import TrainConfig, train
+from .vector_store import AceQdrantVectorStore
 
 __version__ = "0.1.0"
 __all__ = [
-    "BM25Encoder", "CachedEncoder", "FineTunedEmbedding", "FusionChoice", "convex_scores", "load_fusion", "select_fusion", "HardNegativeMiner", "HybridQdrantRetriever", "LlamaIndexEncoder",
+    "AceQdrantVectorStore", "BM25Encoder", "CachedEncoder", "FineTunedEmbedding", "FusionChoice", "convex_scores", "load_fusion", "select_fusion", "HardNegativeMiner", "HybridQdrantRetriever", "LlamaIndexEncoder",
     "MiningOptions", "OpenAICompatibleEmbedding", "QADataset", "System", "TrainConfig", "evaluate", "load_dataset",
     "load_training_data", "markdown_report", "rrf_fusion", "save_training_data", "standard_systems", "train",
 ]

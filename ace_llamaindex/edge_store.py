@@ -104,10 +104,20 @@ class EdgeCorpusIndex(CorpusIndex):
     def _query(self, requests: list[models.QueryRequest]) -> list[list[Any]]:
         return [self.shard.query(self._request_to_edge(r)) for r in requests]
 
-    def _scroll(self, batch_size: int) -> Iterator[Any]:
+    def _delete_points(self, selector: models.Filter | list[str]) -> None:
+        op = (self.q.UpdateOperation.delete_points(selector) if isinstance(selector, list)
+              else self.q.UpdateOperation.delete_points_by_filter(self._filter(selector)))
+        self.shard.update(op)
+        self.shard.flush()
+
+    def count(self) -> int:
+        return self.shard.count(self.q.CountRequest(exact=True)) if self.shard is not None else 0
+
+    def _scroll(self, batch_size: int, scroll_filter: models.Filter | None = None) -> Iterator[Any]:
         offset = None
         while True:
-            points, offset = self.shard.scroll(self.q.ScrollRequest(offset=offset, limit=batch_size, with_payload=True))
+            points, offset = self.shard.scroll(self.q.ScrollRequest(offset=offset, limit=batch_size, with_payload=True,
+                                                                    filter=self._filter(scroll_filter)))
             yield from points
             if offset is None:
                 return
@@ -145,6 +155,8 @@ class EdgeCorpusIndex(CorpusIndex):
             return self._filter(c)
         if isinstance(c, models.HasIdCondition):
             return q.HasIdCondition(point_ids=set(c.has_id))
+        if isinstance(c, models.IsEmptyCondition):
+            return q.IsEmptyCondition(key=c.is_empty.key)
         if isinstance(c, models.FieldCondition):
             if c.range is not None:
                 r = c.range

@@ -73,6 +73,15 @@ class HybridParams:
         return f"rrf(k={self.rrf_k}{weights})"
 
 
+def _fused_score_scale(hybrid: HybridParams) -> float:
+    """Scale a fused score into [0, 1]: 1 means first in every list. RRF's best score is
+    ``sum_i 1 / (1 / w_i + k - 1)``; DBSF sums one normalised score in [0, 1] per list (two lists)."""
+    if hybrid.method == "dbsf":
+        return 0.5
+    best = sum(1.0 / (1.0 / w + hybrid.rrf_k - 1) for w in (hybrid.dense_weight, hybrid.sparse_weight) if w > 0)
+    return 1.0 / best if best else 1.0
+
+
 def make_client(path: str | None = None, url: str | None = None, api_key: str | None = None) -> QdrantClient:
     """Embedded local Qdrant (``path`` folder, or in memory when both are None), or a server/cluster by ``url``."""
     if url:
@@ -162,10 +171,19 @@ class CorpusIndex:
     def _query(self, requests: list[models.QueryRequest]) -> list[list[Any]]:
         return [r.points for r in self.client.query_batch_points(self.collection, requests=requests)]
 
-    def _scroll(self, batch_size: int) -> Iterator[Any]:
+    def _delete_points(self, selector: models.Filter | list[str]) -> None:
+        chosen = models.PointIdsList(points=selector) if isinstance(selector, list) else models.FilterSelector(filter=selector)
+        self.client.delete(self.collection, points_selector=chosen, wait=True)
+
+    def count(self) -> int:
+        """Points in the collection (0 when it does not exist)."""
+        return self.client.count(self.collection, exact=True).count if self.exists() else 0
+
+    def _scroll(self, batch_size: int, scroll_filter: models.Filter | None = None) -> Iterator[Any]:
         offset = None
         while True:
-            points, offset = self.client.scroll(self.collection, limit=batch_size, offset=offset, with_payload=True)
+            points, offset = self.client.scroll(self.collection, limit=batch_size, offset=offset, with_payload=True,
+                                                scroll_filter=scroll_filter)
             yield from points
             if offset is None:
                 return
@@ -295,9 +313,13 @@ class CorpusIndex:
                               using, limit, query_filter, hybrid, score_threshold)
                 for i in range(start, stop)
             ]
+            scale = _fused_score_scale(hybrid) if mode == "hybrid" else 1.0
             for points in self._query_or_explain(requests):
+                hits = [self._hit(p) for p in points]
+                for h in hits:
+                    h.score *= scale
                 # Exact ties in document-id order: engines (Qdrant Edge above all) order them arbitrarily.
-                results.append(sorted((self._hit(p) for p in points), key=lambda h: (-h.score, h.doc_id)))
+                results.append(sorted(hits, key=lambda h: (-h.score, h.doc_id)))
         return results
 
     def _convex_search(self, vectors, texts, using, limit, query_filter, hybrid, score_threshold, batch_size,
@@ -338,6 +360,29 @@ class CorpusIndex:
                 raise OptionError(f"collection {self.collection!r} has no dense vector {missing[0]!r}; it has "
                                   f"{sorted(self.dense_vectors())}") from None
             raise
+
+    # ---- the document lifecycle (used by the LlamaIndex vector store) ---------------------------------------------
+    def delete_documents(self, doc_ids: Sequence[str] | None = None, where: models.Filter | None = None) -> None:
+        """Delete points by document id, or every point matching ``where``."""
+        if not self.exists():
+            return
+        if doc_ids:
+            self._delete_points([point_id(d) for d in doc_ids])
+        if where is not None:
+            self._delete_points(where)
+
+    def get_documents(self, doc_ids: Sequence[str] | None = None, where: models.Filter | None = None) -> list[Hit]:
+        """Documents by id (in the order asked; missing ones left out) and/or matching ``where``."""
+        if not self.exists():
+            return []
+        conditions: list[Any] = [where] if where is not None else []
+        if doc_ids:
+            conditions.append(models.HasIdCondition(has_id=[point_id(d) for d in doc_ids]))
+        hits = [self._hit(p) for p in self._scroll(256, models.Filter(must=conditions) if conditions else None)]
+        if doc_ids:
+            order = {d: i for i, d in enumerate(doc_ids)}
+            hits.sort(key=lambda h: order.get(h.doc_id, len(order)))
+        return hits
 
     def iter_documents(self, batch_size: int = 256) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """Yield (doc_id, text, payload) for every point."""
