@@ -106,7 +106,9 @@ def training_options(f):
                      help="Queries held out for validation and the promotion gate (default: 10%, but at least 100 "
                           "or a quarter of the queries)."),
         click.option("--early-stopping", "early_stopping", default=None, type=int, help="Patience in epochs."),
-        click.option("--cached-loss/--no-cached-loss", default=None, help="CachedMNRL (default: when batch > 32)."),
+        click.option("--cached-loss/--no-cached-loss", default=None,
+                     help="CachedMNRL (GradCache): the same loss in memory bounded by --mini-batch-size (default: when batch > mini-batch)."),
+        click.option("--mini-batch-size", default=32, show_default=True, type=int, help="Rows per forward pass with --cached-loss."),
         click.option("--device", default=None, help="cpu, cuda, mps (default: auto)."),
         click.option("--resume", is_flag=True, help="Continue from the last checkpoint of this same run (same data, options, base model)."),
         click.option("--keep-checkpoints", is_flag=True, help="Keep OUTPUT.checkpoints after a finished run (removed by default)."),
@@ -126,7 +128,7 @@ def _training(kw: dict, seed: int):
         base_model=kw["base_model"] or DEFAULT_MODEL, epochs=kw["epochs"], batch_size=kw["batch_size"],
         learning_rate=kw["learning_rate"], warmup_ratio=kw["warmup_ratio"], max_seq_length=kw["max_seq_length"],
         num_negatives=kw["train_negatives"], val_fraction=kw["val_fraction"], early_stopping_patience=kw["early_stopping"],
-        cached_loss=kw["cached_loss"], seed=seed, device=kw["device"], resume=kw["resume"], force=kw["force"],
+        cached_loss=kw["cached_loss"], mini_batch_size=kw["mini_batch_size"], seed=seed, device=kw["device"], resume=kw["resume"], force=kw["force"],
         keep_checkpoints=kw["keep_checkpoints"],
     )
 

@@ -21,7 +21,6 @@ from ace_llamaindex.embedding import FineTunedEmbedding
 from ace_llamaindex.encoding import CachedEncoder
 from ace_llamaindex.fusion import rrf_fusion
 from ace_llamaindex.metrics import ndcg_at
-from ace_llamaindex.models import vector_name
 from ace_llamaindex.retriever import HybridQdrantRetriever
 
 NDCG10 = ndcg_at(10)
@@ -54,10 +53,16 @@ def main() -> None:
     vectors = CachedEncoder(cache_dir=CACHE).encode_documents(texts)  # shared by both stores (cached on disk)
     embed = FineTunedEmbedding()  # real forward pass for every query, in both systems
 
-    ours = HybridQdrantRetriever(embed, similarity_top_k=10)
-    ours.index.upsert(ids, texts, {vector_name(embed.model_name): vectors}, show_progress=True)
-    edge = HybridQdrantRetriever(embed, similarity_top_k=10, engine="edge")
-    edge.index.upsert(ids, texts, {vector_name(embed.model_name): vectors}, show_progress=True)
+    named = {embed.named_vector(embed.model_name): vectors}
+    ours = HybridQdrantRetriever(embed, similarity_top_k=10, mode="hybrid")
+    ours.index.upsert(ids, texts, named, show_progress=True)
+    edge = HybridQdrantRetriever(embed, similarity_top_k=10, engine="edge", mode="hybrid")
+    edge.index.upsert(ids, texts, named, show_progress=True)
+    # The other fusions serving may pick (fusion.json), on the same Edge shard.
+    edge_convex = HybridQdrantRetriever(embed, similarity_top_k=10, engine="edge", mode="hybrid", fusion_method="convex", alpha=0.7)
+    edge_convex.index = edge.index
+    edge_dbsf = HybridQdrantRetriever(embed, similarity_top_k=10, engine="edge", mode="hybrid", fusion_method="dbsf")
+    edge_dbsf.index = edge.index
 
     from llama_index.core import StorageContext, VectorStoreIndex
     from llama_index.core.schema import TextNode
@@ -85,6 +90,9 @@ def main() -> None:
         forward.append(time.perf_counter() - started)
     rows = [
         run("ours, edge engine: HybridQdrantRetriever (RRF in Qdrant, k=60)", edge.retrieve, ds, qids, lambda n: n.node.node_id),
+        run("ours, edge engine: convex(alpha=0.7), fused in Python over 2 x 100 candidates", edge_convex.retrieve, ds, qids,
+            lambda n: n.node.node_id),
+        run("ours, edge engine: DBSF in Qdrant", edge_dbsf.retrieve, ds, qids, lambda n: n.node.node_id),
         run("ours, local mode: HybridQdrantRetriever (RRF in Qdrant, k=60)", ours.retrieve, ds, qids, lambda n: n.node.node_id),
         run("stock: QdrantVectorStore hybrid + our BM25 + rrf_fusion", stock.retrieve, ds, qids, lambda n: back[n.node.node_id]),
         run("stock: QdrantVectorStore dense only", stock_dense.retrieve, ds, qids, lambda n: back[n.node.node_id]),

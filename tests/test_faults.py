@@ -175,3 +175,22 @@ def test_bm25_matches_inside_unspaced_scripts(document, query):
     doc_terms, _ = encoder.encode_document(document)
     query_terms, _ = encoder.encode_query(query)
     assert tokenize(query) and set(query_terms) <= set(doc_terms)
+
+
+def test_sigterm_removes_temporary_edge_shards(tmp_path):
+    """A run stopped by SIGTERM (a container stop, a CI cancel) leaves no ace-edge-* folder in the temp dir."""
+    import signal
+    import subprocess
+    import sys
+
+    pytest.importorskip("qdrant_edge")
+    env = {**os.environ, "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ace_llamaindex.cli", "eval", "--engine", "edge", "--out-dir",
+                             str(tmp_path / "r"), "--report", "json"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("ace-edge-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmp_path.glob("ace-edge-*")), "the evaluation never created its temporary shard"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143
+    assert not list(tmp_path.glob("ace-edge-*"))
