@@ -6,6 +6,8 @@ from .encoding import CachedEncoder, LlamaIndexEncoder
 from .evaluate import System, evaluate, standard_systems
 from .fusion import convex_scores, rrf_fusion
 from .fusion_selection import FusionChoice, load_fusion, select_fusion
+from .adapter import AdapterConfig, train_adapter
+from .adapter_embedding import AdapterEmbedding
 from .bm25 import BM25Encoder
 from .http_embedding import OpenAICompatibleEmbedding
 from .loading import load_dataset
@@ -17,7 +19,7 @@ from .vector_store import AceQdrantVectorStore
 
 __version__ = "0.1.0"
 __all__ = [
-    "AceQdrantVectorStore", "BM25Encoder", "CachedEncoder", "FineTunedEmbedding", "FusionChoice", "convex_scores", "load_fusion", "select_fusion", "HardNegativeMiner", "HybridQdrantRetriever", "LlamaIndexEncoder",
+    "AceQdrantVectorStore", "AdapterConfig", "AdapterEmbedding", "BM25Encoder", "train_adapter", "CachedEncoder", "FineTunedEmbedding", "FusionChoice", "convex_scores", "load_fusion", "select_fusion", "HardNegativeMiner", "HybridQdrantRetriever", "LlamaIndexEncoder",
     "MiningOptions", "OpenAICompatibleEmbedding", "QADataset", "System", "TrainConfig", "evaluate", "load_dataset",
     "load_training_data", "markdown_report", "rrf_fusion", "save_training_data", "standard_systems", "train",
 ]

@@ -113,7 +113,9 @@ def training_options(f):
         click.option("--resume", is_flag=True, help="Continue from the last checkpoint of this same run (same data, options, base model)."),
         click.option("--keep-checkpoints", is_flag=True, help="Keep OUTPUT.checkpoints after a finished run (removed by default)."),
         click.option("--force", is_flag=True, help="Replace an existing model even when the gate does not call the new one better."),
-        click.option("--trainer", default="sentence-transformers", show_default=True),
+        click.option("--trainer", "--method", "trainer", default="sentence-transformers", show_default=True,
+                     help="sentence-transformers (full fine-tune) or adapter (query-side adapter on frozen vectors: "
+                          "no re-indexing, seconds on a CPU, works over an endpoint), or an installed trainer plugin."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -219,9 +221,13 @@ def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_pat
 @click.argument("training_data", type=click.Path(path_type=Path))
 @click.option("-o", "--output", default="models/ace-finetuned", show_default=True, type=click.Path(path_type=Path))
 @click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--base-url", default=None, help="--method adapter over an OpenAI-compatible endpoint, e.g. http://localhost:1234/v1")
+@click.option("--base-model-name", "base_model_name", default=None, help="Model name at --base-url.")
+@click.option("--query-prefix", default="", help="Prefix for endpoint queries (nomic: 'search_query: ').")
+@click.option("--document-prefix", default="", help="Prefix for endpoint documents (nomic: 'search_document: ').")
 @training_options
 @friendly
-def train(training_data, output, seed, **kw):
+def train(training_data, output, seed, base_url, base_model_name, query_prefix, document_prefix, **kw):
     """Fine-tune on TRAINING_DATA (from `ace mine`); writes a full sentence-transformers model to OUTPUT.
 
     \b
@@ -237,7 +243,12 @@ def train(training_data, output, seed, **kw):
     from .plugins import get
 
     examples = load_training_data(training_data)
-    result = get("trainers", kw["trainer"])(examples, output, _training(kw, seed))
+    extra = {}
+    if base_url:
+        if kw["trainer"] != "adapter":
+            raise OptionError("--base-url trains an adapter over an endpoint: add --method adapter (an endpoint has no weights to fine-tune)")
+        extra["base_encoder"] = _baseline_encoder(None, base_url, base_model_name, query_prefix, document_prefix)
+    result = get("trainers", kw["trainer"])(examples, output, _training(kw, seed), **extra)
     card = result.card
     neg = card.get("negatives") or {}
     if neg.get("padded") or neg.get("in_batch_only"):
@@ -276,6 +287,8 @@ def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_m
 @click.option("--rrf-k", default=60, show_default=True, type=int)
 @click.option("--dense-weight", default=1.0, show_default=True, type=float)
 @click.option("--sparse-weight", default=1.0, show_default=True, type=float)
+@click.option("--adapter", "adapter_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="A query adapter (from `ace train --method adapter`) over the baseline: rows adapter, adapter+hybrid.")
 @click.option("--exclude-training-queries", is_flag=True,
               help="Leave out queries the fine-tuned model trained or validated on (its training card lists them).")
 @click.option("--out-dir", default="reports", show_default=True, type=click.Path(path_type=Path))
@@ -284,7 +297,8 @@ def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_m
               help="Engine for the evaluation index: Qdrant Edge if installed (auto), or local mode.")
 @friendly
 def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, baseline_model, query_prefix, document_prefix,
-             max_queries, metric_names, rrf_k, dense_weight, sparse_weight, exclude_training_queries, out_dir, reporters, engine):
+             max_queries, metric_names, rrf_k, dense_weight, sparse_weight, adapter_dir, exclude_training_queries, out_dir,
+             reporters, engine):
     """Compare baseline vs fine-tuned (dense and hybrid, plus BM25) on DATASET.
 
     With a fine-tuned model that has a fusion.json, the row finetuned+fusion shows the fusion serving uses."""
@@ -320,6 +334,12 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
     tuned = CachedEncoder(str(finetuned), cache_dir=False) if finetuned else None
     metrics = {n: get("metrics", n) for n in metric_names} if metric_names else {n: c.obj for n, c in components("metrics").items()}
     systems = standard_systems(base, tuned, hybrid=HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight))
+    if adapter_dir:
+        from .adapter import AdaptedEncoder, QueryAdapter
+
+        adapted = AdaptedEncoder(base, QueryAdapter.load(adapter_dir)[0], label="adapter")
+        hybrid = HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight)
+        systems += [System("adapter", "dense", adapted), System("adapter+hybrid", "hybrid", adapted, hybrid)]
     comparisons = default_comparisons([s.name for s in systems])
     fusion = load_fusion(finetuned) if finetuned else None
     if fusion:

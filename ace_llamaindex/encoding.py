@@ -52,6 +52,7 @@ class CachedEncoder:
         self._memory: dict[str, dict[str, np.ndarray]] = {}
         self._model = None
         self._fingerprint: str | None = None
+        self.encoded = {"query": 0, "document": 0}  # texts that went through the model (cache misses)
 
     @classmethod
     def from_model(cls, model, label: str, **kwargs) -> CachedEncoder:
@@ -113,6 +114,7 @@ class CachedEncoder:
                 show_progress_bar=self.show_progress and len(missing) > self.batch_size,
             )
             table.update(zip(missing, vectors.astype(np.float32), strict=True))
+            self.encoded[kind] += len(missing)
             self._persist(space)
         if not keys:
             return np.zeros((0, self.dimension), dtype=np.float32)

@@ -52,20 +52,21 @@ class EvalReport:
 
 
 def standard_systems(baseline: Encoder, finetuned: Encoder | None = None, bm25: bool = True,
-                     hybrid: HybridParams | None = None) -> list[System]:
-    """base dense, base hybrid (and the same for the fine-tuned model), plus BM25 alone."""
+                     hybrid: HybridParams | None = None, tuned_name: str = "finetuned") -> list[System]:
+    """base dense, base hybrid (and the same for the fine-tuned model, named ``tuned_name``), plus BM25 alone."""
     hybrid = hybrid or HybridParams()
     systems = [System("bm25", "bm25")] if bm25 else []
     systems += [System("base", "dense", baseline), System("base+hybrid", "hybrid", baseline, hybrid)]
     if finetuned is not None:
-        systems += [System("finetuned", "dense", finetuned), System("finetuned+hybrid", "hybrid", finetuned, hybrid)]
+        systems += [System(tuned_name, "dense", finetuned), System(f"{tuned_name}+hybrid", "hybrid", finetuned, hybrid)]
     return systems
 
 
 def default_comparisons(names: Sequence[str]) -> list[tuple[str, str]]:
     """(baseline, candidate) pairs worth a verdict, among the systems present."""
     wanted = [("base", "finetuned"), ("base+hybrid", "finetuned+hybrid"), ("base", "base+hybrid"),
-              ("finetuned", "finetuned+hybrid"), ("bm25", "finetuned+hybrid")]
+              ("finetuned", "finetuned+hybrid"), ("bm25", "finetuned+hybrid"), ("base", "adapter"),
+              ("base+hybrid", "adapter+hybrid"), ("finetuned", "adapter")]
     return [(a, b) for a, b in wanted if a in names and b in names]
 
 

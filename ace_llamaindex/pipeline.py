@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .adapter import AdaptedEncoder, QueryAdapter
 from .dataset import QADataset
 from .encoding import CachedEncoder
 from .evaluate import EvalReport, System, default_comparisons, evaluate, standard_systems
@@ -65,15 +66,19 @@ def run_pipeline(
     base = CachedEncoder(training.base_model, max_seq_length=training.max_seq_length, show_progress=show_progress)
     examples = get("miners", miner)(encoder=base, options=mining, show_progress=show_progress, engine=engine).mine(train_set)
     data_path = save_training_data(examples, out_dir / "training_data.json", source=dataset.source, options=mining)
+    extra = {"base_encoder": base} if trainer == "adapter" else {}
     result = get("trainers", trainer)(examples, out_dir / "model", training, data_fingerprint=train_set.fingerprint(),
-                                      corpus=train_set.corpus, engine=engine)
+                                      corpus=train_set.corpus, engine=engine, **extra)
     if not result.promoted:  # an older model is at out_dir/model: evaluate the candidate we just trained instead
         raise OptionError(f"{result.gate.sentence() if result.gate else 'not better'}; the model at {result.model_dir} was "
                           "kept (use --force to replace it)")
-    finetuned = CachedEncoder(str(result.model_dir), max_seq_length=training.max_seq_length, show_progress=show_progress,
-                              cache_dir=False)
+    if trainer == "adapter":  # the base model's document vectors, queries through the adapter
+        finetuned = AdaptedEncoder(base, QueryAdapter.load(result.model_dir)[0], label="adapter")
+    else:
+        finetuned = CachedEncoder(str(result.model_dir), max_seq_length=training.max_seq_length, show_progress=show_progress,
+                                  cache_dir=False)
     metrics: dict[str, Any] = {n: c.obj for n, c in components("metrics").items()}
-    systems = standard_systems(base, finetuned)
+    systems = standard_systems(base, finetuned, tuned_name="adapter" if trainer == "adapter" else "finetuned")
     comparisons = default_comparisons([s.name for s in systems])
     fusion = load_fusion(result.model_dir)
     if fusion:

@@ -53,7 +53,8 @@ def model_folder(embed_model: BaseEmbedding) -> str | None:
         value = getattr(embed_model, attr, None)
         if isinstance(value, str) and Path(value).is_dir():
             return value
-    return None
+    base = getattr(embed_model, "base", None)  # an AdapterEmbedding searches its base's space
+    return model_folder(base) if isinstance(base, BaseEmbedding) else None
 
 
 def resolve_fusion(embed_model: BaseEmbedding, fusion: str | FusionChoice | None) -> FusionChoice:

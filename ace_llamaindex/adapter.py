@@ -1,0 +1,233 @@
+"""A query-side adapter: improve any embedding without re-indexing, trained in seconds on frozen vectors.
+
+Document vectors stay exactly the base model's (from the cache, the index, or an endpoint), so nothing is
+re-embedded; only queries pass through a small transform ``q' = normalise(q W + b)`` (linear, initialised to the
+identity, so step 0 is the base model; optionally a residual MLP). It is trained with the same contrastive loss as
+full fine-tuning (in-batch plus the mined hard negatives, temperature 0.05 as MNRL's scale 20) on vectors computed
+once, validated every epoch with the best epoch kept, and then passes the same promotion gate.
+
+Written by hand rather than with llama-index-finetuning's ``EmbeddingAdapterFinetuneEngine``: that package is
+deprecated and no longer imports with current llama-index-core, and it trained without hard negatives or a gate.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_directory, write_json
+from .errors import OptionError
+from .evaluate import Encoder
+from .mining import TrainingExample
+
+ADAPTER_FILE, ADAPTER_CARD = "adapter.npz", "ace_adapter.json"
+
+
+@dataclass
+class AdapterConfig:
+    """Adapter training options."""
+
+    kind: str = "linear"            # linear | mlp (linear + a residual MLP)
+    epochs: int = 100
+    batch_size: int = 64
+    learning_rate: float = 1e-4     # Adam moves every entry of W by ~lr a step: keep the map near the identity
+    temperature: float = 0.05
+    identity_weight: float = 1e-2  # pulls W towards the identity: a small data set cannot wander far
+    patience: int = 10
+    val_fraction: float | None = None
+    seed: int = 42
+    force: bool = False
+
+    def validate(self) -> None:
+        if self.kind not in ("linear", "mlp"):
+            raise OptionError(f"adapter kind must be 'linear' or 'mlp', got {self.kind!r}")
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+class QueryAdapter:
+    """The transform itself, in numpy for serving (torch only trains it)."""
+
+    def __init__(self, weights: dict[str, np.ndarray], kind: str = "linear") -> None:
+        self.weights, self.kind = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}, kind
+
+    def __call__(self, queries: np.ndarray) -> np.ndarray:
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        w = self.weights
+        out = q @ w["W"] + w["b"]
+        if self.kind == "mlp":
+            out = out + np.maximum(q @ w["W1"] + w["b1"], 0) @ w["W2"]
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> tuple[QueryAdapter, dict[str, Any]]:
+        folder = Path(folder)
+        card_path = folder / ADAPTER_CARD
+        if not card_path.is_file():
+            raise OptionError(f"{folder}: not an adapter folder (no {ADAPTER_CARD}); train one with `ace train --method adapter`")
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        with np.load(folder / ADAPTER_FILE) as data:
+            return cls({k: data[k] for k in data.files}, card.get("kind", "linear")), card
+
+
+class AdaptedEncoder:
+    """An encoder whose queries pass through an adapter; documents are the base's, untouched (cached)."""
+
+    def __init__(self, base: Encoder, adapter: QueryAdapter, label: str | None = None) -> None:
+        self.base, self.adapter = base, adapter
+        self.label = label or f"{base.label}+adapter"
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.adapter(self.base.encode_queries(texts))
+
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return self.base.encode_documents(texts)
+
+
+def _torch_adapter(dim: int, kind: str):
+    import torch
+
+    class Adapter(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.W = torch.nn.Parameter(torch.eye(dim))
+            self.b = torch.nn.Parameter(torch.zeros(dim))
+            if kind == "mlp":
+                self.W1 = torch.nn.Parameter(torch.randn(dim, dim) * 0.01)
+                self.b1 = torch.nn.Parameter(torch.zeros(dim))
+                self.W2 = torch.nn.Parameter(torch.zeros(dim, dim))  # starts as the identity map too
+
+        def forward(self, q):
+            out = q @ self.W + self.b
+            if kind == "mlp":
+                out = out + torch.relu(q @ self.W1 + self.b1) @ self.W2
+            return torch.nn.functional.normalize(out, dim=-1)
+
+    return Adapter()
+
+
+def _quick_ndcg(adapter: QueryAdapter, queries: np.ndarray, docs: np.ndarray, positives: list[set[int]]) -> float:
+    """nDCG@10 over the validation corpus, exact (brute force): cheap for the per-epoch choice of the best epoch."""
+    scores = adapter(queries) @ docs.T
+    top = np.argsort(-scores, axis=1)[:, :10]
+    total = 0.0
+    for row, rel in zip(top, positives, strict=True):
+        dcg = sum(1 / np.log2(r + 2) for r, d in enumerate(row) if d in rel)
+        ideal = sum(1 / np.log2(r + 2) for r in range(min(len(rel), 10)))
+        total += dcg / ideal
+    return total / max(1, len(positives))
+
+
+def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: str | Path, config: AdapterConfig | None = None,
+                  base_info: dict[str, Any] | None = None, engine: str = "auto") -> dict[str, Any]:
+    """Train a query adapter for ``base`` on ``examples``; gate it on held-out queries; write it atomically.
+
+    Returns the adapter card (with ``promoted``: whether the folder was written)."""
+    import torch
+
+    from .promotion import gate, validation_dataset
+    from .training import split_by_query
+
+    config = config or AdapterConfig()
+    config.validate()
+    if not examples:
+        raise OptionError("no training examples")
+    train_rows, val_rows = split_by_query(examples, config.val_fraction, config.seed)
+    if len(train_rows) < 2:
+        raise OptionError(f"only {len(train_rows)} training example(s) after the validation split; need at least 2")
+    started = time.time()
+    texts = sorted({t for e in examples for t in (e.positive, *e.negatives)})
+    doc_vecs = base.encode_documents(texts)
+    row = {t: i for i, t in enumerate(texts)}
+    queries = base.encode_queries([e.query for e in train_rows])
+    k = max((len(e.negatives) for e in train_rows), default=0)
+    pos = torch.tensor([row[e.positive] for e in train_rows])
+    neg = torch.tensor([[row[e.negatives[j % len(e.negatives)]] if e.negatives else row[e.positive] for j in range(k)]
+                        for e in train_rows]) if k else None
+    has_neg = torch.tensor([bool(e.negatives) for e in train_rows])
+    docs_t, queries_t = torch.from_numpy(doc_vecs), torch.from_numpy(queries)
+
+    val_set = validation_dataset(val_rows, examples) if val_rows else None
+    if val_set:
+        val_texts = list(val_set.corpus.values())
+        val_docs = base.encode_documents(val_texts)
+        val_q = base.encode_queries(list(val_set.queries.values()))
+        index_of = {d: i for i, d in enumerate(val_set.corpus)}
+        val_pos = [{index_of[d] for d in val_set.relevant_docs[q]} for q in val_set.queries]
+
+    torch.manual_seed(config.seed)
+    model = _torch_adapter(doc_vecs.shape[1], config.kind)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    eye = torch.eye(doc_vecs.shape[1])
+    snapshot = lambda: {n: p.detach().numpy().copy() for n, p in model.named_parameters()}  # noqa: E731
+    best, best_score, history, stale = snapshot(), -1.0, [], 0
+    if val_set:
+        best_score = _quick_ndcg(QueryAdapter(best, config.kind), val_q, val_docs, val_pos)
+        history.append({"epoch": 0, "ndcg@10": round(best_score, 4)})
+    generator = torch.Generator().manual_seed(config.seed)
+    for epoch in range(1, config.epochs + 1):
+        order = torch.randperm(len(train_rows), generator=generator)
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start:start + config.batch_size]
+            q = model(queries_t[idx])
+            candidates = [docs_t[pos[idx]]]  # in-batch positives: row i's target is column i
+            if neg is not None:
+                candidates.append(docs_t[neg[idx][has_neg[idx]].reshape(-1)])
+            logits = q @ torch.cat(candidates).T / config.temperature
+            loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(idx)))
+            loss = loss + config.identity_weight * ((model.W - eye) ** 2).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if not val_set:
+            best = snapshot()
+            continue
+        score = _quick_ndcg(QueryAdapter(snapshot(), config.kind), val_q, val_docs, val_pos)
+        history.append({"epoch": epoch, "ndcg@10": round(score, 4)})
+        if score > best_score + 1e-6:
+            best, best_score, stale = snapshot(), score, 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    seconds = time.time() - started
+    adapter = QueryAdapter(best, config.kind)
+    verdict = gate(val_set, base, AdaptedEncoder(base, adapter), engine=engine) if val_set else None
+    output_dir = Path(output_dir)
+    promoted = verdict is None or verdict.verdict == "better" or config.force or not (output_dir / ADAPTER_CARD).exists()
+    card = {"kind": config.kind, "base": base_info or {"label": base.label}, "dimension": int(doc_vecs.shape[1]),
+            "config": asdict(config), "train_examples": len(train_rows), "val_examples": len(val_rows),
+            "train_seconds": round(seconds, 2), "validation_per_epoch": history,
+            "gate": verdict.as_dict() if verdict else {"verdict": "not measured (no validation queries)"}, "promoted": promoted}
+    if promoted:
+        with atomic_directory(output_dir) as scratch:
+            np.savez(scratch / ADAPTER_FILE, **best)
+            write_json(scratch / ADAPTER_CARD, card)
+    return card
+
+
+def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, config: Any = None, data_fingerprint: str | None = None,
+                    corpus: dict[str, str] | None = None, engine: str = "auto", base_encoder: Encoder | None = None):
+    """The ``adapter`` trainer plugin: same call as the sentence-transformers trainer, same ``TrainResult``.
+    ``base_encoder``: the frozen base (default: ``config.base_model``, cached on disk); an endpoint works too."""
+    from .encoding import CachedEncoder
+    from .promotion import GateResult
+    from .training import TrainConfig, TrainResult
+
+    config = config or TrainConfig()
+    base = base_encoder or CachedEncoder(config.base_model, show_progress=False)
+    card = train_adapter(examples, base, output_dir,
+                         AdapterConfig(val_fraction=config.val_fraction, seed=config.seed, force=config.force),
+                         base_info={"label": base.label, "model": getattr(base, "model_name", None) or base.label,
+                                    "data_fingerprint": data_fingerprint}, engine=engine)
+    g = card["gate"]
+    verdict = GateResult(g["verdict"], g["metric"], g["base"], g["finetuned"], g["delta"], tuple(g["ci95"]), g["n_queries"]) \
+        if g.get("delta") is not None else None
+    return TrainResult(model_dir=Path(output_dir), card=card, gate=verdict, fusion=None, promoted=card["promoted"])
