@@ -157,26 +157,11 @@ def ir_evaluator(val: list[TrainingExample], name: str = "val"):
     """An ``InformationRetrievalEvaluator`` over the validation queries, whose corpus is every text they mention."""
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-    corpus: dict[str, str] = {}
-    ids: dict[str, str] = {}
+    from .promotion import validation_dataset
 
-    def doc_id(text: str) -> str:
-        if text not in ids:
-            ids[text] = f"d{len(ids)}"
-            corpus[ids[text]] = text
-        return ids[text]
-
-    queries: dict[str, str] = {}
-    relevant: dict[str, set[str]] = {}
-    qids: dict[str, str] = {}
-    for e in val:
-        qid = qids.setdefault(e.query, f"q{len(qids)}")
-        queries[qid] = e.query
-        relevant.setdefault(qid, set()).add(doc_id(e.positive))
-        for neg in e.negatives:
-            doc_id(neg)
-    return InformationRetrievalEvaluator(queries, corpus, relevant, name=name, write_csv=False,
-                                         accuracy_at_k=[1, 5, 10], precision_recall_at_k=[1, 5, 10])
+    ds = validation_dataset(val, val)
+    return InformationRetrievalEvaluator(ds.queries, ds.corpus, {q: set(d) for q, d in ds.relevant_docs.items()}, name=name,
+                                         write_csv=False, accuracy_at_k=[1, 5, 10], precision_recall_at_k=[1, 5, 10])
 
 
 @dataclass
