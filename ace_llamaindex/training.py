@@ -286,7 +286,8 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         base_encoder = CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False)
         tuned_encoder = CachedEncoder.from_model(trainer.model, label="finetuned")
         verdict = gate(val_set, base_encoder, tuned_encoder, engine=engine)
-        fusion = select_fusion(val_set, tuned_encoder, engine=engine)
+        prior = (validation_dataset(train_rows, examples, corpus), base_encoder)  # the base never saw these queries
+        fusion = select_fusion(val_set, tuned_encoder, engine=engine, prior=prior)
         log.info("%s", verdict.sentence())
     promoted = verdict is None or verdict.verdict == "better" or config.force or not _holds_model(output_dir)
 

@@ -101,3 +101,14 @@ def test_fusions_rank_alike_on_both_engines(demo, nodes, params):
         r.add_nodes(nodes, show_progress=False)
         ranked[engine] = [[n.node.node_id for n in res] for res in r.batch_retrieve(queries)]
     assert ranked["local"] == ranked["edge"]
+
+
+def test_training_query_evidence_needs_validation_agreement(demo, base_encoder):
+    """The base model on training queries says BM25 helps (meaningless vectors there), but the fine-tuned model on
+    validation is better without it: dense stays. Where validation agrees, the candidate is taken."""
+    train, val = demo.split(0.3, seed=1)
+    pair = {"dense": ("dense", HybridParams()), "bm25": ("bm25", HybridParams())}
+    choice = select_fusion(val, base_encoder, candidates=pair, engine="local", prior=(train, HashEncoder()))
+    assert choice.prior["bm25"]["verdict"] == "better" and choice.vs_dense["bm25"]["delta"] < 0 and choice.mode == "dense"
+    choice = select_fusion(val, HashEncoder(), candidates=pair, engine="local", prior=(train, HashEncoder()))
+    assert choice.mode == "bm25" and FusionChoice.from_dict(choice.to_dict()).prior == choice.prior
