@@ -229,6 +229,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     if len(train_rows) < 2:
         raise OptionError(f"only {len(train_rows)} training example(s) after the validation split; need at least 2")
     epochs = config.epochs or auto_epochs(len(train_rows), config.batch_size)
+    checkpointing = epochs > 1 or config.keep_checkpoints or config.resume
     patience = config.early_stopping_patience
     if patience is None and config.epochs is None and val_rows and epochs > AUTO_PATIENCE:
         patience = AUTO_PATIENCE
@@ -254,9 +255,11 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         **_warmup(config.warmup_ratio),
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         eval_strategy="epoch" if evaluator else "no",
-        save_strategy="epoch",
+        # A one-epoch run has no earlier epoch to fall back to or resume from: writing a checkpoint (model +
+        # optimizer, ~270 MB for MiniLM) would only cost time, unless asked to keep them.
+        save_strategy="epoch" if checkpointing else "no",
         save_total_limit=2,
-        load_best_model_at_end=bool(evaluator),
+        load_best_model_at_end=bool(evaluator) and checkpointing,
         metric_for_best_model=metric if evaluator else None,
         greater_is_better=True,
         logging_steps=max(1, len(train_rows) // config.batch_size // 4),
