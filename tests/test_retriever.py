@@ -97,14 +97,15 @@ def test_after_fallback_results_come_from_the_baseline_named_vector(embedding_se
     emb = FineTunedEmbedding(str(tuned_model_dir), fallback=baseline)
     r = HybridQdrantRetriever(emb, mode="dense", similarity_top_k=3)
     r.add_nodes(nodes, show_progress=False)
-    assert set(r.index.dense_vectors()) == {vector_name(emb.model_name), vector_name("minilm")}
+    assert set(r.index.dense_vectors()) == {emb.named_vector(emb.model_name), vector_name("minilm")}
 
     query = "how do we roll back a bad deploy"
     primary = r.retrieve(query)
     assert {n.node.metadata[SERVED_BY] for n in primary} == {emb.model_name}
 
     emb._model = None
-    emb._load_error = "simulated: model files gone"  # the fine-tuned model can no longer encode
+    emb._load_error = "simulated: model files gone"  # the fine-tuned model can no longer encode...
+    emb._failed_at = __import__("time").monotonic()  # ...and is not due for another load attempt yet
     fallen = r.retrieve(query)
     assert {n.node.metadata[SERVED_BY] for n in fallen} == {"minilm"}
     # The scores are cosines against the baseline's own document vectors...
@@ -114,7 +115,7 @@ def test_after_fallback_results_come_from_the_baseline_named_vector(embedding_se
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     assert [n.score for n in fallen] == pytest.approx((d @ q).tolist(), abs=1e-3)
     # ...and not against the fine-tuned vectors, which would score differently.
-    wrong = r.index.search("dense", vectors=q[None, :].astype(np.float32), using=vector_name(emb.model_name), limit=3)[0]
+    wrong = r.index.search("dense", vectors=q[None, :].astype(np.float32), using=emb.named_vector(emb.model_name), limit=3)[0]
     assert [h.score for h in wrong] != pytest.approx([n.score for n in fallen], abs=1e-3)
 
 
