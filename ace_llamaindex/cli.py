@@ -308,8 +308,8 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
     from .encoding import CachedEncoder
     from .evaluate import System, default_comparisons, evaluate, standard_systems
     from .fusion_selection import load_fusion
-    from .overlap import training_overlap
-    from .pipeline import FUSED, write_reports
+    from .overlap import training_overlap, without_queries
+    from .pipeline import add_fusion_row, write_reports
     from .plugins import components, get
     from .store import HybridParams
     from .training import read_card
@@ -321,10 +321,7 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
         print_training(card)
         overlap = training_overlap(ds, card)
         if overlap and exclude_training_queries:
-            keep = [q for q in ds.queries if q not in overlap]
-            if not keep:
-                raise OptionError("every query was seen in training; nothing is left to evaluate")
-            ds = ds.subset(keep)
+            ds = without_queries(ds, overlap)
             console.print(f"left out {len(overlap)} queries the model trained or validated on", highlight=False)
         elif overlap:
             warnings.append(f"{len(overlap)} of {len(ds.queries)} queries were in {finetuned}'s training or validation "
@@ -342,9 +339,7 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
         systems += [System("adapter", "dense", adapted), System("adapter+hybrid", "hybrid", adapted, hybrid)]
     comparisons = default_comparisons([s.name for s in systems])
     fusion = load_fusion(finetuned) if finetuned else None
-    if fusion:
-        systems.append(System(FUSED, fusion.mode, None if fusion.mode == "bm25" else tuned, fusion.params))
-        comparisons += [("finetuned", FUSED), ("finetuned+hybrid", FUSED)]
+    add_fusion_row(systems, comparisons, fusion, tuned)
     report = evaluate(ds, systems, metrics=metrics, max_queries=max_queries, engine=engine, comparisons=comparisons)
     report.data["fusion"] = fusion.to_dict() if fusion else None
     report.data["warnings"] = warnings
@@ -396,7 +391,7 @@ def tune_fusion_cmd(dataset, fmt, split, strict, model, max_queries, engine):
     from .encoding import CachedEncoder
     from .evaluate import sample_queries
     from .fusion_selection import select_fusion
-    from .overlap import training_overlap
+    from .overlap import training_overlap, without_queries
     from .training import read_card
 
     ds = _load(dataset, fmt, split, strict)
@@ -404,10 +399,7 @@ def tune_fusion_cmd(dataset, fmt, split, strict, model, max_queries, engine):
     seen = training_overlap(ds, card) if card else set()
     if seen:
         console.print(f"[yellow]warning:[/yellow] left out {len(seen)} queries the model trained or validated on", highlight=False)
-        keep = [q for q in ds.queries if q not in seen]
-        if not keep:
-            raise OptionError("every query was seen in training; give queries the model has not seen")
-        ds = ds.subset(keep)
+        ds = without_queries(ds, seen)
     ds = ds.subset(sample_queries(list(ds.queries), max_queries))
     choice = select_fusion(ds, CachedEncoder(str(model), cache_dir=False), engine=engine, show_progress=True)
     table = Table(title=f"fusion candidates on {choice.n_queries} queries ({choice.metric})")

@@ -11,7 +11,7 @@ from .dataset import QADataset
 from .encoding import CachedEncoder
 from .evaluate import EvalReport, System, default_comparisons, evaluate, standard_systems
 from .errors import OptionError
-from .fusion_selection import load_fusion
+from .fusion_selection import FusionChoice, load_fusion
 from .mining import MiningOptions, save_training_data
 from .plugins import components, get
 from .training import TrainConfig
@@ -81,9 +81,7 @@ def run_pipeline(
     systems = standard_systems(base, finetuned, tuned_name="adapter" if trainer == "adapter" else "finetuned")
     comparisons = default_comparisons([s.name for s in systems])
     fusion = load_fusion(result.model_dir)
-    if fusion:
-        systems.append(System(FUSED, fusion.mode, None if fusion.mode == "bm25" else finetuned, fusion.params))
-        comparisons += [("finetuned", FUSED), ("finetuned+hybrid", FUSED)]
+    add_fusion_row(systems, comparisons, fusion, finetuned)
     report = evaluate(test_set, systems, metrics=metrics, show_progress=show_progress, engine=engine, comparisons=comparisons)
     report.data["training_card"] = result.card
     report.data["fusion"] = fusion.to_dict() if fusion else None
@@ -91,3 +89,11 @@ def run_pipeline(
 
 
 FUSED = "finetuned+fusion"  # the fine-tuned model with the fusion chosen on validation (what serving uses)
+
+
+def add_fusion_row(systems: list[System], comparisons: list[tuple[str, str]], fusion: FusionChoice | None, encoder) -> None:
+    """Add the ``finetuned+fusion`` row (what serving uses) and its comparisons with dense and plain RRF."""
+    if fusion is None:
+        return
+    systems.append(System(FUSED, fusion.mode, None if fusion.mode == "bm25" else encoder, fusion.params))
+    comparisons += [("finetuned", FUSED), ("finetuned+hybrid", FUSED)]
