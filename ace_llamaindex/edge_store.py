@@ -102,7 +102,13 @@ class EdgeCorpusIndex(CorpusIndex):
         self.shard.flush()
 
     def _query(self, requests: list[models.QueryRequest]) -> list[list[Any]]:
-        return [self.shard.query(self._request_to_edge(r)) for r in requests]
+        edge_requests = [self._request_to_edge(r) for r in requests]
+        if len(edge_requests) == 1:
+            return [self.shard.query(edge_requests[0])]
+        return list(self.shard.query_batch(self.q.QueryBatchRequest(edge_requests)))
+
+    def _retrieve(self, point_ids: list[str]) -> list[Any]:
+        return list(self.shard.retrieve(point_ids, with_payload=True, with_vector=False))
 
     def _delete_points(self, selector: models.Filter | list[str]) -> None:
         op = (self.q.UpdateOperation.delete_points(selector) if isinstance(selector, list)
@@ -141,7 +147,7 @@ class EdgeCorpusIndex(CorpusIndex):
         else:
             query, prefetches = self._nearest(r.query, r.using), None
         return q.QueryRequest(limit=r.limit, query=query, prefetches=prefetches, filter=self._filter(r.filter),
-                              score_threshold=r.score_threshold, with_payload=True)
+                              score_threshold=r.score_threshold, with_payload=bool(r.with_payload))
 
     def _filter(self, f: models.Filter | None) -> Any:
         if f is None:

@@ -171,6 +171,10 @@ class CorpusIndex:
     def _query(self, requests: list[models.QueryRequest]) -> list[list[Any]]:
         return [r.points for r in self.client.query_batch_points(self.collection, requests=requests)]
 
+    def _retrieve(self, point_ids: list[str]) -> list[Any]:
+        """Points (with payload, without vectors) by point id; missing ids are left out."""
+        return self.client.retrieve(self.collection, ids=point_ids, with_payload=True, with_vectors=False)
+
     def _delete_points(self, selector: models.Filter | list[str]) -> None:
         chosen = models.PointIdsList(points=selector) if isinstance(selector, list) else models.FilterSelector(filter=selector)
         self.client.delete(self.collection, points_selector=chosen, wait=True)
@@ -253,6 +257,7 @@ class CorpusIndex:
         query_filter: models.Filter | None,
         hybrid: HybridParams,
         score_threshold: float | None,
+        with_payload: bool = True,
     ) -> models.QueryRequest:
         sparse = None
         if mode != "dense":
@@ -260,10 +265,10 @@ class CorpusIndex:
             sparse = models.SparseVector(indices=indices, values=values)
         if mode == "dense":
             return models.QueryRequest(query=vector.tolist(), using=using, limit=limit, filter=query_filter,
-                                       with_payload=True, score_threshold=score_threshold)
+                                       with_payload=with_payload, score_threshold=score_threshold)
         if mode == "bm25":
             return models.QueryRequest(query=sparse, using=SPARSE_NAME, limit=limit, filter=query_filter,
-                                       with_payload=True, score_threshold=score_threshold)
+                                       with_payload=with_payload, score_threshold=score_threshold)
         prefetch_limit = max(limit, hybrid.prefetch_limit)
         fusion = (models.FusionQuery(fusion=models.Fusion.DBSF) if hybrid.method == "dbsf" else
                   models.RrfQuery(rrf=models.Rrf(k=hybrid.rrf_k, weights=[hybrid.dense_weight, hybrid.sparse_weight])))
@@ -326,25 +331,39 @@ class CorpusIndex:
                        show_progress) -> list[list[Hit]]:
         """Convex combination over each list's top ``prefetch_limit``. Written here rather than as a Qdrant formula
         query: formula queries need a server (neither local mode nor Edge runs them), and with <= 100 candidates
-        per list the fusion costs microseconds in Python. Each hit keeps its raw scores in ``payload['ace_scores']``."""
+        per list the fusion costs microseconds in Python. Both lists are fetched by point id only (payloads are
+        most of a query's cost) and fused on ids; payloads are fetched for the fused top ``limit`` alone.
+        Each hit keeps its raw scores in ``payload['ace_scores']``."""
         depth = max(limit, hybrid.prefetch_limit)
-        common = dict(using=using, limit=depth, query_filter=query_filter, batch_size=batch_size, show_progress=show_progress)
-        dense = self.search("dense", vectors=vectors, **common)
-        sparse = self.search("bm25", texts=texts, **common)
-        results = []
-        for d_hits, s_hits in zip(dense, sparse, strict=True):
-            fused = convex_scores([(h.doc_id, h.score) for h in d_hits], [(h.doc_id, h.score) for h in s_hits], hybrid.alpha)
-            by_id = {h.doc_id: h for h in s_hits} | {h.doc_id: h for h in d_hits}
-            raw = {"dense": {h.doc_id: h.score for h in d_hits}, "bm25": {h.doc_id: h.score for h in s_hits}}
-            ranked = sorted(fused, key=lambda d: (-fused[d], d))[:limit]
-            row = []
-            for doc_id in ranked:
-                if score_threshold is not None and fused[doc_id] < score_threshold:
-                    break
-                h = by_id[doc_id]
-                scores = {"dense": raw["dense"].get(doc_id), "bm25": raw["bm25"].get(doc_id), "fused": fused[doc_id]}
-                row.append(Hit(doc_id, fused[doc_id], h.text, {**h.payload, "ace_scores": scores}))
-            results.append(row)
+        results: list[list[Hit]] = []
+        for start in tqdm(range(0, len(vectors), batch_size), desc="hybrid search", disable=not show_progress):
+            stop = min(start + batch_size, len(vectors))
+            requests = [self._request(mode, vectors[i], texts[i], using, depth, query_filter, hybrid, None,
+                                      with_payload=False)
+                        for i in range(start, stop) for mode in ("dense", "bm25")]
+            answers = self._query_or_explain(requests)
+            fused_rows = []
+            for d_points, s_points in zip(answers[0::2], answers[1::2], strict=True):
+                raw = {"dense": {str(p.id): float(p.score) for p in d_points},
+                       "bm25": {str(p.id): float(p.score) for p in s_points}}
+                fused = convex_scores(list(raw["dense"].items()), list(raw["bm25"].items()), hybrid.alpha)
+                top = sorted(fused, key=lambda pid: -fused[pid])[:limit]
+                if score_threshold is not None:
+                    top = [pid for pid in top if fused[pid] >= score_threshold]
+                fused_rows.append((top, fused, raw))
+            wanted = sorted({pid for top, _, _ in fused_rows for pid in top})
+            points = {str(p.id): p for p in self._retrieve(wanted)} if wanted else {}
+            for top, fused, raw in fused_rows:
+                row = []
+                for pid in top:
+                    if pid not in points:  # deleted between the two calls
+                        continue
+                    h = self._hit(points[pid])
+                    h.score = fused[pid]
+                    h.payload["ace_scores"] = {"dense": raw["dense"].get(pid), "bm25": raw["bm25"].get(pid),
+                                               "fused": fused[pid]}
+                    row.append(h)
+                results.append(sorted(row, key=lambda h: (-h.score, h.doc_id)))
         return results
 
     def _query_or_explain(self, requests: list[models.QueryRequest]) -> list[list[Any]]:

@@ -99,8 +99,9 @@ def test_fusions_rank_alike_on_both_engines(demo, nodes, params):
         r = HybridQdrantRetriever(FineTunedEmbedding(), engine=engine, mode="hybrid", fusion_method=params.method,
                                   alpha=params.alpha, similarity_top_k=5)
         r.add_nodes(nodes, show_progress=False)
-        ranked[engine] = [[n.node.node_id for n in res] for res in r.batch_retrieve(queries)]
+        ranked[engine] = [[(n.node.node_id, n.node.get_content()) for n in res] for res in r.batch_retrieve(queries)]
     assert ranked["local"] == ranked["edge"]
+    assert all(text for row in ranked["edge"] for _, text in row)  # payloads fetched for the fused top-k
 
 
 def test_training_query_evidence_needs_validation_agreement(demo, base_encoder):
