@@ -110,6 +110,9 @@ def training_options(f):
                      help="CachedMNRL (GradCache): the same loss in memory bounded by --mini-batch-size (default: when batch > mini-batch)."),
         click.option("--mini-batch-size", default=32, show_default=True, type=int, help="Rows per forward pass with --cached-loss."),
         click.option("--device", default=None, help="cpu, cuda, mps (default: auto)."),
+        click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]),
+                     help="auto: bf16 mixed precision where the hardware runs it natively (CUDA with bf16, CPUs with "
+                          "AVX512-BF16/AMX), else fp32."),
         click.option("--resume", is_flag=True, help="Continue from the last checkpoint of this same run (same data, options, base model)."),
         click.option("--keep-checkpoints", is_flag=True, help="Keep OUTPUT.checkpoints after a finished run (removed by default)."),
         click.option("--force", is_flag=True, help="Replace an existing model even when the gate does not call the new one better."),
@@ -131,7 +134,7 @@ def _training(kw: dict, seed: int):
         learning_rate=kw["learning_rate"], warmup_ratio=kw["warmup_ratio"], max_seq_length=kw["max_seq_length"],
         num_negatives=kw["train_negatives"], val_fraction=kw["val_fraction"], early_stopping_patience=kw["early_stopping"],
         cached_loss=kw["cached_loss"], mini_batch_size=kw["mini_batch_size"], seed=seed, device=kw["device"], resume=kw["resume"], force=kw["force"],
-        keep_checkpoints=kw["keep_checkpoints"],
+        keep_checkpoints=kw["keep_checkpoints"], precision=kw["precision"],
     )
 
 

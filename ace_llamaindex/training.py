@@ -39,6 +39,7 @@ MIN_STEPS = 25          # optimizer steps a run gets at least (1 epoch of SciFac
 MAX_AUTO_EPOCHS = 10
 AUTO_PATIENCE = 2       # early stopping when epochs are chosen automatically
 MIN_VAL_QUERIES = 100   # validation queries wanted for the gate (a quarter of the queries on small sets)
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -59,6 +60,7 @@ class TrainConfig:
     mini_batch_size: int = 32
     seed: int = 42
     device: str | None = None               # None: CUDA, then MPS, then CPU
+    precision: str = "auto"                 # auto | fp32 | bf16 (auto: bf16 where the hardware has it, see choose_precision)
     resume: bool = False                    # continue from the last checkpoint in <output>.checkpoints (same run only)
     keep_checkpoints: bool = False          # keep <output>.checkpoints after a finished run
     extra: dict[str, Any] = field(default_factory=dict)  # passed through to SentenceTransformerTrainingArguments
@@ -74,6 +76,8 @@ class TrainConfig:
             raise OptionError(f"learning_rate must be between 0 and 1, got {self.learning_rate}")
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise OptionError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.precision not in PRECISIONS:
+            raise OptionError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.early_stopping_patience is not None and self.val_fraction == 0:
             raise OptionError("early stopping needs a validation split (val_fraction > 0)")
 
@@ -104,6 +108,28 @@ def detect_device(requested: str | None = None) -> str:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Elsewhere bf16 is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to tell, stay with fp32
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def choose_precision(requested: str, device: str) -> str:
+    """``auto``: bf16 mixed precision (fp32 master weights, the trainer's ``bf16=True``) where the hardware runs
+    bf16 natively: CUDA with bf16 support, or a CPU with AVX512-BF16/AMX (~1.45x faster steps on a 2-core EPYC);
+    fp32 elsewhere (MPS, older CPUs). The promotion gate still judges the result."""
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
 def split_by_query(examples: list[TrainingExample], val_fraction: float | None, seed: int) -> tuple[list[TrainingExample], list[TrainingExample]]:
@@ -225,6 +251,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     output_dir = Path(output_dir)
     checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
     device = detect_device(config.device)
+    precision = choose_precision(config.precision, device)
     train_rows, val_rows = split_by_query(examples, config.val_fraction, config.seed)
     if len(train_rows) < 2:
         raise OptionError(f"only {len(train_rows)} training example(s) after the validation split; need at least 2")
@@ -266,6 +293,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         report_to="none",
         seed=config.seed,
         use_cpu=device == "cpu",
+        bf16=precision == "bf16",
         disable_tqdm=False,
         **config.extra,
     )
@@ -303,6 +331,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         "base_model": config.base_model,
         "config": {**asdict(config), "epochs": epochs, "early_stopping_patience": patience},
         "device": device,
+        "precision": precision,
         "data_fingerprint": data_fingerprint,
         "train_examples": len(train_rows),
         "val_examples": len(val_rows),
