@@ -14,6 +14,8 @@ from rich.table import Table
 
 from .errors import AceError, OptionError
 
+EXPORTS = ["onnx", "onnx-int8", "openvino", "openvino-int8"]
+
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 140)  # tables stay readable in logs and CI
 
@@ -113,6 +115,8 @@ def training_options(f):
         click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]),
                      help="auto: bf16 mixed precision where the hardware runs it natively (CUDA with bf16, CPUs with "
                           "AVX512-BF16/AMX), else fp32."),
+        click.option("--export", "exports", multiple=True, type=click.Choice(EXPORTS),
+                     help="After training, export for fast CPU inference (checked on the validation queries); repeatable."),
         click.option("--resume", is_flag=True, help="Continue from the last checkpoint of this same run (same data, options, base model)."),
         click.option("--keep-checkpoints", is_flag=True, help="Keep OUTPUT.checkpoints after a finished run (removed by default)."),
         click.option("--force", is_flag=True, help="Replace an existing model even when the gate does not call the new one better."),
@@ -134,7 +138,7 @@ def _training(kw: dict, seed: int):
         learning_rate=kw["learning_rate"], warmup_ratio=kw["warmup_ratio"], max_seq_length=kw["max_seq_length"],
         num_negatives=kw["train_negatives"], val_fraction=kw["val_fraction"], early_stopping_patience=kw["early_stopping"],
         cached_loss=kw["cached_loss"], mini_batch_size=kw["mini_batch_size"], seed=seed, device=kw["device"], resume=kw["resume"], force=kw["force"],
-        keep_checkpoints=kw["keep_checkpoints"], precision=kw["precision"],
+        keep_checkpoints=kw["keep_checkpoints"], precision=kw["precision"], exports=list(kw["exports"]),
     )
 
 
@@ -415,6 +419,50 @@ def tune_fusion_cmd(dataset, fmt, split, strict, model, max_queries, engine):
     out.print(table)
     path = choice.save(model)
     console.print(f"chosen: {choice.summary()} -> {path}", highlight=False)
+
+
+def print_exports(records) -> None:
+    """The exports of a model folder against torch, and which one ``backend="auto"`` serves."""
+    table = Table(title="exports (measured against torch in the same run)")
+    for col in ("export", "nDCG@10 torch → export", "min cosine", "same space", "query ms torch → export",
+                "docs/s torch → export", "auto may pick"):
+        table.add_column(col)
+    for r in records:
+        ndcg = f"{r.ndcg_torch:.4f} → {r.ndcg_export:.4f}" if r.ndcg_loss is not None else "not checked"
+        speed = lambda a, b: f"{a:.1f} → {b:.1f}" if a and b else "–"  # noqa: E731
+        table.add_row(r.name, ndcg, f"{r.min_cosine:.4f}", "yes" if r.same_space else "no (own named vector)",
+                      speed(r.query_ms_torch, r.query_ms), speed(r.docs_per_s_torch, r.docs_per_s), r.why_not_auto() or "yes")
+    out.print(table)
+
+
+@cli.command(name="export")
+@click.argument("model", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--backend", "targets", multiple=True, required=True, type=click.Choice(EXPORTS),
+              help="onnx (onnxruntime) or openvino, -int8 for int8 quantisation; repeat for several.")
+@click.option("--data", "dataset", default=None, type=click.Path(path_type=Path),
+              help="Queries to check quality on (use ones the model did not train on); without it `auto` won't pick the export.")
+@click.option("--format", "fmt", default=None)
+@click.option("--split", default="test", show_default=True)
+@friendly
+def export_cmd(model, targets, dataset, fmt, split):
+    """Export MODEL's transformer for fast CPU inference (kept beside its PyTorch weights), checked against torch."""
+    from .backends import export_model, read_exports
+    from .overlap import training_overlap, without_queries
+    from .training import read_card
+
+    check = None
+    if dataset is not None:
+        check = _load(dataset, fmt, split, False)
+        card = read_card(model)
+        seen = training_overlap(check, card) if card else set()
+        if seen:
+            console.print(f"[yellow]warning:[/yellow] left out {len(seen)} queries the model trained on", highlight=False)
+            check = without_queries(check, seen)
+    for target in targets:
+        backend, _, quantize = target.partition("-")
+        with console.status(f"exporting {target}"):
+            export_model(model, backend, quantize or None, check=check)
+    print_exports(read_exports(model))
 
 
 def serving_options(f):

@@ -18,7 +18,8 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import Field, PrivateAttr
 
 from .errors import EmbeddingError, OptionError
-from .models import DEFAULT_MODEL, content_fingerprint, load_model, resolve_model
+from .backends import BACKENDS
+from .models import DEFAULT_MODEL, content_fingerprint, load_model, resolve_model, served_space_suffix
 from .models import vector_name as _label_vector_name
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class FineTunedEmbedding(BaseEmbedding):
     trust_remote_code: bool = Field(default=False, description="Run code shipped with the model (off: never by surprise)")
     cache_folder: str | None = Field(default=None, description="Where HF ids are cached")
     vector_name: str | None = Field(default=None, description="Qdrant named vector for this model (default: from its weights)")
+    backend: str = Field(default="auto", description="torch, onnx, openvino, or auto: the fastest export in the model "
+                         "folder whose quality was checked at export time (ace export), else torch")
     allow_space_switch: bool = Field(
         default=False,
         description="Let plain get_query_embedding/get_text_embedding answer from the fallback when the fine-tuned "
@@ -91,6 +94,8 @@ class FineTunedEmbedding(BaseEmbedding):
             raise OptionError(f"FineTunedEmbedding got unknown argument(s) {unknown}; valid: model_path/model_name, "
                               f"fallback, {', '.join(sorted(set(type(self).model_fields) - {'model_name', 'model_path'}))}")
         _check_device(kwargs.get("device"))
+        if kwargs.get("backend", "auto") not in BACKENDS:
+            raise OptionError(f"FineTunedEmbedding: backend must be one of {BACKENDS}, got {kwargs['backend']!r}")
         super().__init__(model_path=model_path, model_name=f"finetuned:{model_path}", **kwargs)
         self._fallback = fallback
 
@@ -122,7 +127,7 @@ class FineTunedEmbedding(BaseEmbedding):
         differently finds the same vectors; the fallback's from its label."""
         if label != self.model_name:
             return _label_vector_name(label)
-        return self.vector_name or f"dense-ft-{content_fingerprint(self.model_path)}"
+        return self.vector_name or f"dense-ft-{content_fingerprint(self.model_path)}{served_space_suffix(self.model_path, self.backend)}"
 
     @classmethod
     def class_name(cls) -> str:
@@ -151,7 +156,7 @@ class FineTunedEmbedding(BaseEmbedding):
         if self._model is None and due:
             try:
                 self._model = load_model(resolve_model(self.model_path), self.device, self.max_seq_length,
-                                         self.trust_remote_code, self.cache_folder)
+                                         self.trust_remote_code, self.cache_folder, self.backend)
                 self._load_error, self._retry_after = None, None
             except EmbeddingError as exc:
                 if self._load_error is not None:

@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 
 from .atomic import honour_umask
+from .backends import choose_export
 from .models import load_model, model_fingerprint, resolve_model
 
 Kind = Literal["query", "document"]
@@ -41,8 +42,12 @@ class CachedEncoder:
         cache_dir: str | Path | bool | None = None,
         device: str | None = None,
         show_progress: bool = True,
+        backend: str = "auto",
     ) -> None:
+        """``backend``: as :class:`~ace_llamaindex.embedding.FineTunedEmbedding`'s (``auto`` serves a checked
+        ONNX/OpenVINO export of the model folder when it has one)."""
         self.model_name = model
+        self.backend = backend
         self.label = str(model) if model else "all-MiniLM-L6-v2"
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
@@ -65,7 +70,7 @@ class CachedEncoder:
     def model(self):
         """The loaded SentenceTransformer (loaded on first use)."""
         if self._model is None:
-            self._model = load_model(resolve_model(self.model_name), self.device, self.max_seq_length)
+            self._model = load_model(resolve_model(self.model_name), self.device, self.max_seq_length, backend=self.backend)
         return self._model
 
     @property
@@ -74,7 +79,8 @@ class CachedEncoder:
 
     def _space(self, kind: Kind) -> str:
         if self._fingerprint is None:  # stat-ing the model folder once per encoder, not once per call
-            self._fingerprint = model_fingerprint(self.model_name)
+            export = choose_export(resolve_model(self.model_name), self.backend)
+            self._fingerprint = model_fingerprint(self.model_name) + (f"-{export.name}" if export else "")
         return f"{self._fingerprint}-{self.max_seq_length or 'default'}-{kind}"
 
     def _table(self, space: str) -> dict[str, np.ndarray]:

@@ -49,17 +49,38 @@ def open_model(name_or_path: str | None = None, device: str | None = None, *, tr
 
 @lru_cache(maxsize=8)
 def load_model(name_or_path: str | None = None, device: str | None = None, max_seq_length: int | None = None,
-               trust_remote_code: bool = False, cache_folder: str | None = None) -> SentenceTransformer:
+               trust_remote_code: bool = False, cache_folder: str | None = None, backend: str = "torch") -> SentenceTransformer:
     """A memoised :func:`open_model`, shared by everything that encodes with exactly these settings. Settings are
-    part of the key, so no caller changes the model another one uses (never mutate the returned model)."""
-    model = open_model(name_or_path, device, trust_remote_code=trust_remote_code, cache_folder=cache_folder)
+    part of the key, so no caller changes the model another one uses (never mutate the returned model).
+    ``backend``: ``torch``, ``onnx``, ``openvino`` or ``auto`` (see :mod:`~ace_llamaindex.backends`); the export
+    served is in ``model.ace_backend``."""
+    from .backends import attach, choose_export
+
+    path = resolve_model(name_or_path)
+    record = choose_export(path, backend)
+    if record is not None and device not in (None, "cpu"):
+        raise EmbeddingError(f"backend {record.backend!r} runs on the CPU; got device={device!r} (use backend='torch')")
+    model = open_model(path, "cpu" if record else device, trust_remote_code=trust_remote_code, cache_folder=cache_folder)
     if max_seq_length:
         model.max_seq_length = max_seq_length
+    if record is not None:
+        attach(model, path, record)
+    model.ace_backend = record.name if record else "torch"
     return model
+
+
+def served_space_suffix(name_or_path: str | None, backend: str = "auto") -> str:
+    """``""`` when the backend served for this model gives torch's vectors (within the tolerance recorded at
+    export), else ``-<export name>``: an export whose vectors differ is a vector space of its own."""
+    from .backends import choose_export
+
+    record = choose_export(resolve_model(name_or_path), backend)
+    return "" if record is None or record.same_space else f"-{record.name}"
 
 
 _WEIGHTS = {".json", ".safetensors", ".bin", ".txt", ".model"}
 _NOT_WEIGHTS = {"ace_training_card.json", "fusion.json", "README.md"}
+_NOT_MODEL_DIRS = ("ace_exports",)  # exports (backends.py) are not the model: exporting keeps its identity
 
 
 @lru_cache(maxsize=32)
@@ -83,7 +104,7 @@ def content_fingerprint(name_or_path: str | None) -> str:
     path = path.resolve()
     stamp = tuple((str(f.relative_to(path)), f.stat().st_size, int(f.stat().st_mtime)) for f in sorted(path.rglob("*"))
                   if f.is_file() and f.suffix in _WEIGHTS and f.name not in _NOT_WEIGHTS
-                  and not any(part.endswith(".checkpoints") for part in f.parts))
+                  and not any(part.endswith(".checkpoints") or part in _NOT_MODEL_DIRS for part in f.parts))
     return _content_digest(str(path), stamp)
 
 
@@ -94,7 +115,8 @@ def model_fingerprint(name_or_path: str | None) -> str:
         return hashlib.sha1(str(path).encode()).hexdigest()[:12]
     parts = []
     for item in sorted(path.rglob("*")):
-        if item.is_file() and item.suffix in {".json", ".safetensors", ".bin", ".txt"}:
+        if item.is_file() and item.suffix in {".json", ".safetensors", ".bin", ".txt"} and not any(
+                part in _NOT_MODEL_DIRS for part in item.relative_to(path).parts):
             stat = item.stat()
             parts.append((str(item.relative_to(path)), stat.st_size, int(stat.st_mtime)))
     return hashlib.sha1(json.dumps([str(path), parts]).encode()).hexdigest()[:12]

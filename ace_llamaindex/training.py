@@ -63,6 +63,7 @@ class TrainConfig:
     precision: str = "auto"                 # auto | fp32 | bf16 (auto: bf16 where the hardware has it, see choose_precision)
     resume: bool = False                    # continue from the last checkpoint in <output>.checkpoints (same run only)
     keep_checkpoints: bool = False          # keep <output>.checkpoints after a finished run
+    exports: list[str] = field(default_factory=list)  # after promotion: onnx, onnx-int8, openvino, openvino-int8
     extra: dict[str, Any] = field(default_factory=dict)  # passed through to SentenceTransformerTrainingArguments
 
     def validate(self) -> None:
@@ -76,6 +77,9 @@ class TrainConfig:
             raise OptionError(f"learning_rate must be between 0 and 1, got {self.learning_rate}")
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise OptionError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        bad = sorted(set(self.exports) - {"onnx", "onnx-int8", "openvino", "openvino-int8"})
+        if bad:
+            raise OptionError(f"exports must be among onnx, onnx-int8, openvino, openvino-int8; got {bad}")
         if self.precision not in PRECISIONS:
             raise OptionError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.early_stopping_patience is not None and self.val_fraction == 0:
@@ -356,6 +360,12 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
                 fusion.save(scratch)
     if not config.keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
+    if promoted:
+        from .backends import export_model
+
+        for target in config.exports:
+            backend, _, quantize = target.partition("-")
+            export_model(output_dir, backend, quantize or None, check=val_set if val_rows else None)
     return TrainResult(model_dir=output_dir, card=card, gate=verdict, fusion=fusion, promoted=promoted)
 
 

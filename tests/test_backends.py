@@ -1,0 +1,91 @@
+"""ONNX / OpenVINO exports: vectors close to torch's, the recorded quality check steers ``backend="auto"``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from ace_llamaindex.backends import EXPORTS_DIR, MANIFEST, SAME_SPACE_COSINE, choose_export, export_model, read_exports
+from ace_llamaindex.embedding import FineTunedEmbedding
+from ace_llamaindex.errors import OptionError
+from ace_llamaindex.models import content_fingerprint, resolve_model
+
+# The tolerance the vector-space rule rests on: an fp32 export gives torch's vectors (cosine >= 0.9999 for every
+# text); an int8 one comes close (>= 0.90) and is a space of its own unless it reaches SAME_SPACE_COSINE (0.99).
+MIN_COSINE = {"onnx": 0.9999, "openvino-int8": 0.90}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, demo):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    model = tmp_path_factory.mktemp("export") / "model"
+    shutil.copytree(resolve_model(None), model)
+    fingerprint = content_fingerprint(str(model))
+    check = demo.subset(sorted(demo.queries)[:24])
+    for backend, quantize in (("onnx", None), ("openvino", "int8")):
+        export_model(model, backend, quantize, check=check)
+    return model, fingerprint
+
+
+@pytest.mark.parametrize("name", sorted(MIN_COSINE))
+def test_export_serves_vectors_close_to_torch(exported, demo, name):
+    model, _ = exported
+    record = {r.name: r for r in read_exports(model)}[name]
+    texts = list(demo.corpus.values())[:40] + list(demo.queries.values())[:20]
+    torch_vectors = np.array(FineTunedEmbedding(str(model), backend="torch").get_text_embedding_batch(texts))
+    served = FineTunedEmbedding(str(model), backend=record.backend)
+    vectors = np.array(served.get_text_embedding_batch(texts))
+    assert served._model.ace_backend == name
+    cosines = np.sum(torch_vectors * vectors, axis=1)
+    assert cosines.min() >= MIN_COSINE[name]
+    # The named vector is torch's exactly when the recorded check says the vectors match within the tolerance.
+    same = served.named_vector(served.model_name) == FineTunedEmbedding(str(model), backend="torch").named_vector(served.model_name)
+    assert same == record.same_space == (record.min_cosine >= SAME_SPACE_COSINE)
+
+
+def test_exporting_keeps_the_model_identity(exported):
+    model, before = exported
+    assert content_fingerprint(str(model)) == before
+
+
+def _rewrite(model, **changes):
+    path = model / EXPORTS_DIR / MANIFEST
+    rows = json.loads(path.read_text())["exports"]
+    for row in rows:
+        row.update(changes.get(row["name"], {}))
+    path.write_text(json.dumps({"exports": rows}))
+
+
+def test_auto_skips_an_export_that_lost_quality(exported, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(exported[0], model)
+    records = {r.name: r for r in read_exports(model)}
+    fast = {name: {"query_ms": 1.0, "docs_per_s": 1e6} for name in records}  # both far faster than torch
+    _rewrite(model, **fast)
+    ok = {name: {"ndcg_export": records[name].ndcg_torch} for name in records}
+    ok["openvino-int8"]["query_ms"] = 0.5  # the fastest, and (now) lossless
+    _rewrite(model, **ok)
+    assert choose_export(model, "auto").name == "openvino-int8"
+    _rewrite(model, **{"openvino-int8": {"ndcg_export": records["openvino-int8"].ndcg_torch - 0.01}})
+    assert choose_export(model, "auto").name == "onnx"
+    _rewrite(model, onnx={"ndcg_torch": None, "ndcg_export": None})  # never checked on queries
+    assert choose_export(model, "auto") is None
+    assert FineTunedEmbedding(str(model))._load().ace_backend == "torch"
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda d: export_model(d, "tensorrt"), "export backend must be one of"),
+    (lambda d: export_model(d, "onnx", "int4"), "quantize must be int8"),
+    (lambda d: export_model(d / "nowhere", "onnx"), "not a sentence-transformers model folder"),
+    (lambda d: FineTunedEmbedding(str(d), backend="tensorrt"), "backend must be one of"),
+    (lambda d: choose_export(d, "openvino"), "no openvino export"),
+])
+def test_bad_export_requests_are_clear_errors(tmp_path, call, message):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    with pytest.raises(OptionError, match=message):
+        call(tmp_path)
