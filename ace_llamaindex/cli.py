@@ -475,8 +475,9 @@ def serving_options(f):
         click.option("--collection", default="ace_memories", show_default=True),
         click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default=None,
                      help="Default: the fusion saved with the model (fusion.json), else dense. hybrid = plain RRF."),
-        click.option("--engine", type=click.Choice(["local", "edge"]), default="local", show_default=True,
-                     help="Embedded engine: qdrant-client local mode, or Qdrant Edge (in-process Qdrant, faster)."),
+        click.option("--engine", default="auto", show_default=True,
+                     help="auto (Qdrant Edge when installed, else qdrant-client's local mode; the engine that already "
+                          "holds the collection in --qdrant-path wins), local, edge, or a registered engine."),
     ]
     for opt in reversed(opts):
         f = opt(f)

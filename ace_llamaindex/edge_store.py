@@ -35,6 +35,25 @@ def _edge():
     return qdrant_edge
 
 
+def edge_available() -> bool:
+    try:
+        import qdrant_edge  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def edge_holds(path: Path, collection: str) -> bool:
+    """Whether ``path`` holds ``collection`` as a Qdrant Edge shard of ours."""
+    return (path / collection / META_FILE).is_file()
+
+
+def open_edge(collection: str, *, path: str | None = None, url: str | None = None, api_key: str | None = None,
+              **kwargs: Any) -> EdgeCorpusIndex:
+    """The ``edge`` engine (see :mod:`~ace_llamaindex.engines`): a shard folder per collection under ``path``."""
+    return EdgeCorpusIndex(path, collection, **kwargs)
+
+
 class EdgeCorpusIndex(CorpusIndex):
     """A corpus in a Qdrant Edge shard: one folder per collection under ``path`` (a temporary one if None)."""
 

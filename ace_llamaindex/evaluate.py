@@ -21,7 +21,8 @@ from .errors import OptionError
 from .metrics import BUILTIN_METRICS, Metric
 from .models import vector_name
 from .stats import paired_bootstrap
-from .store import HybridParams, open_index
+from .engines import open_index
+from .store import HybridParams
 
 
 class Encoder(Protocol):

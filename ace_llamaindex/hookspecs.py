@@ -50,5 +50,11 @@ def register_reporters(register):
 
 
 @hookspec
+def register_engines(register):
+    """Register index engines: an :class:`ace_llamaindex.engines.Engine` (``open(collection, path=, url=,
+    api_key=, **kwargs) -> CorpusIndex``, ``available()``, ``holds(path, collection)``, ``serves_url``)."""
+
+
+@hookspec
 def register_commands(cli):
     """Add subcommands to the ``ace`` click group."""

@@ -25,7 +25,8 @@ from .dataset import DIFFICULTIES, QADataset, read_json
 from .encoding import CachedEncoder
 from .errors import DatasetError, OptionError
 from .models import vector_name
-from .store import MODES, CorpusIndex, HybridParams, open_index, point_id
+from .engines import open_index
+from .store import MODES, CorpusIndex, HybridParams, point_id
 
 
 @dataclass

@@ -24,13 +24,14 @@ from .errors import PluginError
 
 log = logging.getLogger(__name__)
 GROUP = "ace_llamaindex"
-KINDS = ("loaders", "miners", "trainers", "metrics", "reporters")
+KINDS = ("loaders", "miners", "trainers", "metrics", "reporters", "engines")
 DEFAULT_PLUGINS = (
     "ace_llamaindex.default_plugins.loaders",
     "ace_llamaindex.default_plugins.miners",
     "ace_llamaindex.default_plugins.trainers",
     "ace_llamaindex.default_plugins.metrics",
     "ace_llamaindex.default_plugins.reporters",
+    "ace_llamaindex.default_plugins.engines",
 )
 
 

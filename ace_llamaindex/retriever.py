@@ -23,7 +23,8 @@ from .errors import EmbeddingError, OptionError
 from .fusion_selection import DENSE_DEFAULT, FUSION_FILE, FusionChoice, load_fusion
 from .filters import to_qdrant_filter
 from .models import vector_name
-from .store import MODES, CorpusIndex, Hit, HybridParams, open_index
+from .engines import open_index
+from .store import MODES, CorpusIndex, Hit, HybridParams
 
 log = logging.getLogger(__name__)
 SERVED_BY = "ace_served_by"
@@ -81,8 +82,10 @@ class HybridQdrantRetriever(BaseRetriever):
     and dense when there is none, because plain RRF loses to dense on many collections. ``mode="hybrid"`` asks for
     hybrid explicitly (``fusion_method``: ``rrf`` by default, ``dbsf`` or ``convex`` with ``alpha``).
 
-    Embedded local Qdrant by default (``path=`` a folder, or in memory when ``path`` and ``url`` are None);
-    ``url=`` for a server or cluster; ``engine="edge"`` for Qdrant Edge, the Qdrant engine in-process. Each result's metadata says which embedding model served the query
+    Embedded Qdrant by default (``path=`` a folder, or a throwaway one when ``path`` and ``url`` are None): Qdrant
+    Edge, the Qdrant engine in-process, when installed, else qdrant-client's local mode (``engine="auto"``, see
+    :mod:`~ace_llamaindex.engines`); ``url=`` for a server or cluster. Each result's metadata says which embedding
+    model served the query
     (``ace_served_by``): after a fallback, the baseline's named vector is searched, never the fine-tuned one.
     """
 
@@ -107,7 +110,7 @@ class HybridQdrantRetriever(BaseRetriever):
         alpha: float = 0.5,
         prefetch_limit: int = 100,
         bm25: BM25Encoder | None = None,
-        engine: str = "local",
+        engine: str = "auto",
         **kwargs: Any,
     ) -> None:
         if mode is not None and mode not in MODES:

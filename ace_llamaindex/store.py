@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,33 +98,15 @@ def make_client(path: str | None = None, url: str | None = None, api_key: str | 
         raise
 
 
-ENGINES = ("local", "edge", "auto")
-
-
-def edge_available() -> bool:
-    try:
-        import qdrant_edge  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def open_index(collection: str, *, path: str | None = None, url: str | None = None, api_key: str | None = None,
-               engine: str = "local", **kwargs: Any) -> CorpusIndex:
-    """A :class:`CorpusIndex` on the chosen engine: ``local`` (qdrant-client: embedded local mode, or a server by
-    ``url``), ``edge`` (Qdrant Edge, the Qdrant engine in-process; much faster embedded search), or ``auto``
-    (edge when installed and no ``url`` is given; meant for throwaway indexes such as mining's and evaluation's)."""
-    if engine == "auto":
-        engine = "edge" if url is None and edge_available() else "local"
-    if engine == "edge":
-        if url:
-            raise OptionError("engine 'edge' is in-process; use engine 'local' with url= for a Qdrant server")
-        from .edge_store import EdgeCorpusIndex
-
-        return EdgeCorpusIndex(path, collection, **kwargs)
-    if engine != "local":
-        raise OptionError(f"engine must be one of {ENGINES}, got {engine!r}")
+def open_local(collection: str, *, path: str | None = None, url: str | None = None, api_key: str | None = None,
+               **kwargs: Any) -> CorpusIndex:
+    """The ``local`` engine (see :mod:`~ace_llamaindex.engines`): qdrant-client, embedded or a server by ``url``."""
     return CorpusIndex(make_client(path=path, url=url, api_key=api_key), collection, **kwargs)
+
+
+def local_holds(path: Path, collection: str) -> bool:
+    """Whether ``path`` is an embedded qdrant-client folder holding ``collection``."""
+    return (path / "collection" / collection).is_dir()
 
 
 class CorpusIndex:
@@ -141,6 +124,10 @@ class CorpusIndex:
     # ---- the engine: every call that touches Qdrant itself (EdgeCorpusIndex overrides these) ---------------
     def exists(self) -> bool:
         return self.client.collection_exists(self.collection)
+
+    def close(self) -> None:
+        """Release the engine (an embedded folder is locked while open)."""
+        self.client.close()
 
     def delete(self) -> None:
         """Drop the collection if it exists."""
@@ -322,7 +309,7 @@ class CorpusIndex:
             for points in self._query_or_explain(requests):
                 hits = [self._hit(p) for p in points]
                 for h in hits:
-                    h.score *= scale
+                    h.score = min(1.0, h.score * scale) if mode == "hybrid" else h.score  # Edge scores are float32
                 # Exact ties in document-id order: engines (Qdrant Edge above all) order them arbitrarily.
                 results.append(sorted(hits, key=lambda h: (-h.score, h.doc_id)))
         return results

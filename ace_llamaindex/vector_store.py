@@ -37,14 +37,15 @@ from .errors import OptionError
 from .filters import to_qdrant_filter
 from .fusion_selection import DENSE_DEFAULT, FusionChoice
 from .retriever import embedding_spaces, named_vector, resolve_fusion
-from .store import CorpusIndex, HybridParams, open_index
+from .engines import open_index
+from .store import CorpusIndex, HybridParams
 
 _OURS = {"doc_id", "text"}  # payload keys CorpusIndex writes for itself
 
 
 class AceQdrantVectorStore(BasePydanticVectorStore):
-    """Qdrant (embedded local mode by default, Edge with ``engine="edge"``, a server by ``url``) with one named dense
-    vector per embedding space and BM25, for ``VectorStoreIndex`` and ``IngestionPipeline``."""
+    """Qdrant (embedded: Qdrant Edge when installed, else qdrant-client's local mode; a server by ``url``) with one
+    named dense vector per embedding space and BM25, for ``VectorStoreIndex`` and ``IngestionPipeline``."""
 
     stores_text: bool = True
     is_embedding_query: bool = True
@@ -52,7 +53,8 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
     collection_name: str = Field(default="ace_memories", description="Qdrant collection")
     path: str | None = Field(default=None, description="Embedded Qdrant folder (None and no url: in memory)")
     url: str | None = Field(default=None, description="Qdrant server or cluster")
-    engine: str = Field(default="local", description="local (qdrant-client), edge (Qdrant Edge in-process)")
+    engine: str = Field(default="auto", description="auto, local (qdrant-client), edge (Qdrant Edge in-process), or a "
+                        "registered engine; auto: see ace_llamaindex.engines")
     prefetch_limit: int = Field(default=100, description="Candidates per list before fusion")
     _index: CorpusIndex = PrivateAttr()
     _embed_model: BaseEmbedding | None = PrivateAttr(default=None)

@@ -98,7 +98,7 @@ def test_bm25_ties_rank_alike_on_every_engine():
     """Equal BM25 scores are common on short texts; Edge would order them anew in each process."""
     pytest.importorskip("qdrant_edge")
     from ace_llamaindex.loading import load_dataset
-    from ace_llamaindex.store import open_index
+    from ace_llamaindex.engines import open_index
 
     ds = load_dataset(None)
     ids, queries = list(ds.corpus), list(ds.queries.values())

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from llama_index.core.query_engine import RetrieverQueryEngine
@@ -80,12 +85,34 @@ def test_query_engine_without_llm(retriever):
     assert response.source_nodes[0].node.node_id == "m021"
 
 
-def test_local_path_persists(tmp_path, nodes):
-    r = HybridQdrantRetriever(FineTunedEmbedding(), path=str(tmp_path / "q"), collection="mem")
-    r.add_nodes(nodes[:10], show_progress=False)
-    r.index.client.close()
-    again = HybridQdrantRetriever(FineTunedEmbedding(), path=str(tmp_path / "q"), collection="mem")
-    assert again.retrieve(nodes[0].text)[0].node.node_id == nodes[0].node_id
+REOPEN = """
+import json, sys
+from ace_llamaindex.embedding import FineTunedEmbedding
+from ace_llamaindex.retriever import HybridQdrantRetriever
+r = HybridQdrantRetriever(FineTunedEmbedding(sys.argv[1]), path=sys.argv[2], collection="mem", mode="hybrid")
+print(json.dumps({"engine": type(r.index).__name__, "ids": [[n.node.node_id for n in r.retrieve(q)] for q in sys.argv[3:]]}))
+"""
+
+
+@pytest.mark.parametrize("engine", ["local", "edge"])
+def test_reopened_in_a_new_process_with_the_path_spelled_differently(tmp_path, nodes, tuned_model_dir, engine):
+    """Built with an absolute model path on one engine; reopened in another process with a relative spelling and
+    the default engine ("auto"): the same engine is found, the same named vector, the same results."""
+    if engine == "edge":
+        pytest.importorskip("qdrant_edge")
+    model = tuned_model_dir.resolve()
+    r = HybridQdrantRetriever(FineTunedEmbedding(str(model)), path=str(tmp_path / "q"), collection="mem", mode="hybrid",
+                              engine=engine)
+    r.add_nodes(nodes, show_progress=False)
+    queries = [n.text for n in nodes[:3]]
+    expected = [[n.node.node_id for n in r.retrieve(q)] for q in queries]
+    r.index.close()
+    relative = os.path.relpath(model, tmp_path) + "/"
+    done = subprocess.run([sys.executable, "-c", REOPEN, relative, str(tmp_path / "q"), *queries], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, check=True)
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["engine"] == type(r.index).__name__
+    assert got["ids"] == expected and expected[0][0] == nodes[0].node_id
 
 
 def test_after_fallback_results_come_from_the_baseline_named_vector(embedding_server, tuned_model_dir, nodes):

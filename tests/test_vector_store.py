@@ -64,7 +64,7 @@ def test_modes_scores_and_filters(demo, embed):
         hits = index.as_retriever(vector_store_query_mode=mode, similarity_top_k=5, alpha=0.7 if mode == "hybrid" else None).retrieve(demo.queries[qid])
         assert want in [h.node.metadata["memory"] for h in hits], mode
     hybrid = index.as_retriever(vector_store_query_mode="hybrid", similarity_top_k=5).retrieve(demo.queries[qid])
-    assert all(0 <= h.score <= 1 for h in hybrid)  # plain RRF, scaled: 1 = first in both lists
+    assert all(0 <= h.score <= 1 for h in hybrid), [h.score for h in hybrid]  # plain RRF, scaled: 1 = first in both lists
     kept = SimilarityPostprocessor(similarity_cutoff=0.3).postprocess_nodes(hybrid)
     assert want in [h.node.metadata["memory"] for h in kept]
     only = MetadataFilters(filters=[MetadataFilter(key="weight", value=1.5, operator=FilterOperator.EQ)])  # a float ==
