@@ -33,7 +33,7 @@ from .atomic import atomic_directory, write_json
 from .errors import OptionError
 
 log = logging.getLogger(__name__)
-BACKENDS = ("auto", "torch", "onnx", "openvino")
+BACKENDS = ("auto", "torch", "onnx", "openvino", "onnx-int8", "openvino-int8")  # a runtime, or one export by name
 EXPORTS_DIR = "ace_exports"
 MANIFEST = "exports.json"
 MAX_NDCG_LOSS = 0.005      # an export losing more nDCG@10 than this on the check queries is not picked by "auto"
@@ -110,7 +110,8 @@ def installed(backend: str) -> bool:
 
 def choose_export(model_dir: str | Path, backend: str = "auto") -> ExportRecord | None:
     """The export to serve (None: PyTorch). ``auto``: the fastest checked export that lost at most
-    :data:`MAX_NDCG_LOSS` and whose runtime is installed; ``onnx``/``openvino``: the fastest export of that backend."""
+    :data:`MAX_NDCG_LOSS` and whose runtime is installed; ``onnx``/``openvino``: the fastest export of that runtime;
+    ``onnx-int8``/``openvino-int8``: that export."""
     if backend not in BACKENDS:
         raise OptionError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch" or not Path(model_dir).is_dir():
@@ -124,11 +125,11 @@ def choose_export(model_dir: str | Path, backend: str = "auto") -> ExportRecord 
                 log.info("backend auto: not using export %s of %s: %s", r.name, model_dir, r.why_not_auto())
         ok = [r for r in records if not r.why_not_auto() and installed(r.backend) and r.speedup > 1.0]
         return max(ok, key=lambda r: r.speedup) if ok else None
-    mine = [r for r in records if r.backend == backend]
+    mine = [r for r in records if backend in (r.backend, r.name)]
     if not mine:
         raise OptionError(f"{model_dir}: no {backend} export; run: ace export {model_dir} --backend {backend}")
-    if not installed(backend):
-        raise OptionError(f"backend {backend!r} needs its runtime: pip install 'ace-llamaindex[{backend}]'")
+    if not installed(mine[0].backend):
+        raise OptionError(f"backend {backend!r} needs its runtime: pip install 'ace-llamaindex[{mine[0].backend}]'")
     return max(mine, key=lambda r: r.speedup)
 
 

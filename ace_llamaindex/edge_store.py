@@ -120,6 +120,12 @@ class EdgeCorpusIndex(CorpusIndex):
         self.shard.update(q.UpdateOperation.upsert_points(converted))
         self.shard.flush()
 
+    def optimize(self) -> None:
+        """Run Edge's segment optimizers (HNSW for dense vectors once a segment passes the indexing threshold):
+        without it a large shard is searched by brute force."""
+        if self.shard is not None:
+            self.shard.optimize()
+
     def _query(self, requests: list[models.QueryRequest]) -> list[list[Any]]:
         edge_requests = [self._request_to_edge(r) for r in requests]
         if len(edge_requests) == 1:

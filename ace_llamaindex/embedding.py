@@ -51,6 +51,8 @@ class FineTunedEmbedding(BaseEmbedding):
     unless ``query_prompt``/``document_prompt`` are given.
     """
 
+    embed_batch_size: int = Field(default=32, gt=0, le=2048,
+                                  description="Texts per encode call (sentence-transformers' default batch; LlamaIndex's is 10)")
     model_path: str = Field(default="bundled:all-MiniLM-L6-v2", description="Model folder, HF id, or 'bundled:all-MiniLM-L6-v2'")
     device: str | None = Field(default=None, description="cpu, cuda, mps; None picks automatically")
     normalize: bool = Field(default=True, description="L2-normalise vectors (cosine == dot product)")

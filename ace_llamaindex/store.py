@@ -24,6 +24,7 @@ from .fusion import DEFAULT_RRF_K, FUSION_METHODS, convex_scores
 SPARSE_NAME = "bm25"
 _NAMESPACE = uuid.UUID("5b1d0c4e-9d55-4a8e-9a43-ace11a3a1d3b")
 MODES = ("dense", "bm25", "hybrid")
+BULK_WRITE = 10_000  # documents in one upsert from which search indexes are built right away
 
 
 def point_id(doc_id: str) -> str:
@@ -129,6 +130,9 @@ class CorpusIndex:
         """Release the engine (an embedded folder is locked while open)."""
         self.client.close()
 
+    def optimize(self) -> None:
+        """Build the engine's search indexes for what was written (a no-op where the engine does it by itself)."""
+
     def delete(self) -> None:
         """Drop the collection if it exists."""
         if self.exists():
@@ -206,12 +210,15 @@ class CorpusIndex:
         batch_size: int = 256,
         show_progress: bool = True,
         sparse: bool = True,
+        optimize: bool | None = None,
     ) -> None:
         """Write documents with their dense vectors (one array per named vector) and BM25 vectors
         (``sparse=False`` skips BM25, for an index that will only be searched dense).
 
         BM25's average document length is fitted on the first batch written and kept in the collection's
-        metadata, so documents added later (or by another process) are weighted the same way."""
+        metadata, so documents added later (or by another process) are weighted the same way. ``optimize``: build
+        the engine's search indexes afterwards (default: for a bulk write of ``BULK_WRITE`` documents or more; small
+        incremental writes are searched as they are, and :meth:`optimize` can be called after a series of them)."""
         if sparse and self.bm25.avgdl is None:
             stored = self._stored_metadata()
             if stored.get("bm25_avgdl"):
@@ -232,6 +239,8 @@ class CorpusIndex:
             self._write(points)
             bar.update(len(points))
         bar.close()
+        if optimize or (optimize is None and len(doc_ids) >= BULK_WRITE):
+            self.optimize()
 
     # ---- searching -----------------------------------------------------------------------------------------
     def _request(
