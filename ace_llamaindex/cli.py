@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import AceError, OptionError
@@ -549,7 +550,7 @@ def plugins(as_json):
     for col in ("kind", "name", "plugin", "source", "description"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["kind"], r["name"], r["plugin"], r["source"], r["description"])
+        table.add_row(r["kind"], r["name"], r["plugin"], r["source"], escape(r["description"]))
     out.print(table)
     for name, problem in state.failures.items():
         console.print(f"[red]plugin {name!r} is broken:[/red] {problem}")

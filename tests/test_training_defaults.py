@@ -10,7 +10,17 @@ from click.testing import CliRunner
 
 from ace_llamaindex.cli import cli
 from ace_llamaindex.mining import HardNegativeMiner, MiningOptions, TrainingExample
-from ace_llamaindex.training import CARD_NAME, TrainConfig, auto_epochs, train, training_datasets, validation_count
+from ace_llamaindex import training as training_module
+from ace_llamaindex.errors import OptionError
+from ace_llamaindex.training import (
+    CARD_NAME,
+    TrainConfig,
+    auto_epochs,
+    choose_precision,
+    train,
+    training_datasets,
+    validation_count,
+)
 
 
 @pytest.mark.parametrize(("n_train", "batch", "epochs"), [
@@ -33,6 +43,24 @@ def test_auto_epochs(n_train, batch, epochs):
 ])
 def test_validation_count(n_queries, fraction, expected):
     assert validation_count(n_queries, fraction) == expected
+
+
+@pytest.mark.parametrize(("requested", "device", "native_bf16", "expected"), [
+    ("auto", "cpu", True, "bf16"),     # AVX512-BF16 / AMX: bf16 mixed precision
+    ("auto", "cpu", False, "fp32"),    # emulated bf16 would be slower
+    ("auto", "mps", True, "fp32"),
+    ("fp32", "cpu", True, "fp32"),     # asked for: kept
+    ("bf16", "cpu", False, "bf16"),
+])
+def test_precision_rule(monkeypatch, requested, device, native_bf16, expected):
+    monkeypatch.setattr(training_module, "cpu_has_native_bf16", lambda: native_bf16)
+    assert choose_precision(requested, device) == expected
+
+
+@pytest.mark.parametrize("config", [TrainConfig(precision="fp16"), TrainConfig(exports=["tensorrt"])])
+def test_bad_training_options_are_clear_errors(config):
+    with pytest.raises(OptionError):
+        config.validate()
 
 
 def test_ragged_negatives_do_not_strip_everyone():
