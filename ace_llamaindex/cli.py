@@ -60,6 +60,20 @@ def _load(dataset, fmt, split, strict):
     return ds
 
 
+def _load_unseen(dataset, fmt, split, strict, model):
+    """Load a dataset without the queries ``model`` trained or validated on (its training card says which)."""
+    from .overlap import training_overlap, without_queries
+    from .training import read_card
+
+    ds = _load(dataset, fmt, split, strict)
+    card = read_card(model)
+    seen = training_overlap(ds, card) if card else set()
+    if seen:
+        console.print(f"[yellow]warning:[/yellow] left out {len(seen)} queries the model trained or validated on", highlight=False)
+        ds = without_queries(ds, seen)
+    return ds
+
+
 def mining_options(f):
     opts = [
         click.option("--miner", default="dense", show_default=True, help="Miner plugin: dense, bm25, hybrid, or an installed one."),
@@ -399,15 +413,8 @@ def tune_fusion_cmd(dataset, fmt, split, strict, model, max_queries, engine):
     from .encoding import CachedEncoder
     from .evaluate import sample_queries
     from .fusion_selection import select_fusion
-    from .overlap import training_overlap, without_queries
-    from .training import read_card
 
-    ds = _load(dataset, fmt, split, strict)
-    card = read_card(model)
-    seen = training_overlap(ds, card) if card else set()
-    if seen:
-        console.print(f"[yellow]warning:[/yellow] left out {len(seen)} queries the model trained or validated on", highlight=False)
-        ds = without_queries(ds, seen)
+    ds = _load_unseen(dataset, fmt, split, strict, model)
     ds = ds.subset(sample_queries(list(ds.queries), max_queries))
     choice = select_fusion(ds, CachedEncoder(str(model), cache_dir=False), engine=engine, show_progress=True)
     table = Table(title=f"fusion candidates on {choice.n_queries} queries ({choice.metric})")
@@ -448,17 +455,8 @@ def print_exports(records) -> None:
 def export_cmd(model, targets, dataset, fmt, split):
     """Export MODEL's transformer for fast CPU inference (kept beside its PyTorch weights), checked against torch."""
     from .backends import export_model, read_exports
-    from .overlap import training_overlap, without_queries
-    from .training import read_card
 
-    check = None
-    if dataset is not None:
-        check = _load(dataset, fmt, split, False)
-        card = read_card(model)
-        seen = training_overlap(check, card) if card else set()
-        if seen:
-            console.print(f"[yellow]warning:[/yellow] left out {len(seen)} queries the model trained on", highlight=False)
-            check = without_queries(check, seen)
+    check = _load_unseen(dataset, fmt, split, False, model) if dataset is not None else None
     for target in targets:
         backend, _, quantize = target.partition("-")
         with console.status(f"exporting {target}"):
