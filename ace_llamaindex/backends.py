@@ -110,8 +110,8 @@ def installed(backend: str) -> bool:
 
 def choose_export(model_dir: str | Path, backend: str = "auto") -> ExportRecord | None:
     """The export to serve (None: PyTorch). ``auto``: the fastest checked export that lost at most
-    :data:`MAX_NDCG_LOSS` and whose runtime is installed; ``onnx``/``openvino``: the fastest export of that runtime;
-    ``onnx-int8``/``openvino-int8``: that export."""
+    :data:`MAX_NDCG_LOSS` and whose runtime is installed; an export's name (``onnx``, ``onnx-int8``, ``openvino``,
+    ``openvino-int8``): that export; a runtime with only other exports: the fastest of them."""
     if backend not in BACKENDS:
         raise OptionError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch" or not Path(model_dir).is_dir():
@@ -125,7 +125,8 @@ def choose_export(model_dir: str | Path, backend: str = "auto") -> ExportRecord 
                 log.info("backend auto: not using export %s of %s: %s", r.name, model_dir, r.why_not_auto())
         ok = [r for r in records if not r.why_not_auto() and installed(r.backend) and r.speedup > 1.0]
         return max(ok, key=lambda r: r.speedup) if ok else None
-    mine = [r for r in records if backend in (r.backend, r.name)]
+    exact = [r for r in records if r.name == backend]  # "onnx" is the fp32 ONNX export when there is one
+    mine = exact or [r for r in records if r.backend == backend]
     if not mine:
         raise OptionError(f"{model_dir}: no {backend} export; run: ace export {model_dir} --backend {backend}")
     if not installed(mine[0].backend):

@@ -72,16 +72,18 @@ def main() -> None:
     parser.add_argument("dataset")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--docs", type=int, default=1000)
+    parser.add_argument("--reuse-exports", action="store_true", help="keep the exports of an interrupted run")
     args = parser.parse_args()
     folder = dataset_dir(args.dataset)
     train, test = load_beir(folder, "train"), load_beir(folder, "test")
     model_dir = RESULTS / ".inference-run" / "model"
-    shutil.rmtree(model_dir.parent, ignore_errors=True)
-    shutil.copytree(resolve_model(None), model_dir)
     check = check_set(train)
-    for backend, quantize in EXPORTS:
-        export_model(model_dir, backend, quantize, check=check)
-        print("exported", backend, quantize, flush=True)
+    if not (args.reuse_exports and read_exports(model_dir)):
+        shutil.rmtree(model_dir.parent, ignore_errors=True)
+        shutil.copytree(resolve_model(None), model_dir)
+        for backend, quantize in EXPORTS:
+            export_model(model_dir, backend, quantize, check=check)
+            print("exported", backend, quantize, flush=True)
     records = {r.name: r for r in read_exports(model_dir)}
     auto = choose_export(model_dir, "auto")
     queries = list(test.queries.values())[: args.queries]

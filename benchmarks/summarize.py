@@ -50,7 +50,38 @@ def adapter_table() -> list[str]:
     return rows
 
 
+def inference_table() -> list[str]:
+    rows = ["| backend (SciFact) | query p50 ms | p95 ms | queries/s | encode docs/s | `ace index` docs/s | index / encode | "
+            "nDCG@10 (test) | min cosine vs torch | `auto` may pick |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for path in sorted(RESULTS.glob("inference-*.json")):
+        d = json.loads(path.read_text())
+        for r in d["rows"]:
+            e = d["exports"].get(r["served"], {})
+            cos = f"{e['min_cosine']:.4f}" if e else "1"
+            pick = "–" if not e else ("yes" if not e["auto_skips_because"] else f"no: {e['auto_skips_because']}")
+            name = f"**{r['served']}** (auto)" if r["served"] == d["auto_choice"] else r["served"]
+            rows.append(f"| {name} | {r['query_p50_ms']:.1f} | {r['query_p95_ms']:.1f} | {r['queries_per_s']:.0f} | "
+                        f"{r['encode_docs_per_s']:.0f} | {r['index_docs_per_s']:.0f} | {r['index_over_encode']:.2f} | "
+                        f"{r['ndcg@10']:.4f} | {cos} | {pick} |")
+        a = d["auto_vs_torch"]
+        rows.append(f"\n`auto` = {d['auto_choice']}: query throughput x{a['query_throughput_ratio']}, indexing "
+                    f"x{a['index_throughput_ratio']}, nDCG@10 {a['ndcg@10_delta']:+.4f} against torch.")
+    return rows
+
+
+def scale_table() -> list[str]:
+    path = RESULTS / "scale.json"
+    if not path.exists():
+        return []
+    rows = ["| documents | engine | indexing (write + optimise) | hybrid p50 ms | p95 ms |", "|---:|---|---:|---:|---:|"]
+    for r in json.loads(path.read_text())["rows"]:
+        rows.append(f"| {r['documents']:,} | {r['engine']} | {r['index_s']:.0f} s ({r['write_s']:.0f} + {r['optimize_s']:.0f}) | "
+                    f"{r['hybrid_p50_ms']:.1f} | {r['hybrid_p95_ms']:.1f} |")
+    return rows
+
+
+TABLES = {"defaults": defaults_table, "adapter": adapter_table, "inference": inference_table, "scale": scale_table}
+
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["defaults", "adapter"]
-    for name in which:
-        print("\n".join({"defaults": defaults_table, "adapter": adapter_table}[name]()), end="\n\n")
+    for name in sys.argv[1:] or list(TABLES):
+        print("\n".join(TABLES[name]()), end="\n\n")
