@@ -49,7 +49,7 @@ def unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def run(engine: str, size: int, pool: list[str], query_texts: list[str], seed: int) -> dict:
     rng, pick = np.random.default_rng(seed), random.Random(seed)
-    folder = RESULTS / f".scale-run-{engine}"
+    folder = RESULTS / f".scale-{engine}-run"
     shutil.rmtree(folder, ignore_errors=True)
     index = open_index("scale", path=str(folder), engine=engine)
     written = 0.0
