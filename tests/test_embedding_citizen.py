@@ -53,11 +53,11 @@ def test_reopened_with_the_path_spelled_differently(tmp_path, tuned_model_dir, m
     first = HybridQdrantRetriever(FineTunedEmbedding(str(model.resolve())), path=str(tmp_path / "q"), collection="c", mode="dense")
     first.add_nodes(nodes, show_progress=False)
     before = [n.node.node_id for n in first.retrieve("key rotation")]
-    first.index.client.close()
+    first.index.close()
     monkeypatch.chdir(tmp_path)
     again = HybridQdrantRetriever(FineTunedEmbedding("run/model"), path="q", collection="c", mode="dense")
     assert [n.node.node_id for n in again.retrieve("key rotation")] == before == ["a", "b"]
-    again.index.client.close()
+    again.index.close()
     named = HybridQdrantRetriever(FineTunedEmbedding("run/model", vector_name="mine"), path="q", collection="c", mode="dense")
     with pytest.raises(OptionError, match="no dense vector 'mine'"):
         named.retrieve("key rotation")
