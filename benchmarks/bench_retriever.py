@@ -54,7 +54,7 @@ def main() -> None:
     embed = FineTunedEmbedding()  # real forward pass for every query, in both systems
 
     named = {embed.named_vector(embed.model_name): vectors}
-    ours = HybridQdrantRetriever(embed, similarity_top_k=10, mode="hybrid")
+    ours = HybridQdrantRetriever(embed, similarity_top_k=10, mode="hybrid", engine="local")
     ours.index.upsert(ids, texts, named, show_progress=True)
     edge = HybridQdrantRetriever(embed, similarity_top_k=10, engine="edge", mode="hybrid")
     edge.index.upsert(ids, texts, named, show_progress=True)
