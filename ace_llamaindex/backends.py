@@ -24,6 +24,7 @@ import types
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +91,20 @@ def export_name(backend: str, quantize: str | None) -> str:
 
 
 def read_exports(model_dir: str | Path) -> list[ExportRecord]:
-    """The exports recorded in a model folder (none for an HF id or a folder never exported)."""
+    """The exports recorded in a model folder (none for an HF id or a folder never exported). The manifest is parsed
+    once per version of the file: serving asks for it on every query (the named vector depends on it)."""
     path = Path(model_dir) / EXPORTS_DIR / MANIFEST
-    if not path.is_file():
-        return []
     try:
-        return [ExportRecord(**row) for row in json.loads(path.read_text())["exports"]]
+        stat = path.stat()
+    except OSError:
+        return []
+    return list(_parse_manifest(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=32)
+def _parse_manifest(path: str, mtime_ns: int, size: int) -> tuple[ExportRecord, ...]:
+    try:
+        return tuple(ExportRecord(**row) for row in json.loads(Path(path).read_text())["exports"])
     except (ValueError, KeyError, TypeError) as exc:
         raise OptionError(f"{path}: not an exports manifest ({exc})") from None
 

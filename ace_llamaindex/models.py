@@ -63,10 +63,8 @@ def load_model(name_or_path: str | None = None, device: str | None = None, max_s
     model = open_model(path, "cpu" if record else device, trust_remote_code=trust_remote_code, cache_folder=cache_folder)
     if max_seq_length:
         model.max_seq_length = max_seq_length
-    if record is not None:
-        attach(model, path, record)
-    model.ace_backend = record.name if record else "torch"
-    return model
+    model.ace_backend = "torch"
+    return attach(model, path, record) if record is not None else model  # attach sets ace_backend to the export
 
 
 def served_space_suffix(name_or_path: str | None, backend: str = "auto") -> str:

@@ -307,6 +307,7 @@ class CorpusIndex:
             return self._convex_search(vectors, texts, using, limit, query_filter, hybrid, score_threshold, batch_size,
                                        show_progress)
         results: list[list[Hit]] = []
+        scale = _fused_score_scale(hybrid) if mode == "hybrid" else None
         for start in tqdm(range(0, n, batch_size), desc=f"{mode} search", disable=not show_progress):
             stop = min(start + batch_size, n)
             requests = [
@@ -314,11 +315,11 @@ class CorpusIndex:
                               using, limit, query_filter, hybrid, score_threshold)
                 for i in range(start, stop)
             ]
-            scale = _fused_score_scale(hybrid) if mode == "hybrid" else 1.0
             for points in self._query_or_explain(requests):
                 hits = [self._hit(p) for p in points]
-                for h in hits:
-                    h.score = min(1.0, h.score * scale) if mode == "hybrid" else h.score  # Edge scores are float32
+                if scale is not None:  # hybrid: into [0, 1]; min: Edge's float32 scores overshoot by ~1e-7
+                    for h in hits:
+                        h.score = min(1.0, h.score * scale)
                 # Exact ties in document-id order: engines (Qdrant Edge above all) order them arbitrarily.
                 results.append(sorted(hits, key=lambda h: (-h.score, h.doc_id)))
         return results

@@ -11,6 +11,11 @@ import sys
 from common import RESULTS
 
 
+def results(pattern: str) -> list[dict]:
+    """Every result file matching ``pattern`` in benchmarks/results, parsed, in name order."""
+    return [json.loads(path.read_text()) for path in sorted(RESULTS.glob(pattern))]
+
+
 def verdict(data: dict, a: str, b: str, metric: str = "ndcg@10") -> str:
     c = next((c for c in data["comparisons"] if (c["baseline"], c["candidate"], c["metric"]) == (a, b, metric)), None)
     return f"{c['delta']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] {c['verdict']}" if c else "–"
@@ -20,8 +25,7 @@ def defaults_table() -> list[str]:
     rows = ["| dataset (test split) | queries | base | fine-tuned | fine-tuned vs base, nDCG@10 (95% CI) | plain RRF | "
             "fusion chosen on validation | `fusion=\"auto\"` | ≥ max(dense, RRF) − 0.005 | wall time |",
             "|---|---:|---:|---:|---|---:|---|---:|:---:|---:|"]
-    for path in sorted(RESULTS.glob("defaults-*.json")):
-        d = json.loads(path.read_text())
+    for d in results("defaults-*.json"):
         o, b = d["overall"], d["benchmark"]
         auto = o["finetuned+fusion"]["ndcg@10"]
         rechosen = RESULTS / f"fusion-{b['dataset']}.json"  # the fusion re-chosen by bench_fusion.py (current rule)
@@ -38,8 +42,7 @@ def defaults_table() -> list[str]:
 def adapter_table() -> list[str]:
     rows = ["| dataset (test split) | base | adapter | adapter vs base, nDCG@10 (95% CI) | full fine-tune | adapter training | "
             "documents re-encoded |", "|---|---:|---:|---|---:|---:|---:|"]
-    for path in sorted(RESULTS.glob("adapter-*.json")):
-        d = json.loads(path.read_text())
+    for d in results("adapter-*.json"):
         o, b = d["overall"], d["benchmark"]
         full = f"{o['full fine-tune']['ndcg@10']:.3f}" if "full fine-tune" in o else "–"
         defaults = RESULTS / f"defaults-{b['dataset']}.json"
@@ -53,8 +56,7 @@ def adapter_table() -> list[str]:
 def inference_table() -> list[str]:
     rows = ["| backend (SciFact) | query p50 ms | p95 ms | queries/s | encode docs/s | `ace index` docs/s | index / encode | "
             "nDCG@10 (test) | min cosine vs torch | `auto` may pick |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for path in sorted(RESULTS.glob("inference-*.json")):
-        d = json.loads(path.read_text())
+    for d in results("inference-*.json"):
         for r in d["rows"]:
             e = d["exports"].get(r["served"], {})
             cos = f"{e['min_cosine']:.4f}" if e else "1"
