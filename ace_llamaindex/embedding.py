@@ -44,7 +44,33 @@ def space_label(embed_model: BaseEmbedding) -> str:
     return str(getattr(embed_model, "model_name", None) or type(embed_model).__name__)
 
 
-class FineTunedEmbedding(BaseEmbedding):
+class LengthSortedBatches:
+    """Mixin for a ``BaseEmbedding``: ``get_text_embedding_batch`` sends texts of similar length together.
+
+    LlamaIndex cuts the caller's list into batches of ``embed_batch_size`` in the caller's order, and a batch is
+    padded to its longest text; sentence-transformers sorts by length only inside one call. Sorting the whole list
+    first (results returned in the caller's order) removes most of that padding when indexing.
+    """
+
+    def get_text_embedding_batch(self, texts: list[str], show_progress: bool = False, **kwargs: Any) -> list[list[float]]:
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        vectors = super().get_text_embedding_batch([texts[i] for i in order], show_progress, **kwargs)
+        return _unsort(vectors, order)
+
+    async def aget_text_embedding_batch(self, texts: list[str], show_progress: bool = False, **kwargs: Any) -> list[list[float]]:
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        vectors = await super().aget_text_embedding_batch([texts[i] for i in order], show_progress, **kwargs)
+        return _unsort(vectors, order)
+
+
+def _unsort(values: list[Any], order: list[int]) -> list[Any]:
+    out: list[Any] = [None] * len(order)
+    for position, original in enumerate(order):
+        out[original] = values[position]
+    return out
+
+
+class FineTunedEmbedding(LengthSortedBatches, BaseEmbedding):
     """A sentence-transformers model (folder or HF id) as a LlamaIndex embedding; drop-in ``Settings.embed_model``.
 
     Query and document prompts come from the model's own ``prompts`` (``encode_query``/``encode_document``)
@@ -264,7 +290,7 @@ class FineTunedEmbedding(BaseEmbedding):
         return self._same_space(await self._awith_fallback(texts, "document"))
 
 
-class _PrimaryOnly(BaseEmbedding):
+class _PrimaryOnly(LengthSortedBatches, BaseEmbedding):
     """The fine-tuned model with no fallback: used to index its own named vector (never mixed with the baseline)."""
 
     _owner: Any = PrivateAttr()

@@ -373,8 +373,13 @@ class CorpusIndex:
             wanted = {r.using for r in requests} | {p.using for r in requests for p in (r.prefetch or [])}
             missing = sorted(w for w in wanted if w and w != SPARSE_NAME and w not in self.dense_vectors())
             if missing:
-                raise OptionError(f"collection {self.collection!r} has no dense vector {missing[0]!r}; it has "
-                                  f"{sorted(self.dense_vectors())}") from None
+                have = sorted(self.dense_vectors())
+                same_model = [h for h in have if missing[0].startswith(h + "-")]  # the model's torch space, held
+                hint = (f" The model now serves an export whose vectors are a space of their own "
+                        f"({missing[0][len(same_model[0]) + 1:]}, see `ace export`): index the documents again, or pass "
+                        "backend='torch' (or an export in torch's space) to search the vectors this collection holds."
+                        if same_model else "")
+                raise OptionError(f"collection {self.collection!r} has no dense vector {missing[0]!r}; it has {have}.{hint}") from None
             raise
 
     # ---- the document lifecycle (used by the LlamaIndex vector store) ---------------------------------------------

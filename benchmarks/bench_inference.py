@@ -3,8 +3,9 @@
     python benchmarks/bench_inference.py scifact [--queries 200] [--docs 1000]
 
 The model (the bundled all-MiniLM-L6-v2, copied to a scratch folder) is exported with ``ace export``'s function,
-checked on 100 *train* queries over 500 sampled documents plus theirs (so the test queries below are unseen by the
-check). Then, for each backend served through ``FineTunedEmbedding(backend=...)``, each in a fresh process: single-query latency p50/p95 over the test queries; raw batch
+checked on every *train* query (809) over 500 sampled documents plus theirs (so the test queries below are unseen by the
+check). Then, for each backend served through ``FineTunedEmbedding(backend=...)``, each in a fresh process: single-query latency p50/p95 over the test queries
+(two passes in fresh processes, the second in reverse order, pooled); raw batch
 encoding throughput (docs/s); ``ace index`` end-to-end throughput (``HybridQdrantRetriever.add_nodes`` on the
 default engine: encode + BM25 + upsert) on the same documents; nDCG@10 of exact dense search on the whole test
 split. Also what ``backend="auto"`` picks and its ratios to torch. Writes benchmarks/results/inference-<dataset>.json.
@@ -31,9 +32,10 @@ from ace_llamaindex.retriever import HybridQdrantRetriever
 EXPORTS = [("onnx", None), ("onnx", "int8"), ("openvino", None), ("openvino", "int8")]
 
 
-def check_set(train, n_queries: int = 100, n_docs: int = 500, seed: int = 7):
-    """100 train queries over their relevant documents plus a random sample of the corpus."""
-    qids = sorted(train.queries)[:n_queries]
+def check_set(train, n_docs: int = 500, seed: int = 7):
+    """Every train query over its relevant documents plus a random sample of the corpus (100 queries, as before,
+    could not tell a 0.005 nDCG@10 loss from noise)."""
+    qids = sorted(train.queries)
     subset = train.subset(qids)
     keep = {d for q in qids for d in train.relevant_docs[q]}
     keep |= set(random.Random(seed).sample(sorted(train.corpus), n_docs))
@@ -41,17 +43,24 @@ def check_set(train, n_queries: int = 100, n_docs: int = 500, seed: int = 7):
     return subset
 
 
-def measure(model_dir: str, backend: str, test, queries: list[str], docs: list[tuple[str, str]]) -> dict:
-    from llama_index.core.schema import TextNode
-
+def query_times(model_dir: str, backend: str, queries: list[str]) -> list[float]:
+    """Seconds per single-query ``get_query_embedding`` call, after one warm-up query."""
     embed = FineTunedEmbedding(model_dir, backend=backend)
-    model = embed._load()
-    embed.get_query_embedding(queries[0])  # warm-up
+    embed.get_query_embedding(queries[0])
     times = []
     for q in queries:
         started = time.perf_counter()
         embed.get_query_embedding(q)
         times.append(time.perf_counter() - started)
+    return times
+
+
+def measure(model_dir: str, backend: str, test, queries: list[str], docs: list[tuple[str, str]]) -> dict:
+    from llama_index.core.schema import TextNode
+
+    embed = FineTunedEmbedding(model_dir, backend=backend)
+    model = embed._load()
+    times = query_times(model_dir, backend, queries)
     ms = sorted(1000 * t for t in times)
     texts = [t for _, t in docs]
     model.encode(texts[:64], batch_size=32)
@@ -66,7 +75,7 @@ def measure(model_dir: str, backend: str, test, queries: list[str], docs: list[t
             "query_p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 2), "queries_per_s": round(len(ms) / sum(times), 1),
             "encode_docs_per_s": round(raw, 1), "index_docs_per_s": round(indexed, 1),
             "index_over_encode": round(indexed / raw, 3), "engine": type(retriever.index).__name__,
-            "ndcg@10": round(_dense_ndcg(model, test), 4)}
+            "ndcg@10": round(_dense_ndcg(model, test), 4), "_times": times}
 
 
 def main() -> None:
@@ -95,7 +104,16 @@ def main() -> None:
     for backend in ["torch", *records]:  # each backend in a fresh process: no other runtime's threads beside it
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
             rows.append(pool.submit(measure, str(model_dir), backend, test, queries, docs).result())
-        print(rows[-1], flush=True)
+        print({k: v for k, v in rows[-1].items() if k != "_times"}, flush=True)
+    # Latency again, each backend in a fresh process in the reverse order: single queries are a few ms, and this
+    # machine drifts between processes; the table pools both passes (the order effects cancel).
+    for row in reversed(rows):
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            again = pool.submit(query_times, str(model_dir), row["backend"], queries).result()
+        first = row.pop("_times")
+        ms = sorted(1000 * t for t in first + again)
+        row.update(query_p50_ms=round(statistics.median(ms), 2), query_p95_ms=round(ms[int(0.95 * (len(ms) - 1))], 2),
+                   queries_per_s=round(len(ms) / sum(first + again), 1), latency_passes=2)
     torch_row = rows[0]
     auto_row = next(r for r in rows if r["served"] == (auto.name if auto else "torch"))
     result = {

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ace_llamaindex.backends import EXPORTS_DIR, MANIFEST, SAME_SPACE_COSINE, choose_export, export_model, read_exports
+from ace_llamaindex.atomic import write_json
 from ace_llamaindex.embedding import FineTunedEmbedding
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.models import content_fingerprint, resolve_model
@@ -57,7 +58,7 @@ def _rewrite(model, **changes):
     rows = json.loads(path.read_text())["exports"]
     for row in rows:
         row.update(changes.get(row["name"], {}))
-    path.write_text(json.dumps({"exports": rows}))
+    write_json(path, {"exports": rows})  # atomically, as the library writes it
 
 
 def test_auto_skips_an_export_that_lost_quality(exported, tmp_path):
@@ -89,3 +90,25 @@ def test_bad_export_requests_are_clear_errors(tmp_path, call, message):
     pytest.importorskip("openvino")
     with pytest.raises(OptionError, match=message):
         call(tmp_path)
+
+
+def test_an_export_in_another_space_asks_for_reindexing(exported, demo, tmp_path):
+    """An index built before an int8 export (another vector space) that `auto` now serves: a clear error that says
+    what to do, not an engine's stack trace or silently empty results."""
+    from llama_index.core.schema import TextNode
+
+    from ace_llamaindex.retriever import HybridQdrantRetriever
+
+    model = tmp_path / "model"
+    shutil.copytree(exported[0], model)
+    nodes = [TextNode(id_=d, text=t) for d, t in list(demo.corpus.items())[:20]]
+    kwargs = {"collection": "before-export", "path": str(tmp_path / "qdrant")}
+    built = HybridQdrantRetriever(FineTunedEmbedding(str(model), backend="torch"), **kwargs)
+    built.add_nodes(nodes, show_progress=False)
+    built.index.close()
+    records = {r.name: r for r in read_exports(model)}
+    _rewrite(model, **{"openvino-int8": {"ndcg_export": records["openvino-int8"].ndcg_torch, "min_cosine": 0.95,
+                                         "query_ms": 0.1, "docs_per_s": 1e6}, "onnx": {"ndcg_export": None}})
+    served = HybridQdrantRetriever(FineTunedEmbedding(str(model)), **kwargs)
+    with pytest.raises(OptionError, match="index the documents again, or pass backend='torch'"):
+        served.retrieve(demo.queries[sorted(demo.queries)[0]])
