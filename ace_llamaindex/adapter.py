@@ -113,6 +113,21 @@ def _torch_adapter(dim: int, kind: str):
     return Adapter()
 
 
+def contrastive_loss(queries, docs, positives, negatives, temperature: float):
+    """In-batch plus hard-negative cross-entropy (MNRL's): row i's target is document ``positives[i]``, the
+    candidates are every row's positive then ``negatives`` (indices into ``docs``). A query's own document met again
+    among the candidates (two queries of one document in a batch) is masked, not counted as a negative, as the
+    full fine-tune's no-duplicates batches avoid it."""
+    import torch
+
+    ids = torch.cat([positives, negatives])
+    logits = queries @ docs[ids].T / temperature
+    rows = torch.arange(len(positives))
+    duplicate = ids[None, :] == positives[:, None]
+    duplicate[rows, rows] = False
+    return torch.nn.functional.cross_entropy(logits.masked_fill(duplicate, float("-inf")), rows)
+
+
 def _quick_ndcg(adapter: QueryAdapter, queries: np.ndarray, docs: np.ndarray, positives: list[set[int]]) -> float:
     """nDCG@10 over the validation corpus, exact (brute force): cheap for the per-epoch choice of the best epoch."""
     scores = adapter(queries) @ docs.T
@@ -132,7 +147,7 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
     Returns the adapter card (with ``promoted``: whether the folder was written)."""
     import torch
 
-    from .promotion import gate, validation_dataset
+    from .promotion import gate, seen_document_share, validation_dataset
     from .training import split_by_query
 
     config = config or AdapterConfig()
@@ -176,12 +191,8 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
         order = torch.randperm(len(train_rows), generator=generator)
         for start in range(0, len(order), config.batch_size):
             idx = order[start:start + config.batch_size]
-            q = model(queries_t[idx])
-            candidates = [docs_t[pos[idx]]]  # in-batch positives: row i's target is column i
-            if neg is not None:
-                candidates.append(docs_t[neg[idx][has_neg[idx]].reshape(-1)])
-            logits = q @ torch.cat(candidates).T / config.temperature
-            loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(idx)))
+            negatives = neg[idx][has_neg[idx]].reshape(-1) if neg is not None else pos[idx][:0]
+            loss = contrastive_loss(model(queries_t[idx]), docs_t, pos[idx], negatives, config.temperature)
             loss = loss + config.identity_weight * ((model.W - eye) ** 2).sum()
             optimizer.zero_grad()
             loss.backward()
@@ -200,6 +211,8 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
     seconds = time.time() - started
     adapter = QueryAdapter(best, config.kind)
     verdict = gate(val_set, base, AdaptedEncoder(base, adapter), engine=engine) if val_set else None
+    if verdict:
+        verdict.seen_documents = seen_document_share(train_rows, val_rows)
     output_dir = Path(output_dir)
     promoted = verdict is None or verdict.verdict == "better" or config.force or not (output_dir / ADAPTER_CARD).exists()
     card = {"kind": config.kind, "base": base_info or {"label": base.label}, "dimension": int(doc_vecs.shape[1]),
@@ -228,6 +241,7 @@ def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, con
                          base_info={"label": base.label, "model": getattr(base, "model_name", None) or base.label,
                                     "data_fingerprint": data_fingerprint}, engine=engine)
     g = card["gate"]
-    verdict = GateResult(g["verdict"], g["metric"], g["base"], g["finetuned"], g["delta"], tuple(g["ci95"]), g["n_queries"]) \
+    verdict = GateResult(g["verdict"], g["metric"], g["base"], g["finetuned"], g["delta"], tuple(g["ci95"]), g["n_queries"],
+                         g.get("seen_documents")) \
         if g.get("delta") is not None else None
     return TrainResult(model_dir=Path(output_dir), card=card, gate=verdict, fusion=None, promoted=card["promoted"])

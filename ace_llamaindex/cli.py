@@ -172,6 +172,11 @@ def print_training(card: dict) -> None:
                       f"{g['base']:.3f} on {g['n_queries']} held-out validation queries, and the fine-tuned model is "
                       f"not better with 95% confidence. More (or harder) queries from your own logs give the gate "
                       "something to measure.", highlight=False)
+    if g.get("verdict") == "better" and (g.get("seen_documents") or 0) >= 0.5:
+        console.print(f"[yellow]note:[/yellow] {g['seen_documents']:.0%} of the validation queries ask about documents "
+                      "training queries also asked about, so the gate mostly measured those; for documents no training "
+                      "query touched, expect less" + (" (an adapter only moves queries: it may not help them at all)"
+                                                       if card.get("kind") else "") + ".", highlight=False)
     if card.get("fusion"):
         console.print(f"fusion saved with the model: {card['fusion']['name']} ({card['fusion']['reason']})", highlight=False)
 

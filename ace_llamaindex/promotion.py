@@ -64,16 +64,29 @@ class GateResult:
     delta: float | None = None
     ci95: tuple[float, float] | None = None
     n_queries: int = 0
+    seen_documents: float | None = None  # share of validation queries whose document a training query also had
 
     def as_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "metric": self.metric, "base": self.base, "finetuned": self.finetuned,
-                "delta": self.delta, "ci95": list(self.ci95) if self.ci95 else None, "n_queries": self.n_queries}
+                "delta": self.delta, "ci95": list(self.ci95) if self.ci95 else None, "n_queries": self.n_queries,
+                "seen_documents": self.seen_documents}
 
     def sentence(self) -> str:
         if self.delta is None:
             return f"promotion gate: {self.verdict} (no validation queries)"
         return (f"promotion gate on {self.n_queries} validation queries: {self.metric} {self.base:.3f} -> {self.finetuned:.3f}, "
                 f"{self.delta:+.3f} [{self.ci95[0]:+.3f}, {self.ci95[1]:+.3f}]: {self.verdict}")
+
+
+def seen_document_share(train: Sequence[TrainingExample], val: Sequence[TrainingExample]) -> float | None:
+    """The share of validation queries whose relevant document is also a training query's: the gate measures
+    queries about documents the model was trained towards at that rate. Future queries about documents no
+    training query touched may gain less (a query adapter, which only moves queries, most of all)."""
+    trained = {e.positive for e in train}
+    by_query: dict[str, bool] = {}
+    for e in val:
+        by_query[e.query] = by_query.get(e.query, False) or e.positive in trained
+    return round(sum(by_query.values()) / len(by_query), 3) if by_query else None
 
 
 def gate(val: QADataset, base: Encoder, finetuned: Encoder, engine: str = "auto", metric: str = GATE_METRIC) -> GateResult:

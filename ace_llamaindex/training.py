@@ -246,7 +246,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
 
     from .encoding import CachedEncoder
     from .fusion_selection import select_fusion
-    from .promotion import gate, text_hash, validation_dataset
+    from .promotion import gate, seen_document_share, text_hash, validation_dataset
 
     config = config or TrainConfig()
     config.validate()
@@ -321,6 +321,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         base_encoder = CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False)
         tuned_encoder = CachedEncoder.from_model(trainer.model, label="finetuned")
         verdict = gate(val_set, base_encoder, tuned_encoder, engine=engine)
+        verdict.seen_documents = seen_document_share(train_rows, val_rows)
         prior = (validation_dataset(train_rows, examples, corpus), base_encoder)  # the base never saw these queries
         fusion = select_fusion(val_set, tuned_encoder, engine=engine, prior=prior)
         log.info("%s", verdict.sentence())

@@ -7,7 +7,7 @@ import pytest
 from llama_index.core.schema import TextNode
 
 from ace_llamaindex import FineTunedEmbedding, HybridQdrantRetriever, OpenAICompatibleEmbedding
-from ace_llamaindex.adapter import ADAPTER_CARD, AdaptedEncoder, AdapterConfig, QueryAdapter, adapter_trainer, train_adapter
+from ace_llamaindex.adapter import ADAPTER_CARD, AdaptedEncoder, AdapterConfig, QueryAdapter, contrastive_loss, adapter_trainer, train_adapter
 from ace_llamaindex.adapter_embedding import AdapterEmbedding
 from ace_llamaindex.encoding import LlamaIndexEncoder
 from ace_llamaindex.errors import OptionError
@@ -31,6 +31,17 @@ def test_identity_adapter_is_the_base(base_encoder):
 def test_bad_adapter_options(kwargs, message, examples, base_encoder, tmp_path):
     with pytest.raises(OptionError, match=message):
         train_adapter(examples, base_encoder, tmp_path / "a", AdapterConfig(**kwargs))
+
+
+def test_a_shared_document_is_not_a_negative_of_its_other_query():
+    import torch
+
+    docs = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=1)
+    queries = docs[[0, 0, 1]]  # rows 0 and 1 ask for document 0, row 2 for document 1; each sits on its document
+    shared = contrastive_loss(queries, docs, torch.tensor([0, 0, 1]), torch.tensor([2]), 0.05)
+    alone = contrastive_loss(queries[[0, 2]], docs, torch.tensor([0, 1]), torch.tensor([2]), 0.05)
+    # unmasked, rows 0 and 1 would each give half their probability to the other's copy: loss >= log 2 each
+    assert shared.item() < 0.05 and abs(shared.item() - alone.item()) < 0.05
 
 
 def test_adapter_trains_without_touching_documents(examples, base_encoder, tmp_path):

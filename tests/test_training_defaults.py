@@ -12,6 +12,7 @@ from ace_llamaindex.cli import cli
 from ace_llamaindex.mining import HardNegativeMiner, MiningOptions, TrainingExample
 from ace_llamaindex import training as training_module
 from ace_llamaindex.errors import OptionError
+from ace_llamaindex.promotion import seen_document_share
 from ace_llamaindex.training import (
     CARD_NAME,
     TrainConfig,
@@ -61,6 +62,20 @@ def test_precision_rule(monkeypatch, requested, device, native_bf16, expected):
 def test_bad_training_options_are_clear_errors(config):
     with pytest.raises(OptionError):
         config.validate()
+
+
+def _rows(*pairs):
+    return [TrainingExample(q, d, []) for q, d in pairs]
+
+
+@pytest.mark.parametrize(("train", "val", "share"), [
+    (_rows(("q1", "d1")), _rows(("q2", "d1"), ("q3", "d2")), 0.5),             # q2's document was trained towards
+    (_rows(("q1", "d1")), _rows(("q2", "d2")), 0.0),                           # a new document
+    (_rows(("q1", "d1")), _rows(("q2", "d2"), ("q2", "d1")), 1.0),             # one of q2's documents is known
+    (_rows(("q1", "d1")), [], None),                                           # nothing held out
+])
+def test_seen_document_share(train, val, share):
+    assert seen_document_share(train, val) == share
 
 
 def test_ragged_negatives_do_not_strip_everyone():
