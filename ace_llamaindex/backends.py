@@ -149,9 +149,8 @@ def choose_export(model_dir: str | Path, backend: str = "auto") -> ExportRecord 
 class _Runner:
     """Runs an exported transformer on numpy inputs and returns token embeddings. It takes the place of the
     PyTorch transformer inside the SentenceTransformer, as optimum's models do in sentence-transformers' own
-    ONNX/OpenVINO backends: the torch weights are freed, so nothing on the query path walks them."""
-
-    device = None  # set in __init__ (a torch.device; sentence-transformers reads it as the model's device)
+    ONNX/OpenVINO backends: the torch weights are freed, so nothing on the query path walks them. ``config`` and
+    ``device`` are what sentence-transformers reads from the model it wraps."""
 
     def __init__(self, backend: str, path: Path, config: Any) -> None:
         import torch
@@ -348,14 +347,12 @@ _TORCH_NDCG: dict[tuple, float] = {}
 def _torch_ndcg(model_dir: Path, torch_model: Any, check: Any) -> float:
     """Torch's nDCG@10 on the check set, computed once per model version and check set: every export of one
     model is compared with the same number (and the model is not encoded again for each)."""
-    key = (str(model_dir.resolve()), _model_stamp(model_dir), check.fingerprint())
+    from .models import content_fingerprint
+
+    key = (content_fingerprint(str(model_dir)), check.fingerprint())
     if key not in _TORCH_NDCG:
         _TORCH_NDCG[key] = _dense_ndcg(torch_model, check)
     return _TORCH_NDCG[key]
-
-
-def _model_stamp(model_dir: Path) -> tuple:
-    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(model_dir.glob("*")) if f.is_file())
 
 
 def _alternate(first: list[str], second: list[str]) -> list[str]:

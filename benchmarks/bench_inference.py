@@ -55,13 +55,19 @@ def query_times(model_dir: str, backend: str, queries: list[str]) -> list[float]
     return times
 
 
+def latency(times: list[float]) -> dict:
+    """p50/p95 in ms and queries per second from per-query seconds."""
+    ms = sorted(1000 * t for t in times)
+    return {"query_p50_ms": round(statistics.median(ms), 2), "query_p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 2),
+            "queries_per_s": round(len(ms) / sum(times), 1)}
+
+
 def measure(model_dir: str, backend: str, test, queries: list[str], docs: list[tuple[str, str]]) -> dict:
     from llama_index.core.schema import TextNode
 
     embed = FineTunedEmbedding(model_dir, backend=backend)
     model = embed._load()
     times = query_times(model_dir, backend, queries)
-    ms = sorted(1000 * t for t in times)
     texts = [t for _, t in docs]
     model.encode(texts[:64], batch_size=32)
 
@@ -77,8 +83,7 @@ def measure(model_dir: str, backend: str, test, queries: list[str], docs: list[t
     indexed = len(docs) / (time.perf_counter() - started)
     # raw encoding timed before and after the indexing run (A-B-A), so drift of the machine does not count as cost
     raw = len(texts) / ((before + encode_seconds()) / 2)
-    return {"backend": backend, "served": model.ace_backend, "query_p50_ms": round(statistics.median(ms), 2),
-            "query_p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 2), "queries_per_s": round(len(ms) / sum(times), 1),
+    return {"backend": backend, "served": model.ace_backend, **latency(times),
             "encode_docs_per_s": round(raw, 1), "index_docs_per_s": round(indexed, 1),
             "index_over_encode": round(indexed / raw, 3), "engine": type(retriever.index).__name__,
             "ndcg@10": round(_dense_ndcg(model, test), 4), "_times": times}
@@ -116,10 +121,7 @@ def main() -> None:
     for row in reversed(rows):
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
             again = pool.submit(query_times, str(model_dir), row["backend"], queries).result()
-        first = row.pop("_times")
-        ms = sorted(1000 * t for t in first + again)
-        row.update(query_p50_ms=round(statistics.median(ms), 2), query_p95_ms=round(ms[int(0.95 * (len(ms) - 1))], 2),
-                   queries_per_s=round(len(ms) / sum(first + again), 1), latency_passes=2)
+        row.update(latency(row.pop("_times") + again), latency_passes=2)
     torch_row = rows[0]
     auto_row = next(r for r in rows if r["served"] == (auto.name if auto else "torch"))
     result = {
