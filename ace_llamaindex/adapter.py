@@ -40,6 +40,7 @@ class AdapterConfig:
     temperature: float = 0.05
     identity_weight: float = 1e-2  # pulls W towards the identity: a small data set cannot wander far
     patience: int = 10
+    num_negatives: int | None = None  # use at most this many hard negatives per example (None: all)
     val_fraction: float | None = None
     seed: int = 42
     force: bool = False
@@ -50,6 +51,9 @@ class AdapterConfig:
         for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise OptionError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.learning_rate < 1 or not self.temperature > 0:
+            raise OptionError(f"adapter learning_rate must be in (0, 1) and temperature > 0, got {self.learning_rate}, "
+                              f"{self.temperature}")
 
 
 class QueryAdapter:
@@ -140,21 +144,21 @@ def _quick_ndcg(adapter: QueryAdapter, queries: np.ndarray, docs: np.ndarray, po
     return total / max(1, len(positives))
 
 
-def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: str | Path, config: AdapterConfig | None = None,
-                  base_info: dict[str, Any] | None = None, engine: str = "auto") -> dict[str, Any]:
-    """Train a query adapter for ``base`` on ``examples``; gate it on held-out queries; write it atomically.
+@dataclass
+class FittedAdapter:
+    """An adapter just trained (not yet written) and its run's record."""
 
-    Returns the adapter card (with ``promoted``: whether the folder was written)."""
+    adapter: QueryAdapter
+    info: dict[str, Any]
+
+
+def fit_adapter(split, examples: list[TrainingExample], base: Encoder, config: AdapterConfig) -> FittedAdapter:
+    """Train a query adapter for ``base`` on ``split.train``; the best epoch on ``split.val`` is kept."""
     import torch
 
-    from .promotion import gate, seen_document_share, validation_dataset
-    from .training import split_by_query
+    from .promotion import validation_dataset
 
-    config = config or AdapterConfig()
-    config.validate()
-    if not examples:
-        raise OptionError("no training examples")
-    train_rows, val_rows = split_by_query(examples, config.val_fraction, config.seed)
+    train_rows, val_rows = split.train, split.val
     if len(train_rows) < 2:
         raise OptionError(f"only {len(train_rows)} training example(s) after the validation split; need at least 2")
     started = time.time()
@@ -163,6 +167,8 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
     row = {t: i for i, t in enumerate(texts)}
     queries = base.encode_queries([e.query for e in train_rows])
     k = max((len(e.negatives) for e in train_rows), default=0)
+    if config.num_negatives is not None:
+        k = min(k, config.num_negatives)
     pos = torch.tensor([row[e.positive] for e in train_rows])
     neg = torch.tensor([[row[e.negatives[j % len(e.negatives)]] if e.negatives else row[e.positive] for j in range(k)]
                         for e in train_rows]) if k else None
@@ -208,22 +214,65 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
             stale += 1
             if stale >= config.patience:
                 break
-    seconds = time.time() - started
-    adapter = QueryAdapter(best, config.kind)
-    verdict = gate(val_set, base, AdaptedEncoder(base, adapter), engine=engine) if val_set else None
-    if verdict:
-        verdict.seen_documents = seen_document_share(train_rows, val_rows)
+    info = {"kind": config.kind, "dimension": int(doc_vecs.shape[1]), "config": asdict(config),
+            "train_examples": len(train_rows), "val_examples": len(val_rows), "train_seconds": round(time.time() - started, 2),
+            "device": "cpu", "validation_per_epoch": history}
+    return FittedAdapter(QueryAdapter(best, config.kind), info)
+
+
+def save_adapter(adapter: QueryAdapter, folder: Path, card: dict[str, Any]) -> None:
+    """Write the adapter's weights and card into ``folder`` (a folder of its own, or beside a model's files)."""
+    np.savez(folder / ADAPTER_FILE, **adapter.weights)
+    write_json(folder / ADAPTER_CARD, card)
+
+
+def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: str | Path, config: AdapterConfig | None = None,
+                  base_info: dict[str, Any] | None = None, engine: str = "auto", corpus: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train a query adapter for ``base`` on ``examples``; gate it on held-out queries; write it atomically.
+
+    Returns the adapter card (with ``promoted``: whether the folder was written)."""
+    from .promotion import gate, unseen_query_ids, validation_dataset
+    from .training import plan_validation
+
+    config = config or AdapterConfig()
+    config.validate()
+    if not examples:
+        raise OptionError("no training examples")
+    split = plan_validation(examples, config.val_fraction, config.seed)
+    fitted = fit_adapter(split, examples, base, config)
+    verdict = None
+    if split.val:
+        val_set = validation_dataset(split.val, examples, corpus)
+        verdict = gate(val_set, base, AdaptedEncoder(base, fitted.adapter), engine=engine,
+                       unseen=unseen_query_ids(val_set, split.unseen))
     output_dir = Path(output_dir)
     promoted = verdict is None or verdict.verdict == "better" or config.force or not (output_dir / ADAPTER_CARD).exists()
-    card = {"kind": config.kind, "base": base_info or {"label": base.label}, "dimension": int(doc_vecs.shape[1]),
-            "config": asdict(config), "train_examples": len(train_rows), "val_examples": len(val_rows),
-            "train_seconds": round(seconds, 2), "validation_per_epoch": history,
+    card = {"method": "adapter", **fitted.info, "base": base_info or {"label": base.label},
             "gate": verdict.as_dict() if verdict else {"verdict": "not measured (no validation queries)"}, "promoted": promoted}
     if promoted:
         with atomic_directory(output_dir) as scratch:
-            np.savez(scratch / ADAPTER_FILE, **best)
-            write_json(scratch / ADAPTER_CARD, card)
+            save_adapter(fitted.adapter, scratch, card)
     return card
+
+
+# Options of TrainConfig an adapter has no use for (it trains a small map on frozen vectors, in fp32, in seconds).
+ADAPTER_REFUSES = {"warmup_ratio": "--warmup-ratio", "cached_loss": "--cached-loss", "mini_batch_size": "--mini-batch-size",
+                   "device": "--device", "exports": "--export", "resume": "--resume", "keep_checkpoints": "--keep-checkpoints",
+                   "extra": "extra trainer arguments"}
+
+
+def adapter_config(config: Any) -> AdapterConfig:
+    """The adapter's options from a ``TrainConfig``: what both understand is honoured, the rest refused."""
+    unusable = [flag for name, flag in ADAPTER_REFUSES.items() if getattr(config, name, None) not in (None, False, [], {})]
+    if config.precision not in ("auto", "fp32"):
+        unusable.append("--precision")
+    if unusable:
+        raise OptionError(f"--method adapter cannot use {', '.join(unusable)}: it trains a small map on frozen vectors "
+                          "(fp32, seconds, nothing to checkpoint or export); drop them or use --method full")
+    given = {"epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+             "patience": config.early_stopping_patience, "num_negatives": config.num_negatives}
+    return AdapterConfig(val_fraction=config.val_fraction, seed=config.seed, force=config.force,
+                         **{k: v for k, v in given.items() if v is not None})
 
 
 def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, config: Any = None, data_fingerprint: str | None = None,
@@ -235,13 +284,12 @@ def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, con
     from .training import TrainConfig, TrainResult
 
     config = config or TrainConfig()
-    base = base_encoder or CachedEncoder(config.base_model, show_progress=False)
-    card = train_adapter(examples, base, output_dir,
-                         AdapterConfig(val_fraction=config.val_fraction, seed=config.seed, force=config.force),
+    options = adapter_config(config)
+    base = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False)
+    card = train_adapter(examples, base, output_dir, options,
                          base_info={"label": base.label, "model": getattr(base, "model_name", None) or base.label,
-                                    "data_fingerprint": data_fingerprint}, engine=engine)
-    g = card["gate"]
-    verdict = GateResult(g["verdict"], g["metric"], g["base"], g["finetuned"], g["delta"], tuple(g["ci95"]), g["n_queries"],
-                         g.get("seen_documents")) \
-        if g.get("delta") is not None else None
-    return TrainResult(model_dir=Path(output_dir), card=card, gate=verdict, fusion=None, promoted=card["promoted"])
+                                    "data_fingerprint": data_fingerprint}, engine=engine, corpus=corpus)
+    serving = {"model": getattr(base, "model_name", None) or config.base_model, "adapter": str(output_dir), "reindex": False}
+    card["serving"] = serving
+    return TrainResult(model_dir=Path(output_dir), card=card, gate=GateResult.from_dict(card["gate"]), fusion=None,
+                       promoted=card["promoted"], serving=serving)

@@ -108,24 +108,32 @@ def _mining(kw: dict):
     )
 
 
+POSITIVE = click.IntRange(min=1)
+FRACTION = click.FloatRange(0, 1, max_open=True)
+
+
 def training_options(f):
     opts = [
         click.option("--base-model", default=None, help="Model to fine-tune (default: bundled all-MiniLM-L6-v2); folder or HF id."),
-        click.option("--epochs", default=None, type=int,
+        click.option("--epochs", default=None, type=POSITIVE,
                      help="Default: enough epochs for at least 25 optimizer steps (1 to 10), validated each epoch, "
-                          "best kept, stopping after 2 epochs without gain."),
-        click.option("--batch-size", default=32, show_default=True, type=int),
-        click.option("--learning-rate", default=5e-5, show_default=True, type=float),
-        click.option("--warmup-ratio", default=0.1, show_default=True, type=float),
-        click.option("--max-seq-length", default=None, type=int),
-        click.option("--train-negatives", default=None, type=int, help="Use at most this many hard negatives per example."),
-        click.option("--val-fraction", default=None, type=float,
+                          "best kept, stopping after 2 epochs without gain (adapter: 100, best kept)."),
+        click.option("--batch-size", default=None, type=click.IntRange(min=2), help="Default: 32 (adapter: 64)."),
+        click.option("--learning-rate", default=None, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     help="Default: 5e-5 (adapter: 1e-4)."),
+        click.option("--warmup-ratio", default=None, type=FRACTION, help="Default: 0.1 (full fine-tune only)."),
+        click.option("--max-seq-length", default=None, type=POSITIVE),
+        click.option("--train-negatives", default=None, type=click.IntRange(min=0),
+                     help="Use at most this many hard negatives per example."),
+        click.option("--val-fraction", default=None, type=FRACTION,
                      help="Queries held out for validation and the promotion gate (default: 10%, but at least 100 "
-                          "or a quarter of the queries)."),
-        click.option("--early-stopping", "early_stopping", default=None, type=int, help="Patience in epochs."),
+                          "or a quarter of the queries), three quarters of them about documents no training query has."),
+        click.option("--early-stopping", "early_stopping", default=None, type=click.IntRange(min=1), help="Patience in epochs."),
         click.option("--cached-loss/--no-cached-loss", default=None,
-                     help="CachedMNRL (GradCache): the same loss in memory bounded by --mini-batch-size (default: when batch > mini-batch)."),
-        click.option("--mini-batch-size", default=32, show_default=True, type=int, help="Rows per forward pass with --cached-loss."),
+                     help="CachedMNRL (GradCache): the same loss in bounded memory (default: when the plain loss would "
+                          "not fit ACE_TRAIN_MEMORY_GB, 6 GB of activations on a CPU)."),
+        click.option("--mini-batch-size", default=None, type=POSITIVE,
+                     help="Rows per forward pass with the cached loss (default: the most that fit the budget)."),
         click.option("--device", default=None, help="cpu, cuda, mps (default: auto)."),
         click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]),
                      help="auto: bf16 mixed precision where the hardware runs it natively (CUDA with bf16, CPUs with "
@@ -135,9 +143,12 @@ def training_options(f):
         click.option("--resume", is_flag=True, help="Continue from the last checkpoint of this same run (same data, options, base model)."),
         click.option("--keep-checkpoints", is_flag=True, help="Keep OUTPUT.checkpoints after a finished run (removed by default)."),
         click.option("--force", is_flag=True, help="Replace an existing model even when the gate does not call the new one better."),
-        click.option("--trainer", "--method", "trainer", default="sentence-transformers", show_default=True,
-                     help="sentence-transformers (full fine-tune) or adapter (query-side adapter on frozen vectors: "
-                          "no re-indexing, seconds on a CPU, works over an endpoint), or an installed trainer plugin."),
+        click.option("--method", "--trainer", "trainer", default="auto", show_default=True,
+                     help="auto: train a query adapter, the full fine-tune, weight interpolations of base and fine-tuned "
+                          "and an adapter on the fine-tune, keep the best the gate calls better on unseen documents (the "
+                          "cheaper on a tie; none: the base stays; full-fine-tune options apply to the fine-tunes). "
+                          "full: fine-tune only. adapter: query-side adapter on frozen vectors (no re-indexing, seconds "
+                          "on a CPU, works over an endpoint). Or an installed trainer plugin."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -157,26 +168,52 @@ def _training(kw: dict, seed: int):
     )
 
 
+def _interval_line(s: dict) -> str:
+    return f"{s['base']:.3f} -> {s['finetuned']:.3f}, {s['delta']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]"
+
+
+def inconclusive_reason(g: dict) -> str:
+    """Why a verdict is not "better", in words: too few queries for a gain of that size, or the base near the ceiling."""
+    decisive = (g.get("subsets") or {}).get("unseen documents") if g.get("decided_by") == "unseen documents" else None
+    s = decisive or g
+    if g.get("verdict") == "can't tell":
+        return (f"{g['decided_by']}: every validation query but those asks about documents training queries also had, "
+                "so a gain there could be memorised documents. More queries about other documents would tell.")
+    if s.get("base") is not None and s["base"] >= 0.9:
+        return (f"the base model already reaches {g['metric']} {s['base']:.3f} there: little room to improve, and the "
+                "fine-tuned model is not better with 95% confidence.")
+    half = (s["ci95"][1] - s["ci95"][0]) / 2
+    if s.get("delta") and s["delta"] > 0 and half > 0:
+        need = int(s["n"] * (half / s["delta"]) ** 2) + 1
+        return (f"the 95% interval on {s['n']} queries is +/-{half:.3f} wide, too wide to tell a gain of {s['delta']:+.3f} "
+                f"from noise; about {need} such queries would.")
+    return f"on {s['n']} queries the fine-tuned model does not gain (delta {s['delta']:+.3f})."
+
+
 def print_training(card: dict) -> None:
-    """The promotion gate's verdict and the fusion saved with the model, for people."""
+    """The promotion gate's verdict (and, for --method auto, every candidate's) and the fusion, for people."""
     g = card.get("gate") or {}
+    for name, c in (card.get("candidates") or {}).items():
+        cg = c["gate"]
+        sub = (cg.get("subsets") or {}).get("unseen documents") or {}
+        line = _interval_line(sub) if sub.get("delta") is not None else _interval_line({**cg, "n": cg["n_queries"]})
+        console.print(f"  candidate {name:<18} unseen documents {line}: {cg['verdict']}"
+                      f"{' (re-index)' if c['reindex'] else ' (no re-index)'}", highlight=False)
     if g.get("delta") is not None:
         colour = {"better": "green", "worse": "red"}.get(g["verdict"], "yellow")
-        console.print(f"promotion gate ({g['n_queries']} validation queries): {g['metric']} {g['base']:.3f} -> "
-                      f"{g['finetuned']:.3f}, {g['delta']:+.3f} [{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}]: "
-                      f"[{colour}]{g['verdict']}[/{colour}]", highlight=False)
+        label = f" for {card['chosen']}" if card.get("chosen") else ""
+        console.print(f"promotion gate{label} ({g['n_queries']} validation queries): {g['metric']} {_interval_line(g)}: "
+                      f"[{colour}]{escape(g['verdict'])}[/{colour}] (decided by {g.get('decided_by', 'all validation queries')})",
+                      highlight=False)
+        for name, sub in (g.get("subsets") or {}).items():
+            if sub.get("delta") is not None:
+                console.print(f"  {name} ({sub['n']} queries): {_interval_line(sub)}: {sub['verdict']}", highlight=False)
     elif g:
         console.print(f"promotion gate: {g.get('verdict')}", highlight=False)
-    if g.get("verdict") in ("no clear difference", "worse") and g.get("base") is not None:
-        console.print(f"[yellow]this data can't show a gain:[/yellow] the base model already reaches {g['metric']} "
-                      f"{g['base']:.3f} on {g['n_queries']} held-out validation queries, and the fine-tuned model is "
-                      f"not better with 95% confidence. More (or harder) queries from your own logs give the gate "
-                      "something to measure.", highlight=False)
-    if g.get("verdict") == "better" and (g.get("seen_documents") or 0) >= 0.5:
-        console.print(f"[yellow]note:[/yellow] {g['seen_documents']:.0%} of the validation queries ask about documents "
-                      "training queries also asked about, so the gate mostly measured those; for documents no training "
-                      "query touched, expect less" + (" (an adapter only moves queries: it may not help them at all)"
-                                                       if card.get("kind") else "") + ".", highlight=False)
+    if g.get("verdict") in ("no clear difference", "worse", "can't tell") and g.get("base") is not None:
+        console.print(f"[yellow]no gain shown:[/yellow] {inconclusive_reason(g)}", highlight=False)
+    if card.get("choice"):
+        console.print(f"method: {card['chosen']} ({card['choice']['reason']})", highlight=False)
     if card.get("fusion"):
         console.print(f"fusion saved with the model: {card['fusion']['name']} ({card['fusion']['reason']})", highlight=False)
 
@@ -282,8 +319,23 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
         console.print(f"[yellow]note:[/yellow] {neg['padded']} example(s) had fewer than {neg['negatives_per_example']} hard "
                       f"negatives (their own repeated); {neg['in_batch_only']} had none (in-batch negatives only)", highlight=False)
     print_training(card)
+    if card.get("resumed_from_checkpoint"):
+        console.print(f"resumed from {card['resumed_from_checkpoint']}", highlight=False)
+    serving = result.serving
     if result.promoted:
-        console.print(f"model -> {result.model_dir} ({card.get('train_seconds')} s on {card.get('device')})")
+        peak = (card.get("peak_memory") or {}).get("rss_gb")
+        console.print(f"model -> {result.model_dir} ({card.get('train_seconds')} s on {card.get('device', 'cpu')}"
+                      f"{f', peak RSS {peak} GB' if peak else ''})", highlight=False)
+        if serving and serving.get("adapter"):
+            base = "FineTunedEmbedding(model_name=OUT)" if serving["reindex"] else f"FineTunedEmbedding(model_name={serving['model']!r})"
+            console.print(f"serve: AdapterEmbedding({base}, OUT) with OUT = {result.model_dir}"
+                          + ("; re-index the documents" if serving["reindex"] else "; the base's index is used as is"), highlight=False)
+        elif serving and serving.get("reindex"):
+            console.print("serve: FineTunedEmbedding(model_name=OUT); index the documents again (ace index --model OUT)",
+                          highlight=False)
+    elif serving is None:
+        console.print("[yellow]the base model stays:[/yellow] no method was better on validation; nothing was written "
+                      f"to {result.model_dir} (the evidence: {result.model_dir}.not-promoted.json)", highlight=False)
     else:
         console.print(f"[yellow]not promoted:[/yellow] the model at {result.model_dir} was kept; the new one is not "
                       "better on validation (use --force to replace it anyway)", highlight=False)

@@ -34,9 +34,12 @@ def register_miners(register):
 
 @hookspec
 def register_trainers(register):
-    """Register trainers: ``(examples, output_dir, config: TrainConfig, data_fingerprint=None, corpus=None,
-    engine="auto") -> TrainResult``. ``corpus`` (id -> text) is the real corpus for validation when known; a trainer
-    may ignore it and ``engine``. ``TrainResult.promoted`` says whether the model was written."""
+    """Register trainers (``ace train --method NAME``): ``(examples, output_dir, config: TrainConfig,
+    data_fingerprint=None, corpus=None, engine="auto", base_encoder=None) -> TrainResult``. ``corpus`` (id -> text)
+    is the real corpus for validation when known; ``base_encoder`` the base model's encoder (vectors cached by
+    mining); a trainer may ignore both and ``engine``, but must refuse a ``TrainConfig`` option it cannot use
+    (``OptionError``). ``TrainResult.promoted`` says whether anything was written; ``TrainResult.serving`` what
+    serving needs (``{"model", "adapter", "reindex"}``; None: the base stays), so no caller knows trainers by name."""
 
 
 @hookspec

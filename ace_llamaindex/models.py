@@ -77,7 +77,7 @@ def served_space_suffix(name_or_path: str | None, backend: str = "auto") -> str:
 
 
 _WEIGHTS = {".json", ".safetensors", ".bin", ".txt", ".model"}
-_NOT_WEIGHTS = {"ace_training_card.json", "fusion.json", "README.md"}
+_NOT_WEIGHTS = {"ace_training_card.json", "fusion.json", "README.md", "ace_adapter.json"}
 _NOT_MODEL_DIRS = ("ace_exports",)  # exports (backends.py) are not the model: exporting keeps its identity
 
 

@@ -38,7 +38,7 @@ def run_pipeline(
     out_dir: str | Path,
     *,
     miner: str = "dense",
-    trainer: str = "sentence-transformers",
+    trainer: str = "auto",
     mining: MiningOptions | None = None,
     training: TrainConfig | None = None,
     test_fraction: float = 0.25,
@@ -66,26 +66,31 @@ def run_pipeline(
     base = CachedEncoder(training.base_model, max_seq_length=training.max_seq_length, show_progress=show_progress)
     examples = get("miners", miner)(encoder=base, options=mining, show_progress=show_progress, engine=engine).mine(train_set)
     data_path = save_training_data(examples, out_dir / "training_data.json", source=dataset.source, options=mining)
-    extra = {"base_encoder": base} if trainer == "adapter" else {}
     result = get("trainers", trainer)(examples, out_dir / "model", training, data_fingerprint=train_set.fingerprint(),
-                                      corpus=train_set.corpus, engine=engine, **extra)
-    if not result.promoted:  # an older model is at out_dir/model: evaluate the candidate we just trained instead
+                                      corpus=train_set.corpus, engine=engine, base_encoder=base)
+    if not result.promoted and result.serving is not None:  # an older model is at out_dir/model and was kept
         raise OptionError(f"{result.gate.sentence() if result.gate else 'not better'}; the model at {result.model_dir} was "
                           "kept (use --force to replace it)")
-    if trainer == "adapter":  # the base model's document vectors, queries through the adapter
-        finetuned = AdaptedEncoder(base, QueryAdapter.load(result.model_dir)[0], label="adapter")
-    else:
-        finetuned = CachedEncoder(str(result.model_dir), max_seq_length=training.max_seq_length, show_progress=show_progress,
-                                  cache_dir=False)
+    finetuned = serving_encoder(result.serving, base, training.max_seq_length, show_progress) if result.promoted else None
     metrics: dict[str, Any] = {n: c.obj for n, c in components("metrics").items()}
-    systems = standard_systems(base, finetuned, tuned_name="adapter" if trainer == "adapter" else "finetuned")
+    systems = standard_systems(base, finetuned)
     comparisons = default_comparisons([s.name for s in systems])
-    fusion = load_fusion(result.model_dir)
+    fusion = load_fusion(result.model_dir) if finetuned is not None else None
     add_fusion_row(systems, comparisons, fusion, finetuned)
     report = evaluate(test_set, systems, metrics=metrics, show_progress=show_progress, engine=engine, comparisons=comparisons)
     report.data["training_card"] = result.card
     report.data["fusion"] = fusion.to_dict() if fusion else None
     return PipelineResult(data_path, result.model_dir, report, write_reports(report, out_dir, reporters))
+
+
+def serving_encoder(serving: dict[str, Any], base, max_seq_length: int | None = None, show_progress: bool = False):
+    """The encoder a trainer's result serves (``TrainResult.serving``): the base's document vectors unless the
+    documents must be embedded again, queries through the adapter when there is one."""
+    encoder = base if not serving["reindex"] else CachedEncoder(serving["model"], max_seq_length=max_seq_length,
+                                                                show_progress=show_progress, cache_dir=False)
+    if serving.get("adapter"):
+        encoder = AdaptedEncoder(encoder, QueryAdapter.load(serving["adapter"])[0], label=f"{encoder.label}+adapter")
+    return encoder
 
 
 FUSED = "finetuned+fusion"  # the fine-tuned model with the fusion chosen on validation (what serving uses)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from .dataset import QADataset
 from .evaluate import Encoder, System, evaluate
 from .mining import TrainingExample
+from .stats import paired_bootstrap
 
 GATE_METRIC = "ndcg@10"
 
@@ -53,11 +56,16 @@ def validation_dataset(val: Sequence[TrainingExample], everything: Iterable[Trai
     return QADataset(queries, {i: t for t, i in texts.items()}, relevant, source="validation queries")
 
 
+MIN_UNSEEN = 20  # unseen-document validation queries needed for a verdict; fewer: "can't tell"
+UNSEEN, SEEN = "unseen documents", "seen documents"
+
+
 @dataclass
 class GateResult:
-    """Fine-tuned vs base on the validation queries."""
+    """Fine-tuned vs base on the validation queries: overall, and on the queries about documents no training query
+    had (``unseen documents``: what the gate decides on) and about documents training queries also had."""
 
-    verdict: str  # better | no clear difference | worse | not measured
+    verdict: str  # better | no clear difference | worse | can't tell | not measured
     metric: str
     base: float | None = None
     finetuned: float | None = None
@@ -65,17 +73,29 @@ class GateResult:
     ci95: tuple[float, float] | None = None
     n_queries: int = 0
     seen_documents: float | None = None  # share of validation queries whose document a training query also had
+    subsets: dict[str, dict[str, Any]] = field(default_factory=dict)  # UNSEEN / SEEN -> comparison
+    decided_by: str = "all validation queries"
 
     def as_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "metric": self.metric, "base": self.base, "finetuned": self.finetuned,
                 "delta": self.delta, "ci95": list(self.ci95) if self.ci95 else None, "n_queries": self.n_queries,
-                "seen_documents": self.seen_documents}
+                "seen_documents": self.seen_documents, "subsets": self.subsets, "decided_by": self.decided_by}
+
+    @classmethod
+    def from_dict(cls, g: dict[str, Any]) -> GateResult | None:
+        if g.get("delta") is None:
+            return None
+        return cls(g["verdict"], g["metric"], g["base"], g["finetuned"], g["delta"], tuple(g["ci95"]), g["n_queries"],
+                   g.get("seen_documents"), g.get("subsets") or {}, g.get("decided_by", "all validation queries"))
 
     def sentence(self) -> str:
         if self.delta is None:
             return f"promotion gate: {self.verdict} (no validation queries)"
+        parts = [f"{name} ({s['n']}): {s['delta']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}] {s['verdict']}"
+                 for name, s in self.subsets.items() if s.get("delta") is not None]
         return (f"promotion gate on {self.n_queries} validation queries: {self.metric} {self.base:.3f} -> {self.finetuned:.3f}, "
-                f"{self.delta:+.3f} [{self.ci95[0]:+.3f}, {self.ci95[1]:+.3f}]: {self.verdict}")
+                f"{self.delta:+.3f} [{self.ci95[0]:+.3f}, {self.ci95[1]:+.3f}]" + (f"; {'; '.join(parts)}" if parts else "")
+                + f": {self.verdict} (decided by {self.decided_by})")
 
 
 def seen_document_share(train: Sequence[TrainingExample], val: Sequence[TrainingExample]) -> float | None:
@@ -89,10 +109,53 @@ def seen_document_share(train: Sequence[TrainingExample], val: Sequence[Training
     return round(sum(by_query.values()) / len(by_query), 3) if by_query else None
 
 
-def gate(val: QADataset, base: Encoder, finetuned: Encoder, engine: str = "auto", metric: str = GATE_METRIC) -> GateResult:
-    """Compare ``finetuned`` with ``base`` (dense retrieval) on ``val``'s queries with a paired bootstrap."""
+def compare(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Sequence[str], baseline: str,
+            candidate: str, metric: str = GATE_METRIC) -> dict[str, Any]:
+    """Paired bootstrap of ``candidate`` vs ``baseline`` on ``qids`` (rows from ``evaluate``'s ``per_query``)."""
+    if not qids:
+        return {"n": 0, "delta": None, "verdict": "not measured"}
+    a = np.array([per_query[q][baseline][metric] for q in qids])
+    b = np.array([per_query[q][candidate][metric] for q in qids])
+    d = paired_bootstrap(a, b)
+    return {"n": len(qids), "base": round(float(a.mean()), 4), "finetuned": round(float(b.mean()), 4),
+            "delta": round(d.delta, 4), "ci95": [round(d.ci_low, 4), round(d.ci_high, 4)], "verdict": d.verdict}
+
+
+def judge(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Sequence[str], baseline: str, candidate: str,
+          unseen: set[str] | None = None, metric: str = GATE_METRIC) -> GateResult:
+    """The gate's rule. With ``unseen`` (validation query ids about documents no training query had) the verdict is
+    the unseen-document subset's, so memorised documents cannot carry it; "better" also needs the seen-document
+    subset not to be worse; with fewer than ``MIN_UNSEEN`` such queries: "can't tell". Without ``unseen``: all."""
+    overall = compare(per_query, qids, baseline, candidate, metric)
+    result = GateResult(overall["verdict"], metric, overall.get("base"), overall.get("finetuned"), overall.get("delta"),
+                        tuple(overall["ci95"]) if overall.get("ci95") else None, len(qids))
+    if unseen is None:
+        return result
+    unseen_ids = [q for q in qids if q in unseen]
+    seen_ids = [q for q in qids if q not in unseen]
+    result.subsets = {UNSEEN: compare(per_query, unseen_ids, baseline, candidate, metric),
+                      SEEN: compare(per_query, seen_ids, baseline, candidate, metric)}
+    result.seen_documents = round(len(seen_ids) / len(qids), 3) if qids else None
+    if len(unseen_ids) < MIN_UNSEEN:
+        result.verdict = "can't tell"
+        result.decided_by = f"too few unseen-document queries ({len(unseen_ids)} < {MIN_UNSEEN})"
+        return result
+    result.verdict = result.subsets[UNSEEN]["verdict"]
+    result.decided_by = UNSEEN
+    if result.verdict == "better" and result.subsets[SEEN]["verdict"] == "worse":
+        result.verdict, result.decided_by = "no clear difference", f"{UNSEEN} better, {SEEN} worse"
+    return result
+
+
+def gate(val: QADataset, base: Encoder, finetuned: Encoder, engine: str = "auto", metric: str = GATE_METRIC,
+         unseen: set[str] | None = None) -> GateResult:
+    """Compare ``finetuned`` with ``base`` (dense retrieval) on ``val``'s queries with a paired bootstrap;
+    ``unseen``: the query ids about unseen documents (see :func:`judge`)."""
     systems = [System("base", "dense", base), System("finetuned", "dense", finetuned)]
-    report = evaluate(val, systems, comparisons=[("base", "finetuned")], show_progress=False, engine=engine)
-    c = next(c for c in report.data["comparisons"] if c["metric"] == metric)
-    return GateResult(c["verdict"], metric, round(report.overall("base", metric), 4), round(report.overall("finetuned", metric), 4),
-                      round(c["delta"], 4), (round(c["ci95"][0], 4), round(c["ci95"][1], 4)), len(val.queries))
+    report = evaluate(val, systems, comparisons=[], show_progress=False, engine=engine)
+    return judge(report.data["per_query"], list(val.queries), "base", "finetuned", unseen, metric)
+
+
+def unseen_query_ids(val: QADataset, unseen_texts: set[str]) -> set[str]:
+    """The ids, in a validation dataset, of the queries whose texts are in ``unseen_texts``."""
+    return {qid for qid, text in val.queries.items() if text in unseen_texts}

@@ -44,20 +44,22 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 @dataclass
 class TrainConfig:
-    """Training options. ``cached_loss=None`` picks CachedMNRL when ``batch_size > mini_batch_size``."""
+    """Training options. ``None`` means the method's own default (the full fine-tune's are ``FULL_DEFAULTS``;
+    the adapter's are :class:`~ace_llamaindex.adapter.AdapterConfig`'s). ``cached_loss=None`` picks CachedMNRL
+    when the plain loss would not fit the memory budget (see :func:`plan_memory`)."""
 
     base_model: str = DEFAULT_MODEL
     epochs: int | None = None               # None: enough epochs for MIN_STEPS optimizer steps (see module doc)
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    warmup_ratio: float = 0.1
+    batch_size: int | None = None           # full fine-tune: 32
+    learning_rate: float | None = None      # full fine-tune: 5e-5
+    warmup_ratio: float | None = None       # full fine-tune: 0.1
     max_seq_length: int | None = None
     num_negatives: int | None = None       # use at most this many hard negatives per example (None: all)
     val_fraction: float | None = None       # queries held out for validation and the gate (None: auto; 0: none)
     early_stopping_patience: int | None = None  # None: AUTO_PATIENCE when epochs are automatic
     force: bool = False                     # write the model even when the gate does not call it better
     cached_loss: bool | None = None
-    mini_batch_size: int = 32
+    mini_batch_size: int | None = None      # None: as large as the memory budget allows (see plan_memory)
     seed: int = 42
     device: str | None = None               # None: CUDA, then MPS, then CPU
     precision: str = "auto"                 # auto | fp32 | bf16 (auto: bf16 where the hardware has it, see choose_precision)
@@ -67,14 +69,20 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # passed through to SentenceTransformerTrainingArguments
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "mini_batch_size"):
+        for name in ("epochs", "batch_size", "mini_batch_size", "max_seq_length"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise OptionError(f"{name} must be at least 1, got {value}")
-        if self.batch_size < 2:
+        if self.batch_size is not None and self.batch_size < 2:
             raise OptionError("batch_size must be at least 2: MNRL needs in-batch negatives")
-        if not 0 < self.learning_rate < 1:
+        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
             raise OptionError(f"learning_rate must be between 0 and 1, got {self.learning_rate}")
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
+            raise OptionError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        for name in ("num_negatives", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise OptionError(f"{name} must be at least 0, got {value}")
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise OptionError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         bad = sorted(set(self.exports) - {"onnx", "onnx-int8", "openvino", "openvino-int8"})
@@ -84,6 +92,16 @@ class TrainConfig:
             raise OptionError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.early_stopping_patience is not None and self.val_fraction == 0:
             raise OptionError("early stopping needs a validation split (val_fraction > 0)")
+
+
+FULL_DEFAULTS = {"batch_size": 32, "learning_rate": 5e-5, "warmup_ratio": 0.1}
+
+
+def full_defaults(config: TrainConfig) -> TrainConfig:
+    """``config`` with the full fine-tune's defaults filled in where it says ``None``."""
+    from dataclasses import replace
+
+    return replace(config, **{k: v for k, v in FULL_DEFAULTS.items() if getattr(config, k) is None})
 
 
 def auto_epochs(n_train: int, batch_size: int) -> int:
@@ -136,15 +154,19 @@ def choose_precision(requested: str, device: str) -> str:
     return "bf16" if device == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
+def plan_validation(examples: list[TrainingExample], val_fraction: float | None, seed: int):
+    """Hold out whole queries for validation and the gate, mostly about documents no training query has
+    (:func:`~ace_llamaindex.validation_split.split_for_validation`); how many: :func:`validation_count`."""
+    from .validation_split import split_for_validation
+
+    n_val = validation_count(len({e.query for e in examples}), val_fraction)
+    return split_for_validation(examples, n_val, seed)
+
+
 def split_by_query(examples: list[TrainingExample], val_fraction: float | None, seed: int) -> tuple[list[TrainingExample], list[TrainingExample]]:
-    """Hold out whole queries (all their examples), so validation never sees a training query."""
-    queries = sorted({e.query for e in examples})
-    n_val = validation_count(len(queries), val_fraction)
-    if n_val == 0:
-        return examples, []
-    random.Random(seed).shuffle(queries)
-    held = set(queries[:n_val])
-    return [e for e in examples if e.query not in held], [e for e in examples if e.query in held]
+    """``(train, validation)`` rows of :func:`plan_validation`: validation never sees a training query."""
+    split = plan_validation(examples, val_fraction, seed)
+    return split.train, split.val
 
 
 def to_hf_dataset(examples: list[TrainingExample], num_negatives: int | None = None):
@@ -203,6 +225,9 @@ class TrainResult:
     gate: Any = None      # promotion.GateResult, or None without validation queries
     fusion: Any = None    # fusion_selection.FusionChoice, or None without validation queries
     promoted: bool = True
+    # What serving needs: {"model": folder or id whose documents vectors are searched, "adapter": folder of a query
+    # adapter or None, "reindex": whether the documents must be embedded again}; None: the base model stays.
+    serving: dict[str, Any] | None = None
 
 
 def _warmup(ratio: float) -> dict[str, float]:
@@ -212,30 +237,98 @@ def _warmup(ratio: float) -> dict[str, float]:
     return {"warmup_steps": ratio} if int(transformers.__version__.split(".")[0]) >= 5 else {"warmup_ratio": ratio}
 
 
-def _loss(model, config: TrainConfig):
+# Activation memory of a training step, per sequence: ACTIVATION_BYTES x layers x length x (hidden + heads x length)
+# (hidden states and, growing with the square of the length, attention maps, with their gradients). Calibrated
+# here: MNRL at batch 32 with 5 hard negatives on 256-token SciFact abstracts (224 MiniLM sequences: 6 layers,
+# 384 hidden, 12 heads) peaked at 20.6 GB RSS on a CPU.
+ACTIVATION_BYTES = 18
+CPU_BUDGET_GB = 6.0   # activations; with the process itself the peak stays under 8 GB (ACE_TRAIN_MEMORY_GB)
+
+
+def memory_budget(device: str) -> float:
+    """Bytes a training step's activations may take: ``ACE_TRAIN_MEMORY_GB`` (default 6) on a CPU or MPS,
+    half the GPU's memory on CUDA."""
+    import os
+
+    if device.startswith("cuda"):
+        import torch
+
+        return 0.5 * torch.cuda.get_device_properties(torch.device(device)).total_memory
+    return float(os.environ.get("ACE_TRAIN_MEMORY_GB", CPU_BUDGET_GB)) * 1e9
+
+
+def _typical_tokens(model, texts: list[str]) -> int:
+    """The 95th percentile of the token lengths of ``texts`` (a sample), capped by the model's max_seq_length."""
+    import numpy as np
+
+    sample = texts[:: max(1, len(texts) // 256)][:256]
+    if not sample:
+        return 1
+    ids = model.tokenizer(sample, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    return int(min(model.max_seq_length, np.percentile([len(i) for i in ids], 95)))
+
+
+def plan_memory(model, rows: list[TrainingExample], config: TrainConfig, negatives: int, device: str) -> dict[str, Any]:
+    """Pick the loss so that a step fits the memory budget without changing what is learnt: plain MNRL when its
+    activations fit, else CachedMNRL (GradCache: the same loss and gradients, activations bounded by the
+    mini-batch, about a third more compute) with the largest mini-batch that fits. Explicit options win."""
+    hf = getattr(model[0], "auto_model", None)
+    cfg = getattr(hf, "config", None)
+    layers, hidden, heads = (getattr(cfg, "num_hidden_layers", 12), getattr(cfg, "hidden_size", 768),
+                             getattr(cfg, "num_attention_heads", 12))
+
+    def per_sequence(length: int) -> float:
+        return ACTIVATION_BYTES * layers * length * (hidden + heads * length)
+
+    q_len = _typical_tokens(model, [e.query for e in rows])
+    d_len = _typical_tokens(model, [e.positive for e in rows])
+    plain = config.batch_size * (per_sequence(q_len) + (1 + negatives) * per_sequence(d_len))
+    budget = memory_budget(device)
+    cached = config.cached_loss if config.cached_loss is not None else plain > budget
+    mini = config.mini_batch_size or max(1, min(config.batch_size, int(budget // per_sequence(d_len))))
+    return {"loss": "CachedMultipleNegativesRankingLoss" if cached else "MultipleNegativesRankingLoss",
+            "cached": bool(cached), "mini_batch_size": mini if cached else None,
+            "estimated_step_gb": round((mini * per_sequence(d_len) if cached else plain) / 1e9, 2),
+            "plain_step_gb": round(plain / 1e9, 2), "budget_gb": round(budget / 1e9, 2),
+            "typical_tokens": {"query": q_len, "document": d_len}}
+
+
+def _loss(model, plan: dict[str, Any]):
     from sentence_transformers.sentence_transformer.losses import (
         CachedMultipleNegativesRankingLoss,
         MultipleNegativesRankingLoss,
     )
 
-    cached = config.cached_loss if config.cached_loss is not None else config.batch_size > config.mini_batch_size
-    if cached:
-        return CachedMultipleNegativesRankingLoss(model, mini_batch_size=config.mini_batch_size)
+    if plan["cached"]:
+        return CachedMultipleNegativesRankingLoss(model, mini_batch_size=plan["mini_batch_size"])
     return MultipleNegativesRankingLoss(model)
 
 
-def train(examples: list[TrainingExample], output_dir: str | Path, config: TrainConfig | None = None,
-          data_fingerprint: str | None = None, corpus: dict[str, str] | None = None,
-          engine: str = "auto") -> TrainResult:
-    """Fine-tune ``config.base_model`` on ``examples`` and write a full sentence-transformers model to ``output_dir``.
+def peak_memory(device: str) -> dict[str, float]:
+    """Peak resident memory of this process (GB), and the peak CUDA allocation on a GPU."""
+    import resource
+    import sys
 
-    After training, the promotion gate compares the model with its base on the validation queries (over
-    ``corpus`` when given, else over every text in the training data); a model the gate does not call better
-    never replaces an existing model at ``output_dir`` unless ``config.force``. The fusion chosen on the same
-    queries is written beside the model (``fusion.json``). The model is built in a scratch folder and swapped in
-    at the end; an interrupted run leaves the previous model untouched. Checkpoints go to
-    ``<output_dir>.checkpoints`` so a run can resume (``config.resume=True``).
-    """
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak = {"rss_gb": round(rss / (1e9 if sys.platform == "darwin" else 1e6), 2)}
+    if device.startswith("cuda"):
+        import torch
+
+        peak["cuda_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+    return peak
+
+
+@dataclass
+class FineTuned:
+    """A model just trained (in memory) and what its run recorded."""
+
+    model: Any
+    info: dict[str, Any]
+
+
+def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -> FineTuned:
+    """Train ``config.base_model`` on ``split.train`` (validated each epoch on ``split.val``, best epoch kept);
+    ``config`` has its defaults filled in (:func:`full_defaults`). Nothing is written but checkpoints."""
     try:
         import datasets  # noqa: F401 - sentence-transformers' trainer needs it: the [train] extra
     except ImportError:
@@ -244,19 +337,9 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
     from transformers import EarlyStoppingCallback
 
-    from .encoding import CachedEncoder
-    from .fusion_selection import select_fusion
-    from .promotion import gate, seen_document_share, text_hash, validation_dataset
-
-    config = config or TrainConfig()
-    config.validate()
-    if not examples:
-        raise OptionError("no training examples")
-    output_dir = Path(output_dir)
-    checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
+    train_rows, val_rows = split.train, split.val
     device = detect_device(config.device)
     precision = choose_precision(config.precision, device)
-    train_rows, val_rows = split_by_query(examples, config.val_fraction, config.seed)
     if len(train_rows) < 2:
         raise OptionError(f"only {len(train_rows)} training example(s) after the validation split; need at least 2")
     epochs = config.epochs or auto_epochs(len(train_rows), config.batch_size)
@@ -276,6 +359,8 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         log.warning("%d example(s) had fewer than %d hard negatives (their own repeated); %d had none (in-batch "
                     "negatives only)", negatives_info["padded"], negatives_info["negatives_per_example"],
                     negatives_info["in_batch_only"])
+    memory = plan_memory(model, train_rows, config, negatives_info["negatives_per_example"], device)
+    log.info("loss: %s (estimated step %.1f GB, budget %.1f GB)", memory["loss"], memory["estimated_step_gb"], memory["budget_gb"])
 
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),
@@ -302,72 +387,108 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         **config.extra,
     )
     callbacks = [EarlyStoppingCallback(patience)] if patience and evaluator else []
-    trainer = SentenceTransformerTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        loss=_loss(model, config),
-        evaluator=evaluator,
-        callbacks=callbacks,
-    )
-    resume = _prepare_checkpoints(checkpoints, run_fingerprint(examples, config), config.resume)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=_loss(model, memory),
+                                         evaluator=evaluator, callbacks=callbacks)
+    resume = _prepare_checkpoints(checkpoints, fingerprint, config.resume)
+    if resume:
+        log.warning("resuming from %s", resume)
     started = time.time()
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.time() - started
-
-    verdict, fusion = None, None
-    if val_rows:
-        val_set = validation_dataset(val_rows, examples, corpus)
-        base_encoder = CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False)
-        tuned_encoder = CachedEncoder.from_model(trainer.model, label="finetuned")
-        verdict = gate(val_set, base_encoder, tuned_encoder, engine=engine)
-        verdict.seen_documents = seen_document_share(train_rows, val_rows)
-        prior = (validation_dataset(train_rows, examples, corpus), base_encoder)  # the base never saw these queries
-        fusion = select_fusion(val_set, tuned_encoder, engine=engine, prior=prior)
-        log.info("%s", verdict.sentence())
-    promoted = verdict is None or verdict.verdict == "better" or config.force or not _holds_model(output_dir)
-
     history = [
         {"epoch": h.get("epoch"), **{k.removeprefix("eval_val_"): v for k, v in h.items() if k.startswith("eval_val_")}}
         for h in trainer.state.log_history
         if metric in h
     ]
+    info = {"epochs": epochs, "early_stopping_patience": patience, "device": device, "precision": precision,
+            "negatives": negatives_info, "memory_plan": memory, "train_seconds": round(seconds, 1),
+            "resumed_from_checkpoint": str(resume) if resume else None,
+            "validation_before": {k.removeprefix("val_"): v for k, v in baseline.items()},
+            "validation_per_epoch": history, "best_checkpoint": trainer.state.best_model_checkpoint,
+            "best_metric": trainer.state.best_metric}
+    return FineTuned(trainer.model, info)
+
+
+def train(examples: list[TrainingExample], output_dir: str | Path, config: TrainConfig | None = None,
+          data_fingerprint: str | None = None, corpus: dict[str, str] | None = None,
+          engine: str = "auto", base_encoder: Any = None) -> TrainResult:
+    """Fine-tune ``config.base_model`` on ``examples`` and write a full sentence-transformers model to ``output_dir``.
+
+    After training, the promotion gate compares the model with its base on the validation queries (over
+    ``corpus`` when given, else over every text in the training data), deciding on the queries about documents no
+    training query had; a model the gate does not call better never replaces an existing model at ``output_dir``
+    unless ``config.force``. The fusion chosen on the same queries is written beside the model (``fusion.json``).
+    The model is built in a scratch folder and swapped in at the end; an interrupted run leaves the previous model
+    untouched. Checkpoints go to ``<output_dir>.checkpoints`` so a run can resume (``config.resume=True``).
+    ``base_encoder``: the base model's encoder for the gate (default: ``config.base_model``, cached on disk).
+    """
+    from .encoding import CachedEncoder
+    from .fusion_selection import select_fusion
+    from .promotion import gate, text_hash, unseen_query_ids, validation_dataset
+
+    config = full_defaults(config or TrainConfig())
+    config.validate()
+    if not examples:
+        raise OptionError("no training examples")
+    output_dir = Path(output_dir)
+    checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
+    split = plan_validation(examples, config.val_fraction, config.seed)
+    tuned = fine_tune(split, config, checkpoints, run_fingerprint(examples, config))
+
+    verdict, fusion, val_set = None, None, None
+    if split.val:
+        val_set = validation_dataset(split.val, examples, corpus)
+        base_encoder = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False)
+        tuned_encoder = CachedEncoder.from_model(tuned.model, label="finetuned")
+        verdict = gate(val_set, base_encoder, tuned_encoder, engine=engine, unseen=unseen_query_ids(val_set, split.unseen))
+        prior = (validation_dataset(split.train, examples, corpus), base_encoder)  # the base never saw these queries
+        fusion = select_fusion(val_set, tuned_encoder, engine=engine, prior=prior)
+        log.info("%s", verdict.sentence())
+    promoted = verdict is None or verdict.verdict == "better" or config.force or not _holds_model(output_dir)
+    info = dict(tuned.info)
     card = {
+        "method": "full",
         "base_model": config.base_model,
-        "config": {**asdict(config), "epochs": epochs, "early_stopping_patience": patience},
-        "device": device,
-        "precision": precision,
+        "config": {**asdict(config), "epochs": info.pop("epochs"), "early_stopping_patience": info.pop("early_stopping_patience")},
         "data_fingerprint": data_fingerprint,
-        "train_examples": len(train_rows),
-        "val_examples": len(val_rows),
-        "negatives": negatives_info,
-        "train_seconds": round(seconds, 1),
-        "resumed_from_checkpoint": bool(resume),
-        "validation_before": {k.removeprefix("val_"): v for k, v in baseline.items()},
-        "validation_per_epoch": history,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "best_metric": trainer.state.best_metric,
+        "train_examples": len(split.train),
+        "val_examples": len(split.val),
+        **info,
+        "peak_memory": peak_memory(info["device"]),
         "gate": verdict.as_dict() if verdict else {"verdict": "not measured (no validation queries)"},
         "promoted": promoted,
+        "serving": {"model": str(output_dir), "adapter": None, "reindex": True},
         "fusion": fusion.to_dict() if fusion else None,
-        "training_queries": sorted({text_hash(e.query) for e in train_rows}),
-        "validation_queries": sorted({text_hash(e.query) for e in val_rows}),
+        "training_queries": sorted({text_hash(e.query) for e in split.train}),
+        "validation_queries": sorted({text_hash(e.query) for e in split.val}),
     }
     if promoted:
-        with atomic_directory(output_dir) as scratch:
-            trainer.model.save(str(scratch))
-            write_json(scratch / CARD_NAME, card)
-            if fusion:
-                fusion.save(scratch)
+        save_model(tuned.model, output_dir, card, fusion)
     if not config.keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
     if promoted:
-        from .backends import export_model
+        export_all(output_dir, config.exports, val_set)
+    return TrainResult(model_dir=output_dir, card=card, gate=verdict, fusion=fusion, promoted=promoted, serving=card["serving"])
 
-        for target in config.exports:
-            backend, _, quantize = target.partition("-")
-            export_model(output_dir, backend, quantize or None, check=val_set if val_rows else None)
-    return TrainResult(model_dir=output_dir, card=card, gate=verdict, fusion=fusion, promoted=promoted)
+
+def save_model(model, output_dir: Path, card: dict[str, Any], fusion=None, extra=None) -> None:
+    """Write the model, its card, its fusion and ``extra(folder)``'s files into ``output_dir``, atomically."""
+    with atomic_directory(output_dir) as scratch:
+        model.save(str(scratch))
+        write_json(scratch / CARD_NAME, card)
+        if fusion:
+            fusion.save(scratch)
+        if extra:
+            extra(scratch)
+
+
+def export_all(output_dir: Path, exports: list[str], check=None) -> None:
+    """The exports asked for (``onnx``, ``openvino-int8``...), checked on ``check``'s queries."""
+    from .backends import export_model
+
+    for target in exports:
+        backend, _, quantize = target.partition("-")
+        export_model(output_dir, backend, quantize or None, check=check)
 
 
 RUN_FILE = "ace_run.json"
@@ -389,19 +510,19 @@ def run_fingerprint(examples: list[TrainingExample], config: TrainConfig) -> str
     return digest.hexdigest()[:16]
 
 
-def _prepare_checkpoints(folder: Path, fingerprint: str, resume: bool) -> bool:
-    """Whether to resume: only from checkpoints of this very run (``ace_run.json``); a mismatch is refused."""
-    have = folder.exists() and any(folder.glob("checkpoint-*"))
-    if resume and have:
+def _prepare_checkpoints(folder: Path, fingerprint: str, resume: bool) -> Path | None:
+    """The checkpoint to resume from: only one of this very run (``ace_run.json``); a mismatch is refused."""
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2]) if p.name.rpartition("-")[2].isdigit() else 0) if folder.exists() else []
+    if resume and found:
         stamp = folder / RUN_FILE
         theirs = json.loads(stamp.read_text()).get("fingerprint") if stamp.exists() else None
         if theirs != fingerprint:
             raise OptionError(f"--resume: the checkpoints in {folder} belong to another run (different data, options or "
                               "base model); delete that folder or train without --resume")
-        return True
+        return found[-1]
     shutil.rmtree(folder, ignore_errors=True)  # stale checkpoints of another run are never picked up by accident
     write_json(folder / RUN_FILE, {"fingerprint": fingerprint})
-    return False
+    return None
 
 
 def _holds_model(path: Path) -> bool:

@@ -11,6 +11,7 @@ fusion on the test split, with paired-bootstrap intervals. Writes benchmarks/res
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import time
 
@@ -37,12 +38,16 @@ def main() -> None:
         data.pop("per_query")
         card = data["training_card"]
         data["benchmark"] = {"dataset": name, "wall_seconds": seconds, "train_seconds": card["train_seconds"],
-                             "train_examples": card["train_examples"], "epochs": card["config"]["epochs"],
+                             "train_examples": card["train_examples"], "epochs": card["config"].get("epochs"),
+                             "method": card.get("chosen", card.get("method")), "candidates": card.get("candidates"),
+                             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+                             "memory_plan": card.get("memory_plan"), "device": card.get("device"),
                              "gate": card["gate"], "fusion": data["fusion"]}
         save(f"defaults-{name}", data)
         (RESULTS / f"defaults-{name}.md").write_text(
             markdown_report(data) + f"\n\nWall clock, whole pipeline: {seconds} s (training {card['train_seconds']} s, "
-            f"{card['config']['epochs']} epoch(s) planned).\n\nGate: {card['gate']}\n\nFusion: {data['fusion']}\n")
+            f"{card['config'].get('epochs')} epoch(s) planned), peak RSS {data['benchmark']['peak_rss_gb']} GB.\n\n"
+            f"Method: {data['benchmark']['method']}\n\nGate: {card['gate']}\n\nFusion: {data['fusion']}\n")
         print(name, seconds, "s", {k: round(v["ndcg@10"], 4) for k, v in data["overall"].items()}, flush=True)
 
 

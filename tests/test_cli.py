@@ -44,12 +44,12 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert result.exit_code == 2 and "cannot load sentence-transformers model" in result.output and "no-model" in result.output
     assert not (tmp_path / "m").exists()
     result = runner.invoke(cli, ["pipeline", "--epochs", "0", "--out", str(tmp_path / "run")])
-    assert result.exit_code == 2 and "epochs must be at least 1" in result.output
+    assert result.exit_code == 2 and "--epochs': 0 is not in the range x>=1" in result.output
     assert not (tmp_path / "run" / "training_data.json").exists()  # refused before mining
 
 
 def test_pipeline_end_to_end(tmp_path):
-    result = CliRunner().invoke(cli, ["pipeline", "--out", str(tmp_path / "run"), "--batch-size", "16", "--num-negatives", "2",
+    result = CliRunner().invoke(cli, ["pipeline", "--out", str(tmp_path / "run"), "--method", "full", "--batch-size", "16", "--num-negatives", "2",
                                       "--max-seq-length", "64", "--val-fraction", "0"])
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"

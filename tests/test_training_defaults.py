@@ -99,14 +99,15 @@ def test_gate_keeps_the_existing_model(tmp_path, examples, tuned_model_dir):
     target = tmp_path / "model"
     shutil.copytree(tuned_model_dir, target)
     before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
-    # A learning rate this small changes nothing: the gate finds no clear difference, so the old model stays.
+    # A learning rate this small changes nothing: the gate finds no gain (on this small set it can't tell: too few
+    # queries about documents no training query had), so the old model stays.
     result = train(examples, target, TrainConfig(epochs=1, batch_size=8, learning_rate=1e-12))
-    assert result.gate.verdict == "no clear difference" and not result.promoted
+    assert result.gate.verdict in ("no clear difference", "can't tell") and not result.promoted
     assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before
     forced = train(examples, target, TrainConfig(epochs=1, batch_size=8, learning_rate=1e-12, force=True))
     assert forced.promoted
     card = json.loads((target / CARD_NAME).read_text())
-    assert card["gate"]["verdict"] == "no clear difference" and card["gate"]["n_queries"] == result.gate.n_queries > 0
+    assert card["gate"]["verdict"] == result.gate.verdict and card["gate"]["n_queries"] == result.gate.n_queries > 0
     assert (target / "fusion.json").exists() and card["fusion"]["mode"] in ("dense", "bm25", "hybrid")
 
 
