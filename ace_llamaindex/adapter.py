@@ -41,6 +41,7 @@ class AdapterConfig:
     identity_weight: float = 1e-2  # pulls W towards the identity: a small data set cannot wander far
     patience: int = 10
     num_negatives: int | None = None  # use at most this many hard negatives per example (None: all)
+    seen_share: float = 0.0           # as TrainConfig.seen_share: how the gate weighs seen/unseen documents
     val_fraction: float | None = None
     seed: int = 42
     force: bool = False
@@ -238,13 +239,13 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
     config.validate()
     if not examples:
         raise OptionError("no training examples")
-    split = plan_validation(examples, config.val_fraction, config.seed)
+    split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share)
     fitted = fit_adapter(split, examples, base, config)
     verdict = None
     if split.val:
         val_set = validation_dataset(split.val, examples, corpus)
         verdict = gate(val_set, base, AdaptedEncoder(base, fitted.adapter), engine=engine,
-                       unseen=unseen_query_ids(val_set, split.unseen))
+                       unseen=unseen_query_ids(val_set, split.unseen), seen_weight=config.seen_share)
     output_dir = Path(output_dir)
     promoted = verdict is None or verdict.verdict == "better" or config.force or not (output_dir / ADAPTER_CARD).exists()
     card = {"method": "adapter", **fitted.info, "base": base_info or {"label": base.label},
@@ -271,7 +272,7 @@ def adapter_config(config: Any) -> AdapterConfig:
                           "(fp32, seconds, nothing to checkpoint or export); drop them or use --method full")
     given = {"epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
              "patience": config.early_stopping_patience, "num_negatives": config.num_negatives}
-    return AdapterConfig(val_fraction=config.val_fraction, seed=config.seed, force=config.force,
+    return AdapterConfig(val_fraction=config.val_fraction, seed=config.seed, force=config.force, seen_share=config.seen_share or 0.0,
                          **{k: v for k, v in given.items() if v is not None})
 
 

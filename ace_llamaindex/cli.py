@@ -128,6 +128,10 @@ def training_options(f):
         click.option("--val-fraction", default=None, type=FRACTION,
                      help="Queries held out for validation and the promotion gate (default: 10%, but at least 100 "
                           "or a quarter of the queries), three quarters of them about documents no training query has."),
+        click.option("--seen-share", default=None, type=click.FloatRange(0, 1),
+                     help="Share of future queries expected to ask about documents training queries had: the gate "
+                          "weighs seen/unseen-document validation queries so (default: 0, new documents decide; "
+                          "`ace pipeline`: its test queries' share)."),
         click.option("--early-stopping", "early_stopping", default=None, type=click.IntRange(min=1), help="Patience in epochs."),
         click.option("--cached-loss/--no-cached-loss", default=None,
                      help="CachedMNRL (GradCache): the same loss in bounded memory (default: when the plain loss would "
@@ -165,17 +169,19 @@ def _training(kw: dict, seed: int):
         num_negatives=kw["train_negatives"], val_fraction=kw["val_fraction"], early_stopping_patience=kw["early_stopping"],
         cached_loss=kw["cached_loss"], mini_batch_size=kw["mini_batch_size"], seed=seed, device=kw["device"], resume=kw["resume"], force=kw["force"],
         keep_checkpoints=kw["keep_checkpoints"], precision=kw["precision"], exports=list(kw["exports"]),
+        seen_share=kw["seen_share"],
     )
 
 
 def _interval_line(s: dict) -> str:
-    return f"{s['base']:.3f} -> {s['finetuned']:.3f}, {s['delta']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]"
+    change = f"{s['base']:.3f} -> {s['finetuned']:.3f}, " if s.get("base") is not None else ""
+    return f"{change}{s['delta']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]"
 
 
 def inconclusive_reason(g: dict) -> str:
     """Why a verdict is not "better", in words: too few queries for a gain of that size, or the base near the ceiling."""
-    decisive = (g.get("subsets") or {}).get("unseen documents") if g.get("decided_by") == "unseen documents" else None
-    s = decisive or g
+    s = (g.get("subsets") or {}).get(g.get("decided_by")) or g
+    s = {**s, "n": s.get("n", g.get("n_queries"))}
     if g.get("verdict") == "can't tell":
         return (f"{g['decided_by']}: every validation query but those asks about documents training queries also had, "
                 "so a gain there could be memorised documents. More queries about other documents would tell.")
@@ -195,9 +201,11 @@ def print_training(card: dict) -> None:
     g = card.get("gate") or {}
     for name, c in (card.get("candidates") or {}).items():
         cg = c["gate"]
-        sub = (cg.get("subsets") or {}).get("unseen documents") or {}
-        line = _interval_line(sub) if sub.get("delta") is not None else _interval_line({**cg, "n": cg["n_queries"]})
-        console.print(f"  candidate {name:<18} unseen documents {line}: {cg['verdict']}"
+        where = cg.get("decided_by", "")
+        sub = (cg.get("subsets") or {}).get(where) or {}
+        line = f"{where} {sub['delta']:+.3f} [{sub['ci95'][0]:+.3f}, {sub['ci95'][1]:+.3f}]" if sub.get("delta") is not None \
+            else f"{cg['delta']:+.3f} ({where})"
+        console.print(f"  candidate {name:<18} {line}: {cg['verdict']}"
                       f"{' (re-index)' if c['reindex'] else ' (no re-index)'}", highlight=False)
     if g.get("delta") is not None:
         colour = {"better": "green", "worse": "red"}.get(g["verdict"], "yellow")
@@ -433,10 +441,13 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
 @dataset_options
 @click.option("--out", "out_dir", default="runs/demo", show_default=True, type=click.Path(path_type=Path))
 @click.option("--test-fraction", default=0.25, show_default=True, type=float, help="Queries held out for evaluation.")
+@click.option("--test-split", type=click.Choice(["documents", "queries"]), default="documents", show_default=True,
+              help="documents: hold out whole documents with all their queries (the test asks about memories no "
+                   "training query touched); queries: random queries.")
 @mining_options
 @training_options
 @friendly
-def pipeline(dataset, fmt, split, strict, out_dir, test_fraction, **kw):
+def pipeline(dataset, fmt, split, strict, out_dir, test_fraction, test_split, **kw):
     """Mine, fine-tune and evaluate end to end (default: the shipped demo dataset, embedded Qdrant)."""
     from .atomic import check_output
 
@@ -450,7 +461,8 @@ def pipeline(dataset, fmt, split, strict, out_dir, test_fraction, **kw):
         kw["base_model"] = kw["model"]
     console.print(f"dataset: {ds.source}: {len(ds.queries)} queries, {len(ds.corpus)} documents")
     result = run_pipeline(ds, out_dir, miner=kw["miner"], trainer=kw["trainer"], mining=_mining(kw),
-                          training=_training(kw, kw["seed"]), test_fraction=test_fraction, seed=kw["seed"], engine=kw["engine"])
+                          training=_training(kw, kw["seed"]), test_fraction=test_fraction, seed=kw["seed"], engine=kw["engine"],
+                          split_by=test_split.rstrip("s"))
     console.print(f"training data -> {result.training_data}\nmodel -> {result.model_dir}")
     print_training(result.report.data["training_card"])
     print_report(result.report.data)

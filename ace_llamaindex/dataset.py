@@ -64,14 +64,32 @@ class QADataset:
             source=self.source,
         )
 
-    def split(self, test_fraction: float, seed: int = 42) -> tuple[QADataset, QADataset]:
-        """Split by query into (train, test); the corpus is shared, as a memory bank is."""
+    def split(self, test_fraction: float, seed: int = 42, by: str = "query") -> tuple[QADataset, QADataset]:
+        """Split into (train, test); the corpus is shared, as a memory bank is. ``by="query"``: random queries;
+        ``by="document"``: whole groups of queries that share relevant documents, so no test query asks about a
+        document a training query has (what a team meets on memories written after training)."""
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
-        qids = sorted(self.queries)
-        random.Random(seed).shuffle(qids)
-        n_test = max(1, round(len(qids) * test_fraction))
-        return self.subset(qids[n_test:]), self.subset(qids[:n_test])
+        if by not in ("query", "document"):
+            raise ValueError(f"split by 'query' or 'document', got {by!r}")
+        rng = random.Random(seed)
+        if by == "query":
+            qids = sorted(self.queries)
+            rng.shuffle(qids)
+            n_test = max(1, round(len(qids) * test_fraction))
+            return self.subset(qids[n_test:]), self.subset(qids[:n_test])
+        from .groups import query_components
+
+        groups = query_components({q: self.relevant_docs.get(q, []) for q in self.queries})
+        rng.shuffle(groups)
+        wanted, test = round(len(self.queries) * test_fraction), []
+        for group in groups:
+            if len(test) + len(group) <= max(wanted, 1) or not test:
+                test.extend(group)
+        if len(test) == len(self.queries):
+            raise ValueError("every query shares documents with every other: a document-disjoint split is impossible")
+        held = set(test)
+        return self.subset([q for q in self.queries if q not in held]), self.subset([q for q in self.queries if q in held])
 
     def fingerprint(self) -> str:
         """A short content hash, recorded in training cards so a model can be traced to its data."""

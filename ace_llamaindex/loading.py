@@ -9,7 +9,9 @@ from .dataset import QADataset, refuse_blemishes
 from .errors import DatasetError
 from .plugins import components, get
 
-DEMO_DATASET = Path(__file__).parent / "data" / "agent_memories.json"
+DATA = Path(__file__).parent / "data"
+DEMO_DATASET = DATA / "team_memories.json"     # the demo: a team's vocabulary (scripts/make_team_dataset.py)
+SMALL_DATASET = DATA / "agent_memories.json"   # a small hand-written set: the tests' fast fixture
 
 
 def load_dataset(path: str | Path | None = None, fmt: str | None = None, strict: bool = False, **options: Any) -> QADataset:

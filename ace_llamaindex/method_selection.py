@@ -98,7 +98,7 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
     full_config = full_defaults(config)
     if not examples:
         raise OptionError("no training examples")
-    split = plan_validation(examples, config.val_fraction, config.seed)
+    split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share or 0.0)
     if not split.val:
         raise OptionError("--method auto chooses on validation queries and this data leaves none (val_fraction 0, or "
                           "fewer than 4 queries); use --method full or --method adapter")
@@ -125,7 +125,7 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
 
     systems = [System("base", "dense", base)] + [System(c.name, "dense", c.encoder) for c in candidates]
     per_query = evaluate(val_set, systems, comparisons=[], show_progress=False, engine=engine).data["per_query"]
-    choice = choose(per_query, list(val_set.queries), unseen, [c.name for c in candidates])
+    choice = choose(per_query, list(val_set.queries), unseen, [c.name for c in candidates], seen_weight=config.seen_share or 0.0)
     verdicts, steps = choice.verdicts, choice.steps
     chosen = next((c for c in candidates if c.name == choice.name), None)
     forced = chosen is None and config.force
@@ -188,11 +188,12 @@ class Choice:
     steps: list[str]
 
 
-def choose(per_query, qids: list[str], unseen: set[str] | None, names: list[str], baseline: str = "base") -> Choice:
+def choose(per_query, qids: list[str], unseen: set[str] | None, names: list[str], baseline: str = "base",
+           seen_weight: float = 0.0) -> Choice:
     """The rule of ``--method auto`` over ``evaluate``'s per-query rows; ``names`` cheapest first. The first
     candidate the gate calls better than ``baseline`` is taken; a later one replaces it only when it is better than it
     too, by the same gate (so a tie goes to the cheaper)."""
-    verdicts = {name: judge(per_query, qids, baseline, name, unseen) for name in names}
+    verdicts = {name: judge(per_query, qids, baseline, name, unseen, seen_weight=seen_weight) for name in names}
     chosen, steps = None, []
     for name in names:
         if verdicts[name].verdict != "better":
@@ -201,7 +202,7 @@ def choose(per_query, qids: list[str], unseen: set[str] | None, names: list[str]
             chosen = name
             steps.append(f"{name}: better than the base")
             continue
-        versus = judge(per_query, qids, chosen, name, unseen)
+        versus = judge(per_query, qids, chosen, name, unseen, seen_weight=seen_weight)
         steps.append(f"{name} vs {chosen}: {versus.verdict}")
         if versus.verdict == "better":
             chosen = name

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,13 @@ class PipelineResult:
     model_dir: Path
     report: EvalReport
     reports: dict[str, Path]
+
+
+def seen_document_rate(train_set: QADataset, test_set: QADataset) -> float:
+    """The share of ``test_set``'s queries whose relevant documents a ``train_set`` query also has."""
+    trained = {d for q in train_set.queries for d in train_set.relevant_docs.get(q, [])}
+    hits = [bool(set(test_set.relevant_docs.get(q, [])) & trained) for q in test_set.queries]
+    return round(sum(hits) / len(hits), 3) if hits else 0.0
 
 
 def write_reports(report: EvalReport, out_dir: str | Path, names: list[str] | None = None, stem: str = "eval") -> dict[str, Path]:
@@ -47,9 +54,12 @@ def run_pipeline(
     reporters: list[str] | None = None,
     engine: str = "auto",
     test_set: QADataset | None = None,
+    split_by: str = "document",
 ) -> PipelineResult:
     """Hold out ``test_fraction`` of the queries (or use ``test_set``, e.g. a BEIR test split), mine + train on the
     rest, and compare base vs fine-tuned on the held-out queries (the corpus is shared, as a memory bank is).
+    ``split_by="document"`` (default) holds out whole documents with all their queries, so the test measures
+    memories no training query touched; ``"query"`` holds out random queries.
 
     Training holds out its own validation queries: they decide the best epoch, the promotion gate and the hybrid
     fusion saved with the model (``fusion.json``); the report shows that fusion on the test queries beside plain
@@ -60,9 +70,14 @@ def run_pipeline(
     training.validate()  # fail before minutes of mining, not after
     mining.validate()
     if test_set is None:
-        train_set, test_set = dataset.split(test_fraction, seed)
+        try:
+            train_set, test_set = dataset.split(test_fraction, seed, by=split_by)
+        except ValueError as exc:
+            raise OptionError(f"{dataset.source}: {exc}") from None
     else:
         train_set = dataset
+    if training.seen_share is None:  # weigh the gate as the test is made: its share of queries about seen documents
+        training = replace(training, seen_share=seen_document_rate(train_set, test_set))
     base = CachedEncoder(training.base_model, max_seq_length=training.max_seq_length, show_progress=show_progress)
     examples = get("miners", miner)(encoder=base, options=mining, show_progress=show_progress, engine=engine).mine(train_set)
     data_path = save_training_data(examples, out_dir / "training_data.json", source=dataset.source, options=mining)

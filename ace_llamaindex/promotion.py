@@ -18,7 +18,7 @@ import numpy as np
 from .dataset import QADataset
 from .evaluate import Encoder, System, evaluate
 from .mining import TrainingExample
-from .stats import paired_bootstrap
+from .stats import paired_bootstrap, weighted_paired_bootstrap
 
 GATE_METRIC = "ndcg@10"
 
@@ -122,10 +122,17 @@ def compare(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Se
 
 
 def judge(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Sequence[str], baseline: str, candidate: str,
-          unseen: set[str] | None = None, metric: str = GATE_METRIC) -> GateResult:
-    """The gate's rule. With ``unseen`` (validation query ids about documents no training query had) the verdict is
-    the unseen-document subset's, so memorised documents cannot carry it; "better" also needs the seen-document
-    subset not to be worse; with fewer than ``MIN_UNSEEN`` such queries: "can't tell". Without ``unseen``: all."""
+          unseen: set[str] | None = None, metric: str = GATE_METRIC, seen_weight: float = 0.0) -> GateResult:
+    """The gate's rule. With ``unseen`` (validation query ids about documents no training query had):
+
+    - fewer than ``MIN_UNSEEN`` such queries: "can't tell";
+    - ``seen_weight`` 0 (the default: future queries ask about new documents): the unseen-document subset decides,
+      so memorised documents cannot carry the verdict;
+    - ``seen_weight`` w > 0 (the share of future queries expected to ask about documents training queries had, e.g.
+      the test's): the verdict is that of the mix ``w * seen + (1 - w) * unseen`` (a stratified bootstrap), and
+      "better" also needs no loss on unseen documents (their mean delta >= 0, and not "worse").
+
+    Either way "better" needs neither subset to be "worse". Without ``unseen``: all queries decide."""
     overall = compare(per_query, qids, baseline, candidate, metric)
     result = GateResult(overall["verdict"], metric, overall.get("base"), overall.get("finetuned"), overall.get("delta"),
                         tuple(overall["ci95"]) if overall.get("ci95") else None, len(qids))
@@ -140,20 +147,30 @@ def judge(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Sequ
         result.verdict = "can't tell"
         result.decided_by = f"too few unseen-document queries ({len(unseen_ids)} < {MIN_UNSEEN})"
         return result
-    result.verdict = result.subsets[UNSEEN]["verdict"]
-    result.decided_by = UNSEEN
-    if result.verdict == "better" and result.subsets[SEEN]["verdict"] == "worse":
-        result.verdict, result.decided_by = "no clear difference", f"{UNSEEN} better, {SEEN} worse"
+    if seen_weight > 0 and seen_ids:
+        strata = [(w, np.array([per_query[q][baseline][metric] for q in ids]), np.array([per_query[q][candidate][metric] for q in ids]))
+                  for w, ids in ((seen_weight, seen_ids), (1 - seen_weight, unseen_ids))]
+        d = weighted_paired_bootstrap(strata)
+        mix = f"documents seen {seen_weight:.0%} / unseen {1 - seen_weight:.0%}"
+        result.subsets[mix] = {"n": len(qids), "delta": round(d.delta, 4), "ci95": [round(d.ci_low, 4), round(d.ci_high, 4)],
+                               "verdict": d.verdict, "weights": {SEEN: round(seen_weight, 3), UNSEEN: round(1 - seen_weight, 3)}}
+        result.verdict, result.decided_by = d.verdict, mix
+        if d.verdict == "better" and result.subsets[UNSEEN]["delta"] < 0:
+            result.verdict, result.decided_by = "no clear difference", f"{mix}: better, but a loss on {UNSEEN}"
+    else:
+        result.verdict, result.decided_by = result.subsets[UNSEEN]["verdict"], UNSEEN
+    if result.verdict == "better" and "worse" in (result.subsets[SEEN]["verdict"], result.subsets[UNSEEN]["verdict"]):
+        result.verdict, result.decided_by = "no clear difference", f"{result.decided_by}; one subset is worse"
     return result
 
 
 def gate(val: QADataset, base: Encoder, finetuned: Encoder, engine: str = "auto", metric: str = GATE_METRIC,
-         unseen: set[str] | None = None) -> GateResult:
+         unseen: set[str] | None = None, seen_weight: float = 0.0) -> GateResult:
     """Compare ``finetuned`` with ``base`` (dense retrieval) on ``val``'s queries with a paired bootstrap;
     ``unseen``: the query ids about unseen documents (see :func:`judge`)."""
     systems = [System("base", "dense", base), System("finetuned", "dense", finetuned)]
     report = evaluate(val, systems, comparisons=[], show_progress=False, engine=engine)
-    return judge(report.data["per_query"], list(val.queries), "base", "finetuned", unseen, metric)
+    return judge(report.data["per_query"], list(val.queries), "base", "finetuned", unseen, metric, seen_weight)
 
 
 def unseen_query_ids(val: QADataset, unseen_texts: set[str]) -> set[str]:

@@ -40,3 +40,18 @@ def paired_bootstrap(baseline: np.ndarray, candidate: np.ndarray, resamples: int
         ci_high=float(np.quantile(means, 1 - alpha)),
         p_value=float((means <= 0).mean()),
     )
+
+
+def weighted_paired_bootstrap(strata: list[tuple[float, np.ndarray, np.ndarray]], resamples: int = 5000, seed: int = 0,
+                              confidence: float = 0.95) -> PairedDelta:
+    """The difference of a weighted mean over strata ``(weight, baseline, candidate)``, each stratum resampled on
+    its own (a stratified bootstrap): what a mix of query kinds in those proportions would gain."""
+    rng = np.random.default_rng(seed)
+    total = np.zeros(resamples)
+    point = 0.0
+    for weight, baseline, candidate in strata:
+        diff = np.asarray(candidate, dtype=float) - np.asarray(baseline, dtype=float)
+        point += weight * float(diff.mean())
+        total += weight * diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    return PairedDelta(point, float(np.quantile(total, alpha)), float(np.quantile(total, 1 - alpha)), float((total <= 0).mean()))

@@ -56,6 +56,9 @@ class TrainConfig:
     max_seq_length: int | None = None
     num_negatives: int | None = None       # use at most this many hard negatives per example (None: all)
     val_fraction: float | None = None       # queries held out for validation and the gate (None: auto; 0: none)
+    # The share of future queries expected to ask about documents training queries had. None (0): new documents,
+    # the unseen-document validation queries decide. `ace pipeline` sets it to its test queries' share.
+    seen_share: float | None = None
     early_stopping_patience: int | None = None  # None: AUTO_PATIENCE when epochs are automatic
     force: bool = False                     # write the model even when the gate does not call it better
     cached_loss: bool | None = None
@@ -83,6 +86,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise OptionError(f"{name} must be at least 0, got {value}")
+        if self.seen_share is not None and not 0 <= self.seen_share <= 1:
+            raise OptionError(f"seen_share must be in [0, 1], got {self.seen_share}")
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise OptionError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         bad = sorted(set(self.exports) - {"onnx", "onnx-int8", "openvino", "openvino-int8"})
@@ -154,13 +159,14 @@ def choose_precision(requested: str, device: str) -> str:
     return "bf16" if device == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
-def plan_validation(examples: list[TrainingExample], val_fraction: float | None, seed: int):
+def plan_validation(examples: list[TrainingExample], val_fraction: float | None, seed: int, seen_share: float = 0.0):
     """Hold out whole queries for validation and the gate, mostly about documents no training query has
-    (:func:`~ace_llamaindex.validation_split.split_for_validation`); how many: :func:`validation_count`."""
+    (:func:`~ace_llamaindex.validation_split.split_for_validation`); how many: :func:`validation_count`. The share
+    of seen-document queries follows ``seen_share`` (the expected mix), between a quarter and three quarters."""
     from .validation_split import split_for_validation
 
     n_val = validation_count(len({e.query for e in examples}), val_fraction)
-    return split_for_validation(examples, n_val, seed)
+    return split_for_validation(examples, n_val, seed, seen_share=min(0.75, max(0.25, seen_share)))
 
 
 def split_by_query(examples: list[TrainingExample], val_fraction: float | None, seed: int) -> tuple[list[TrainingExample], list[TrainingExample]]:
@@ -432,7 +438,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         raise OptionError("no training examples")
     output_dir = Path(output_dir)
     checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
-    split = plan_validation(examples, config.val_fraction, config.seed)
+    split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share or 0.0)
     tuned = fine_tune(split, config, checkpoints, run_fingerprint(examples, config))
 
     verdict, fusion, val_set = None, None, None
@@ -440,7 +446,8 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         val_set = validation_dataset(split.val, examples, corpus)
         base_encoder = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False)
         tuned_encoder = CachedEncoder.from_model(tuned.model, label="finetuned")
-        verdict = gate(val_set, base_encoder, tuned_encoder, engine=engine, unseen=unseen_query_ids(val_set, split.unseen))
+        verdict = gate(val_set, base_encoder, tuned_encoder, engine=engine, unseen=unseen_query_ids(val_set, split.unseen),
+                       seen_weight=config.seen_share or 0.0)
         prior = (validation_dataset(split.train, examples, corpus), base_encoder)  # the base never saw these queries
         fusion = select_fusion(val_set, tuned_encoder, engine=engine, prior=prior)
         log.info("%s", verdict.sentence())

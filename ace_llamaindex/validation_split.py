@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from .groups import query_components
 from .mining import TrainingExample
 
 SEEN_SHARE = 0.25  # of the validation queries, at most this share are about documents training queries also have
@@ -34,25 +35,6 @@ class ValidationSplit:
         return len({e.query for e in self.val} - self.unseen)
 
 
-def _components(positives: dict[str, set[str]]) -> list[list[str]]:
-    """Queries grouped by the connected components of the query-document graph (union-find over documents)."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for query, docs in positives.items():
-        for doc in docs:
-            parent[find("q:" + query)] = find("d:" + doc)
-    groups: dict[str, list[str]] = {}
-    for query in sorted(positives):
-        groups.setdefault(find("q:" + query), []).append(query)
-    return list(groups.values())
-
-
 def split_for_validation(examples: list[TrainingExample], n_val: int, seed: int,
                          seen_share: float = SEEN_SHARE) -> ValidationSplit:
     """Hold out ``n_val`` queries: whole components first (unseen documents), then up to ``seen_share`` of them as
@@ -64,7 +46,7 @@ def split_for_validation(examples: list[TrainingExample], n_val: int, seed: int,
     for e in examples:
         positives.setdefault(e.query, set()).add(e.positive)
     rng = random.Random(seed)
-    components = _components(positives)
+    components = query_components(positives)
     rng.shuffle(components)
     n_seen_wanted = int(n_val * seen_share)
     unseen: list[str] = []

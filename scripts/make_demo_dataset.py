@@ -1,4 +1,5 @@
-"""Writes ace_llamaindex/data/agent_memories.json: the small test-suite dataset shipped with the package.
+"""Writes the shipped datasets: ace_llamaindex/data/agent_memories.json (small, hand-written: the tests' fast
+fixture) and, through make_team_dataset.py, team_memories.json (the demo: a team's own vocabulary).
 
 Every memory and query below was written for this project. Each memory is something a coding agent
 remembers (a troubleshooting tip, a team convention, a fact about the stack); each query is how someone
@@ -7,7 +8,11 @@ later asks for it, labelled easy (shares words with the memory), medium (partly 
 """
 
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_team_dataset  # noqa: E402
 
 M = [
 # (category, memory, [(query, difficulty), ...])
@@ -208,6 +213,7 @@ def main() -> None:
     out = Path(__file__).resolve().parents[1] / "ace_llamaindex" / "data" / "agent_memories.json"
     out.write_text(json.dumps({"memories": memories, "tests": tests}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"{len(memories)} memories, {len(tests)} tests -> {out}")
+    make_team_dataset.main()
 
 
 if __name__ == "__main__":

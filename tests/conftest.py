@@ -23,9 +23,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def demo():
-    from ace_llamaindex.loading import load_dataset
+    from ace_llamaindex.loading import SMALL_DATASET, load_dataset
 
-    return load_dataset()
+    return load_dataset(SMALL_DATASET)
 
 
 @pytest.fixture(scope="session")

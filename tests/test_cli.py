@@ -7,18 +7,21 @@ import json
 from click.testing import CliRunner
 
 from ace_llamaindex.cli import cli
+from ace_llamaindex.loading import SMALL_DATASET
+
+SMALL = str(SMALL_DATASET)
 
 
 def test_mine_eval_and_errors(tmp_path):
     runner = CliRunner()
     out = tmp_path / "training_data.json"
-    result = runner.invoke(cli, ["mine", "--miner", "bm25", "--num-negatives", "2", "--min-difficulty", "hard", "-o", str(out)])
+    result = runner.invoke(cli, ["mine", SMALL, "--miner", "bm25", "--num-negatives", "2", "--min-difficulty", "hard", "-o", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["metadata"]["total_examples"] == len(data["examples"]) > 0
     assert {e["metadata"]["difficulty"] for e in data["examples"]} == {"hard"}
 
-    result = runner.invoke(cli, ["eval", "--max-queries", "20", "--out-dir", str(tmp_path / "r"), "--report", "json", "--report", "md"])
+    result = runner.invoke(cli, ["eval", SMALL, "--max-queries", "20", "--out-dir", str(tmp_path / "r"), "--report", "json", "--report", "md"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r" / "eval.json").read_text())
     assert report["n_queries"] == 20 and set(report["overall"]) == {"bm25", "base", "base+hybrid"}
@@ -49,7 +52,7 @@ def test_bad_input_is_one_clear_line(tmp_path):
 
 
 def test_pipeline_end_to_end(tmp_path):
-    result = CliRunner().invoke(cli, ["pipeline", "--out", str(tmp_path / "run"), "--method", "full", "--batch-size", "16", "--num-negatives", "2",
+    result = CliRunner().invoke(cli, ["pipeline", SMALL, "--out", str(tmp_path / "run"), "--method", "full", "--batch-size", "16", "--num-negatives", "2",
                                       "--max-seq-length", "64", "--val-fraction", "0"])
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"
@@ -63,7 +66,7 @@ def test_pipeline_end_to_end(tmp_path):
 def test_index_then_search(tmp_path):
     runner = CliRunner()
     where = ["--qdrant-path", str(tmp_path / "q"), "--collection", "mem"]
-    result = runner.invoke(cli, ["index", *where])
+    result = runner.invoke(cli, ["index", SMALL, *where])
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, ["search", "celery tasks never run", "--json", "--top-k", "3", *where])
     assert result.exit_code == 0, result.output

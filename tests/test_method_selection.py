@@ -63,6 +63,19 @@ def test_the_gate_decides_on_unseen_documents(unseen, gains, verdict, decided_by
         assert result.subsets["unseen documents"]["n"] == len(unseen)
 
 
+@pytest.mark.parametrize("seen_weight,gains,verdict,decided_by", [
+    (0.65, (0.01, 0.3), "better", "documents seen 65% / unseen 35%"),     # mostly seen documents ahead, no loss on new
+    (0.65, (-0.01, 0.3), "no clear difference", "documents seen 65% / unseen 35%: better, but a loss"),
+    (0.65, (0.0, 0.0), "no clear difference", "documents seen 65% / unseen 35%"),
+    (0.0, (0.01, 0.3), "better", "unseen documents"),
+])
+def test_the_gate_weighs_subsets_as_the_queries_ahead(seen_weight, gains, verdict, decided_by):
+    per_query = rows({"base": ramp, "tuned": plus(*gains)})
+    result = judge(per_query, list(per_query), "base", "tuned", UNSEEN, seen_weight=seen_weight)
+    assert result.verdict == verdict and result.decided_by.startswith(decided_by)
+    assert {"unseen documents", "seen documents"} <= set(result.subsets)
+
+
 def test_validation_holds_out_whole_documents():
     examples = [TrainingExample(f"q{i}", f"doc{i % 40}", ["x"]) for i in range(160)]  # 4 queries per document
     split = split_for_validation(examples, 40, seed=3)

@@ -9,6 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from ace_llamaindex.cli import cli
+from ace_llamaindex.loading import SMALL_DATASET
+
+SMALL = str(SMALL_DATASET)
 from ace_llamaindex.mining import HardNegativeMiner, MiningOptions, TrainingExample
 from ace_llamaindex import training as training_module
 from ace_llamaindex.errors import OptionError
@@ -113,11 +116,11 @@ def test_gate_keeps_the_existing_model(tmp_path, examples, tuned_model_dir):
 
 def test_eval_warns_on_training_queries(tuned_model_dir, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(cli, ["eval", "--finetuned", str(tuned_model_dir), "--out-dir", str(tmp_path / "r"), "--report", "json"])
+    result = runner.invoke(cli, ["eval", SMALL, "--finetuned", str(tuned_model_dir), "--out-dir", str(tmp_path / "r"), "--report", "json"])
     assert result.exit_code == 0, result.output
     assert "were in" in result.output and "training or validation" in result.output
     total = json.loads((tmp_path / "r" / "eval.json").read_text())["n_queries"]
-    result = runner.invoke(cli, ["eval", "--finetuned", str(tuned_model_dir), "--exclude-training-queries",
+    result = runner.invoke(cli, ["eval", SMALL, "--finetuned", str(tuned_model_dir), "--exclude-training-queries",
                                  "--out-dir", str(tmp_path / "r2"), "--report", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r2" / "eval.json").read_text())["n_queries"] < total
