@@ -209,7 +209,7 @@ def print_training(card: dict) -> None:
                       f"{' (re-index)' if c['reindex'] else ' (no re-index)'}", highlight=False)
     if g.get("delta") is not None:
         colour = {"better": "green", "worse": "red"}.get(g["verdict"], "yellow")
-        label = f" for {card['chosen']}" if card.get("chosen") else ""
+        label = f" for {card['gate_of']}" if card.get("gate_of") else ""
         console.print(f"promotion gate{label} ({g['n_queries']} validation queries): {g['metric']} {_interval_line(g)}: "
                       f"[{colour}]{escape(g['verdict'])}[/{colour}] (decided by {g.get('decided_by', 'all validation queries')})",
                       highlight=False)
@@ -392,12 +392,12 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
     from .atomic import check_output
 
     check_output(out_dir, "dir")
-    from .encoding import CachedEncoder
     from .evaluate import System, default_comparisons, evaluate, standard_systems
     from .fusion_selection import load_fusion
     from .overlap import training_overlap, without_queries
     from .pipeline import add_fusion_row, write_reports
     from .plugins import components, get
+    from .served_model import read_serving, serving_encoder
     from .store import HybridParams
     from .training import read_card
 
@@ -415,7 +415,7 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
                             "data: these numbers flatter the fine-tuned model (--exclude-training-queries leaves them out)")
             console.print(f"[yellow]warning:[/yellow] {warnings[-1]}", highlight=False)
     base = _baseline_encoder(baseline, baseline_url, baseline_model, query_prefix, document_prefix)
-    tuned = CachedEncoder(str(finetuned), cache_dir=False) if finetuned else None
+    tuned = serving_encoder(read_serving(finetuned), base) if finetuned else None
     metrics = {n: get("metrics", n) for n in metric_names} if metric_names else {n: c.obj for n, c in components("metrics").items()}
     systems = standard_systems(base, tuned, hybrid=HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight))
     if adapter_dir:
@@ -463,7 +463,12 @@ def pipeline(dataset, fmt, split, strict, out_dir, test_fraction, test_split, **
     result = run_pipeline(ds, out_dir, miner=kw["miner"], trainer=kw["trainer"], mining=_mining(kw),
                           training=_training(kw, kw["seed"]), test_fraction=test_fraction, seed=kw["seed"], engine=kw["engine"],
                           split_by=test_split.rstrip("s"))
-    console.print(f"training data -> {result.training_data}\nmodel -> {result.model_dir}")
+    console.print(f"training data -> {result.training_data}")
+    if result.report.data["training_card"].get("serving") is None and not result.report.data["training_card"].get("promoted", True):
+        console.print("[yellow]the base model stays:[/yellow] no method was better on validation, so the test below "
+                      "compares only the base model's systems", highlight=False)
+    else:
+        console.print(f"model -> {result.model_dir}")
     print_training(result.report.data["training_card"])
     print_report(result.report.data)
     for name, path in result.reports.items():
@@ -557,8 +562,11 @@ def _retriever(model, fallback_url, fallback_model, qdrant_path, qdrant_url, col
     from .http_embedding import OpenAICompatibleEmbedding
     from .retriever import HybridQdrantRetriever
 
+    from .served_model import read_serving, serving_embedding
+
     fallback = OpenAICompatibleEmbedding(base_url=fallback_url, model_name=fallback_model) if fallback_url else None
-    embed = FineTunedEmbedding(model or "bundled:all-MiniLM-L6-v2", fallback=fallback)
+    serving = read_serving(model) if model and Path(model).is_dir() else {"model": model or "bundled:all-MiniLM-L6-v2"}
+    embed = serving_embedding(serving, lambda name: FineTunedEmbedding(name or "bundled:all-MiniLM-L6-v2", fallback=fallback))
     return HybridQdrantRetriever(embed, path=None if qdrant_url else qdrant_path, url=qdrant_url, collection=collection,
                                  mode=mode, similarity_top_k=top_k, engine=engine)
 

@@ -26,7 +26,14 @@ from .errors import OptionError
 from .evaluate import Encoder, System, evaluate
 from .mining import TrainingExample
 from .models import open_model
-from .promotion import GateResult, judge, text_hash, unseen_query_ids, validation_dataset
+from .promotion import (
+    GateResult,
+    judge,
+    text_hash,
+    unseen_query_ids,
+    validation_dataset,
+)
+from .served_model import resolve_serving
 from .training import (
     TrainConfig,
     TrainResult,
@@ -131,16 +138,17 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
     forced = chosen is None and config.force
     if forced:  # --force: the candidate with the largest gain where the gate decides, better or not
         chosen = max(candidates, key=lambda c: _decisive_delta(verdicts[c.name]))
-    gate_result = verdicts[chosen.name] if chosen else max(verdicts.values(), key=_decisive_delta)
+    gate_of = chosen.name if chosen else max(verdicts, key=lambda n: _decisive_delta(verdicts[n]))
+    gate_result = verdicts[gate_of]
 
     fusion = None
     if chosen:
         prior = (validation_dataset(split.train, examples, corpus), base)
         fusion = select_fusion(val_set, chosen.encoder, engine=engine, prior=prior)
-    serving = None
+    serving = None  # in the card, "." is the output folder itself (see served_model.resolve_serving)
     if chosen:
-        serving = {"model": str(output_dir) if chosen.reindex else (getattr(base, "model_name", None) or config.base_model),
-                   "adapter": str(output_dir) if chosen.adapter else None, "reindex": chosen.reindex}
+        serving = {"model": "." if chosen.reindex else (getattr(base, "model_name", None) or config.base_model),
+                   "adapter": "." if chosen.adapter else None, "reindex": chosen.reindex}
     device = tuned.info["device"]
     card = {
         "method": "auto",
@@ -162,6 +170,7 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
         "full_fine_tune": {k: tuned.info[k] for k in ("validation_before", "validation_per_epoch", "best_metric", "negatives")},
         "peak_memory": peak_memory(device),
         "gate": gate_result.as_dict(),
+        "gate_of": gate_of,  # the chosen candidate, or (none chosen) the one that came closest
         "promoted": chosen is not None,
         "serving": serving,
         "fusion": fusion.to_dict() if fusion else None,
@@ -176,7 +185,7 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
         shutil.rmtree(output_dir.with_name(output_dir.name + ".checkpoints"), ignore_errors=True)
     log.info("method auto: %s", card["choice"]["reason"])
     return TrainResult(model_dir=output_dir, card=card, gate=gate_result, fusion=fusion, promoted=chosen is not None,
-                       serving=serving)
+                       serving=resolve_serving(serving, output_dir) if serving else None)
 
 
 @dataclass

@@ -6,7 +6,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .adapter import AdaptedEncoder, QueryAdapter
 from .dataset import QADataset
 from .encoding import CachedEncoder
 from .evaluate import EvalReport, System, default_comparisons, evaluate, standard_systems
@@ -14,6 +13,7 @@ from .errors import OptionError
 from .fusion_selection import FusionChoice, load_fusion
 from .mining import MiningOptions, save_training_data
 from .plugins import components, get
+from .served_model import serving_encoder
 from .training import TrainConfig
 
 
@@ -96,16 +96,6 @@ def run_pipeline(
     report.data["training_card"] = result.card
     report.data["fusion"] = fusion.to_dict() if fusion else None
     return PipelineResult(data_path, result.model_dir, report, write_reports(report, out_dir, reporters))
-
-
-def serving_encoder(serving: dict[str, Any], base, max_seq_length: int | None = None, show_progress: bool = False):
-    """The encoder a trainer's result serves (``TrainResult.serving``): the base's document vectors unless the
-    documents must be embedded again, queries through the adapter when there is one."""
-    encoder = base if not serving["reindex"] else CachedEncoder(serving["model"], max_seq_length=max_seq_length,
-                                                                show_progress=show_progress, cache_dir=False)
-    if serving.get("adapter"):
-        encoder = AdaptedEncoder(encoder, QueryAdapter.load(serving["adapter"])[0], label=f"{encoder.label}+adapter")
-    return encoder
 
 
 FUSED = "finetuned+fusion"  # the fine-tuned model with the fusion chosen on validation (what serving uses)

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -464,7 +463,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         "peak_memory": peak_memory(info["device"]),
         "gate": verdict.as_dict() if verdict else {"verdict": "not measured (no validation queries)"},
         "promoted": promoted,
-        "serving": {"model": str(output_dir), "adapter": None, "reindex": True},
+        "serving": {"model": ".", "adapter": None, "reindex": True},  # ".": this folder
         "fusion": fusion.to_dict() if fusion else None,
         "training_queries": sorted({text_hash(e.query) for e in split.train}),
         "validation_queries": sorted({text_hash(e.query) for e in split.val}),
@@ -475,7 +474,8 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         shutil.rmtree(checkpoints, ignore_errors=True)
     if promoted:
         export_all(output_dir, config.exports, val_set)
-    return TrainResult(model_dir=output_dir, card=card, gate=verdict, fusion=fusion, promoted=promoted, serving=card["serving"])
+    return TrainResult(model_dir=output_dir, card=card, gate=verdict, fusion=fusion, promoted=promoted,
+                       serving={**card["serving"], "model": str(output_dir)})
 
 
 def save_model(model, output_dir: Path, card: dict[str, Any], fusion=None, extra=None) -> None:
@@ -538,6 +538,9 @@ def _holds_model(path: Path) -> bool:
 
 
 def read_card(model_dir: str | Path) -> dict[str, Any] | None:
-    """The training card of a model we trained, or None."""
-    path = Path(model_dir) / CARD_NAME
-    return json.loads(path.read_text()) if path.exists() else None
+    """The training card of a model (or adapter) we trained, or None."""
+    for name in (CARD_NAME, "ace_adapter.json"):
+        path = Path(model_dir) / name
+        if path.exists():
+            return json.loads(path.read_text())
+    return None

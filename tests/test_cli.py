@@ -72,3 +72,43 @@ def test_index_then_search(tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     assert rows[0]["id"] == "m010" and len(rows) == 3
+
+
+def test_auto_pipeline_then_eval_and_search_serve_what_was_chosen(tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    result = runner.invoke(cli, ["pipeline", SMALL, "--out", str(run), "--epochs", "1", "--max-seq-length", "64",
+                                 "--num-negatives", "2"])
+    assert result.exit_code == 0, result.output
+    card = json.loads((run / "eval.json").read_text())["training_card"]
+    assert card["method"] == "auto" and "candidate adapter" in result.output and "method:" in result.output
+    if card["serving"] is None:  # the base stays: nothing to serve but the base, and the CLI says so
+        assert not (run / "model").exists() and "the base model stays" in result.output
+        return
+    result = runner.invoke(cli, ["eval", SMALL, "--finetuned", str(run / "model"), "--out-dir", str(tmp_path / "r"),
+                                 "--report", "json", "--exclude-training-queries"])
+    assert result.exit_code == 0, result.output
+    assert "finetuned" in json.loads((tmp_path / "r" / "eval.json").read_text())["overall"]
+    where = ["--qdrant-path", str(tmp_path / "q"), "--collection", "mem", "--model", str(run / "model")]
+    assert runner.invoke(cli, ["index", SMALL, *where]).exit_code == 0
+    result = runner.invoke(cli, ["search", "celery tasks never run", "--json", *where])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)
+
+
+def test_an_adapter_folder_is_evaluated_and_served_over_its_base(tmp_path):
+    runner = CliRunner()
+    data = tmp_path / "training_data.json"
+    assert runner.invoke(cli, ["mine", SMALL, "--num-negatives", "2", "-o", str(data)]).exit_code == 0
+    adapter = tmp_path / "adapter"
+    result = runner.invoke(cli, ["train", str(data), "-o", str(adapter), "--method", "adapter", "--epochs", "5", "--force"])
+    assert result.exit_code == 0, result.output
+    assert "used as is" in result.output and not (adapter / "model.safetensors").exists()
+    result = runner.invoke(cli, ["eval", SMALL, "--finetuned", str(adapter), "--out-dir", str(tmp_path / "r"), "--report", "json"])
+    assert result.exit_code == 0, result.output
+    assert "finetuned" in json.loads((tmp_path / "r" / "eval.json").read_text())["overall"]
+    where = ["--qdrant-path", str(tmp_path / "q"), "--collection", "mem"]
+    assert runner.invoke(cli, ["index", SMALL, *where]).exit_code == 0  # indexed with the base model alone
+    result = runner.invoke(cli, ["search", "celery tasks never run", "--json", "--model", str(adapter), *where])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)[0]["id"] == "m010"
