@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,9 +64,16 @@ class QueryAdapter:
     def __init__(self, weights: dict[str, np.ndarray], kind: str = "linear") -> None:
         self.weights, self.kind = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}, kind
 
+    @property
+    def dimension(self) -> int:
+        return int(self.weights["W"].shape[0])
+
     def __call__(self, queries: np.ndarray) -> np.ndarray:
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         w = self.weights
+        if q.shape[1] != w["W"].shape[0]:
+            raise OptionError(f"this adapter maps {w['W'].shape[0]}-d query vectors, the base gives {q.shape[1]}-d: "
+                              "it was trained for another model; train one for this base")
         out = q @ w["W"] + w["b"]
         if self.kind == "mlp":
             out = out + np.maximum(q @ w["W1"] + w["b1"], 0) @ w["W2"]
@@ -77,9 +85,43 @@ class QueryAdapter:
         card_path = folder / ADAPTER_CARD
         if not card_path.is_file():
             raise OptionError(f"{folder}: not an adapter folder (no {ADAPTER_CARD}); train one with `ace train --method adapter`")
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-        with np.load(folder / ADAPTER_FILE) as data:
-            return cls({k: data[k] for k in data.files}, card.get("kind", "linear")), card
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+            with np.load(folder / ADAPTER_FILE) as data:
+                adapter = cls({k: data[k] for k in data.files}, card.get("kind", "linear"))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            raise OptionError(f"{folder}: the adapter is unreadable ({type(exc).__name__}: {exc}); train it again "
+                              "(ace train --method adapter)") from None
+        w = adapter.weights.get("W")
+        if w is None or w.ndim != 2 or w.shape[0] != w.shape[1] or adapter.weights.get("b", np.zeros(0)).shape != (w.shape[0],):
+            raise OptionError(f"{folder}: the adapter's weights are not a square map with a bias; train it again")
+        return adapter, card
+
+
+def base_identity(base: Any) -> dict[str, Any]:
+    """Who the adapter's base is: a local model's weights fingerprint (where the model is a folder or the bundled
+    one), else its name; recorded in the adapter card and checked when the adapter is applied."""
+    from .models import content_fingerprint
+
+    model = getattr(base, "model_path", None) or getattr(base, "model_name", None)
+    if model is None and hasattr(base, "backend"):  # a CachedEncoder of the default model
+        model = "bundled:all-MiniLM-L6-v2"
+    identity = {"label": getattr(base, "label", None) or str(model), "model": model}
+    if isinstance(model, str) and not model.startswith("finetuned:"):
+        identity["fingerprint"] = content_fingerprint(model)
+    return identity
+
+
+def check_base(card: dict[str, Any], base: Any, folder: str | Path) -> None:
+    """Refuse to apply an adapter over a base other than the one it was trained on (same weights fingerprint)."""
+    trained_on = (card.get("base") or {}).get("fingerprint")
+    if not trained_on:
+        return
+    now = base_identity(base).get("fingerprint")
+    if now and now != trained_on:
+        raise OptionError(f"{folder}: this adapter was trained over the model {card['base'].get('model')!r} (weights "
+                          f"{trained_on}), not over {base_identity(base).get('model')!r} (weights {now}); serve it over "
+                          "its own base, or train an adapter for this one")
 
 
 class AdaptedEncoder:
@@ -248,7 +290,7 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
                        unseen=unseen_query_ids(val_set, split.unseen), seen_weight=config.seen_share)
     output_dir = Path(output_dir)
     promoted = verdict is None or verdict.verdict == "better" or config.force or not (output_dir / ADAPTER_CARD).exists()
-    card = {"method": "adapter", **fitted.info, "base": base_info or {"label": base.label},
+    card = {"method": "adapter", **fitted.info, "base": base_info or {"label": base.label}, "data_checks": split.checks,
             "gate": verdict.as_dict() if verdict else {"verdict": "not measured (no validation queries)"}, "promoted": promoted}
     if promoted:
         with atomic_directory(output_dir) as scratch:
@@ -288,8 +330,7 @@ def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, con
     options = adapter_config(config)
     base = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False)
     card = train_adapter(examples, base, output_dir, options,
-                         base_info={"label": base.label, "model": getattr(base, "model_name", None) or base.label,
-                                    "data_fingerprint": data_fingerprint}, engine=engine, corpus=corpus)
+                         base_info={**base_identity(base), "data_fingerprint": data_fingerprint}, engine=engine, corpus=corpus)
     serving = {"model": getattr(base, "model_name", None) or config.base_model, "adapter": str(output_dir), "reindex": False}
     card["serving"] = serving
     return TrainResult(model_dir=Path(output_dir), card=card, gate=GateResult.from_dict(card["gate"]), fusion=None,

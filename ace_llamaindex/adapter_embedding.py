@@ -15,7 +15,7 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import Field, PrivateAttr
 
-from .adapter import QueryAdapter
+from .adapter import QueryAdapter, check_base
 from .embedding import space_label
 
 
@@ -32,6 +32,7 @@ class AdapterEmbedding(BaseEmbedding):
                          embed_batch_size=base.embed_batch_size, **kwargs)
         self._base = base
         self._adapter, self._card = QueryAdapter.load(adapter_path)
+        check_base(self._card, base, adapter_path)
 
     @classmethod
     def class_name(cls) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,18 @@ EXPORTS = ["onnx", "onnx-int8", "openvino", "openvino-int8"]
 
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 140)  # tables stay readable in logs and CI
+
+
+class FiniteFloat(click.FloatRange):
+    """A float in a range, and finite: click's FloatRange lets NaN through (every comparison with NaN is False)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def friendly(fn):
@@ -78,13 +91,13 @@ def mining_options(f):
     opts = [
         click.option("--miner", default="dense", show_default=True, help="Miner plugin: dense, bm25, hybrid, or an installed one."),
         click.option("--model", default=None, help="Embedding model of the current system (default: bundled all-MiniLM-L6-v2)."),
-        click.option("--num-negatives", default=5, show_default=True, type=int),
-        click.option("--range-min", default=0, show_default=True, type=int, help="Skip this many top wrong results."),
-        click.option("--range-max", default=50, show_default=True, type=int, help="Look this deep into the ranking."),
-        click.option("--absolute-margin", type=float, help="Negative score <= positive score - margin."),
-        click.option("--relative-margin", type=float, help="Negative score <= positive score * (1 - margin)."),
-        click.option("--max-score", type=float, help="Drop candidates scoring above this."),
-        click.option("--min-score", type=float, help="Drop candidates scoring below this."),
+        click.option("--num-negatives", default=5, show_default=True, type=click.IntRange(min=1)),
+        click.option("--range-min", default=0, show_default=True, type=click.IntRange(min=0), help="Skip this many top wrong results."),
+        click.option("--range-max", default=50, show_default=True, type=click.IntRange(min=1), help="Look this deep into the ranking."),
+        click.option("--absolute-margin", type=FiniteFloat(min=0), help="Negative score <= positive score - margin."),
+        click.option("--relative-margin", type=FiniteFloat(0, 1, max_open=True), help="Negative score <= positive score * (1 - margin)."),
+        click.option("--max-score", type=FiniteFloat(), help="Drop candidates scoring above this."),
+        click.option("--min-score", type=FiniteFloat(), help="Drop candidates scoring below this."),
         click.option("--sampling-strategy", type=click.Choice(["top", "random"]), default="top", show_default=True),
         click.option("--min-difficulty", type=click.Choice(["easy", "medium", "hard"]), help="Only queries at least this hard."),
         click.option("--skip-category", multiple=True, help="Skip queries of this category (repeatable)."),
@@ -109,7 +122,7 @@ def _mining(kw: dict):
 
 
 POSITIVE = click.IntRange(min=1)
-FRACTION = click.FloatRange(0, 1, max_open=True)
+FRACTION = FiniteFloat(0, 1, max_open=True)
 
 
 def training_options(f):
@@ -119,7 +132,7 @@ def training_options(f):
                      help="Default: enough epochs for at least 25 optimizer steps (1 to 10), validated each epoch, "
                           "best kept, stopping after 2 epochs without gain (adapter: 100, best kept)."),
         click.option("--batch-size", default=None, type=click.IntRange(min=2), help="Default: 32 (adapter: 64)."),
-        click.option("--learning-rate", default=None, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        click.option("--learning-rate", default=None, type=FiniteFloat(0, 1, min_open=True, max_open=True),
                      help="Default: 5e-5 (adapter: 1e-4)."),
         click.option("--warmup-ratio", default=None, type=FRACTION, help="Default: 0.1 (full fine-tune only)."),
         click.option("--max-seq-length", default=None, type=POSITIVE),
@@ -128,7 +141,7 @@ def training_options(f):
         click.option("--val-fraction", default=None, type=FRACTION,
                      help="Queries held out for validation and the promotion gate (default: 10%, but at least 100 "
                           "or a quarter of the queries), three quarters of them about documents no training query has."),
-        click.option("--seen-share", default=None, type=click.FloatRange(0, 1),
+        click.option("--seen-share", default=None, type=FiniteFloat(0, 1),
                      help="Share of future queries expected to ask about documents training queries had: the gate "
                           "weighs seen/unseen-document validation queries so (default: 0, new documents decide; "
                           "`ace pipeline`: its test queries' share)."),
@@ -326,6 +339,10 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
     if neg.get("padded") or neg.get("in_batch_only"):
         console.print(f"[yellow]note:[/yellow] {neg['padded']} example(s) had fewer than {neg['negatives_per_example']} hard "
                       f"negatives (their own repeated); {neg['in_batch_only']} had none (in-batch negatives only)", highlight=False)
+    poisoned = (card.get("data_checks") or {}).get("negatives_equal_to_positive")
+    if poisoned:
+        console.print(f"[yellow]note:[/yellow] dropped {poisoned} hard negative(s) identical to their example's positive",
+                      highlight=False)
     print_training(card)
     if card.get("resumed_from_checkpoint"):
         console.print(f"resumed from {card['resumed_from_checkpoint']}", highlight=False)
@@ -369,11 +386,11 @@ def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_m
 @click.option("--baseline-model", default=None, help="Model name at --baseline-url, e.g. text-embedding-nomic-embed-text-v1.5")
 @click.option("--query-prefix", default="", help="Prefix for endpoint queries (nomic: 'search_query: ').")
 @click.option("--document-prefix", default="", help="Prefix for endpoint documents (nomic: 'search_document: ').")
-@click.option("--max-queries", type=int, default=None, help="Evaluate on a seeded random sample of this many queries.")
+@click.option("--max-queries", type=click.IntRange(min=1), default=None, help="Evaluate on a seeded random sample of this many queries.")
 @click.option("--metric", "metric_names", multiple=True, help="Metric plugins to compute (default: all installed).")
-@click.option("--rrf-k", default=60, show_default=True, type=int)
-@click.option("--dense-weight", default=1.0, show_default=True, type=float)
-@click.option("--sparse-weight", default=1.0, show_default=True, type=float)
+@click.option("--rrf-k", default=60, show_default=True, type=click.IntRange(min=1))
+@click.option("--dense-weight", default=1.0, show_default=True, type=FiniteFloat(min=0))
+@click.option("--sparse-weight", default=1.0, show_default=True, type=FiniteFloat(min=0))
 @click.option("--adapter", "adapter_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="A query adapter (from `ace train --method adapter`) over the baseline: rows adapter, adapter+hybrid.")
 @click.option("--exclude-training-queries", is_flag=True,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -13,9 +15,11 @@ import numpy as np
 
 from .atomic import honour_umask
 from .backends import choose_export
+from .errors import OptionError
 from .models import load_model, model_fingerprint, resolve_model
 
 Kind = Literal["query", "document"]
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -88,8 +92,13 @@ class CachedEncoder:
             table: dict[str, np.ndarray] = {}
             file = self.cache_dir / f"{space}.npz" if self.cache_dir else None
             if file and file.exists():
-                with np.load(file) as data:
-                    table = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+                try:
+                    with np.load(file) as data:
+                        table = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+                except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):  # a cache entry is disposable
+                    log.warning("embedding cache entry %s is unreadable: dropped, the vectors are computed again", file)
+                    file.unlink(missing_ok=True)
+                    table = {}
             self._memory[space] = table
         return self._memory[space]
 
@@ -97,7 +106,11 @@ class CachedEncoder:
         if not self.cache_dir:
             return
         table = self._memory[space]
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+            raise OptionError(f"{self.cache_dir}: cannot use it as the embedding cache folder ({exc.strerror}); remove "
+                              "what is in the way or set ACE_CACHE_DIR to a writable folder") from None
         fd, tmp = tempfile.mkstemp(suffix=".npz", dir=self.cache_dir)
         os.close(fd)
         np.savez(tmp, keys=np.array(list(table)), vectors=np.stack(list(table.values())))

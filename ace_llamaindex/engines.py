@@ -71,5 +71,8 @@ def open_index(collection: str, *, path: str | Path | None = None, url: str | No
                engine: str = "auto", **kwargs: Any) -> Any:
     """A :class:`~ace_llamaindex.store.CorpusIndex` for ``collection`` on the chosen engine; ``path``: an embedded
     folder (None: in memory / a temporary folder), ``url``: a Qdrant server or cluster."""
+    from .store import check_collection_name
+
+    check_collection_name(collection)  # before any engine creates a folder of that name
     name = resolve_engine(engine, collection, path, url)
     return engines()[name].open(collection, path=None if path is None else str(path), url=url, api_key=api_key, **kwargs)

@@ -43,7 +43,12 @@ def _condition(f: MetadataFilter | MetadataFilters) -> models.Condition:
 
 def to_qdrant_filter(filters: MetadataFilters | None) -> models.Filter | None:
     """AND / OR / NOT of the filters, nested ``MetadataFilters`` included."""
-    if filters is None or not filters.filters:
+    if filters is None:
+        return None
+    if not isinstance(filters, MetadataFilters):
+        raise OptionError(f"filters must be llama_index MetadataFilters, got {type(filters).__name__} "
+                          "(e.g. MetadataFilters(filters=[MetadataFilter(key='category', value='debugging')]))")
+    if not filters.filters:
         return None
     conditions = [_condition(f) for f in filters.filters]
     if filters.condition == FilterCondition.OR:

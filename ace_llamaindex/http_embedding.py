@@ -23,6 +23,20 @@ log = logging.getLogger(__name__)
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any password (``user:SECRET@``) replaced by ``***``: safe for errors, logs and repr."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class _Retryable(EmbeddingError):
     """A failure another attempt may fix (408, 429, 5xx)."""
 
@@ -49,7 +63,15 @@ class OpenAICompatibleEmbedding(BaseEmbedding):
 
     @property
     def url(self) -> str:
+        """The endpoint as shown in messages: a password in the URL (``http://user:SECRET@host``) is redacted."""
+        return redact_url(self.endpoint)
+
+    @property
+    def endpoint(self) -> str:
         return self.base_url.rstrip("/") + "/embeddings"
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatibleEmbedding(base_url={redact_url(self.base_url)!r}, model_name={self.model_name!r})"
 
     def _body(self, texts: list[str]) -> dict[str, Any]:
         return {"model": self.model_name, "input": texts}
@@ -63,10 +85,14 @@ class OpenAICompatibleEmbedding(BaseEmbedding):
         text = body.decode("utf-8", "replace")
         try:
             rows = json.loads(text)["data"]
-            vectors = [row["embedding"] for row in sorted(rows, key=lambda r: r.get("index", 0))]
+            indices = [row.get("index", i) for i, row in enumerate(rows)]
+            vectors = [row["embedding"] for _, row in sorted(zip(indices, rows, strict=True), key=lambda p: p[0])]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise EmbeddingError(f"{self.url}: malformed response (expected {{'data': [{{'embedding': [...]}}]}}): "
                                  f"{text[:200]!r}") from exc
+        if sorted(indices) != list(range(len(rows))):
+            raise EmbeddingError(f"{self.url}: response indices must be 0..{len(rows) - 1}, each once; got "
+                                 f"{indices[:20]} (vectors would go to the wrong texts)")
         if len(vectors) != n:
             raise EmbeddingError(f"{self.url}: asked for {n} embeddings, got {len(vectors)}")
         for i, v in enumerate(vectors):
@@ -113,7 +139,7 @@ class OpenAICompatibleEmbedding(BaseEmbedding):
             for attempt in Retrying(**self._retrying()):
                 with attempt:
                     started, chunks = time.monotonic(), []
-                    with self._client.stream("POST", self.url, json=self._body(texts), headers=self._headers()) as response:
+                    with self._client.stream("POST", self.endpoint, json=self._body(texts), headers=self._headers()) as response:
                         for chunk in response.iter_bytes():
                             chunks.append(chunk)
                             self._deadline_passed(started)
@@ -126,7 +152,7 @@ class OpenAICompatibleEmbedding(BaseEmbedding):
             async for attempt in AsyncRetrying(**self._retrying()):
                 with attempt:
                     started, chunks = time.monotonic(), []
-                    async with self._aclient.stream("POST", self.url, json=self._body(texts), headers=self._headers()) as response:
+                    async with self._aclient.stream("POST", self.endpoint, json=self._body(texts), headers=self._headers()) as response:
                         async for chunk in response.aiter_bytes():
                             chunks.append(chunk)
                             self._deadline_passed(started)

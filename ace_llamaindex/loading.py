@@ -34,9 +34,21 @@ def load_dataset(path: str | Path | None = None, fmt: str | None = None, strict:
         else:
             _refuse_non_utf8(path)
             raise DatasetError(path, "format", f"not recognised; expected one of {', '.join(components('loaders'))} (pass --format)")
+    _refuse_invalid_unicode(path, dataset)
     if strict:
         refuse_blemishes(dataset)
     return dataset
+
+
+def _refuse_invalid_unicode(path: Path, dataset: QADataset) -> None:
+    """JSON may carry lone surrogates (``"\\ud800"``), which are no text: every later step that encodes them fails."""
+    for field, table in (("queries", dataset.queries), ("corpus", dataset.corpus)):
+        for key, text in table.items():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise DatasetError(path, f"{field}[{key!r}]", f"has a lone surrogate at character {exc.start} "
+                                   "(not valid Unicode text; fix or remove it)") from None
 
 
 def _refuse_non_utf8(path: Path) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .adapter import AdaptedEncoder, AdapterConfig, fit_adapter, save_adapter
+from .adapter import AdaptedEncoder, AdapterConfig, base_identity, fit_adapter, save_adapter
 from .atomic import atomic_directory, write_json
 from .encoding import CachedEncoder
 from .errors import OptionError
@@ -83,10 +83,10 @@ def _model_writer(model, adapter=None, adapter_info=None):
     return write
 
 
-def _adapter_writer(adapter, info):
+def _adapter_writer(adapter, info, base):
     def write(folder: Path, card: dict[str, Any], fusion=None) -> None:
         with atomic_directory(folder) as scratch:
-            save_adapter(adapter, scratch, {**info, **card})
+            save_adapter(adapter, scratch, {**info, **card, "base": base})
             if fusion:
                 fusion.save(scratch)
     return write
@@ -117,7 +117,7 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
 
     on_base = fit_adapter(split, examples, base, adapter_options)
     candidates = [Candidate("adapter", AdaptedEncoder(base, on_base.adapter, label="adapter"), False,
-                            _adapter_writer(on_base.adapter, on_base.info), adapter=True)]
+                            _adapter_writer(on_base.adapter, on_base.info, base_identity(base)), adapter=True)]
     tuned = fine_tune(split, full_config, output_dir.with_name(output_dir.name + ".checkpoints"),
                       run_fingerprint(examples, full_config))
     full = CachedEncoder.from_model(tuned.model, label="full")
@@ -163,6 +163,7 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
         "data_fingerprint": data_fingerprint,
         "train_examples": len(split.train),
         "val_examples": len(split.val),
+        "data_checks": split.checks,
         "device": device,
         "precision": tuned.info["precision"],
         "memory_plan": tuned.info["memory_plan"],

@@ -8,6 +8,8 @@ those (duplicated memories). Margins against the positive's score and ``max_scor
 
 from __future__ import annotations
 
+import math
+
 import random
 import re
 from collections import defaultdict
@@ -54,10 +56,16 @@ class MiningOptions:
             raise OptionError(f"need 0 <= range_min < range_max, got range_min={self.range_min}, range_max={self.range_max}")
         if self.range_max - self.range_min < self.num_negatives:
             raise OptionError(f"range_max - range_min ({self.range_max - self.range_min}) must be at least num_negatives ({self.num_negatives})")
+        for name in ("absolute_margin", "relative_margin", "max_score", "min_score"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise OptionError(f"{name} must be a finite number, got {value}")
         for name in ("absolute_margin", "relative_margin"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise OptionError(f"{name} must be >= 0, got {value}")
+        if self.min_score is not None and self.max_score is not None and self.min_score >= self.max_score:
+            raise OptionError(f"min_score ({self.min_score}) must be below max_score ({self.max_score})")
         if self.relative_margin is not None and self.relative_margin >= 1:
             raise OptionError(f"relative_margin must be < 1, got {self.relative_margin}")
         if self.sampling_strategy not in ("top", "random"):
@@ -243,6 +251,18 @@ def save_training_data(examples: list[TrainingExample], path: str | Path, source
         "examples": [asdict(e) for e in examples],
     }
     return write_json(path, data)
+
+
+def drop_positive_negatives(examples: list[TrainingExample]) -> tuple[list[TrainingExample], int]:
+    """Examples without hard negatives that are their own positive (up to whitespace): training would push the
+    query away from its answer. Returns the cleaned examples and how many negatives were dropped."""
+    cleaned, dropped = [], 0
+    for e in examples:
+        positive = " ".join(e.positive.split())
+        keep = [n for n in e.negatives if " ".join(n.split()) != positive]
+        dropped += len(e.negatives) - len(keep)
+        cleaned.append(e if len(keep) == len(e.negatives) else TrainingExample(e.query, e.positive, keep, e.metadata))
+    return cleaned, dropped
 
 
 def load_training_data(path: str | Path) -> list[TrainingExample]:

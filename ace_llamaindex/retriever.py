@@ -124,6 +124,7 @@ class HybridQdrantRetriever(BaseRetriever):
         self.similarity_top_k = similarity_top_k
         self.missing_spaces: list[str] = []
         self.score_threshold = score_threshold
+        to_qdrant_filter(filters)  # a filter of the wrong type is refused here, not at the first query
         self.filters = filters
         if mode is None:  # the model's own validated choice
             self.fusion = resolve_fusion(embed_model, fusion)

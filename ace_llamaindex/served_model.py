@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .adapter import ADAPTER_CARD, AdaptedEncoder, QueryAdapter
+from .adapter import ADAPTER_CARD, AdaptedEncoder, QueryAdapter, check_base
 from .encoding import CachedEncoder
 from .errors import OptionError
 
@@ -48,7 +48,10 @@ def serving_encoder(serving: dict[str, Any], base, max_seq_length: int | None = 
     encoder = base if not serving["reindex"] else CachedEncoder(serving["model"], max_seq_length=max_seq_length,
                                                                 show_progress=show_progress, cache_dir=False)
     if serving.get("adapter"):
-        encoder = AdaptedEncoder(encoder, QueryAdapter.load(serving["adapter"])[0], label=f"{encoder.label}+adapter")
+        adapter, card = QueryAdapter.load(serving["adapter"])
+        if not serving["reindex"]:
+            check_base(card, base, serving["adapter"])
+        encoder = AdaptedEncoder(encoder, adapter, label=f"{encoder.label}+adapter")
     return encoder
 
 

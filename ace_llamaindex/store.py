@@ -7,6 +7,8 @@ searched against document vectors from model A. Search runs through Qdrant's Que
 
 from __future__ import annotations
 
+import re
+
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -99,6 +101,18 @@ def make_client(path: str | None = None, url: str | None = None, api_key: str | 
         raise
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+
+
+def check_collection_name(name: str) -> str:
+    """A collection name that is safe as a folder name: letters, digits, ``_ . -``, no ``..`` and no separators
+    (embedded engines store a collection in a folder of that name, so ``../x`` would write outside the path)."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+        raise OptionError(f"collection name {name!r}: use letters, digits, '_', '.' and '-' (starting with a letter or "
+                          "digit, no '..', at most 255 characters)")
+    return name
+
+
 def open_local(collection: str, *, path: str | None = None, url: str | None = None, api_key: str | None = None,
                **kwargs: Any) -> CorpusIndex:
     """The ``local`` engine (see :mod:`~ace_llamaindex.engines`): qdrant-client, embedded or a server by ``url``."""
@@ -118,7 +132,7 @@ class CorpusIndex:
         """``text_field``/``id_field`` name the payload keys holding a point's text and document id, so an
         existing collection written by another tool can be searched (and mined) as it is."""
         self.client = client
-        self.collection = collection
+        self.collection = check_collection_name(collection)
         self.bm25 = bm25 or BM25Encoder()
         self.text_field, self.id_field = text_field, id_field
 

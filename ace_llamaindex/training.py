@@ -162,10 +162,16 @@ def plan_validation(examples: list[TrainingExample], val_fraction: float | None,
     """Hold out whole queries for validation and the gate, mostly about documents no training query has
     (:func:`~ace_llamaindex.validation_split.split_for_validation`); how many: :func:`validation_count`. The share
     of seen-document queries follows ``seen_share`` (the expected mix), between a quarter and three quarters."""
+    from .mining import drop_positive_negatives
     from .validation_split import split_for_validation
 
+    examples, poisoned = drop_positive_negatives(examples)
+    if poisoned:
+        log.warning("dropped %d hard negative(s) identical to their example's positive", poisoned)
     n_val = validation_count(len({e.query for e in examples}), val_fraction)
-    return split_for_validation(examples, n_val, seed, seen_share=min(0.75, max(0.25, seen_share)))
+    split = split_for_validation(examples, n_val, seed, seen_share=min(0.75, max(0.25, seen_share)))
+    split.checks["negatives_equal_to_positive"] = poisoned
+    return split
 
 
 def split_by_query(examples: list[TrainingExample], val_fraction: float | None, seed: int) -> tuple[list[TrainingExample], list[TrainingExample]]:
@@ -459,6 +465,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         "data_fingerprint": data_fingerprint,
         "train_examples": len(split.train),
         "val_examples": len(split.val),
+        "data_checks": split.checks,
         **info,
         "peak_memory": peak_memory(info["device"]),
         "gate": verdict.as_dict() if verdict else {"verdict": "not measured (no validation queries)"},

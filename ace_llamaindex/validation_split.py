@@ -25,6 +25,7 @@ class ValidationSplit:
     train: list[TrainingExample]
     val: list[TrainingExample]
     unseen: set[str] = field(default_factory=set)
+    checks: dict[str, int] = field(default_factory=dict)  # what the data checks dropped, by kind
 
     @property
     def n_unseen(self) -> int:

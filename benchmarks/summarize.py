@@ -22,20 +22,42 @@ def verdict(data: dict, a: str, b: str, metric: str = "ndcg@10") -> str:
 
 
 def defaults_table() -> list[str]:
-    rows = ["| dataset (test split) | queries | base | fine-tuned | fine-tuned vs base, nDCG@10 (95% CI) | plain RRF | "
-            "fusion chosen on validation | `fusion=\"auto\"` | ≥ max(dense, RRF) − 0.005 | wall time |",
-            "|---|---:|---:|---:|---|---:|---|---:|:---:|---:|"]
+    rows = ["| dataset (test split) | test queries | about seen documents | method chosen | gate (decided by) | base | "
+            "served, dense | served vs base, nDCG@10 (95% CI) | fusion chosen | served with fusion | wall time | peak RSS |",
+            "|---|---:|---:|---|---|---:|---:|---|---|---:|---:|---:|"]
     for d in results("defaults-*.json"):
-        o, b = d["overall"], d["benchmark"]
-        auto = o["finetuned+fusion"]["ndcg@10"]
-        rechosen = RESULTS / f"fusion-{b['dataset']}.json"  # the fusion re-chosen by bench_fusion.py (current rule)
-        if rechosen.exists():
-            r = json.loads(rechosen.read_text())
-            auto, b = r["overall"]["finetuned+fusion"]["ndcg@10"], {**b, "fusion": r["fusion"]}
-        ok = auto >= max(o["finetuned"]["ndcg@10"], o["finetuned+hybrid"]["ndcg@10"]) - 0.005
-        rows.append(f"| {b['dataset']} | {d['n_queries']} | {o['base']['ndcg@10']:.3f} | {o['finetuned']['ndcg@10']:.3f} | "
-                    f"{verdict(d, 'base', 'finetuned')} | {o['finetuned+hybrid']['ndcg@10']:.3f} | {b['fusion']['name']} | "
-                    f"{auto:.3f} | {'yes' if ok else '**no**'} | {b['wall_seconds'] / 60:.0f} min (training {b['train_seconds'] / 60:.0f}) |")
+        o, b, card = d["overall"], d["benchmark"], d["training_card"]
+        if "method" not in card:  # a result of the earlier defaults (full fine-tune only), kept in results/earlier
+            continue
+        g = card["gate"]
+        tuned = "finetuned" in o
+        served = o["finetuned"]["ndcg@10"] if tuned else o["base"]["ndcg@10"]
+        fused = o["finetuned+fusion"]["ndcg@10"] if "finetuned+fusion" in o else served
+        share = card["config"].get("seen_share") or 0
+        rows.append(f"| {b['dataset']} | {d['n_queries']} | {share:.0%} | {card.get('chosen', card['method'])} | "
+                    f"{g['verdict']} ({g.get('decided_by', 'all')}) | {o['base']['ndcg@10']:.3f} | {served:.3f} | "
+                    f"{verdict(d, 'base', 'finetuned') if tuned else '+0 (the base stays)'} | "
+                    f"{(b.get('fusion') or {}).get('name', 'dense (base)')} | {fused:.3f} | {b['wall_seconds'] / 60:.0f} min "
+                    f"(training {b['train_seconds'] / 60:.0f}) | {b.get('peak_rss_gb', '–')} GB |")
+    return rows
+
+
+def candidates_table() -> list[str]:
+    rows = ["| dataset | candidate | re-index | validation: unseen documents | seen documents | deciding | verdict |",
+            "|---|---|:---:|---|---|---|---|"]
+
+    def cell(sub: dict) -> str:
+        return f"{sub['delta']:+.3f} [{sub['ci95'][0]:+.3f}, {sub['ci95'][1]:+.3f}] (n={sub['n']})" if sub.get("delta") is not None else "–"
+
+    for d in results("defaults-*.json"):
+        card = d["training_card"]
+        for name, c in (card.get("candidates") or {}).items():
+            g = c["gate"]
+            subs = g.get("subsets", {})
+            chosen = " **(chosen)**" if name == card.get("chosen") else ""
+            rows.append(f"| {d['benchmark']['dataset']} | {name}{chosen} | {'yes' if c['reindex'] else 'no'} | "
+                        f"{cell(subs.get('unseen documents', {}))} | {cell(subs.get('seen documents', {}))} | "
+                        f"{g.get('decided_by')}: {cell(subs.get(g.get('decided_by'), {}))} | {g['verdict']} |")
     return rows
 
 
@@ -82,7 +104,7 @@ def scale_table() -> list[str]:
     return rows
 
 
-TABLES = {"defaults": defaults_table, "adapter": adapter_table, "inference": inference_table, "scale": scale_table}
+TABLES = {"defaults": defaults_table, "candidates": candidates_table, "adapter": adapter_table, "inference": inference_table, "scale": scale_table}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or list(TABLES):

@@ -35,6 +35,24 @@ CLI_CASES = [
     ("pipeline --out {tmp}/afile/run", lambda t: (t / "afile").write_text("x"), "is a file, so"),
     ("mine {tmp}/latin1.json -o {tmp}/out.json", _non_utf8, "is not UTF-8 text"),
     ("eval {tmp}/missing.json --out-dir {tmp}/r", None, "missing.json: path: does not exist"),
+    # out-of-range options, refused at the boundary with the option and the range
+    ("mine --absolute-margin nan -o {tmp}/o.json", None, "'nan' is not a finite number"),
+    ("mine --relative-margin 1.5 -o {tmp}/o.json", None, "1.5 is not in the range 0<=x<1"),
+    ("mine --min-score 0.9 --max-score 0.1 -o {tmp}/o.json", None, "min_score (0.9) must be below max_score (0.1)"),
+    ("mine --num-negatives 0 -o {tmp}/o.json", None, "0 is not in the range x>=1"),
+    ("train {tmp}/data.json --warmup-ratio 2", None, "2.0 is not in the range 0<=x<1"),
+    ("train {tmp}/data.json --max-seq-length 0", None, "0 is not in the range x>=1"),
+    ("train {tmp}/data.json --train-negatives -1", None, "-1 is not in the range x>=0"),
+    ("train {tmp}/data.json --early-stopping -1", None, "-1 is not in the range x>=1"),
+    ("train {tmp}/data.json --learning-rate nan", None, "'nan' is not a finite number"),
+    ("eval --dense-weight -1 --out-dir {tmp}/r", None, "-1.0 is not in the range x>=0"),
+    ("eval --rrf-k 0 --out-dir {tmp}/r", None, "0 is not in the range x>=1"),
+    # hostile names and text
+    ("index --collection ../../escaped --qdrant-path {tmp}/q", None, "collection name '../../escaped'"),
+    ("search hi --collection a/b --qdrant-path {tmp}", None, "collection name 'a/b'"),
+    ("mine {tmp}/surrogate.json -o {tmp}/o.json", lambda t: (t / "surrogate.json").write_text(
+        '{"queries": {"q1": "bad \\ud800 text"}, "corpus": {"d1": "a memory"}, "relevant_docs": {"q1": ["d1"]}}'),
+     "queries['q1']: has a lone surrogate"),
 ]
 
 
@@ -125,6 +143,8 @@ ENDPOINT_CASES = [
     ("NaN", lambda n: _data([[float("nan"), 1.0]] * n), "not a list of finite numbers"),
     ("ragged", lambda n: _data([[0.1] * (16 if i % 2 else 384) for i in range(n)]), "different lengths"),
     ("not json", lambda n: b"<html>busy</html>", "malformed response"),
+    ("duplicate index", lambda n: json.dumps({"data": [{"index": 0, "embedding": [0.1, 0.2]} for _ in range(n)]}).encode(),
+     "each once"),
 ]
 
 
@@ -156,6 +176,14 @@ def test_a_trickling_endpoint_meets_an_overall_deadline():
         client.get_query_embedding("a")
     assert time.monotonic() - started < 5  # the whole body would take ~20 s
     endpoint.server.shutdown()
+
+
+def test_a_password_in_the_url_never_shows():
+    client = OpenAICompatibleEmbedding(base_url="http://user:SECRET@127.0.0.1:9/v1", timeout=0.5, max_retries=0)
+    with pytest.raises(EmbeddingError) as err:
+        client.get_query_embedding("a")
+    assert "SECRET" not in str(err.value) and "user:***@127.0.0.1:9" in str(err.value)
+    assert "SECRET" not in repr(client)
 
 
 def test_api_key_never_shows():
@@ -194,3 +222,94 @@ def test_sigterm_removes_temporary_edge_shards(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 143
     assert not list(tmp_path.glob("ace-edge-*"))
+
+
+# ---- artifacts: corrupt, foreign or mismatched, each refused in one line naming the folder (or dropped if disposable)
+def _trained_adapter(tmp_path):
+    from ace_llamaindex.adapter import adapter_trainer
+    from ace_llamaindex.mining import TrainingExample
+    from ace_llamaindex.training import TrainConfig
+
+    rows = [TrainingExample(f"question number {i}", f"answer text {i}", [f"answer text {i + 1}"]) for i in range(12)]
+    adapter_trainer(rows, tmp_path / "adapter", TrainConfig(epochs=2, force=True))
+    return tmp_path / "adapter"
+
+
+def _truncate_weights(folder):
+    (folder / "adapter.npz").write_bytes((folder / "adapter.npz").read_bytes()[:100])
+
+
+def _fine_tuned_base(folder):
+    return FineTunedEmbedding(str(folder.parent / "other"))
+
+
+def _other_base(tmp_path):
+    """A model with the base's architecture and other weights (as a fine-tuned model is)."""
+    from sentence_transformers import SentenceTransformer
+
+    from ace_llamaindex.models import resolve_model
+
+    model = SentenceTransformer(resolve_model(None))
+    for p in model.parameters():
+        p.data.mul_(0.99)
+    model.save(str(tmp_path / "other"))
+
+
+ADAPTER_CASES = [
+    ("truncated weights", _truncate_weights, lambda f: FineTunedEmbedding(), "the adapter is unreadable"),
+    ("garbage card", lambda f: (f / "ace_adapter.json").write_text("{not json"), lambda f: FineTunedEmbedding(),
+     "the adapter is unreadable"),
+    ("another base", lambda f: _other_base(f.parent), _fine_tuned_base, "this adapter was trained over the model"),
+]
+
+
+@pytest.mark.parametrize(("name", "spoil", "base", "expected"), ADAPTER_CASES, ids=[c[0] for c in ADAPTER_CASES])
+def test_a_bad_or_foreign_adapter_is_refused(tmp_path, name, spoil, base, expected):
+    from ace_llamaindex import AdapterEmbedding
+
+    folder = _trained_adapter(tmp_path)
+    spoil(folder)
+    with pytest.raises(OptionError, match=expected) as err:
+        AdapterEmbedding(base(folder), str(folder))
+    assert str(folder) in str(err.value) or name == "another base"
+
+
+def test_an_adapter_of_another_dimension_says_so(tmp_path):
+    from ace_llamaindex.adapter import QueryAdapter
+
+    adapter, _ = QueryAdapter.load(_trained_adapter(tmp_path))
+    with pytest.raises(OptionError, match="maps 384-d query vectors, the base gives 768-d"):
+        adapter(np.ones((1, 768), dtype=np.float32))
+
+
+def test_a_corrupt_cache_entry_is_dropped_and_recomputed(tmp_path):
+    from ace_llamaindex.encoding import CachedEncoder
+
+    first = CachedEncoder(cache_dir=tmp_path / "c", show_progress=False).encode_documents(["a memory", "another"])
+    entry = next((tmp_path / "c").glob("*.npz"))
+    entry.write_bytes(b"PK\x03\x04 not a zip")
+    again = CachedEncoder(cache_dir=tmp_path / "c", show_progress=False)
+    assert np.allclose(again.encode_documents(["a memory", "another"]), first, atol=1e-5) and again.encoded["document"] == 2
+
+
+def test_a_cache_folder_that_is_a_file_is_one_line(tmp_path):
+    from ace_llamaindex.encoding import CachedEncoder
+
+    (tmp_path / "c").write_text("x")
+    with pytest.raises(OptionError, match="cannot use it as the embedding cache folder"):
+        CachedEncoder(cache_dir=tmp_path / "c", show_progress=False).encode_documents(["text"])
+
+
+def test_filters_of_the_wrong_type_are_refused_at_once():
+    with pytest.raises(OptionError, match="filters must be llama_index MetadataFilters, got dict"):
+        HybridQdrantRetriever(FineTunedEmbedding(), collection="f", filters={"category": "debugging"})
+
+
+def test_negatives_equal_to_the_positive_are_dropped_and_counted(tmp_path):
+    from ace_llamaindex.adapter import adapter_trainer
+    from ace_llamaindex.mining import TrainingExample
+    from ace_llamaindex.training import TrainConfig
+
+    rows = [TrainingExample(f"question {i}", f"answer {i}", [f"answer  {i}", f"answer {i + 1}"]) for i in range(12)]
+    card = adapter_trainer(rows, tmp_path / "a", TrainConfig(epochs=1, force=True)).card
+    assert card["data_checks"]["negatives_equal_to_positive"] == 12
