@@ -29,6 +29,24 @@ def honour_umask(path: str | Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+def folder_bytes(path: str | Path) -> int:
+    """The bytes the files under ``path`` take (0 when it does not exist: an HF id, say)."""
+    path = Path(path)
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def ensure_free_space(target: str | Path, needed: int, what: str) -> None:
+    """Refuse, before a long job, a write of ``needed`` bytes that the filesystem of ``target`` cannot hold."""
+    from .errors import OptionError
+
+    target = Path(target)
+    where = next((p for p in (target, *target.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(where).free
+    if free < needed:
+        raise OptionError(f"{target}: {what} needs about {needed / 1e6:.0f} MB and the filesystem has {free / 1e6:.0f} MB "
+                          "free; free some space or write elsewhere (nothing was changed)")
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Atomically write ``text`` to ``path`` (UTF-8), creating parent folders."""
     path = Path(path)

@@ -312,6 +312,10 @@ def export_model(model_dir: str | Path, backend: str, quantize: str | None = Non
                           "written into the model folder")
     if check is not None and not isinstance(check, QADataset):
         raise OptionError("check must be a QADataset")
+    from .atomic import ensure_free_space, folder_bytes
+
+    weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) or folder_bytes(model_dir)
+    ensure_free_space(model_dir, 2 * weights + 16 * 2**20, f"the {backend} export")
     if check is not None and len(check.queries) > max_check_queries:
         check = check.subset(sorted(check.queries)[:max_check_queries])
     # queries and documents alternate: int8 calibration and the cosine check see both kinds of text

@@ -34,6 +34,18 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+def _disk_full(exc: BaseException) -> bool:
+    import errno
+
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "os error 28" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def friendly(fn):
     """Turn our own errors into one red line and exit code 2, instead of a stack trace."""
 
@@ -43,6 +55,12 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except AceError as exc:
             console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except Exception as exc:  # a full disk mid-write, from our writes or a library's (safetensors says os error 28)
+            if not _disk_full(exc):
+                raise
+            console.print(f"[red]error:[/red] no space left on the device while writing ({exc}); the previous output "
+                          "is intact: free some space and run the command again", highlight=False, soft_wrap=True)
             sys.exit(2)
 
     return wrapper

@@ -37,6 +37,7 @@ from .served_model import resolve_serving
 from .training import (
     TrainConfig,
     TrainResult,
+    ensure_room_to_train,
     fine_tune,
     full_defaults,
     peak_memory,
@@ -110,6 +111,7 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
         raise OptionError("--method auto chooses on validation queries and this data leaves none (val_fraction 0, or "
                           "fewer than 4 queries); use --method full or --method adapter")
     output_dir = Path(output_dir)
+    ensure_room_to_train(config, output_dir)
     base = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False)
     val_set = validation_dataset(split.val, examples, corpus)
     unseen = unseen_query_ids(val_set, split.unseen)

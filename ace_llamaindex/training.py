@@ -443,6 +443,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         raise OptionError("no training examples")
     output_dir = Path(output_dir)
     checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
+    ensure_room_to_train(config, output_dir)
     split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share or 0.0)
     tuned = fine_tune(split, config, checkpoints, run_fingerprint(examples, config))
 
@@ -483,6 +484,16 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         export_all(output_dir, config.exports, val_set)
     return TrainResult(model_dir=output_dir, card=card, gate=verdict, fusion=fusion, promoted=promoted,
                        serving={**card["serving"], "model": str(output_dir)})
+
+
+def ensure_room_to_train(config: TrainConfig, output_dir: Path) -> None:
+    """A model is written beside the old one, and a checkpoint holds weights and optimizer state (3x the weights):
+    refuse before training when the output's filesystem cannot hold them."""
+    from .atomic import ensure_free_space, folder_bytes
+    from .models import resolve_model
+
+    weights = folder_bytes(resolve_model(config.base_model))
+    ensure_free_space(output_dir, weights * 4 + 16 * 2**20, "training (the new model and a checkpoint)")
 
 
 def save_model(model, output_dir: Path, card: dict[str, Any], fusion=None, extra=None) -> None:

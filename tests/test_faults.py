@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -313,3 +314,59 @@ def test_negatives_equal_to_the_positive_are_dropped_and_counted(tmp_path):
     rows = [TrainingExample(f"question {i}", f"answer {i}", [f"answer  {i}", f"answer {i + 1}"]) for i in range(12)]
     card = adapter_trainer(rows, tmp_path / "a", TrainConfig(epochs=1, force=True)).card
     assert card["data_checks"]["negatives_equal_to_positive"] == 12
+
+
+# ---- a full disk: refused before the work, or one line mid-write, the previous output intact ----------------------
+@pytest.fixture(scope="module")
+def small_disk(tmp_path_factory):
+    """A 128 MB tmpfs holding a copy of the base model (~90 MB): too small for an Edge shard, a training run or an
+    export of that model. Needs root (mount); skipped elsewhere."""
+    import shutil
+    import subprocess
+
+    from ace_llamaindex.models import resolve_model
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where = tmp_path_factory.mktemp("small-disk")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(where)], capture_output=True).returncode:
+        pytest.skip("this machine does not let us mount a tmpfs")
+    shutil.copytree(resolve_model(None), where / "model")
+    (where / "previous.json").write_text('{"examples": [{"query": "q", "positive": "p", "negatives": []}]}')
+    yield where
+    subprocess.run(["umount", str(where)], check=False)
+
+
+def _fill(disk, leave: int) -> None:
+    import shutil
+
+    free = shutil.disk_usage(disk).free
+    with open(disk / "filler", "wb") as handle:
+        handle.write(b"\0" * max(0, free - leave))
+
+
+DISK_FULL_CASES = [
+    ("index " + str(Path(__file__).parents[1] / "ace_llamaindex/data/agent_memories.json") + " --qdrant-path {disk}/q",
+     "Qdrant Edge maps"),
+    ("train {disk}/previous.json -o {disk}/tuned --method full --epochs 1", "training (the new model and a checkpoint) needs"),
+    ("export {disk}/model --backend onnx", "the onnx export needs about"),
+    ("mine " + str(Path(__file__).parents[1] / "ace_llamaindex/data/agent_memories.json") + " -o {disk}/previous.json "
+     "--fill", "no space left on the device"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), DISK_FULL_CASES, ids=[c[0].split()[0] for c in DISK_FULL_CASES])
+def test_a_full_disk_is_one_line_and_loses_nothing(small_disk, args, expected):
+    fill = args.endswith("--fill")
+    if fill:  # leave a few KB: the write itself runs out of space
+        _fill(small_disk, 8 * 1024)
+    args = args.removesuffix(" --fill").format(disk=small_disk)
+    before = {p: p.read_bytes() for p in small_disk.rglob("*") if p.is_file() and p.name != "filler" and p.suffix != ".safetensors"}
+    try:
+        result = CliRunner().invoke(cli, args.split())
+    finally:
+        (small_disk / "filler").unlink(missing_ok=True)
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and "Traceback" not in result.output
+    after = {p: p.read_bytes() for p in small_disk.rglob("*") if p.is_file() and p.name != "filler" and p.suffix != ".safetensors"}
+    assert after == before  # the previous output is intact, nothing half-written is left
