@@ -16,6 +16,8 @@ sentence-transformers' own.
 
 from __future__ import annotations
 
+import functools
+
 import json
 import logging
 import statistics
@@ -135,14 +137,50 @@ def choose_export(model_dir: str | Path, backend: str = "auto") -> ExportRecord 
             if r.why_not_auto():
                 log.info("backend auto: not using export %s of %s: %s", r.name, model_dir, r.why_not_auto())
         ok = [r for r in records if not r.why_not_auto() and installed(r.backend) and r.speedup > 1.0]
-        return max(ok, key=lambda r: r.speedup) if ok else None
+        for r in sorted(ok, key=lambda r: -r.speedup):
+            problem = export_problem(Path(model_dir) / r.file, r.backend)
+            if problem is None:
+                return r
+            log.warning("backend auto: the %s export of %s is unreadable (%s): serving torch; run `ace export %s "
+                        "--backend %s` again", r.name, model_dir, problem, model_dir, r.name)
+        return None
     exact = [r for r in records if r.name == backend]  # "onnx" is the fp32 ONNX export when there is one
     mine = exact or [r for r in records if r.backend == backend]
     if not mine:
         raise OptionError(f"{model_dir}: no {backend} export; run: ace export {model_dir} --backend {backend}")
     if not installed(mine[0].backend):
         raise OptionError(f"backend {backend!r} needs its runtime: pip install 'ace-llamaindex[{mine[0].backend}]'")
-    return max(mine, key=lambda r: r.speedup)
+    chosen = max(mine, key=lambda r: r.speedup)
+    problem = export_problem(Path(model_dir) / chosen.file, chosen.backend)
+    if problem:
+        raise OptionError(f"{model_dir}: the {chosen.name} export is unreadable ({problem}); run `ace export {model_dir} "
+                          f"--backend {chosen.name}` again, or pass backend='torch'")
+    return chosen
+
+
+def export_problem(path: Path, backend: str) -> str | None:
+    """Why the export file at ``path`` cannot be served (None: it loads), checked once per file version."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        return f"{path.name}: {exc.strerror}"
+    return _load_problem(str(path), backend, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_problem(path: str, backend: str, _size: int, _mtime: int) -> str | None:
+    try:
+        if backend == "onnx":
+            import onnx
+
+            onnx.load(path, load_external_data=False)
+        else:
+            import openvino as ov
+
+            ov.Core().read_model(path)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means: do not serve it
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+    return None
 
 
 # ---- running an export --------------------------------------------------------------------------------------

@@ -109,7 +109,11 @@ class EdgeCorpusIndex(CorpusIndex):
             if "WouldBlock" in str(exc) or "lock" in str(exc).lower():
                 raise OptionError(f"{self.root}: Qdrant Edge folder is in use by another process (one process per "
                                   "folder; use a Qdrant server for shared access)") from None
-            raise
+            if "segment data" in str(exc) or "already exists" in str(exc):  # another process created it meanwhile
+                raise OptionError(f"{self.root}: Qdrant Edge folder is in use by another process (it is creating this "
+                                  "collection right now; run again when it has finished)") from None
+            raise OptionError(f"{self.root}: the Qdrant Edge folder is unreadable ({str(exc)[:160]}); restore it or "
+                              "delete it and index again") from None
 
     # ---- engine calls ----------------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -127,7 +131,13 @@ class EdgeCorpusIndex(CorpusIndex):
             self.shard = None
 
     def _meta(self) -> dict[str, Any]:
-        return json.loads((self.root / META_FILE).read_text()) if (self.root / META_FILE).exists() else {}
+        path = self.root / META_FILE
+        if not path.exists():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise OptionError(f"{path}: unreadable ({exc}); delete the folder {self.root} and index again") from None
 
     def dense_vectors(self) -> dict[str, int]:
         return dict(self._meta().get("dense", {}))

@@ -74,5 +74,7 @@ def open_index(collection: str, *, path: str | Path | None = None, url: str | No
     from .store import check_collection_name
 
     check_collection_name(collection)  # before any engine creates a folder of that name
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise OptionError(f"{path}: is a file; the index folder must be a directory (pass another path)")
     name = resolve_engine(engine, collection, path, url)
     return engines()[name].open(collection, path=None if path is None else str(path), url=url, api_key=api_key, **kwargs)

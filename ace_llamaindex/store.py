@@ -7,7 +7,10 @@ searched against document vectors from model A. Search runs through Qdrant's Que
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import re
+import weakref
 
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -86,19 +89,42 @@ def _fused_score_scale(hybrid: HybridParams) -> float:
     return 1.0 / best if best else 1.0
 
 
+_OPEN_CLIENTS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_clients() -> None:
+    """Close embedded clients a script left open while Python can still run their close(): qdrant-client's own
+    finalizer runs during interpreter teardown and prints an ImportError traceback."""
+    for client in list(_OPEN_CLIENTS):
+        with contextlib.suppress(Exception):
+            client.close()
+
+
 def make_client(path: str | None = None, url: str | None = None, api_key: str | None = None) -> QdrantClient:
     """Embedded local Qdrant (``path`` folder, or in memory when both are None), or a server/cluster by ``url``."""
     if url:
         return QdrantClient(url=url, api_key=api_key)
     if not path:
         return QdrantClient(":memory:")
+    if Path(path).exists() and not Path(path).is_dir():
+        raise OptionError(f"{path}: is a file; the embedded Qdrant folder must be a directory (pass another --qdrant-path)")
     try:
-        return QdrantClient(path=path)
+        client = QdrantClient(path=path)
+        _OPEN_CLIENTS.add(client)
+        return client
     except RuntimeError as exc:  # portalocker: the folder is locked by another client
         if "already accessed" in str(exc) or "lock" in str(exc).lower():
             raise OptionError(f"{path}: embedded Qdrant folder is in use by another client or process (one at a time; "
                               "use a Qdrant server for shared access)") from None
         raise
+    except PermissionError as exc:
+        raise OptionError(f"{path}: no permission to use this folder for the embedded Qdrant ({exc.strerror})") from None
+    except OSError as exc:
+        raise OptionError(f"{path}: cannot use this folder for the embedded Qdrant ({exc.strerror or exc})") from None
+    except Exception as exc:  # noqa: BLE001 - sqlite3.DatabaseError, pickle errors: a corrupt storage file
+        raise OptionError(f"{path}: the embedded Qdrant storage is unreadable ({type(exc).__name__}: {exc}); restore it "
+                          "or delete the folder and index again") from None
 
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")

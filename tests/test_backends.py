@@ -112,3 +112,18 @@ def test_an_export_in_another_space_asks_for_reindexing(exported, demo, tmp_path
     served = HybridQdrantRetriever(FineTunedEmbedding(str(model)), **kwargs)
     with pytest.raises(OptionError, match="index the documents again, or pass backend='torch'"):
         served.retrieve(demo.queries[sorted(demo.queries)[0]])
+
+
+def test_a_corrupt_export_is_skipped_by_auto_and_named_when_asked_for(exported, tmp_path, caplog):
+    model = tmp_path / "model"
+    shutil.copytree(exported[0], model)
+    records = {r.name: r for r in read_exports(model)}
+    fast = {name: {"query_ms": 1.0, "docs_per_s": 1e6, "ndcg_export": records[name].ndcg_torch} for name in records}
+    fast["onnx"]["query_ms"] = 0.5  # auto would take the ONNX export
+    _rewrite(model, **fast)
+    (model / records["onnx"].file).write_bytes(b"\x08garbage, not a protobuf")
+    with caplog.at_level("WARNING"):
+        assert choose_export(model, "auto").name == "openvino-int8"  # the next one that loads
+    assert "onnx export" in caplog.text and "unreadable" in caplog.text
+    with pytest.raises(OptionError, match="the onnx export is unreadable"):
+        choose_export(model, "onnx")

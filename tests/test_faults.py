@@ -48,6 +48,7 @@ CLI_CASES = [
     ("train {tmp}/data.json --learning-rate nan", None, "'nan' is not a finite number"),
     ("eval --dense-weight -1 --out-dir {tmp}/r", None, "-1.0 is not in the range x>=0"),
     ("eval --rrf-k 0 --out-dir {tmp}/r", None, "0 is not in the range x>=1"),
+    ("index --qdrant-path {tmp}/afile", lambda t: (t / "afile").write_text("x"), "is a file"),
     # hostile names and text
     ("index --collection ../../escaped --qdrant-path {tmp}/q", None, "collection name '../../escaped'"),
     ("search hi --collection a/b --qdrant-path {tmp}", None, "collection name 'a/b'"),
@@ -370,3 +371,62 @@ def test_a_full_disk_is_one_line_and_loses_nothing(small_disk, args, expected):
     assert expected in result.output and "Traceback" not in result.output
     after = {p: p.read_bytes() for p in small_disk.rglob("*") if p.is_file() and p.name != "filler" and p.suffix != ".safetensors"}
     assert after == before  # the previous output is intact, nothing half-written is left
+
+
+def _index_then_spoil(tmp_path, engine, spoil):
+    from ace_llamaindex.engines import open_index
+
+    index = open_index("c", path=tmp_path / "q", engine=engine)
+    index.upsert(["d"], ["some text"], {"dense-x": np.ones((1, 4), dtype=np.float32)}, show_progress=False)
+    index.close()
+    spoil(tmp_path / "q")
+
+
+def _garbage(path):
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2] + b"\x00garbage")
+
+
+STORAGE_CASES = [
+    ("edge", lambda q: _garbage(next(q.rglob("edge_config.json"))), "the Qdrant Edge folder is unreadable"),
+    ("local", lambda q: _garbage(next(q.rglob("storage.sqlite"))), "the embedded Qdrant storage is unreadable"),
+]
+
+
+@pytest.mark.parametrize(("engine", "spoil", "expected"), STORAGE_CASES, ids=[c[0] for c in STORAGE_CASES])
+def test_a_corrupt_index_folder_is_one_line(tmp_path, engine, spoil, expected):
+    if engine == "edge":
+        pytest.importorskip("qdrant_edge")
+    _index_then_spoil(tmp_path, engine, spoil)
+    from ace_llamaindex.engines import open_index
+
+    with pytest.raises(OptionError, match=expected):
+        index = open_index("c", path=tmp_path / "q", engine=engine)
+        index.search("bm25", texts=["some"], limit=1, show_progress=False)
+
+
+def test_two_creators_of_one_new_collection_the_loser_gets_one_line(tmp_path):
+    pytest.importorskip("qdrant_edge")
+    import qdrant_edge as q
+
+    from ace_llamaindex.edge_store import EdgeCorpusIndex
+
+    loser = EdgeCorpusIndex(tmp_path, "c")  # sees no collection yet
+    config = q.EdgeConfig(vectors={"dense-x": q.EdgeVectorParams(size=4, distance=q.Distance.Cosine)})
+    winner = q.EdgeShard.create(str(tmp_path / "c"), config)  # the other process, mid-creation
+    with pytest.raises(OptionError, match="in use by another process"):
+        loser.upsert(["d"], ["text"], {"dense-x": np.ones((1, 4), dtype=np.float32)}, show_progress=False)
+    winner.close()
+
+
+def test_a_script_that_never_closes_its_retriever_exits_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    script = ("from ace_llamaindex import HybridQdrantRetriever, FineTunedEmbedding\n"
+              "from llama_index.core.schema import TextNode\n"
+              f"r = HybridQdrantRetriever(FineTunedEmbedding(), engine='local', path={str(tmp_path / 'q')!r}, collection='c')\n"
+              "r.add_nodes([TextNode(id_='a', text='hello world')])\n"
+              "print(r.retrieve('hello')[0].node.text)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "hello world" in done.stdout
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
