@@ -43,6 +43,7 @@ class AdapterConfig:
     patience: int = 10
     num_negatives: int | None = None  # use at most this many hard negatives per example (None: all)
     seen_share: float = 0.0           # as TrainConfig.seen_share: how the gate weighs seen/unseen documents
+    bias: bool = True                 # learn the bias b (False: q' = normalise(q W))
     val_fraction: float | None = None
     seed: int = 42
     force: bool = False
@@ -228,7 +229,9 @@ def fit_adapter(split, examples: list[TrainingExample], base: Encoder, config: A
 
     torch.manual_seed(config.seed)
     model = _torch_adapter(doc_vecs.shape[1], config.kind)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    if not config.bias:
+        model.b.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     eye = torch.eye(doc_vecs.shape[1])
     snapshot = lambda: {n: p.detach().numpy().copy() for n, p in model.named_parameters()}  # noqa: E731
     best, best_score, history, stale = snapshot(), -1.0, [], 0
@@ -270,7 +273,8 @@ def save_adapter(adapter: QueryAdapter, folder: Path, card: dict[str, Any]) -> N
 
 
 def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: str | Path, config: AdapterConfig | None = None,
-                  base_info: dict[str, Any] | None = None, engine: str = "auto", corpus: dict[str, str] | None = None) -> dict[str, Any]:
+                  base_info: dict[str, Any] | None = None, engine: str = "auto", corpus: dict[str, str] | None = None,
+                  validation: list[TrainingExample] | None = None) -> dict[str, Any]:
     """Train a query adapter for ``base`` on ``examples``; gate it on held-out queries; write it atomically.
 
     Returns the adapter card (with ``promoted``: whether the folder was written)."""
@@ -281,7 +285,7 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
     config.validate()
     if not examples:
         raise OptionError("no training examples")
-    split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share)
+    split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share, validation)
     fitted = fit_adapter(split, examples, base, config)
     verdict = None
     if split.val:
@@ -319,7 +323,8 @@ def adapter_config(config: Any) -> AdapterConfig:
 
 
 def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, config: Any = None, data_fingerprint: str | None = None,
-                    corpus: dict[str, str] | None = None, engine: str = "auto", base_encoder: Encoder | None = None):
+                    corpus: dict[str, str] | None = None, engine: str = "auto", base_encoder: Encoder | None = None,
+                    validation: list[TrainingExample] | None = None):
     """The ``adapter`` trainer plugin: same call as the sentence-transformers trainer, same ``TrainResult``.
     ``base_encoder``: the frozen base (default: ``config.base_model``, cached on disk); an endpoint works too."""
     from .encoding import CachedEncoder
@@ -328,9 +333,11 @@ def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, con
 
     config = config or TrainConfig()
     options = adapter_config(config)
-    base = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False)
+    base = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False,
+                                         trust_remote_code=config.trust_remote_code)
     card = train_adapter(examples, base, output_dir, options,
-                         base_info={**base_identity(base), "data_fingerprint": data_fingerprint}, engine=engine, corpus=corpus)
+                         base_info={**base_identity(base), "data_fingerprint": data_fingerprint}, engine=engine, corpus=corpus,
+                         validation=validation)
     serving = {"model": getattr(base, "model_name", None) or config.base_model, "adapter": str(output_dir), "reindex": False}
     card["serving"] = serving
     return TrainResult(model_dir=Path(output_dir), card=card, gate=GateResult.from_dict(card["gate"]), fusion=None,

@@ -47,11 +47,13 @@ class CachedEncoder:
         device: str | None = None,
         show_progress: bool = True,
         backend: str = "auto",
+        trust_remote_code: bool = False,
     ) -> None:
         """``backend``: as :class:`~ace_llamaindex.embedding.FineTunedEmbedding`'s (``auto`` serves a checked
         ONNX/OpenVINO export of the model folder when it has one)."""
         self.model_name = model
         self.backend = backend
+        self.trust_remote_code = trust_remote_code
         self.label = str(model) if model else "all-MiniLM-L6-v2"
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
@@ -74,7 +76,8 @@ class CachedEncoder:
     def model(self):
         """The loaded SentenceTransformer (loaded on first use)."""
         if self._model is None:
-            self._model = load_model(resolve_model(self.model_name), self.device, self.max_seq_length, backend=self.backend)
+            self._model = load_model(resolve_model(self.model_name), self.device, self.max_seq_length,
+                                     trust_remote_code=self.trust_remote_code, backend=self.backend)
         return self._model
 
     @property

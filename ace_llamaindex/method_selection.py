@@ -64,11 +64,11 @@ class Candidate:
     adapter: bool = False
 
 
-def interpolate(base_model: str, tuned, alpha: float):
+def interpolate(base_model: str, tuned, alpha: float, trust_remote_code: bool = False):
     """A copy of ``tuned`` with weights ``alpha * tuned + (1 - alpha) * base`` (same architecture, no training)."""
     import torch
 
-    base_state = open_model(base_model, device="cpu").state_dict()
+    base_state = open_model(base_model, device="cpu", trust_remote_code=trust_remote_code).state_dict()
     merged = copy.deepcopy(tuned)
     with torch.no_grad():
         state = {k: (alpha * v + (1 - alpha) * base_state[k].to(v.device, v.dtype)) if v.is_floating_point() else v
@@ -95,7 +95,7 @@ def _adapter_writer(adapter, info, base):
 
 def select_method(examples: list[TrainingExample], output_dir: str | Path, config: TrainConfig | None = None,
                   data_fingerprint: str | None = None, corpus: dict[str, str] | None = None, engine: str = "auto",
-                  base_encoder: Encoder | None = None) -> TrainResult:
+                  base_encoder: Encoder | None = None, validation: list[TrainingExample] | None = None) -> TrainResult:
     """The ``auto`` trainer plugin: train every candidate, judge them on the validation queries, write the winner to
     ``output_dir`` (with ``fusion.json`` chosen for it). Full-fine-tune options (epochs, learning rate, batch size...)
     apply to the fine-tune candidates; the adapters use their own defaults."""
@@ -106,13 +106,14 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
     full_config = full_defaults(config)
     if not examples:
         raise OptionError("no training examples")
-    split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share or 0.0)
+    split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share or 0.0, validation)
     if not split.val:
         raise OptionError("--method auto chooses on validation queries and this data leaves none (val_fraction 0, or "
                           "fewer than 4 queries); use --method full or --method adapter")
     output_dir = Path(output_dir)
     ensure_room_to_train(config, output_dir)
-    base = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False)
+    base = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False,
+                                         trust_remote_code=config.trust_remote_code)
     val_set = validation_dataset(split.val, examples, corpus)
     unseen = unseen_query_ids(val_set, split.unseen)
     adapter_options = AdapterConfig(val_fraction=config.val_fraction, seed=config.seed, num_negatives=config.num_negatives)
@@ -124,7 +125,7 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
                       run_fingerprint(examples, full_config))
     full = CachedEncoder.from_model(tuned.model, label="full")
     for alpha in ALPHAS:
-        merged = interpolate(config.base_model, tuned.model, alpha)
+        merged = interpolate(config.base_model, tuned.model, alpha, config.trust_remote_code)
         candidates.append(Candidate(f"interpolate({alpha})", CachedEncoder.from_model(merged, label=f"interpolate({alpha})"),
                                     True, _model_writer(merged)))
     candidates.append(Candidate("full", full, True, _model_writer(tuned.model)))

@@ -78,7 +78,8 @@ def run_pipeline(
         train_set = dataset
     if training.seen_share is None:  # weigh the gate as the test is made: its share of queries about seen documents
         training = replace(training, seen_share=seen_document_rate(train_set, test_set))
-    base = CachedEncoder(training.base_model, max_seq_length=training.max_seq_length, show_progress=show_progress)
+    base = CachedEncoder(training.base_model, max_seq_length=training.max_seq_length, show_progress=show_progress,
+                         trust_remote_code=training.trust_remote_code)
     examples = get("miners", miner)(encoder=base, options=mining, show_progress=show_progress, engine=engine).mine(train_set)
     data_path = save_training_data(examples, out_dir / "training_data.json", source=dataset.source, options=mining)
     result = get("trainers", trainer)(examples, out_dir / "model", training, data_fingerprint=train_set.fingerprint(),

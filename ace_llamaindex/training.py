@@ -64,6 +64,7 @@ class TrainConfig:
     mini_batch_size: int | None = None      # None: as large as the memory budget allows (see plan_memory)
     seed: int = 42
     device: str | None = None               # None: CUDA, then MPS, then CPU
+    trust_remote_code: bool = False         # run code shipped with the base model, wherever it is opened
     precision: str = "auto"                 # auto | fp32 | bf16 (auto: bf16 where the hardware has it, see choose_precision)
     resume: bool = False                    # continue from the last checkpoint in <output>.checkpoints (same run only)
     keep_checkpoints: bool = False          # keep <output>.checkpoints after a finished run
@@ -158,7 +159,8 @@ def choose_precision(requested: str, device: str) -> str:
     return "bf16" if device == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
-def plan_validation(examples: list[TrainingExample], val_fraction: float | None, seed: int, seen_share: float = 0.0):
+def plan_validation(examples: list[TrainingExample], val_fraction: float | None, seed: int, seen_share: float = 0.0,
+                    validation: list[TrainingExample] | None = None):
     """Hold out whole queries for validation and the gate, mostly about documents no training query has
     (:func:`~ace_llamaindex.validation_split.split_for_validation`); how many: :func:`validation_count`. The share
     of seen-document queries follows ``seen_share`` (the expected mix), between a quarter and three quarters."""
@@ -168,8 +170,17 @@ def plan_validation(examples: list[TrainingExample], val_fraction: float | None,
     examples, poisoned = drop_positive_negatives(examples)
     if poisoned:
         log.warning("dropped %d hard negative(s) identical to their example's positive", poisoned)
-    n_val = validation_count(len({e.query for e in examples}), val_fraction)
-    split = split_for_validation(examples, n_val, seed, seen_share=min(0.75, max(0.25, seen_share)))
+    if validation is not None:  # the caller's own validation set (e.g. llama-index-finetuning's val_dataset)
+        from .validation_split import ValidationSplit
+
+        trained = {e.positive for e in examples}
+        by_query: dict[str, set[str]] = {}
+        for e in validation:
+            by_query.setdefault(e.query, set()).add(e.positive)
+        split = ValidationSplit(examples, list(validation), {q for q, docs in by_query.items() if not docs & trained})
+    else:
+        n_val = validation_count(len({e.query for e in examples}), val_fraction)
+        split = split_for_validation(examples, n_val, seed, seen_share=min(0.75, max(0.25, seen_share)))
     split.checks["negatives_equal_to_positive"] = poisoned
     return split
 
@@ -359,7 +370,7 @@ def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -
     if patience is None and config.epochs is None and val_rows and epochs > AUTO_PATIENCE:
         patience = AUTO_PATIENCE
 
-    model = open_model(config.base_model, device=device)
+    model = open_model(config.base_model, device=device, trust_remote_code=config.trust_remote_code)
     if config.max_seq_length:
         model.max_seq_length = config.max_seq_length
     evaluator = ir_evaluator(val_rows) if val_rows else None
@@ -422,7 +433,7 @@ def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -
 
 def train(examples: list[TrainingExample], output_dir: str | Path, config: TrainConfig | None = None,
           data_fingerprint: str | None = None, corpus: dict[str, str] | None = None,
-          engine: str = "auto", base_encoder: Any = None) -> TrainResult:
+          engine: str = "auto", base_encoder: Any = None, validation: list[TrainingExample] | None = None) -> TrainResult:
     """Fine-tune ``config.base_model`` on ``examples`` and write a full sentence-transformers model to ``output_dir``.
 
     After training, the promotion gate compares the model with its base on the validation queries (over
@@ -431,7 +442,8 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     unless ``config.force``. The fusion chosen on the same queries is written beside the model (``fusion.json``).
     The model is built in a scratch folder and swapped in at the end; an interrupted run leaves the previous model
     untouched. Checkpoints go to ``<output_dir>.checkpoints`` so a run can resume (``config.resume=True``).
-    ``base_encoder``: the base model's encoder for the gate (default: ``config.base_model``, cached on disk).
+    ``base_encoder``: the base model's encoder for the gate (default: ``config.base_model``, cached on disk);
+    ``validation``: the validation examples to use instead of holding out queries of ``examples``.
     """
     from .encoding import CachedEncoder
     from .fusion_selection import select_fusion
@@ -444,13 +456,14 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     output_dir = Path(output_dir)
     checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
     ensure_room_to_train(config, output_dir)
-    split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share or 0.0)
+    split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share or 0.0, validation)
     tuned = fine_tune(split, config, checkpoints, run_fingerprint(examples, config))
 
     verdict, fusion, val_set = None, None, None
     if split.val:
         val_set = validation_dataset(split.val, examples, corpus)
-        base_encoder = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False)
+        base_encoder = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False,
+                                                     trust_remote_code=config.trust_remote_code)
         tuned_encoder = CachedEncoder.from_model(tuned.model, label="finetuned")
         verdict = gate(val_set, base_encoder, tuned_encoder, engine=engine, unseen=unseen_query_ids(val_set, split.unseen),
                        seen_weight=config.seen_share or 0.0)
