@@ -54,7 +54,27 @@ def _training_section(report: dict[str, Any]) -> list[str]:
         lo, hi = gate["ci95"]
         out += ["", "### Promotion gate (validation queries, before this evaluation)", "",
                 f"{gate['metric']} base {gate['base']:.3f} -> fine-tuned {gate['finetuned']:.3f}: {gate['delta']:+.3f} "
-                f"[{lo:+.3f}, {hi:+.3f}] on {gate['n_queries']} queries: **{gate['verdict']}**."]
+                f"[{lo:+.3f}, {hi:+.3f}] on {gate['n_queries']} queries: **{gate['verdict']}** (decided by "
+                f"{gate.get('decided_by', 'all validation queries')})."]
+        subsets = {k: v for k, v in (gate.get("subsets") or {}).items() if v.get("delta") is not None}
+        if subsets:
+            out += ["", "| validation queries | n | delta | 95% CI | verdict |", "|---|---:|---:|---|---|"]
+            out += [f"| {k} | {v['n']} | {v['delta']:+.3f} | [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}] | {v['verdict']} |"
+                    for k, v in subsets.items()]
+    card = report.get("training_card") or {}
+    if card.get("candidates"):
+        serving = card.get("serving") or {}
+        out += ["", f"### Method chosen: {card['chosen']}", "", card["choice"]["reason"] + ".",
+                "Serving: " + ("the base model (nothing was written)" if not serving else
+                              ("re-index the documents" if serving.get("reindex") else "the base's index as it is")
+                              + (", queries through the adapter" if serving.get("adapter") else "")) + ".", "",
+                "| candidate | re-index | decided by | delta | 95% CI | verdict |", "|---|:---:|---|---:|---|---|"]
+        for name, c in card["candidates"].items():
+            g = c["gate"]
+            d = (g.get("subsets") or {}).get(g.get("decided_by")) or g
+            ci = f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d.get("ci95") else "–"
+            delta = f"{d['delta']:+.3f}" if d.get("delta") is not None else "–"
+            out.append(f"| {name} | {'yes' if c['reindex'] else 'no'} | {g.get('decided_by')} | {delta} | {ci} | {g['verdict']} |")
     fusion = report.get("fusion")
     if fusion:
         out += ["", f"### Fusion chosen on validation: {fusion['name']}", "", fusion["reason"] + ".", ""]
