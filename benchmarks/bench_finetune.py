@@ -17,7 +17,7 @@ from common import CACHE, RESULTS, dataset_dir, save, timed
 from ace_llamaindex.beir import load_beir
 from ace_llamaindex.encoding import CachedEncoder
 from ace_llamaindex.evaluate import System, evaluate
-from ace_llamaindex.fusion_tuning import tune_fusion
+from ace_llamaindex.fusion_selection import select_fusion
 from ace_llamaindex.mining import HardNegativeMiner, MiningOptions
 from ace_llamaindex.models import resolve_model
 from ace_llamaindex.reporting import markdown_report
@@ -88,8 +88,8 @@ def main() -> None:
     with timed(timings, "ours: train"):
         result = train(examples, work / "ours", config, data_fingerprint=train_set.fingerprint())
     ours = CachedEncoder(str(result.model_dir), cache_dir=False)
-    with timed(timings, "ours: tune fusion on held-out train queries"):
-        fusion = tune_fusion(train_set.subset(val_queries), ours, engine=args.engine)
+    with timed(timings, "ours: choose the fusion on held-out train queries"):
+        fusion = select_fusion(train_set.subset(val_queries), ours, engine=args.engine)
 
     systems = [System("bm25", "bm25"), System("base", "dense", base), System("base+hybrid", "hybrid", base)]
     n_st = None
@@ -98,7 +98,7 @@ def main() -> None:
         st = CachedEncoder(str(work / "st"), cache_dir=False)
         systems += [System("st-recipe", "dense", st), System("st-recipe+hybrid", "hybrid", st)]
     systems += [System("ours", "dense", ours), System("ours+hybrid", "hybrid", ours),
-                System("ours+hybrid(tuned)", "hybrid", ours, fusion.params)]
+                System("ours+hybrid(tuned)", fusion.mode, None if fusion.mode == "bm25" else ours, fusion.params)]
     comparisons = [("base", "ours"), ("st-recipe", "ours"), ("st-recipe+hybrid", "ours+hybrid"), ("base+hybrid", "ours+hybrid(tuned)"),
                    ("st-recipe+hybrid", "ours+hybrid(tuned)"), ("ours", "ours+hybrid(tuned)"), ("bm25", "ours+hybrid(tuned)")]
     names = {s.name for s in systems}
@@ -109,7 +109,7 @@ def main() -> None:
     data["benchmark"] = {"dataset": args.dataset, "quick": args.quick, "epochs": args.epochs, "batch_size": args.batch_size,
                          "negatives": args.negatives, "learning_rate": args.learning_rate, "miner": args.miner,
                          "train_max_seq_length": seq, "engine": args.engine, "our_examples": len(examples), "st_examples": n_st,
-                         "fusion": fusion.as_dict(), "training_card": result.card, "timings_seconds": timings}
+                         "fusion": fusion.to_dict(), "training_card": result.card, "timings_seconds": timings}
     save(tag, data)
     (RESULTS / f"{tag}.md").write_text(markdown_report(data) + "\n### Wall clock (s)\n\n" +
                                        "\n".join(f"- {k}: {v}" for k, v in timings.items()) + "\n")
