@@ -24,4 +24,5 @@ infinity-venv: .venv-infinity/.installed
 	touch $@
 
 test: setup infinity-venv
+	$(VENV)/bin/ruff check .
 	ACE_INFINITY_BIN=$(CURDIR)/.venv-infinity/bin/infinity_emb ACE_REQUIRE_INFINITY=1 $(PY) -m pytest -q
