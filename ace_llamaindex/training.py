@@ -286,7 +286,10 @@ def _typical_tokens(model, texts: list[str]) -> int:
     sample = texts[:: max(1, len(texts) // 256)][:256]
     if not sample:
         return 1
-    ids = model.tokenizer(sample, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    try:
+        ids = model.tokenizer(sample, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    except Exception:  # noqa: BLE001 - a model without a plain text tokenizer: assume the longest
+        return int(model.max_seq_length or 512)
     return int(min(model.max_seq_length, np.percentile([len(i) for i in ids], 95)))
 
 

@@ -124,3 +124,25 @@ def test_eval_warns_on_training_queries(tuned_model_dir, tmp_path):
                                  "--out-dir", str(tmp_path / "r2"), "--report", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r2" / "eval.json").read_text())["n_queries"] < total
+
+
+@pytest.mark.parametrize("words,negatives,config,budget_gb,cached", [
+    (8, 5, {}, 6, False),                          # short memories: the plain loss fits
+    (300, 5, {}, 6, True),                         # SciFact-like abstracts, 224 sequences of 256 tokens: cached
+    (300, 5, {"cached_loss": False}, 6, False),    # an explicit choice wins
+    (300, 1, {"batch_size": 8}, 6, False),         # a small step fits
+    (8, 5, {}, 0.01, True),                        # a tiny budget caches even short texts
+])
+def test_the_loss_is_chosen_to_fit_the_memory_budget(monkeypatch, words, negatives, config, budget_gb, cached):
+    from ace_llamaindex.mining import TrainingExample
+    from ace_llamaindex.models import open_model
+    from ace_llamaindex.training import full_defaults, plan_memory
+
+    monkeypatch.setenv("ACE_TRAIN_MEMORY_GB", str(budget_gb))
+    model = open_model(None, device="cpu")
+    rows = [TrainingExample(f"query {i}", " ".join(["word"] * words), []) for i in range(40)]
+    plan = plan_memory(model, rows, full_defaults(TrainConfig(**config)), negatives, "cpu")
+    assert plan["cached"] is cached
+    if cached:
+        assert 1 <= plan["mini_batch_size"] <= full_defaults(TrainConfig(**config)).batch_size
+        assert plan["estimated_step_gb"] <= budget_gb or plan["mini_batch_size"] == 1
