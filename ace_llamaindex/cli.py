@@ -211,7 +211,9 @@ def _interval_line(s: dict) -> str:
 
 def inconclusive_reason(g: dict) -> str:
     """Why a verdict is not "better", in words: too few queries for a gain of that size, or the base near the ceiling."""
-    s = (g.get("subsets") or {}).get(g.get("decided_by")) or g
+    from .promotion import deciding_subset
+
+    s = deciding_subset(g)
     s = {**s, "n": s.get("n", g.get("n_queries"))}
     if g.get("verdict") == "can't tell":
         return (f"{g['decided_by']}: every validation query but those asks about documents training queries also had, "
@@ -229,12 +231,15 @@ def inconclusive_reason(g: dict) -> str:
 
 def print_training(card: dict) -> None:
     """The promotion gate's verdict (and, for --method auto, every candidate's) and the fusion, for people."""
+    from .promotion import deciding_subset
+
     g = card.get("gate") or {}
     for name, c in (card.get("candidates") or {}).items():
         cg = c["gate"]
         where = cg.get("decided_by", "")
-        sub = (cg.get("subsets") or {}).get(where) or {}
-        line = f"{where} {sub['delta']:+.3f} [{sub['ci95'][0]:+.3f}, {sub['ci95'][1]:+.3f}]" if sub.get("delta") is not None \
+        sub = deciding_subset(cg)
+        line = f"{where} {sub['delta']:+.3f} [{sub['ci95'][0]:+.3f}, {sub['ci95'][1]:+.3f}]" \
+            if sub is not cg and sub.get("delta") is not None \
             else f"{cg['delta']:+.3f} ({where})"
         console.print(f"  candidate {name:<18} {line}: {cg['verdict']}"
                       f"{' (re-index)' if c['reindex'] else ' (no re-index)'}", highlight=False)

@@ -12,10 +12,9 @@ with confidence too (a tie goes to the cheaper). None better: the base stays, no
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -121,8 +120,8 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
     on_base = fit_adapter(split, examples, base, adapter_options)
     candidates = [Candidate("adapter", AdaptedEncoder(base, on_base.adapter, label="adapter"), False,
                             _adapter_writer(on_base.adapter, on_base.info, base_identity(base)), adapter=True)]
-    tuned = fine_tune(split, full_config, output_dir.with_name(output_dir.name + ".checkpoints"),
-                      run_fingerprint(examples, full_config))
+    checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
+    tuned = fine_tune(split, full_config, checkpoints, run_fingerprint(examples, full_config))
     full = CachedEncoder.from_model(tuned.model, label="full")
     for alpha in ALPHAS:
         merged = interpolate(config.base_model, tuned.model, alpha, config.trust_remote_code)
@@ -144,12 +143,11 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
     gate_of = chosen.name if chosen else max(verdicts, key=lambda n: _decisive_delta(verdicts[n]))
     gate_result = verdicts[gate_of]
 
-    fusion = None
+    fusion, serving = None, None
     if chosen:
         prior = (validation_dataset(split.train, examples, corpus), base)
         fusion = select_fusion(val_set, chosen.encoder, engine=engine, prior=prior)
-    serving = None  # in the card, "." is the output folder itself (see served_model.resolve_serving)
-    if chosen:
+        # in the card, "." is the output folder itself (see served_model.resolve_serving)
         serving = {"model": "." if chosen.reindex else (getattr(base, "model_name", None) or config.base_model),
                    "adapter": "." if chosen.adapter else None, "reindex": chosen.reindex}
     device = tuned.info["device"]
@@ -162,7 +160,7 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
                     "no candidate is better than the base with confidence: the base model stays")},
         "candidates": {c.name: {"gate": verdicts[c.name].as_dict(), "reindex": c.reindex} for c in candidates},
         "base_model": config.base_model,
-        "config": {**_jsonable(full_config), "epochs": tuned.info["epochs"]},
+        "config": {**asdict(full_config), "epochs": tuned.info["epochs"]},
         "data_fingerprint": data_fingerprint,
         "train_examples": len(split.train),
         "val_examples": len(split.val),
@@ -186,7 +184,7 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
     else:
         write_json(output_dir.with_name(output_dir.name + ".not-promoted.json"), card)
     if not config.keep_checkpoints:
-        shutil.rmtree(output_dir.with_name(output_dir.name + ".checkpoints"), ignore_errors=True)
+        shutil.rmtree(checkpoints, ignore_errors=True)
     log.info("method auto: %s", card["choice"]["reason"])
     return TrainResult(model_dir=output_dir, card=card, gate=gate_result, fusion=fusion, promoted=chosen is not None,
                        serving=resolve_serving(serving, output_dir) if serving else None)
@@ -227,8 +225,3 @@ def _decisive_delta(g: GateResult) -> float:
     value = subset.get("delta") if subset.get("delta") is not None else g.delta
     return value if value is not None else float("-inf")
 
-
-def _jsonable(config: TrainConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return json.loads(json.dumps(asdict(config), default=str))

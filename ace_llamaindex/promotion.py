@@ -102,11 +102,20 @@ def seen_document_share(train: Sequence[TrainingExample], val: Sequence[Training
     """The share of validation queries whose relevant document is also a training query's: the gate measures
     queries about documents the model was trained towards at that rate. Future queries about documents no
     training query touched may gain less (a query adapter, which only moves queries, most of all)."""
-    trained = {e.positive for e in train}
-    by_query: dict[str, bool] = {}
-    for e in val:
-        by_query[e.query] = by_query.get(e.query, False) or e.positive in trained
-    return round(sum(by_query.values()) / len(by_query), 3) if by_query else None
+    from .validation_split import unseen_queries
+
+    queries = {e.query for e in val}
+    return round(1 - len(unseen_queries(list(train), list(val))) / len(queries), 3) if queries else None
+
+
+def deciding_subset(gate: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The comparison (from a gate's ``as_dict()``) its verdict was decided on: a subset, or all queries."""
+    return (gate.get("subsets") or {}).get(gate.get("decided_by")) or gate
+
+
+def _scores(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Sequence[str], system: str,
+            metric: str) -> np.ndarray:
+    return np.array([per_query[q][system][metric] for q in qids])
 
 
 def compare(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Sequence[str], baseline: str,
@@ -114,8 +123,7 @@ def compare(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Se
     """Paired bootstrap of ``candidate`` vs ``baseline`` on ``qids`` (rows from ``evaluate``'s ``per_query``)."""
     if not qids:
         return {"n": 0, "delta": None, "verdict": "not measured"}
-    a = np.array([per_query[q][baseline][metric] for q in qids])
-    b = np.array([per_query[q][candidate][metric] for q in qids])
+    a, b = _scores(per_query, qids, baseline, metric), _scores(per_query, qids, candidate, metric)
     d = paired_bootstrap(a, b)
     return {"n": len(qids), "base": round(float(a.mean()), 4), "finetuned": round(float(b.mean()), 4),
             "delta": round(d.delta, 4), "ci95": [round(d.ci_low, 4), round(d.ci_high, 4)], "verdict": d.verdict}
@@ -148,7 +156,7 @@ def judge(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Sequ
         result.decided_by = f"too few unseen-document queries ({len(unseen_ids)} < {MIN_UNSEEN})"
         return result
     if seen_weight > 0 and seen_ids:
-        strata = [(w, np.array([per_query[q][baseline][metric] for q in ids]), np.array([per_query[q][candidate][metric] for q in ids]))
+        strata = [(w, _scores(per_query, ids, baseline, metric), _scores(per_query, ids, candidate, metric))
                   for w, ids in ((seen_weight, seen_ids), (1 - seen_weight, unseen_ids))]
         d = weighted_paired_bootstrap(strata)
         mix = f"documents seen {seen_weight:.0%} / unseen {1 - seen_weight:.0%}"

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_json, write_text
+from .promotion import deciding_subset
 
 HEADLINE = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "cosine")
 
@@ -71,7 +72,7 @@ def _training_section(report: dict[str, Any]) -> list[str]:
                 "| candidate | re-index | decided by | delta | 95% CI | verdict |", "|---|:---:|---|---:|---|---|"]
         for name, c in card["candidates"].items():
             g = c["gate"]
-            d = (g.get("subsets") or {}).get(g.get("decided_by")) or g
+            d = deciding_subset(g)
             ci = f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d.get("ci95") else "–"
             delta = f"{d['delta']:+.3f}" if d.get("delta") is not None else "–"
             out.append(f"| {name} | {'yes' if c['reindex'] else 'no'} | {g.get('decided_by')} | {delta} | {ci} | {g['verdict']} |")

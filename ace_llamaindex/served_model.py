@@ -6,13 +6,11 @@ evaluation and serving build the same thing without knowing which trainer wrote 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .adapter import ADAPTER_CARD, AdaptedEncoder, QueryAdapter, check_base
 from .encoding import CachedEncoder
-from .errors import OptionError
 
 HERE = "."  # in a card: the folder the card is in (so a moved folder still serves itself)
 
@@ -24,21 +22,16 @@ def resolve_serving(serving: dict[str, Any], folder: str | Path) -> dict[str, An
 
 def read_serving(folder: str | Path) -> dict[str, Any]:
     """The serving plan of an output folder; a plain sentence-transformers model folder serves itself."""
-    from .training import CARD_NAME
+    from .training import CARD_NAME, read_card
 
     folder = Path(folder)
-    for name in (CARD_NAME, ADAPTER_CARD):
-        path = folder / name
-        if path.is_file():
-            try:
-                card = json.loads(path.read_text(encoding="utf-8"))
-            except ValueError as exc:
-                raise OptionError(f"{path}: unreadable card ({exc}); train again or delete the folder") from None
-            if card.get("serving"):
-                return resolve_serving(card["serving"], folder)
-            if name == ADAPTER_CARD:  # an adapter trained before cards said how to serve it: over its base
-                base = (card.get("base") or {}).get("model")
-                return {"model": str(folder) if base == "." else base, "adapter": str(folder), "reindex": base == "."}
+    card = read_card(folder) or {}
+    if card.get("serving"):
+        return resolve_serving(card["serving"], folder)
+    if (folder / ADAPTER_CARD).is_file() and not (folder / CARD_NAME).is_file():
+        # an adapter trained before cards said how to serve it: over its base
+        base = (card.get("base") or {}).get("model")
+        return {"model": str(folder) if base == "." else base, "adapter": str(folder), "reindex": base == "."}
     return {"model": str(folder), "adapter": None, "reindex": True}
 
 

@@ -171,13 +171,9 @@ def plan_validation(examples: list[TrainingExample], val_fraction: float | None,
     if poisoned:
         log.warning("dropped %d hard negative(s) identical to their example's positive", poisoned)
     if validation is not None:  # the caller's own validation set (e.g. llama-index-finetuning's val_dataset)
-        from .validation_split import ValidationSplit
+        from .validation_split import ValidationSplit, unseen_queries
 
-        trained = {e.positive for e in examples}
-        by_query: dict[str, set[str]] = {}
-        for e in validation:
-            by_query.setdefault(e.query, set()).add(e.positive)
-        split = ValidationSplit(examples, list(validation), {q for q, docs in by_query.items() if not docs & trained})
+        split = ValidationSplit(examples, list(validation), unseen_queries(examples, validation))
     else:
         n_val = validation_count(len({e.query for e in examples}), val_fraction)
         split = split_for_validation(examples, n_val, seed, seen_share=min(0.75, max(0.25, seen_share)))
@@ -553,14 +549,16 @@ def run_fingerprint(examples: list[TrainingExample], config: TrainConfig) -> str
 
 def _prepare_checkpoints(folder: Path, fingerprint: str, resume: bool) -> Path | None:
     """The checkpoint to resume from: only one of this very run (``ace_run.json``); a mismatch is refused."""
-    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2]) if p.name.rpartition("-")[2].isdigit() else 0) if folder.exists() else []
-    if resume and found:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if resume and last:
         stamp = folder / RUN_FILE
         theirs = json.loads(stamp.read_text()).get("fingerprint") if stamp.exists() else None
         if theirs != fingerprint:
             raise OptionError(f"--resume: the checkpoints in {folder} belong to another run (different data, options or "
                               "base model); delete that folder or train without --resume")
-        return found[-1]
+        return Path(last)
     shutil.rmtree(folder, ignore_errors=True)  # stale checkpoints of another run are never picked up by accident
     write_json(folder / RUN_FILE, {"fingerprint": fingerprint})
     return None
@@ -573,8 +571,13 @@ def _holds_model(path: Path) -> bool:
 
 def read_card(model_dir: str | Path) -> dict[str, Any] | None:
     """The training card of a model (or adapter) we trained, or None."""
-    for name in (CARD_NAME, "ace_adapter.json"):
+    from .adapter import ADAPTER_CARD
+
+    for name in (CARD_NAME, ADAPTER_CARD):
         path = Path(model_dir) / name
-        if path.exists():
-            return json.loads(path.read_text())
+        if path.is_file():
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise OptionError(f"{path}: unreadable card ({exc}); train again or delete the folder") from None
     return None

@@ -71,7 +71,12 @@ def split_for_validation(examples: list[TrainingExample], n_val: int, seed: int,
             unseen.extend(comp)
             taken.update(comp)
     held = set(unseen) | set(seen)
-    train = [e for e in examples if e.query not in held]
+    train, val = [e for e in examples if e.query not in held], [e for e in examples if e.query in held]
+    return ValidationSplit(train, val, unseen_queries(train, val))
+
+
+def unseen_queries(train: list[TrainingExample], val: list[TrainingExample]) -> set[str]:
+    """The validation queries none of whose relevant documents is a training example's positive."""
     trained = {e.positive for e in train}
-    return ValidationSplit(train, [e for e in examples if e.query in held],
-                           {q for q in held if not positives[q] & trained})
+    seen = {e.query for e in val if e.positive in trained}
+    return {e.query for e in val} - seen
