@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import AceError, OptionError
+from .feedback import QUERY_ID
 
 EXPORTS = ["onnx", "onnx-int8", "openvino", "openvino-int8"]
 
@@ -300,8 +301,14 @@ def print_report(report: dict, metric: str = "ndcg@10") -> None:
 @click.option("--vector-name", default=None, help="Named dense vector to search in --collection.")
 @click.option("--text-field", default="text", show_default=True, help="Payload key with the document text.")
 @click.option("--id-field", default="doc_id", show_default=True, help="Payload key with the corpus id.")
+@click.option("--from-feedback", "feedback", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A feedback log (feedback_log= of the retriever or vector store) instead of DATASET: accepted "
+                   "results are positives, rejected ones shown above them negatives. Needs --collection.")
+@click.option("--test-fraction", default=0.2, show_default=True, type=FiniteFloat(0, 1, max_open=True),
+              help="With --from-feedback: the most recent share of queries, written to OUTPUT's .test.json for `ace eval`.")
 @friendly
-def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_path, vector_name, text_field, id_field, **kw):
+def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_path, vector_name, text_field, id_field,
+         feedback, test_fraction, **kw):
     """Mine hard negatives for DATASET (default: the shipped demo) and write training_data.json."""
     from .atomic import check_output
 
@@ -309,18 +316,42 @@ def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_pat
     from .encoding import CachedEncoder
     from .mining import save_training_data
     from .plugins import get
-    from .store import CorpusIndex, make_client
 
-    ds = _load(dataset, fmt, split, strict)
+    if feedback and dataset:
+        raise OptionError("give DATASET or --from-feedback, not both")
+    if feedback and not collection:
+        raise OptionError("--from-feedback needs --collection (with --qdrant-path or --qdrant-url): the collection the "
+                          "logged results came from holds the documents' texts")
     options = _mining(kw)
     options.validate()
     encoder = CachedEncoder(kw["model"]) if kw["miner"] != "bm25" else None
-    extra = {}
+    extra = {"engine": kw["engine"]}
     if collection:
-        index = CorpusIndex(make_client(path=qdrant_path, url=qdrant_url), collection, text_field=text_field, id_field=id_field)
-        extra = {"index": index, "using": vector_name}
-    extra = extra or {"engine": kw["engine"]}
-    examples = get("miners", kw["miner"])(encoder=encoder, options=options, **extra).mine(ds)
+        from .engines import open_index
+
+        index = open_index(collection, path=qdrant_path, url=qdrant_url,
+                           engine="auto" if kw["engine"] == "auto" else kw["engine"], text_field=text_field, id_field=id_field)
+        if not index.exists():
+            raise OptionError(f"no collection {collection!r} in {qdrant_url or qdrant_path}")
+        extra = {"index": index, "using": vector_name or _collection_vector(index, encoder)}
+    if not feedback:
+        ds = _load(dataset, fmt, split, strict)
+        examples = get("miners", kw["miner"])(encoder=encoder, options=options, **extra).mine(ds)
+    else:
+        from .feedback_dataset import load_feedback, with_rejected_negatives
+
+        corpus = {doc_id: text for doc_id, text, _ in extra["index"].iter_documents()}
+        data = load_feedback(feedback, corpus)
+        ds, test = data.recent_split(test_fraction)
+        examples = get("miners", kw["miner"])(encoder=encoder, options=options, **extra).mine(ds)
+        examples = with_rejected_negatives(examples, data, corpus, options.num_negatives)
+        counts = ", ".join(f"{v} {k}" for k, v in data.counts.items() if v)
+        console.print(f"feedback: {counts}; {len(ds.queries)} queries for training", highlight=False, soft_wrap=True)
+        if test is not None:
+            test_path = output.with_suffix(".test.json")
+            test.save(test_path)
+            console.print(f"{len(test.queries)} most recent queries held out -> {test_path} (ace eval {test_path} ...)",
+                          highlight=False, soft_wrap=True)
     save_training_data(examples, output, source=ds.source, options=options)
     console.print(f"{len(examples)} examples, {sum(len(e.negatives) for e in examples)} negatives -> {output}")
 
@@ -597,7 +628,8 @@ def serving_options(f):
     return f
 
 
-def _retriever(model, fallback_url, fallback_model, qdrant_path, qdrant_url, collection, mode, engine, top_k=10):
+def _retriever(model, fallback_url, fallback_model, qdrant_path, qdrant_url, collection, mode, engine, top_k=10,
+               feedback_log=None):
     from .embedding import FineTunedEmbedding
     from .http_embedding import OpenAICompatibleEmbedding
     from .retriever import HybridQdrantRetriever
@@ -608,7 +640,107 @@ def _retriever(model, fallback_url, fallback_model, qdrant_path, qdrant_url, col
     serving = read_serving(model) if model and Path(model).is_dir() else {"model": model or "bundled:all-MiniLM-L6-v2"}
     embed = serving_embedding(serving, lambda name: FineTunedEmbedding(name or "bundled:all-MiniLM-L6-v2", fallback=fallback))
     return HybridQdrantRetriever(embed, path=None if qdrant_url else qdrant_path, url=qdrant_url, collection=collection,
-                                 mode=mode, similarity_top_k=top_k, engine=engine)
+                                 mode=mode, similarity_top_k=top_k, engine=engine, feedback_log=feedback_log)
+
+
+def _collection_vector(index, encoder) -> str | None:
+    """The named vector to mine with in an existing collection: the one its rollout recorded, the one ace writes
+    for the model, or its only one."""
+    from .models import vector_name
+    from .rollout import VECTOR_KEY
+
+    have = index.dense_vectors()
+    recorded = index.metadata().get(VECTOR_KEY)
+    if recorded in have:
+        return recorded
+    if encoder is None or vector_name(encoder.label) in have:
+        return None
+    if len(have) == 1:
+        return next(iter(have))
+    raise OptionError(f"collection {index.collection!r} has dense vectors {sorted(have)}; pick one with --vector-name")
+
+
+def rollout_location(collection, qdrant_path, qdrant_url, engine):
+    from .engines import open_index
+
+    if not qdrant_url and not Path(qdrant_path).exists():
+        raise OptionError(f"no index at {qdrant_path!r}; run `ace index` first (or pass --qdrant-path/--qdrant-url)")
+    return open_index(collection, path=None if qdrant_url else qdrant_path, url=qdrant_url, engine=engine)
+
+
+def location_options(f):
+    for opt in reversed([
+        click.option("--collection", default="ace_memories", show_default=True, help="The name applications serve from."),
+        click.option("--qdrant-path", default="qdrant_data", show_default=True, help="Embedded Qdrant folder."),
+        click.option("--qdrant-url", default=None, help="Qdrant server or cluster (overrides --qdrant-path)."),
+        click.option("--engine", default="auto", show_default=True, help="auto, local, edge, or a registered engine."),
+        click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@cli.command(name="rollout")
+@click.argument("model")
+@location_options
+@click.option("--previous-model", default=None,
+              help="What serves the collection now, if it does not say (default: the bundled all-MiniLM-L6-v2).")
+@click.option("--fallback-url", default=None, help="The serving fallback endpoint, to embed its space too when missing.")
+@click.option("--fallback-model", default="text-embedding", show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--dry-run", is_flag=True, help="Say what would happen and how long encoding will take; change nothing.")
+@friendly
+def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, previous_model, fallback_url, fallback_model,
+                batch_size, dry_run):
+    """Serve COLLECTION with MODEL without downtime: a fresh collection, checked, then an atomic alias switch."""
+    from .rollout import rollout
+
+    fallback = None
+    if fallback_url:
+        from .http_embedding import OpenAICompatibleEmbedding
+
+        fallback = OpenAICompatibleEmbedding(base_url=fallback_url, model_name=fallback_model)
+    report = rollout(model, collection, index=rollout_location(collection, qdrant_path, qdrant_url, engine),
+                     previous_model=previous_model, fallback=fallback, dry_run=dry_run, batch_size=batch_size,
+                     show_progress=not as_json)
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+        return
+    if dry_run:
+        console.print(f"would embed {report.documents} documents of {report.previous!r} with {model} into "
+                      f"{report.collection!r} (about {report.encode_seconds:.0f} s, {report.seconds_per_1000} s per 1,000; "
+                      f"vectors embedded: {report.encoded_vectors}, copied: {report.copied_vectors or 'none'} + BM25), then "
+                      f"point {collection!r} at it", highlight=False)
+        return
+    console.print(f"{collection!r} now serves {report.collection!r} ({report.documents} documents, {report.encode_seconds} s, "
+                  f"checks {report.checks}); previous {report.previous!r} kept for `ace rollback`", highlight=False)
+
+
+@cli.command(name="rollback")
+@location_options
+@friendly
+def rollback_cmd(collection, qdrant_path, qdrant_url, engine, as_json):
+    """Serve COLLECTION from the collection the last rollout replaced."""
+    from .rollout import rollback
+
+    was, now = rollback(collection, index=rollout_location(collection, qdrant_path, qdrant_url, engine))
+    if as_json:
+        out.print_json(json.dumps({"collection": collection, "from": was, "to": now}))
+        return
+    console.print(f"{collection!r} serves {now!r} again (was {was!r})", highlight=False)
+
+
+@cli.command(name="feedback")
+@click.argument("log", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("query_id")
+@click.argument("doc_id")
+@click.option("--accept/--reject", "relevant", required=True, help="Whether the result answered the query.")
+@friendly
+def feedback_cmd(log, query_id, doc_id, relevant):
+    """Record a judgement of a served result (QUERY_ID: `ace search --json`'s query_id) in LOG."""
+    from .feedback import record_feedback
+
+    record_feedback(log, query_id, doc_id, relevant)
 
 
 @cli.command()
@@ -631,17 +763,19 @@ def index(dataset, fmt, split, strict, **kw):
 @serving_options
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--feedback-log", default=None, type=click.Path(path_type=Path, dir_okay=False),
+              help="Append what was served to this feedback log (judge it with `ace feedback`).")
 @friendly
-def search(query, top_k, as_json, **kw):
+def search(query, top_k, as_json, feedback_log, **kw):
     """Search an index built by `ace index`."""
     if not kw["qdrant_url"] and not Path(kw["qdrant_path"]).exists():  # a read-only command creates nothing
         raise OptionError(f"no index at {kw['qdrant_path']!r}; run `ace index` first (or pass --qdrant-path/--qdrant-url)")
-    retriever = _retriever(top_k=top_k, **kw)
+    retriever = _retriever(top_k=top_k, feedback_log=feedback_log, **kw)
     if not retriever.index.exists():
         raise OptionError(f"no collection {kw['collection']!r} in {kw['qdrant_url'] or kw['qdrant_path']}; run `ace index` first")
     results = retriever.retrieve(query)
-    rows = [{"id": n.node.node_id, "score": n.score, "served_by": n.node.metadata.get("ace_served_by"), "text": n.node.text}
-            for n in results]
+    rows = [{"id": n.node.node_id, "score": n.score, "served_by": n.node.metadata.get("ace_served_by"), "text": n.node.text,
+             **({"query_id": n.node.metadata[QUERY_ID]} if QUERY_ID in n.node.metadata else {})} for n in results]
     if as_json:
         out.print_json(json.dumps(rows))
         return

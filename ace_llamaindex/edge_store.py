@@ -13,6 +13,7 @@ import atexit
 import json
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,16 @@ from .errors import OptionError
 from .store import SPARSE_NAME, CorpusIndex
 
 META_FILE = "ace_collection.json"
+POINTER_SUFFIX = ".alias.json"  # <path>/<alias>.alias.json: {"collection": the shard folder the alias serves}
+
+
+def _read_pointer(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    try:
+        return str(json.loads(path.read_text())["collection"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise OptionError(f"{path}: unreadable alias pointer ({exc}); point it again with `ace rollout` or `ace rollback`") from None
 
 
 def _edge():
@@ -75,21 +86,33 @@ def ensure_room(root: Path, needed: int) -> None:
 
 
 def edge_holds(path: Path, collection: str) -> bool:
-    """Whether ``path`` holds ``collection`` as a Qdrant Edge shard of ours."""
-    return (path / collection / META_FILE).is_file()
+    """Whether ``path`` holds ``collection`` (or an alias of that name) as a Qdrant Edge shard of ours."""
+    return (path / collection / META_FILE).is_file() or (path / f"{collection}{POINTER_SUFFIX}").is_file()
 
 
 def open_edge(collection: str, *, path: str | None = None, url: str | None = None, api_key: str | None = None,
               **kwargs: Any) -> EdgeCorpusIndex:
-    """The ``edge`` engine (see :mod:`~ace_llamaindex.engines`): a shard folder per collection under ``path``."""
+    """The ``edge`` engine (see :mod:`~ace_llamaindex.engines`): a shard folder per collection under ``path``. A
+    shard this process already has open is shared (Edge lets one opener hold a shard)."""
+    if path and kwargs.get("bm25") is None and kwargs.get("text_field", "text") == "text" \
+            and kwargs.get("id_field", "doc_id") == "doc_id":
+        target = _read_pointer(Path(path) / f"{collection}{POINTER_SUFFIX}") or collection
+        opened = _OPEN.get(str(Path(path) / target))
+        if opened is not None and opened.shard is not None:
+            return opened
     return EdgeCorpusIndex(path, collection, **kwargs)
 
 
 class EdgeCorpusIndex(CorpusIndex):
     """A corpus in a Qdrant Edge shard: one folder per collection under ``path`` (a temporary one if None)."""
 
+    ALIASES_ARE_COLLECTIONS = False  # the alias is a pointer file beside the shard folders
+
     def __init__(self, path: str | Path | None = None, collection: str = "ace_memories", bm25: BM25Encoder | None = None,
-                 text_field: str = "text", id_field: str = "doc_id") -> None:
+                 text_field: str = "text", id_field: str = "doc_id", follow_alias: bool = True) -> None:
+        """``collection`` may be an alias written by a rollout: the shard it points at is opened."""
+        if path and follow_alias:
+            collection = _read_pointer(Path(path) / f"{collection}{POINTER_SUFFIX}") or collection
         super().__init__(client=None, collection=collection, bm25=bm25, text_field=text_field, id_field=id_field)
         self.q = _edge()
         self._tmp = None if path else tempfile.mkdtemp(prefix="ace-edge-")
@@ -100,6 +123,7 @@ class EdgeCorpusIndex(CorpusIndex):
             self.shard = self._open(lambda: self.q.EdgeShard.load(str(self.root)))
         if self._tmp:
             _TEMP_DIRS.add(self._tmp)
+        _OPEN[str(self.root)] = self
 
     def _open(self, opener):
         """Open or create the shard; a folder another process holds is one clear error (Edge locks its WAL)."""
@@ -196,6 +220,45 @@ class EdgeCorpusIndex(CorpusIndex):
             if offset is None:
                 return
 
+    # ---- rollouts: the alias is a pointer file beside the shard folders, replaced atomically -------------------
+    def _pointer(self, name: str) -> Path:
+        return self.root.parent / f"{name}{POINTER_SUFFIX}"
+
+    def alias_target(self, name: str) -> str | None:
+        return _read_pointer(self._pointer(name))
+
+    def switch_alias(self, name: str, target: str) -> None:
+        write_json(self._pointer(name), {"collection": target})
+
+    def collection_names(self) -> list[str]:
+        base = self.root.parent
+        return sorted(p.name for p in base.iterdir() if (p / META_FILE).is_file()) if base.is_dir() else []
+
+    def sibling(self, collection: str) -> EdgeCorpusIndex:
+        """The shard ``collection`` beside this one; the one this process already has open, if any (Edge locks a
+        shard to one opener)."""
+        opened = _OPEN.get(str(self.root.parent / collection))
+        if opened is not None and (opened.shard is not None or not (opened.root / META_FILE).exists()):
+            return opened
+        return EdgeCorpusIndex(self.root.parent, collection, BM25Encoder(k1=self.bm25.k1, b=self.bm25.b),
+                               text_field=self.text_field, id_field=self.id_field, follow_alias=False)
+
+    def set_metadata(self, extra: Mapping[str, Any]) -> None:
+        meta = self._meta()
+        write_json(self.root / META_FILE, {**meta, "metadata": {**meta.get("metadata", {}), **extra}})
+
+    def iter_points(self, batch_size: int = 256) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+        offset = None
+        while True:
+            points, offset = self.shard.scroll(self.q.ScrollRequest(offset=offset, limit=batch_size, with_payload=True,
+                                                                    with_vector=True))
+            for p in points:
+                vectors = {name: models.SparseVector(indices=list(v.indices), values=list(v.values))
+                           if hasattr(v, "indices") else list(v) for name, v in (p.vector or {}).items()}
+                yield str(p.id), dict(p.payload or {}), vectors
+            if offset is None:
+                return
+
     # ---- translation from qdrant-client models ---------------------------------------------------------------
     def _vector(self, v: Any) -> Any:
         if isinstance(v, models.SparseVector):
@@ -256,6 +319,9 @@ class EdgeCorpusIndex(CorpusIndex):
                 shutil.rmtree(self._tmp, ignore_errors=True)
                 _TEMP_DIRS.discard(self._tmp)
 
+
+# The shards this process has open, by folder: a rollout and a retriever in one process share them.
+_OPEN: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 # Temporary shards left by an interrupted run are removed at exit (the CLI turns SIGTERM into a normal exit).
 _TEMP_DIRS: set[str] = set()

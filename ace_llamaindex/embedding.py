@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -102,7 +103,7 @@ class FineTunedEmbedding(LengthSortedBatches, BaseEmbedding):
     _fallback: BaseEmbedding | None = PrivateAttr(default=None)
     _on_fallback: bool = PrivateAttr(default=False)
 
-    def __init__(self, model_path: str | None = None, fallback: BaseEmbedding | None = None, *,
+    def __init__(self, model_path: str | Path | None = None, fallback: BaseEmbedding | None = None, *,
                  model_name: str | None = None, **kwargs: Any) -> None:
         """``model_path`` or, as in ``HuggingFaceEmbedding``, ``model_name``: a folder, HF id or the bundled model.
         ``HuggingFaceEmbedding``'s ``max_length``, ``query_instruction`` and ``text_instruction`` are accepted;
@@ -111,7 +112,7 @@ class FineTunedEmbedding(LengthSortedBatches, BaseEmbedding):
             raise OptionError(f"FineTunedEmbedding: model_path={model_path!r} and model_name={model_name!r} disagree; give one")
         if model_name and model_name.startswith("finetuned:"):  # our own label, e.g. from to_dict()
             model_name = None
-        model_path = model_path or model_name or DEFAULT_MODEL
+        model_path = str(model_path or model_name or DEFAULT_MODEL)
         for hf_name, ours in HF_ALIASES.items():
             if hf_name in kwargs:
                 if kwargs.get(ours) is not None:

@@ -153,6 +153,8 @@ def local_holds(path: Path, collection: str) -> bool:
 class CorpusIndex:
     """A corpus in one Qdrant collection, searchable dense, BM25 or hybrid, in batches."""
 
+    ALIASES_ARE_COLLECTIONS = True  # Qdrant keeps aliases and collections in one namespace
+
     def __init__(self, client: QdrantClient, collection: str = "ace_memories", bm25: BM25Encoder | None = None,
                  text_field: str = "text", id_field: str = "doc_id") -> None:
         """``text_field``/``id_field`` name the payload keys holding a point's text and document id, so an
@@ -222,6 +224,60 @@ class CorpusIndex:
             yield from points
             if offset is None:
                 return
+
+    # ---- rollouts: aliases, sibling collections, whole points (see ace_llamaindex.rollout) --------------------
+    def alias_target(self, name: str) -> str | None:
+        """The collection the alias ``name`` points at (a Qdrant collection alias), or None."""
+        return next((a.collection_name for a in self.client.get_aliases().aliases if a.alias_name == name), None)
+
+    def switch_alias(self, name: str, target: str) -> None:
+        """Point the alias ``name`` at ``target`` in one atomic operation (a plain collection of that name is
+        dropped first: Qdrant keeps aliases and collections in one namespace)."""
+        ops: list[Any] = []
+        if self.alias_target(name) is not None:
+            ops.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name)))
+        elif self.client.collection_exists(name):
+            self.client.delete_collection(name)
+        ops.append(models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=target, alias_name=name)))
+        self.client.update_collection_aliases(change_aliases_operations=ops)
+
+    def collection_names(self) -> list[str]:
+        """Every collection at this location."""
+        return [c.name for c in self.client.get_collections().collections]
+
+    def sibling(self, collection: str) -> CorpusIndex:
+        """Another collection at the same location, through the same engine (and client)."""
+        return CorpusIndex(self.client, collection, BM25Encoder(k1=self.bm25.k1, b=self.bm25.b),
+                           text_field=self.text_field, id_field=self.id_field)
+
+    def metadata(self) -> dict[str, Any]:
+        """The collection's metadata (BM25 statistics, and what a rollout recorded)."""
+        return dict(self._stored_metadata())
+
+    def set_metadata(self, extra: Mapping[str, Any]) -> None:
+        """Merge ``extra`` into the collection's metadata."""
+        self.client.update_collection(self.collection, metadata={**self.metadata(), **extra})
+
+    def create(self, dense: Mapping[str, int], metadata: Mapping[str, Any]) -> None:
+        """Create the collection with the given named vectors and metadata (it must not exist)."""
+        if self.exists():
+            raise OptionError(f"collection {self.collection!r} already exists")
+        self._create(dense, dict(metadata))
+
+    def iter_points(self, batch_size: int = 256) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """(point id, payload, vectors by name: dense lists and BM25 as a ``SparseVector``) for every point."""
+        offset = None
+        while True:
+            points, offset = self.client.scroll(self.collection, limit=batch_size, offset=offset, with_payload=True,
+                                                with_vectors=True)
+            for p in points:
+                yield str(p.id), dict(p.payload or {}), dict(p.vector or {})
+            if offset is None:
+                return
+
+    def write_points(self, points: list[models.PointStruct]) -> None:
+        """Write whole points (vectors already computed)."""
+        self._write(points)
 
     # ---- schema --------------------------------------------------------------------------------------------
     def ensure(self, dense: Mapping[str, int]) -> None:

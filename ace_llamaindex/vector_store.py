@@ -33,7 +33,9 @@ from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_
 from pydantic import Field, PrivateAttr
 from qdrant_client import models
 
+from .embedding import space_label
 from .errors import OptionError
+from .feedback import QUERY_ID, as_sink, new_query_id, record_feedback, served_record
 from .filters import to_qdrant_filter
 from .fusion_selection import DENSE_DEFAULT, FusionChoice
 from .retriever import embedding_spaces, named_vector, resolve_fusion
@@ -56,6 +58,8 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
     engine: str = Field(default="auto", description="auto, local (qdrant-client), edge (Qdrant Edge in-process), or a "
                         "registered engine; auto: see ace_llamaindex.engines")
     prefetch_limit: int = Field(default=100, description="Candidates per list before fusion")
+    feedback_log: Any = Field(default=None, exclude=True, description="A file path (JSON lines) or callable receiving "
+                              "what each query served (ace_llamaindex.feedback); None: off")
     _index: CorpusIndex = PrivateAttr()
     _embed_model: BaseEmbedding | None = PrivateAttr(default=None)
     _fusion: FusionChoice = PrivateAttr(default=DENSE_DEFAULT)
@@ -66,6 +70,12 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
         default mode). Its fallback's space, if any, is indexed too. Without it, nodes must arrive embedded."""
         super().__init__(collection_name=collection_name, **kwargs)
         self._index = open_index(collection_name, path=self.path, url=self.url, api_key=api_key, engine=self.engine)
+        target = self._index.alias_target(collection_name)
+        if target and target != self._index.collection:
+            # LlamaIndex embeds the query before the store sees it, so the store cannot follow a rollout's model
+            # switch: it stays on the collection the alias served when it was opened (HybridQdrantRetriever follows).
+            self._index = self._index.sibling(target)
+        self.feedback_log = as_sink(self.feedback_log)
         self._embed_model = embed_model
         self._fusion = resolve_fusion(embed_model, fusion) if embed_model is not None else DENSE_DEFAULT
 
@@ -168,7 +178,29 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
             query_filter=models.Filter(must=conditions) if conditions else None, hybrid=params,
         )[0]
         nodes = [_to_node(h.payload, h.text) for h in hits]
+        if self.feedback_log is not None:
+            self._log_served(query, mode, params, nodes, [h.score for h in hits])
         return VectorStoreQueryResult(nodes=nodes, similarities=[h.score for h in hits], ids=[n.node_id for n in nodes])
+
+
+    def _log_served(self, query: VectorStoreQuery, mode: str, params: HybridParams, nodes: list[BaseNode],
+                    scores: list[float]) -> None:
+        query_id = new_query_id()
+        for node in nodes:
+            node.metadata[QUERY_ID] = query_id
+            node.excluded_embed_metadata_keys = [*node.excluded_embed_metadata_keys, QUERY_ID]
+            node.excluded_llm_metadata_keys = [*node.excluded_llm_metadata_keys, QUERY_ID]
+        self.feedback_log(served_record(
+            query_id, query.query_str or "", [(n.node_id, s) for n, s in zip(nodes, scores, strict=True)],
+            vector=None if mode == "bm25" else self._primary_vector(),
+            model=space_label(self._embed_model) if self._embed_model is not None else None,
+            fusion=params.describe() if mode == "hybrid" else mode, collection=self._index.collection))
+
+    def record_feedback(self, query_id: str, doc_id: str, relevant: bool) -> None:
+        """Record a user's judgement of a node this store served (``node.metadata["ace_query_id"]``)."""
+        if self.feedback_log is None:
+            raise OptionError("this vector store has no feedback_log; pass feedback_log=PATH (or a callable)")
+        record_feedback(self.feedback_log, query_id, doc_id, relevant)
 
 
 def _point_ids(node_ids: list[str]) -> list[str]:

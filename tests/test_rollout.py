@@ -1,0 +1,163 @@
+"""Rollout and rollback: a new model reaches a serving collection with no downtime, and goes back exactly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from llama_index.core.schema import TextNode
+
+from ace_llamaindex.cli import cli
+from ace_llamaindex.embedding import FineTunedEmbedding
+from ace_llamaindex.errors import OptionError
+from ace_llamaindex.retriever import SERVED_BY, HybridQdrantRetriever
+from ace_llamaindex.rollout import PREVIOUS_KEY, SERVING_KEY, rollback, rollout
+
+
+def _indexed(path: Path, demo, engine: str) -> HybridQdrantRetriever:
+    retriever = HybridQdrantRetriever(FineTunedEmbedding(), path=str(path), collection="mem", engine=engine)
+    retriever.add_nodes([TextNode(id_=k, text=v) for k, v in demo.corpus.items()], show_progress=False)
+    return retriever
+
+
+def _answers(retriever, queries):
+    return [[(n.node.node_id, round(n.score, 5), n.node.metadata[SERVED_BY]) for n in row]
+            for row in retriever.batch_retrieve(queries)]
+
+
+@pytest.mark.parametrize("engine", ["edge", "local"])
+def test_rollout_serves_the_new_model_and_rollback_restores_the_old_results_exactly(tmp_path, demo, tuned_model_dir, engine):
+    retriever = _indexed(tmp_path / "q", demo, engine)
+    queries = [demo.queries[q] for q in sorted(demo.queries)[:12]]
+    before = _answers(retriever, queries)
+    report = rollout(tuned_model_dir, "mem", index=retriever.index, show_progress=False)
+    assert report.documents == len(demo.corpus) and report.checks["documents"] == [len(demo.corpus)] * 2
+    after = _answers(retriever, queries)  # the same retriever object, no restart
+    assert after != before
+    assert {row[0][2] for row in after} == {f"finetuned:{tuned_model_dir}"}
+    fresh = HybridQdrantRetriever(FineTunedEmbedding(tuned_model_dir), collection="mem", path=str(tmp_path / "q"),
+                                  engine=engine) if engine == "edge" else None
+    if fresh is not None:  # a process that opens the alias now gets the new model's answers
+        assert [[(d, s) for d, s, _ in row] for row in _answers(fresh, queries)] == [[(d, s) for d, s, _ in r] for r in after]
+    assert rollback("mem", index=retriever.index)[1] == report.previous
+    assert _answers(retriever, queries) == before
+    with pytest.raises(OptionError, match="nothing to roll back to"):
+        rollback("mem", index=retriever.index)
+
+
+def test_queries_during_a_rollout_all_succeed_and_each_comes_from_one_model(tmp_path, demo, tuned_model_dir):
+    retriever = _indexed(tmp_path / "q", demo, "edge")
+    queries = [demo.queries[q] for q in sorted(demo.queries)[:6]]
+    old = _answers(retriever, queries)
+    seen, errors, done = [], [], threading.Event()
+
+    def serve():
+        while not done.is_set():
+            try:
+                seen.append(_answers(retriever, queries))
+            except Exception as exc:  # noqa: BLE001 - any failure is what the test looks for
+                errors.append(exc)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        rollout(tuned_model_dir, "mem", index=retriever.index, batch_size=4, show_progress=False)
+        time.sleep(0.5)
+    finally:
+        done.set()
+        thread.join()
+    new = _answers(retriever, queries)
+    assert not errors
+    assert seen.count(old) + seen.count(new) == len(seen) and seen.count(new) >= 1 and seen.count(old) >= 1
+
+
+def test_a_rollout_killed_midway_leaves_the_old_collection_serving(tmp_path, demo, tuned_model_dir):
+    where = tmp_path / "q"
+    retriever = _indexed(where, demo, "edge")
+    queries = [demo.queries[q] for q in sorted(demo.queries)[:6]]
+    before = _answers(retriever, queries)
+    retriever.index.close()  # the CLI below is another process: Edge lets one process open a shard
+    proc = subprocess.Popen([sys.executable, "-m", "ace_llamaindex.cli", "rollout", str(tuned_model_dir), "--collection",
+                             "mem", "--qdrant-path", str(where), "--batch-size", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while not (where / "mem__v1" / "ace_collection.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # a few documents in
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert not (where / "mem.alias.json").exists()  # the alias never moved
+    reopened = HybridQdrantRetriever(FineTunedEmbedding(), path=str(where), collection="mem", engine="edge")
+    assert _answers(reopened, queries) == before
+    report = rollout(tuned_model_dir, "mem", index=reopened.index, show_progress=False)  # the next one cleans up
+    assert "mem__v1" in report.removed and report.collection == "mem__v2"
+    assert _answers(reopened, queries) != before
+
+
+def test_a_first_local_rollout_keeps_the_plain_collection_as_the_previous_version(tmp_path, demo, tuned_model_dir):
+    retriever = _indexed(tmp_path / "q", demo, "local")
+    rollout(tuned_model_dir, "mem", index=retriever.index, show_progress=False)
+    client = retriever.index.client
+    assert {a.alias_name: a.collection_name for a in client.get_aliases().aliases} == {"mem": "mem__v1"}
+    meta = client.get_collection("mem__v1").config.metadata
+    assert meta[PREVIOUS_KEY] == "mem__v0" and Path(meta[SERVING_KEY]["model"]) == Path(tuned_model_dir).resolve()
+    assert client.count("mem__v0").count == client.count("mem").count == len(demo.corpus)
+
+
+def test_the_cli_dry_run_changes_nothing_and_rollout_rollback_switch(tmp_path, demo, tuned_model_dir):
+    where = tmp_path / "q"
+    _indexed(where, demo, "edge").index.close()
+    runner = CliRunner()
+    base = ["--collection", "mem", "--qdrant-path", str(where)]
+    result = runner.invoke(cli, ["rollout", str(tuned_model_dir), *base, "--dry-run"])
+    assert result.exit_code == 0 and f"would embed {len(demo.corpus)} documents" in result.output, result.output
+    assert sorted(p.name for p in where.iterdir()) == ["mem"]
+    result = runner.invoke(cli, ["rollout", str(tuned_model_dir), *base])
+    assert result.exit_code == 0 and "now serves 'mem__v1'" in result.output, result.output
+    result = runner.invoke(cli, ["search", "deploy failed", *base, "--model", str(tuned_model_dir), "--json"])
+    assert result.exit_code == 0 and "finetuned:" in result.output, result.output
+    result = runner.invoke(cli, ["rollback", *base])
+    assert result.exit_code == 0 and "serves 'mem' again" in result.output, result.output
+
+
+# (arguments to `ace rollout`/`ace rollback` after the location, what the one line must say)
+BAD = [
+    (["rollout", "MODEL", "--collection", "nope"], "collection 'nope' does not exist"),
+    (["rollback", "--collection", "mem"], "nothing to roll back to"),
+    (["rollout", "MODEL", "--batch-size", "0"], "0 is not in the range x>=1"),
+    (["rollout", "MODEL", "--qdrant-path", "{missing}"], "no index at"),
+    (["rollout", "{garbled}", "--collection", "mem"], "unreadable"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD)
+def test_bad_rollouts_are_one_clear_line(tmp_path, demo, tuned_model_dir, args, message):
+    where = tmp_path / "q"
+    if not where.exists():
+        _indexed(where, demo, "edge").index.close()
+    garbled = tmp_path / "garbled"
+    garbled.mkdir()
+    (garbled / "ace_training_card.json").write_text("{not json")
+    args = [a.replace("MODEL", str(tuned_model_dir)).replace("{missing}", str(tmp_path / "none"))
+            .replace("{garbled}", str(garbled)) for a in args]
+    if "--qdrant-path" not in args:
+        args += ["--qdrant-path", str(where)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_garbled_pointer_is_one_clear_line(tmp_path, demo):
+    where = tmp_path / "q"
+    _indexed(where, demo, "edge").index.close()
+    (where / "mem.alias.json").write_text("{oops")
+    result = CliRunner().invoke(cli, ["search", "x", "--collection", "mem", "--qdrant-path", str(where)])
+    assert result.exit_code == 2 and "mem.alias.json: unreadable alias pointer" in result.output, result.output
