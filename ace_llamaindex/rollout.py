@@ -127,7 +127,9 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     spaces = embedding_spaces(embed)
     have = current.dense_vectors()
     targets = {named_vector(embed, label): (i, m) for i, (label, m) in enumerate(spaces)}
-    copied = [n for n, (i, _) in targets.items() if i > 0 and n in have]  # the fallback's space: same model, same vectors
+    # the fallback's space (same model, same vectors) is copied; so are the documents' vectors of a plan that says the
+    # documents do not change (a query adapter over the serving model)
+    copied = [n for n, (i, _) in targets.items() if n in have and (i > 0 or plan.get("reindex") is False)]
     encoded = [n for n in targets if n not in copied]
     total = current.count()
     versions = _versions(location, collection)
@@ -202,7 +204,7 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     new.optimize()
     report.encode_seconds = round(time.perf_counter() - started, 1)
     report.seconds_per_1000 = round(report.encode_seconds / max(1, total) * 1000, 2)
-    report.checks = check_rollout(current, new, targets, encoded)
+    report.checks = check_rollout(current, new, next(iter(targets)))
     location.switch_alias(collection, new_name)
     log.info("%s now serves %s (previous: %s)", collection, new_name, current_name)
     return report
@@ -227,14 +229,13 @@ def _copy_collection(location, source, name: str, serving: dict[str, Any], show_
     return name
 
 
-def check_rollout(old, new, targets: dict, encoded: list[str]) -> dict[str, Any]:
+def check_rollout(old, new, primary: str) -> dict[str, Any]:
     """Refuse (and drop) the new collection unless it has every document and searches answer as they should."""
     checks: dict[str, Any] = {"documents": [old.count(), new.count()]}
     problem = None if checks["documents"][0] == checks["documents"][1] else "the new collection is missing documents"
     sample = list(islice(new.iter_points(CHECK_SAMPLE), CHECK_SAMPLE))
     texts = [str(p[1].get(new.text_field, "")) for p in sample]
     if sample and problem is None:
-        primary = encoded[0]
         vectors = np.asarray([p[2][primary] for p in sample], dtype=np.float32)
         hits = new.search("dense", vectors=vectors, texts=texts, using=primary, limit=1)
         # its own vector first, or one identical to it (a duplicated document)
