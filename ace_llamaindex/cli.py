@@ -324,13 +324,13 @@ def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_pat
                           "logged results came from holds the documents' texts")
     options = _mining(kw)
     options.validate()
-    encoder = CachedEncoder(kw["model"]) if kw["miner"] != "bm25" else None
+    encoder = CachedEncoder(kw["model"])  # loads the model on first use: a miner that needs none never does
     extra = {"engine": kw["engine"]}
     if collection:
         from .engines import open_index
 
         index = open_index(collection, path=qdrant_path, url=qdrant_url,
-                           engine="auto" if kw["engine"] == "auto" else kw["engine"], text_field=text_field, id_field=id_field)
+                           engine=kw["engine"], text_field=text_field, id_field=id_field)
         if not index.exists():
             raise OptionError(f"no collection {collection!r} in {qdrant_url or qdrant_path}")
         extra = {"index": index, "using": vector_name or _collection_vector(index, encoder)}
@@ -644,8 +644,8 @@ def _retriever(model, fallback_url, fallback_model, qdrant_path, qdrant_url, col
 
 
 def _collection_vector(index, encoder) -> str | None:
-    """The named vector to mine with in an existing collection: the one its rollout recorded, the one ace writes
-    for the model, or its only one."""
+    """The named vector to mine with in an existing collection: the one its rollout recorded, else its only one
+    (None: the one ace writes for the model)."""
     from .models import vector_name
     from .rollout import VECTOR_KEY
 
@@ -653,11 +653,9 @@ def _collection_vector(index, encoder) -> str | None:
     recorded = index.metadata().get(VECTOR_KEY)
     if recorded in have:
         return recorded
-    if encoder is None or vector_name(encoder.label) in have:
-        return None
-    if len(have) == 1:
+    if vector_name(encoder.label) not in have and len(have) == 1:
         return next(iter(have))
-    raise OptionError(f"collection {index.collection!r} has dense vectors {sorted(have)}; pick one with --vector-name")
+    return None  # the miner's default; a dense miner that finds no such vector says which the collection has
 
 
 def rollout_location(collection, qdrant_path, qdrant_url, engine):
@@ -689,9 +687,10 @@ def location_options(f):
 @click.option("--fallback-model", default="text-embedding", show_default=True)
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--dry-run", is_flag=True, help="Say what would happen and how long encoding will take; change nothing.")
+@click.option("--force", is_flag=True, help="Roll out a model whose gate did not find it better.")
 @friendly
 def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, previous_model, fallback_url, fallback_model,
-                batch_size, dry_run):
+                batch_size, dry_run, force):
     """Serve COLLECTION with MODEL without downtime: a fresh collection, checked, then an atomic alias switch."""
     from .rollout import rollout
 
@@ -702,7 +701,7 @@ def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, pre
         fallback = OpenAICompatibleEmbedding(base_url=fallback_url, model_name=fallback_model)
     report = rollout(model, collection, index=rollout_location(collection, qdrant_path, qdrant_url, engine),
                      previous_model=previous_model, fallback=fallback, dry_run=dry_run, batch_size=batch_size,
-                     show_progress=not as_json)
+                     show_progress=not as_json, force=force)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
         return

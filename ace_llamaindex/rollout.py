@@ -89,6 +89,17 @@ def _serving_plan(model: str | Path) -> dict[str, Any]:
     return {"model": resolve_model(str(model)), "adapter": None, "reindex": True}
 
 
+def _check_gate(model: str | Path, force: bool) -> None:
+    from .training import read_card
+
+    card = read_card(model) if Path(model).is_dir() else None
+    verdict = ((card or {}).get("gate") or {}).get("verdict")
+    # trained without validation ("not measured") is the trainer's explicit choice; a measured "not better" is refused
+    if verdict is not None and verdict != "better" and not verdict.startswith("not measured") and not force:
+        raise OptionError(f"{model}: its gate said {verdict!r} on validation, not 'better'; rolling it out could lose "
+                          "quality (force=True / --force to roll it out anyway)")
+
+
 def _embed_text(payload: dict[str, Any], text_field: str) -> str:
     """The text a document was embedded from: a LlamaIndex node's content with its embed metadata, else the text."""
     if "_node_content" in payload:
@@ -102,7 +113,7 @@ def _embed_text(payload: dict[str, Any], text_field: str) -> str:
 
 def rollout(model: str | Path, collection: str, *, index=None, path: str | Path | None = None, url: str | None = None,
             api_key: str | None = None, engine: str = "auto", previous_model: str | Path | None = None, fallback=None,
-            dry_run: bool = False, batch_size: int = 64, show_progress: bool = True,
+            dry_run: bool = False, batch_size: int = 64, show_progress: bool = True, force: bool = False,
             on_batch: Callable[[int], None] | None = None) -> RolloutReport:
     """Serve ``collection`` (an alias) with ``model`` (a folder ``ace train`` wrote, or any model name).
 
@@ -110,7 +121,7 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     process's: pass the serving process's own, e.g. ``retriever.index``); else opened from ``path``/``url``.
     ``previous_model``: what serves the current collection when it does not say (one indexed by ``ace index``;
     default the bundled base model), recorded so a rollback serves it again. ``dry_run``: count, time a sample,
-    change nothing."""
+    change nothing. A model whose training card says its gate did not find it better is refused unless ``force``."""
     from .engines import open_index
     from .models import DEFAULT_MODEL
     from .retriever import embedding_spaces, named_vector
@@ -122,6 +133,7 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     current = location.sibling(current_name)
     if not current.exists():
         raise OptionError(f"collection {collection!r} does not exist here; index it first (`ace index`)")
+    _check_gate(model, force)
     plan = _serving_plan(model)
     embed = model_embedding(plan, fallback)
     spaces = embedding_spaces(embed)

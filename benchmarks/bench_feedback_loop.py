@@ -111,6 +111,7 @@ def run(name: str, method: str) -> dict:
     for arm, examples in (("from-log", from_log), ("from-qrels", from_qrels)):
         result, seconds = train_arm(examples, work / arm, method, corpus, base)
         arms[arm] = {"examples": len(examples), "train_seconds": seconds, "promoted": result.promoted,
+                     "verdict": (result.card.get("gate") or {}).get("verdict"),
                      "serving": result.serving, "method": result.card.get("chosen", result.card.get("method")),
                      "feedback_negatives": sum(s == "feedback" for e in examples
                                                for s in e.metadata.get("negative_sources", []))}
@@ -123,7 +124,7 @@ def run(name: str, method: str) -> dict:
     report.pop("per_query")
 
     rolled = {}
-    if arms["from-log"]["promoted"]:
+    if arms["from-log"]["promoted"] and arms["from-log"]["verdict"] == "better":
         queries = list(test_set.queries.values())
         before = latencies(retriever, queries, None, seconds=20)
         stop, during = threading.Event(), []

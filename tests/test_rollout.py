@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +137,7 @@ BAD = [
     (["rollout", "MODEL", "--batch-size", "0"], "0 is not in the range x>=1"),
     (["rollout", "MODEL", "--qdrant-path", "{missing}"], "no index at"),
     (["rollout", "{garbled}", "--collection", "mem"], "unreadable"),
+    (["rollout", "{not-better}", "--collection", "mem"], "its gate said 'no clear difference'"),
 ]
 
 
@@ -146,8 +149,12 @@ def test_bad_rollouts_are_one_clear_line(tmp_path, demo, tuned_model_dir, args, 
     garbled = tmp_path / "garbled"
     garbled.mkdir()
     (garbled / "ace_training_card.json").write_text("{not json")
+    not_better = tmp_path / "not-better"
+    shutil.copytree(tuned_model_dir, not_better)
+    card = json.loads((not_better / "ace_training_card.json").read_text())
+    (not_better / "ace_training_card.json").write_text(json.dumps({**card, "gate": {"verdict": "no clear difference"}}))
     args = [a.replace("MODEL", str(tuned_model_dir)).replace("{missing}", str(tmp_path / "none"))
-            .replace("{garbled}", str(garbled)) for a in args]
+            .replace("{garbled}", str(garbled)).replace("{not-better}", str(not_better)) for a in args]
     if "--qdrant-path" not in args:
         args += ["--qdrant-path", str(where)]
     result = CliRunner().invoke(cli, args)
@@ -161,3 +168,15 @@ def test_a_garbled_pointer_is_one_clear_line(tmp_path, demo):
     (where / "mem.alias.json").write_text("{oops")
     result = CliRunner().invoke(cli, ["search", "x", "--collection", "mem", "--qdrant-path", str(where)])
     assert result.exit_code == 2 and "mem.alias.json: unreadable alias pointer" in result.output, result.output
+
+
+def test_the_production_loop_example_runs(tmp_path):
+    import ace_llamaindex
+
+    small = Path(ace_llamaindex.__file__).parent / "data" / "agent_memories.json"
+    script = Path(__file__).resolve().parents[1] / "examples" / "production_loop.py"
+    done = subprocess.run([sys.executable, str(script), "--method", "adapter", "--dataset", str(small), "--out",
+                           str(tmp_path / "loop")], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "negatives users rejected" in done.stdout and "gate:" in done.stdout
+    assert ("rollout:" in done.stdout) == ("gate: better" in done.stdout)
