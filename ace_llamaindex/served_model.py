@@ -44,7 +44,8 @@ def serving_encoder(serving: dict[str, Any], base, max_seq_length: int | None = 
         adapter, card = QueryAdapter.load(serving["adapter"])
         if not serving["reindex"]:
             check_base(card, base, serving["adapter"])
-        encoder = AdaptedEncoder(encoder, adapter, label=f"{encoder.label}+adapter")
+        # the adapter's folder in the label: two adapters over one base are two systems, never one cached entry
+        encoder = AdaptedEncoder(encoder, adapter, label=f"{encoder.label}+adapter:{serving['adapter']}")
     return encoder
 
 
