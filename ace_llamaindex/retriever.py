@@ -142,17 +142,17 @@ class HybridQdrantRetriever(BaseRetriever):
                                        reason="set explicitly")
         self.collection_name, self.follow_rollouts = collection, follow_rollouts
         self.feedback_log = as_sink(feedback_log)
-        self._served = _Served(None, self.index, self.embed_model, self.mode, self.hybrid, self.fusion)
+        self._served = _Served(None, self.index, self.embed_model, self.mode, self.hybrid, self.fusion)  # the last one used
         self._by_target: dict[str, _Served] = {}
 
     # ---- rollouts: which collection (and model) serves now --------------------------------------------------
     def _current(self) -> _Served:
         """The collection the alias serves now and the model it was built with (resolved for each query, so a
         rollout or rollback reaches a running retriever; a query uses one pair from start to end)."""
-        if not self.follow_rollouts:
-            return self._served
-        target = self.index.alias_target(self.collection_name)
-        if target is None or target == self._served.target:
+        target = self.index.alias_target(self.collection_name) if self.follow_rollouts else None
+        if target is None:  # not a rollout's alias: the retriever's own attributes, as set now
+            return _Served(None, self.index, self.embed_model, self.mode, self.hybrid, self.fusion)
+        if target == self._served.target:
             return self._served
         served = self._by_target.get(target)
         if served is None:
