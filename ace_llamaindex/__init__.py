@@ -7,7 +7,8 @@ from .evaluate import System, evaluate, standard_systems
 from .feedback import FeedbackHandler, FeedbackLog, record_feedback
 from .feedback_dataset import load_feedback
 from .fusion import convex_scores, rrf_fusion
-from .fusion_selection import FusionChoice, load_fusion, select_fusion
+from .fusion_choice import FusionChoice, load_fusion
+from .fusion_selection import select_fusion
 from .adapter import AdapterConfig, train_adapter
 from .adapter_embedding import AdapterEmbedding
 from .bm25 import BM25Encoder

@@ -15,7 +15,7 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import Field, PrivateAttr
 
-from .adapter import QueryAdapter, check_base
+from .query_adapter import QueryAdapter, check_base
 from .embedding import space_label
 
 
@@ -48,7 +48,7 @@ class AdapterEmbedding(BaseEmbedding):
         return own() if callable(own) else [(self.model_name, self._base)]
 
     def named_vector(self, label: str) -> str:
-        from .retriever import named_vector
+        from .spaces import named_vector
 
         return named_vector(self._base, label)
 

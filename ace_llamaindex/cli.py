@@ -95,7 +95,7 @@ def _load(dataset, fmt, split, strict):
 def _load_unseen(dataset, fmt, split, strict, model):
     """Load a dataset without the queries ``model`` trained or validated on (its training card says which)."""
     from .overlap import training_overlap, without_queries
-    from .training import read_card
+    from .card import read_card
 
     ds = _load(dataset, fmt, split, strict)
     card = read_card(model)
@@ -464,13 +464,13 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
 
     check_output(out_dir, "dir")
     from .evaluate import System, default_comparisons, evaluate, standard_systems
-    from .fusion_selection import load_fusion
+    from .fusion_choice import load_fusion
     from .overlap import training_overlap, without_queries
     from .pipeline import add_fusion_row, write_reports
     from .plugins import components, get
     from .served_model import read_serving, serving_encoder
     from .store import HybridParams
-    from .training import read_card
+    from .card import read_card
 
     ds = _load(dataset, fmt, split, strict)
     card = read_card(finetuned) if finetuned else None
@@ -490,7 +490,7 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
     metrics = {n: get("metrics", n) for n in metric_names} if metric_names else {n: c.obj for n, c in components("metrics").items()}
     systems = standard_systems(base, tuned, hybrid=HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight))
     if adapter_dir:
-        from .adapter import AdaptedEncoder, QueryAdapter
+        from .query_adapter import AdaptedEncoder, QueryAdapter
 
         adapted = AdaptedEncoder(base, QueryAdapter.load(adapter_dir)[0], label="adapter")
         hybrid = HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight)
@@ -599,7 +599,8 @@ def print_exports(records) -> None:
 @friendly
 def export_cmd(model, targets, dataset, fmt, split):
     """Export MODEL's transformer for fast CPU inference (kept beside its PyTorch weights), checked against torch."""
-    from .backends import export_model, read_exports
+    from .exports import export_model
+    from .backends import read_exports
 
     check = _load_unseen(dataset, fmt, split, False, model) if dataset is not None else None
     for target in targets:

@@ -9,7 +9,7 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -20,6 +20,14 @@ from .models import load_model, model_fingerprint, resolve_model
 
 Kind = Literal["query", "document"]
 log = logging.getLogger(__name__)
+
+
+class Encoder(Protocol):
+    label: str
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray: ...
+
 
 
 def default_cache_dir() -> Path:

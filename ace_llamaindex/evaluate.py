@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -22,14 +22,8 @@ from .metrics import BUILTIN_METRICS, Metric
 from .models import vector_name
 from .stats import paired_bootstrap
 from .engines import open_index
+from .encoding import Encoder
 from .store import HybridParams
-
-
-class Encoder(Protocol):
-    label: str
-
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray: ...
-    def encode_documents(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 @dataclass

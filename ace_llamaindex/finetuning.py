@@ -197,7 +197,8 @@ class EmbeddingAdapterFinetuneEngine(_Engine):
         """Mine hard negatives with ``embed_model``, train the adapter, gate it, write it to ``model_output_path``."""
         from dataclasses import replace
 
-        from .adapter import adapter_config, base_identity, train_adapter
+        from .adapter import adapter_config, train_adapter
+        from .query_adapter import base_identity
         from .promotion import GateResult
 
         if train_kwargs:

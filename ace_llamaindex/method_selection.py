@@ -18,11 +18,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .adapter import AdaptedEncoder, AdapterConfig, base_identity, fit_adapter, save_adapter
+from .query_adapter import AdaptedEncoder, base_identity
+from .adapter import AdapterConfig, fit_adapter, save_adapter
 from .atomic import atomic_directory, write_json
 from .encoding import CachedEncoder
 from .errors import OptionError
-from .evaluate import Encoder, System, evaluate
+from .encoding import Encoder
+from .evaluate import System, evaluate
 from .mining import TrainingExample
 from .models import open_model
 from .promotion import (

@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .backends import attach, choose_export
 from .errors import EmbeddingError
 
 if TYPE_CHECKING:
@@ -54,8 +55,6 @@ def load_model(name_or_path: str | None = None, device: str | None = None, max_s
     part of the key, so no caller changes the model another one uses (never mutate the returned model).
     ``backend``: ``torch``, ``onnx``, ``openvino`` or ``auto`` (see :mod:`~ace_llamaindex.backends`); the export
     served is in ``model.ace_backend``."""
-    from .backends import attach, choose_export
-
     path = resolve_model(name_or_path)
     record = choose_export(path, backend)
     if record is not None and device not in (None, "cpu"):
@@ -70,8 +69,6 @@ def load_model(name_or_path: str | None = None, device: str | None = None, max_s
 def served_space_suffix(name_or_path: str | None, backend: str = "auto") -> str:
     """``""`` when the backend served for this model gives torch's vectors (within the tolerance recorded at
     export), else ``-<export name>``: an export whose vectors differ is a vector space of its own."""
-    from .backends import choose_export
-
     record = choose_export(resolve_model(name_or_path), backend)
     return "" if record is None or record.same_space else f"-{record.name}"
 

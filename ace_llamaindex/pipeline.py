@@ -10,7 +10,7 @@ from .dataset import QADataset
 from .encoding import CachedEncoder
 from .evaluate import EvalReport, System, default_comparisons, evaluate, standard_systems
 from .errors import OptionError
-from .fusion_selection import FusionChoice, load_fusion
+from .fusion_choice import FusionChoice, load_fusion
 from .mining import MiningOptions, save_training_data
 from .plugins import components, get
 from .served_model import serving_encoder

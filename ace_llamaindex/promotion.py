@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from .dataset import QADataset
-from .evaluate import Encoder, System, evaluate
+from .encoding import Encoder
+from .evaluate import System, evaluate
 from .mining import TrainingExample
 from .stats import paired_bootstrap, weighted_paired_bootstrap
 

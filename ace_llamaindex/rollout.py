@@ -90,7 +90,7 @@ def _serving_plan(model: str | Path) -> dict[str, Any]:
 
 
 def _check_gate(model: str | Path, force: bool) -> None:
-    from .training import read_card
+    from .card import read_card
 
     card = read_card(model) if Path(model).is_dir() else None
     verdict = ((card or {}).get("gate") or {}).get("verdict")
@@ -124,7 +124,7 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     change nothing. A model whose training card says its gate did not find it better is refused unless ``force``."""
     from .engines import open_index
     from .models import DEFAULT_MODEL
-    from .retriever import embedding_spaces, named_vector
+    from .spaces import embedding_spaces, named_vector
 
     if batch_size < 1:
         raise OptionError(f"batch_size must be at least 1, got {batch_size}")

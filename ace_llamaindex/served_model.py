@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .adapter import ADAPTER_CARD, AdaptedEncoder, QueryAdapter, check_base
+from .query_adapter import ADAPTER_CARD, AdaptedEncoder, QueryAdapter, check_base
 from .encoding import CachedEncoder
 
 HERE = "."  # in a card: the folder the card is in (so a moved folder still serves itself)
@@ -22,7 +22,7 @@ def resolve_serving(serving: dict[str, Any], folder: str | Path) -> dict[str, An
 
 def read_serving(folder: str | Path) -> dict[str, Any]:
     """The serving plan of an output folder; a plain sentence-transformers model folder serves itself."""
-    from .training import CARD_NAME, read_card
+    from .card import CARD_NAME, read_card
 
     folder = Path(folder)
     card = read_card(folder) or {}

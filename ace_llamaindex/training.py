@@ -30,10 +30,10 @@ from typing import Any
 from .atomic import atomic_directory, write_json
 from .errors import OptionError
 from .mining import TrainingExample
+from .card import CARD_NAME
 from .models import DEFAULT_MODEL, open_model
 
 log = logging.getLogger(__name__)
-CARD_NAME = "ace_training_card.json"
 MIN_STEPS = 25          # optimizer steps a run gets at least (1 epoch of SciFact/StackFAQ at batch 32 is 26-28)
 MAX_AUTO_EPOCHS = 10
 AUTO_PATIENCE = 2       # early stopping when epochs are chosen automatically
@@ -521,7 +521,7 @@ def save_model(model, output_dir: Path, card: dict[str, Any], fusion=None, extra
 
 def export_all(output_dir: Path, exports: list[str], check=None) -> None:
     """The exports asked for (``onnx``, ``openvino-int8``...), checked on ``check``'s queries."""
-    from .backends import export_model
+    from .exports import export_model
 
     for target in exports:
         backend, _, quantize = target.partition("-")
@@ -567,17 +567,3 @@ def _prepare_checkpoints(folder: Path, fingerprint: str, resume: bool) -> Path |
 def _holds_model(path: Path) -> bool:
     """Is there a sentence-transformers model at ``path`` (one a new model would replace)?"""
     return (path / "modules.json").is_file() or (path / "config.json").is_file()
-
-
-def read_card(model_dir: str | Path) -> dict[str, Any] | None:
-    """The training card of a model (or adapter) we trained, or None."""
-    from .adapter import ADAPTER_CARD
-
-    for name in (CARD_NAME, ADAPTER_CARD):
-        path = Path(model_dir) / name
-        if path.is_file():
-            try:
-                return json.loads(path.read_text(encoding="utf-8"))
-            except ValueError as exc:
-                raise OptionError(f"{path}: unreadable card ({exc}); train again or delete the folder") from None
-    return None

@@ -37,8 +37,8 @@ from .embedding import space_label
 from .errors import OptionError
 from .feedback import QUERY_ID, as_sink, new_query_id, record_feedback, served_record
 from .filters import to_qdrant_filter
-from .fusion_selection import DENSE_DEFAULT, FusionChoice
-from .retriever import embedding_spaces, named_vector, resolve_fusion
+from .fusion_choice import DENSE_DEFAULT, FusionChoice
+from .spaces import embedding_spaces, named_vector, resolve_fusion
 from .engines import open_index
 from .store import CorpusIndex, HybridParams
 

@@ -16,7 +16,8 @@ import time
 
 from common import CACHE, RESULTS, dataset_dir, save
 
-from ace_llamaindex.adapter import AdaptedEncoder, QueryAdapter, adapter_trainer
+from ace_llamaindex.query_adapter import AdaptedEncoder, QueryAdapter
+from ace_llamaindex.adapter import adapter_trainer
 from ace_llamaindex.beir import load_beir
 from ace_llamaindex.encoding import CachedEncoder
 from ace_llamaindex.evaluate import System, evaluate

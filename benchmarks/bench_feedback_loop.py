@@ -76,7 +76,8 @@ def run(name: str, method: str) -> dict:
     from ace_llamaindex.feedback_dataset import load_feedback, with_rejected_negatives
     from ace_llamaindex.mining import HardNegativeMiner, MiningOptions
     from ace_llamaindex.models import resolve_model
-    from ace_llamaindex.retriever import HybridQdrantRetriever, named_vector
+    from ace_llamaindex.retriever import HybridQdrantRetriever
+    from ace_llamaindex.spaces import named_vector
     from ace_llamaindex.rollout import rollout
     from ace_llamaindex.served_model import serving_encoder
 

@@ -23,7 +23,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 from common import RESULTS, dataset_dir, save
 
-from ace_llamaindex.backends import _dense_ndcg, choose_export, export_model, read_exports
+from ace_llamaindex.exports import dense_ndcg, export_model
+from ace_llamaindex.backends import choose_export, read_exports
 from ace_llamaindex.beir import load_beir
 from ace_llamaindex.embedding import FineTunedEmbedding
 from ace_llamaindex.models import resolve_model
@@ -86,7 +87,7 @@ def measure(model_dir: str, backend: str, test, queries: list[str], docs: list[t
     return {"backend": backend, "served": model.ace_backend, **latency(times),
             "encode_docs_per_s": round(raw, 1), "index_docs_per_s": round(indexed, 1),
             "index_over_encode": round(indexed / raw, 3), "engine": type(retriever.index).__name__,
-            "ndcg@10": round(_dense_ndcg(model, test), 4), "_times": times}
+            "ndcg@10": round(dense_ndcg(model, test), 4), "_times": times}
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ def main() -> None:
     from ace_llamaindex.loading import DEMO_DATASET, load_dataset
     from ace_llamaindex.mining import HardNegativeMiner, MiningOptions
     from ace_llamaindex.plugins import get
-    from ace_llamaindex.retriever import named_vector
+    from ace_llamaindex.spaces import named_vector
     from ace_llamaindex.rollout import rollout
     from ace_llamaindex.training import TrainConfig
 

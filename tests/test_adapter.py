@@ -7,7 +7,8 @@ import pytest
 from llama_index.core.schema import TextNode
 
 from ace_llamaindex import FineTunedEmbedding, HybridQdrantRetriever, OpenAICompatibleEmbedding
-from ace_llamaindex.adapter import ADAPTER_CARD, AdaptedEncoder, AdapterConfig, QueryAdapter, contrastive_loss, adapter_trainer, train_adapter
+from ace_llamaindex.query_adapter import ADAPTER_CARD, AdaptedEncoder, QueryAdapter
+from ace_llamaindex.adapter import AdapterConfig, contrastive_loss, adapter_trainer, train_adapter
 from ace_llamaindex.adapter_embedding import AdapterEmbedding
 from ace_llamaindex.encoding import LlamaIndexEncoder
 from ace_llamaindex.errors import OptionError

@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from ace_llamaindex.backends import EXPORTS_DIR, MANIFEST, SAME_SPACE_COSINE, choose_export, export_model, read_exports
+from ace_llamaindex.backends import EXPORTS_DIR, MANIFEST, SAME_SPACE_COSINE, choose_export, read_exports
+from ace_llamaindex.exports import export_model
 from ace_llamaindex.atomic import write_json
 from ace_llamaindex.embedding import FineTunedEmbedding
 from ace_llamaindex.errors import OptionError

@@ -85,7 +85,8 @@ def test_a_failed_model_is_retried_after_a_back_off(tmp_path, tuned_model_dir, m
 def test_files_written_by_training_honour_the_umask(tmp_path, small, base_encoder):
     from ace_llamaindex.atomic import write_json
     from ace_llamaindex.mining import HardNegativeMiner, MiningOptions
-    from ace_llamaindex.training import CARD_NAME, TrainConfig, train
+    from ace_llamaindex.card import CARD_NAME
+    from ace_llamaindex.training import TrainConfig, train
 
     old = os.umask(0o022)
     try:

@@ -277,7 +277,7 @@ def test_a_bad_or_foreign_adapter_is_refused(tmp_path, name, spoil, base, expect
 
 
 def test_an_adapter_of_another_dimension_says_so(tmp_path):
-    from ace_llamaindex.adapter import QueryAdapter
+    from ace_llamaindex.query_adapter import QueryAdapter
 
     adapter, _ = QueryAdapter.load(_trained_adapter(tmp_path))
     with pytest.raises(OptionError, match="maps 384-d query vectors, the base gives 768-d"):

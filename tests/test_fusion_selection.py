@@ -12,7 +12,8 @@ from llama_index.core.schema import TextNode
 from ace_llamaindex import FineTunedEmbedding, HybridQdrantRetriever
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.fusion import convex_scores
-from ace_llamaindex.fusion_selection import FUSION_FILE, FusionChoice, load_fusion, select_fusion
+from ace_llamaindex.fusion_choice import FUSION_FILE, FusionChoice, load_fusion
+from ace_llamaindex.fusion_selection import select_fusion
 from ace_llamaindex.store import HybridParams
 
 

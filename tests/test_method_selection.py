@@ -7,12 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from ace_llamaindex.adapter import ADAPTER_CARD, adapter_trainer
+from ace_llamaindex.query_adapter import ADAPTER_CARD
+from ace_llamaindex.adapter import adapter_trainer
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.method_selection import choose, select_method
 from ace_llamaindex.mining import HardNegativeMiner, MiningOptions, TrainingExample
 from ace_llamaindex.promotion import MIN_UNSEEN, gate, judge, unseen_query_ids, validation_dataset
-from ace_llamaindex.training import CARD_NAME, TrainConfig, plan_validation
+from ace_llamaindex.card import CARD_NAME
+from ace_llamaindex.training import TrainConfig, plan_validation
 from ace_llamaindex.validation_split import split_for_validation
 
 

@@ -8,7 +8,8 @@ from transformers import TrainerCallback
 
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.mining import HardNegativeMiner, MiningOptions
-from ace_llamaindex.training import CARD_NAME, TrainConfig, read_card, split_by_query, train
+from ace_llamaindex.card import CARD_NAME, read_card
+from ace_llamaindex.training import TrainConfig, split_by_query, train
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,8 @@ from ace_llamaindex.mining import HardNegativeMiner, MiningOptions, TrainingExam
 from ace_llamaindex import training as training_module
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.promotion import seen_document_share
-from ace_llamaindex.training import (
-    CARD_NAME,
-    TrainConfig,
-    auto_epochs,
-    choose_precision,
-    train,
-    training_datasets,
-    validation_count,
-)
+from ace_llamaindex.card import CARD_NAME
+from ace_llamaindex.training import TrainConfig, auto_epochs, choose_precision, train, training_datasets, validation_count
 
 
 @pytest.mark.parametrize(("n_train", "batch", "epochs"), [
