@@ -1,25 +1,25 @@
 """ace-llamaindex: fine-tune embeddings on your own retrieval logs and serve them in LlamaIndex."""
 
-from .dataset import QADataset
-from .embedding import FineTunedEmbedding
-from .encoding import CachedEncoder, LlamaIndexEncoder
-from .evaluate import System, evaluate, standard_systems
-from .feedback import FeedbackHandler, FeedbackLog, record_feedback
-from .feedback_dataset import load_feedback
-from .fusion import convex_scores, rrf_fusion
-from .fusion_choice import FusionChoice, load_fusion
-from .fusion_selection import select_fusion
-from .adapter import AdapterConfig, train_adapter
-from .adapter_embedding import AdapterEmbedding
-from .bm25 import BM25Encoder
-from .http_embedding import OpenAICompatibleEmbedding
-from .loading import load_dataset
-from .mining import HardNegativeMiner, MiningOptions, load_training_data, save_training_data
-from .reporting import markdown_report
-from .retriever import HybridQdrantRetriever
-from .rollout import rollback, rollout
-from .training import TrainConfig, train
-from .vector_store import AceQdrantVectorStore
+from .data.dataset import QADataset
+from .serve.embedding import FineTunedEmbedding
+from .embeddings.encoding import CachedEncoder, LlamaIndexEncoder
+from .evaluate.evaluate import System, evaluate, standard_systems
+from .serve.feedback import FeedbackHandler, FeedbackLog, record_feedback
+from .mine.feedback_dataset import load_feedback
+from .index.fusion import convex_scores, rrf_fusion
+from .index.fusion_choice import FusionChoice, load_fusion
+from .evaluate.fusion_selection import select_fusion
+from .train.adapter import AdapterConfig, train_adapter
+from .serve.adapter_embedding import AdapterEmbedding
+from .index.bm25 import BM25Encoder
+from .serve.http_embedding import OpenAICompatibleEmbedding
+from .data.loading import load_dataset
+from .mine.mining import HardNegativeMiner, MiningOptions, load_training_data, save_training_data
+from .evaluate.reporting import markdown_report
+from .serve.retriever import HybridQdrantRetriever
+from .serve.rollout import rollback, rollout
+from .train.training import TrainConfig, train
+from .serve.vector_store import AceQdrantVectorStore
 
 __version__ = "0.1.0"
 __all__ = [

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import AceError, OptionError
-from .feedback import QUERY_ID
+from .serve.feedback import QUERY_ID
 
 EXPORTS = ["onnx", "onnx-int8", "openvino", "openvino-int8"]
 
@@ -84,7 +84,7 @@ def dataset_options(f):
 
 def _load(dataset, fmt, split, strict):
     """Load a dataset and say in one line what hygiene dropped."""
-    from .loading import load_dataset
+    from .data.loading import load_dataset
 
     ds = load_dataset(dataset, fmt, strict=strict, split=split)
     if ds.dropped:
@@ -94,8 +94,8 @@ def _load(dataset, fmt, split, strict):
 
 def _load_unseen(dataset, fmt, split, strict, model):
     """Load a dataset without the queries ``model`` trained or validated on (its training card says which)."""
-    from .overlap import training_overlap, without_queries
-    from .card import read_card
+    from .evaluate.overlap import training_overlap, without_queries
+    from .embeddings.card import read_card
 
     ds = _load(dataset, fmt, split, strict)
     card = read_card(model)
@@ -130,7 +130,7 @@ def mining_options(f):
 
 
 def _mining(kw: dict):
-    from .mining import MiningOptions
+    from .mine.mining import MiningOptions
 
     return MiningOptions(
         num_negatives=kw["num_negatives"], range_min=kw["range_min"], range_max=kw["range_max"],
@@ -192,8 +192,8 @@ def training_options(f):
 
 
 def _training(kw: dict, seed: int):
-    from .models import DEFAULT_MODEL
-    from .training import TrainConfig
+    from .embeddings.models import DEFAULT_MODEL
+    from .train.training import TrainConfig
 
     return TrainConfig(
         base_model=kw["base_model"] or DEFAULT_MODEL, epochs=kw["epochs"], batch_size=kw["batch_size"],
@@ -212,7 +212,7 @@ def _interval_line(s: dict) -> str:
 
 def inconclusive_reason(g: dict) -> str:
     """Why a verdict is not "better", in words: too few queries for a gain of that size, or the base near the ceiling."""
-    from .promotion import deciding_subset
+    from .embeddings.card import deciding_subset
 
     s = deciding_subset(g)
     s = {**s, "n": s.get("n", g.get("n_queries"))}
@@ -232,7 +232,7 @@ def inconclusive_reason(g: dict) -> str:
 
 def print_training(card: dict) -> None:
     """The promotion gate's verdict (and, for --method auto, every candidate's) and the fusion, for people."""
-    from .promotion import deciding_subset
+    from .embeddings.card import deciding_subset
 
     g = card.get("gate") or {}
     for name, c in (card.get("candidates") or {}).items():
@@ -313,9 +313,9 @@ def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_pat
     from .atomic import check_output
 
     check_output(output)
-    from .encoding import CachedEncoder
-    from .mining import save_training_data
-    from .plugins import get
+    from .embeddings.encoding import CachedEncoder
+    from .mine.mining import save_training_data
+    from .plugins.manager import get
 
     if feedback and dataset:
         raise OptionError("give DATASET or --from-feedback, not both")
@@ -327,7 +327,7 @@ def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_pat
     encoder = CachedEncoder(kw["model"])  # loads the model on first use: a miner that needs none never does
     extra = {"engine": kw["engine"]}
     if collection:
-        from .engines import open_index
+        from .index.engines import open_index
 
         index = open_index(collection, path=qdrant_path, url=qdrant_url,
                            engine=kw["engine"], text_field=text_field, id_field=id_field)
@@ -338,7 +338,7 @@ def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_pat
         ds = _load(dataset, fmt, split, strict)
         examples = get("miners", kw["miner"])(encoder=encoder, options=options, **extra).mine(ds)
     else:
-        from .feedback_dataset import load_feedback, with_rejected_negatives
+        from .mine.feedback_dataset import load_feedback, with_rejected_negatives
 
         corpus = {doc_id: text for doc_id, text, _ in extra["index"].iter_documents()}
         data = load_feedback(feedback, corpus)
@@ -378,8 +378,8 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
     from .atomic import check_output
 
     check_output(output, "dir")
-    from .mining import load_training_data
-    from .plugins import get
+    from .mine.mining import load_training_data
+    from .plugins.manager import get
 
     examples = load_training_data(training_data)
     extra = {}
@@ -422,8 +422,8 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
 
 def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_model: str | None, query_prefix: str,
                       document_prefix: str):
-    from .encoding import CachedEncoder, LlamaIndexEncoder
-    from .http_embedding import OpenAICompatibleEmbedding
+    from .embeddings.encoding import CachedEncoder, LlamaIndexEncoder
+    from .serve.http_embedding import OpenAICompatibleEmbedding
 
     if baseline_url:
         client = OpenAICompatibleEmbedding(base_url=baseline_url, model_name=baseline_model or "text-embedding",
@@ -463,14 +463,14 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
     from .atomic import check_output
 
     check_output(out_dir, "dir")
-    from .evaluate import System, default_comparisons, evaluate, standard_systems
-    from .fusion_choice import load_fusion
-    from .overlap import training_overlap, without_queries
+    from .evaluate.evaluate import System, default_comparisons, evaluate, standard_systems
+    from .index.fusion_choice import load_fusion
+    from .evaluate.overlap import training_overlap, without_queries
     from .pipeline import add_fusion_row, write_reports
-    from .plugins import components, get
-    from .served_model import read_serving, serving_encoder
-    from .store import HybridParams
-    from .card import read_card
+    from .plugins.manager import components, get
+    from .serve.served_model import read_serving, serving_encoder
+    from .index.store import HybridParams
+    from .embeddings.card import read_card
 
     ds = _load(dataset, fmt, split, strict)
     card = read_card(finetuned) if finetuned else None
@@ -490,7 +490,7 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
     metrics = {n: get("metrics", n) for n in metric_names} if metric_names else {n: c.obj for n, c in components("metrics").items()}
     systems = standard_systems(base, tuned, hybrid=HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight))
     if adapter_dir:
-        from .query_adapter import AdaptedEncoder, QueryAdapter
+        from .embeddings.query_adapter import AdaptedEncoder, QueryAdapter
 
         adapted = AdaptedEncoder(base, QueryAdapter.load(adapter_dir)[0], label="adapter")
         hybrid = HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight)
@@ -555,9 +555,9 @@ def pipeline(dataset, fmt, split, strict, out_dir, test_fraction, test_split, **
 @friendly
 def tune_fusion_cmd(dataset, fmt, split, strict, model, max_queries, engine):
     """Choose the fusion for MODEL on DATASET's queries (use queries it did not train on) and save fusion.json."""
-    from .encoding import CachedEncoder
-    from .evaluate import sample_queries
-    from .fusion_selection import select_fusion
+    from .embeddings.encoding import CachedEncoder
+    from .evaluate.evaluate import sample_queries
+    from .evaluate.fusion_selection import select_fusion
 
     ds = _load_unseen(dataset, fmt, split, strict, model)
     ds = ds.subset(sample_queries(list(ds.queries), max_queries))
@@ -599,8 +599,8 @@ def print_exports(records) -> None:
 @friendly
 def export_cmd(model, targets, dataset, fmt, split):
     """Export MODEL's transformer for fast CPU inference (kept beside its PyTorch weights), checked against torch."""
-    from .exports import export_model
-    from .backends import read_exports
+    from .train.exports import export_model
+    from .embeddings.backends import read_exports
 
     check = _load_unseen(dataset, fmt, split, False, model) if dataset is not None else None
     for target in targets:
@@ -631,11 +631,11 @@ def serving_options(f):
 
 def _retriever(model, fallback_url, fallback_model, qdrant_path, qdrant_url, collection, mode, engine, top_k=10,
                feedback_log=None):
-    from .embedding import FineTunedEmbedding
-    from .http_embedding import OpenAICompatibleEmbedding
-    from .retriever import HybridQdrantRetriever
+    from .serve.embedding import FineTunedEmbedding
+    from .serve.http_embedding import OpenAICompatibleEmbedding
+    from .serve.retriever import HybridQdrantRetriever
 
-    from .served_model import read_serving, serving_embedding
+    from .serve.served_model import read_serving, serving_embedding
 
     fallback = OpenAICompatibleEmbedding(base_url=fallback_url, model_name=fallback_model) if fallback_url else None
     serving = read_serving(model) if model and Path(model).is_dir() else {"model": model or "bundled:all-MiniLM-L6-v2"}
@@ -647,8 +647,8 @@ def _retriever(model, fallback_url, fallback_model, qdrant_path, qdrant_url, col
 def _collection_vector(index, encoder) -> str | None:
     """The named vector to mine with in an existing collection: the one its rollout recorded, else its only one
     (None: the one ace writes for the model)."""
-    from .models import vector_name
-    from .rollout import VECTOR_KEY
+    from .embeddings.models import vector_name
+    from .serve.rollout import VECTOR_KEY
 
     have = index.dense_vectors()
     recorded = index.metadata().get(VECTOR_KEY)
@@ -660,7 +660,7 @@ def _collection_vector(index, encoder) -> str | None:
 
 
 def rollout_location(collection, qdrant_path, qdrant_url, engine):
-    from .engines import open_index
+    from .index.engines import open_index
 
     if not qdrant_url and not Path(qdrant_path).exists():
         raise OptionError(f"no index at {qdrant_path!r}; run `ace index` first (or pass --qdrant-path/--qdrant-url)")
@@ -693,11 +693,11 @@ def location_options(f):
 def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, previous_model, fallback_url, fallback_model,
                 batch_size, dry_run, force):
     """Serve COLLECTION with MODEL without downtime: a fresh collection, checked, then an atomic alias switch."""
-    from .rollout import rollout
+    from .serve.rollout import rollout
 
     fallback = None
     if fallback_url:
-        from .http_embedding import OpenAICompatibleEmbedding
+        from .serve.http_embedding import OpenAICompatibleEmbedding
 
         fallback = OpenAICompatibleEmbedding(base_url=fallback_url, model_name=fallback_model)
     report = rollout(model, collection, index=rollout_location(collection, qdrant_path, qdrant_url, engine),
@@ -721,7 +721,7 @@ def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, pre
 @friendly
 def rollback_cmd(collection, qdrant_path, qdrant_url, engine, as_json):
     """Serve COLLECTION from the collection the last rollout replaced."""
-    from .rollout import rollback
+    from .serve.rollout import rollback
 
     was, now = rollback(collection, index=rollout_location(collection, qdrant_path, qdrant_url, engine))
     if as_json:
@@ -738,7 +738,7 @@ def rollback_cmd(collection, qdrant_path, qdrant_url, engine, as_json):
 @friendly
 def feedback_cmd(log, query_id, doc_id, relevant):
     """Record a judgement of a served result (QUERY_ID: `ace search --json`'s query_id) in LOG."""
-    from .feedback import record_feedback
+    from .serve.feedback import record_feedback
 
     record_feedback(log, query_id, doc_id, relevant)
 
@@ -787,7 +787,7 @@ def search(query, top_k, as_json, feedback_log, **kw):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json):
     """List installed plugins and the components they register."""
-    from .plugins import KINDS, plugin_state
+    from .plugins.manager import KINDS, plugin_state
 
     state = plugin_state()
     rows = [{"kind": kind, "name": c.name, "plugin": c.plugin, "source": state.sources.get(c.plugin, "?"), "description": c.description}
@@ -808,7 +808,7 @@ def plugins(as_json):
 def main() -> None:
     import signal
 
-    from .plugins import add_commands
+    from .plugins.manager import add_commands
 
     # SIGTERM ends the process like Ctrl-C does: atomic writes roll back and temporary indexes are removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -17,12 +17,12 @@ from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
-from .dataset import QADataset
+from .data.dataset import QADataset
 from .errors import OptionError
-from .mining import HardNegativeMiner, MiningOptions, TrainingExample
-from .models import DEFAULT_MODEL
-from .plugins import get
-from .training import TrainConfig, TrainResult
+from .mine.mining import HardNegativeMiner, MiningOptions, TrainingExample
+from .embeddings.models import DEFAULT_MODEL
+from .plugins.manager import get
+from .train.training import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
 _UNSET: Any = object()  # a parameter the caller did not pass (so its deprecated default is not a request)
@@ -34,7 +34,7 @@ class EmbeddingQAFinetuneDataset(QADataset):
 
     @classmethod
     def from_json(cls, path: str | Path) -> EmbeddingQAFinetuneDataset:
-        from .dataset import load_llamaindex_json
+        from .data.dataset import load_llamaindex_json
 
         ds = load_llamaindex_json(path)
         return cls(ds.queries, ds.corpus, ds.relevant_docs, query_meta=ds.query_meta, mode=ds.mode, source=str(path))
@@ -128,7 +128,7 @@ class SentenceTransformersFinetuneEngine(_Engine):
 
     def finetune(self, **train_kwargs: Any) -> None:
         """Mine hard negatives with ``model_id``, train (``method``), gate and write to ``model_output_path``."""
-        from .encoding import CachedEncoder
+        from .embeddings.encoding import CachedEncoder
 
         if train_kwargs:
             raise OptionError(f"{self.name}.finetune() got unknown argument(s) {sorted(train_kwargs)}")
@@ -143,8 +143,8 @@ class SentenceTransformersFinetuneEngine(_Engine):
     def get_finetuned_model(self, **model_kwargs: Any) -> BaseEmbedding:
         """The chosen model as a LlamaIndex embedding (``FineTunedEmbedding``, with its adapter when one was chosen);
         the base model when no method was better (and a warning says so)."""
-        from .embedding import FineTunedEmbedding
-        from .served_model import serving_embedding
+        from .serve.embedding import FineTunedEmbedding
+        from .serve.served_model import serving_embedding
 
         if self.result is None:
             raise OptionError(f"{self.name}: call finetune() first")
@@ -185,8 +185,8 @@ class EmbeddingAdapterFinetuneEngine(_Engine):
         self.result: TrainResult | None = None
 
     def _encoder(self):
-        from .embedding import FineTunedEmbedding
-        from .encoding import CachedEncoder, LlamaIndexEncoder
+        from .serve.embedding import FineTunedEmbedding
+        from .embeddings.encoding import CachedEncoder, LlamaIndexEncoder
 
         if isinstance(self.embed_model, FineTunedEmbedding):  # a local model: vectors cached on disk, batched
             return CachedEncoder(self.embed_model.model_path, show_progress=self.show_progress_bar,
@@ -197,9 +197,9 @@ class EmbeddingAdapterFinetuneEngine(_Engine):
         """Mine hard negatives with ``embed_model``, train the adapter, gate it, write it to ``model_output_path``."""
         from dataclasses import replace
 
-        from .adapter import adapter_config, train_adapter
-        from .query_adapter import base_identity
-        from .promotion import GateResult
+        from .train.adapter import adapter_config, train_adapter
+        from .embeddings.query_adapter import base_identity
+        from .train.promotion import GateResult
 
         if train_kwargs:
             raise OptionError(f"{self.name}.finetune() got unknown argument(s) {sorted(train_kwargs)}")
@@ -218,7 +218,7 @@ class EmbeddingAdapterFinetuneEngine(_Engine):
 
     def get_finetuned_model(self, **model_kwargs: Any) -> BaseEmbedding:
         """``embed_model`` with the trained query adapter (documents untouched)."""
-        from .adapter_embedding import AdapterEmbedding
+        from .serve.adapter_embedding import AdapterEmbedding
 
         if self.result is None:
             raise OptionError(f"{self.name}: call finetune() first")

@@ -6,15 +6,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .dataset import QADataset
-from .encoding import CachedEncoder
-from .evaluate import EvalReport, System, default_comparisons, evaluate, standard_systems
+from .data.dataset import QADataset
+from .embeddings.encoding import CachedEncoder
+from .evaluate.evaluate import EvalReport, System, default_comparisons, evaluate, standard_systems
 from .errors import OptionError
-from .fusion_choice import FusionChoice, load_fusion
-from .mining import MiningOptions, save_training_data
-from .plugins import components, get
-from .served_model import serving_encoder
-from .training import TrainConfig
+from .index.fusion_choice import FusionChoice, load_fusion
+from .mine.mining import MiningOptions, save_training_data
+from .plugins.manager import components, get
+from .serve.served_model import serving_encoder
+from .train.training import TrainConfig
 
 
 @dataclass

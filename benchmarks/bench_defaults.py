@@ -17,9 +17,9 @@ import time
 
 from common import RESULTS, dataset_dir, save
 
-from ace_llamaindex.beir import load_beir
+from ace_llamaindex.data.beir import load_beir
 from ace_llamaindex.pipeline import run_pipeline
-from ace_llamaindex.reporting import markdown_report
+from ace_llamaindex.evaluate.reporting import markdown_report
 
 
 def main() -> None:

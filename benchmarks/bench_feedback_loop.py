@@ -27,7 +27,7 @@ from common import RESULTS, dataset_dir, save
 
 def serve_and_judge(retriever, train_set) -> int:
     """Serve every training query once; judge each shown result by the qrels."""
-    from ace_llamaindex.feedback import QUERY_ID
+    from ace_llamaindex.serve.feedback import QUERY_ID
 
     qids = list(train_set.queries)
     shown = 0
@@ -42,8 +42,8 @@ def serve_and_judge(retriever, train_set) -> int:
 
 
 def train_arm(examples, out: Path, method: str, corpus, base):
-    from ace_llamaindex.plugins import get
-    from ace_llamaindex.training import TrainConfig
+    from ace_llamaindex.plugins.manager import get
+    from ace_llamaindex.train.training import TrainConfig
 
     started = time.perf_counter()
     result = get("trainers", method)(examples, out, TrainConfig(), corpus=corpus, base_encoder=base)
@@ -69,17 +69,17 @@ def pct(values: list[float]) -> dict[str, float]:
 def run(name: str, method: str) -> dict:
     from llama_index.core.schema import TextNode
 
-    from ace_llamaindex.beir import load_beir
-    from ace_llamaindex.embedding import FineTunedEmbedding
-    from ace_llamaindex.encoding import CachedEncoder
-    from ace_llamaindex.evaluate import System, evaluate
-    from ace_llamaindex.feedback_dataset import load_feedback, with_rejected_negatives
-    from ace_llamaindex.mining import HardNegativeMiner, MiningOptions
-    from ace_llamaindex.models import resolve_model
-    from ace_llamaindex.retriever import HybridQdrantRetriever
-    from ace_llamaindex.spaces import named_vector
-    from ace_llamaindex.rollout import rollout
-    from ace_llamaindex.served_model import serving_encoder
+    from ace_llamaindex.data.beir import load_beir
+    from ace_llamaindex.serve.embedding import FineTunedEmbedding
+    from ace_llamaindex.embeddings.encoding import CachedEncoder
+    from ace_llamaindex.evaluate.evaluate import System, evaluate
+    from ace_llamaindex.mine.feedback_dataset import load_feedback, with_rejected_negatives
+    from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
+    from ace_llamaindex.embeddings.models import resolve_model
+    from ace_llamaindex.serve.retriever import HybridQdrantRetriever
+    from ace_llamaindex.serve.spaces import named_vector
+    from ace_llamaindex.serve.rollout import rollout
+    from ace_llamaindex.serve.served_model import serving_encoder
 
     folder = dataset_dir(name)
     train_set, test_set = load_beir(folder, "train"), load_beir(folder, "test")

@@ -14,14 +14,14 @@ import shutil
 
 from common import CACHE, RESULTS, dataset_dir, save, timed
 
-from ace_llamaindex.beir import load_beir
-from ace_llamaindex.encoding import CachedEncoder
-from ace_llamaindex.evaluate import System, evaluate
-from ace_llamaindex.fusion_selection import select_fusion
-from ace_llamaindex.mining import HardNegativeMiner, MiningOptions
-from ace_llamaindex.models import resolve_model
-from ace_llamaindex.reporting import markdown_report
-from ace_llamaindex.training import TrainConfig, detect_device, split_by_query, train
+from ace_llamaindex.data.beir import load_beir
+from ace_llamaindex.embeddings.encoding import CachedEncoder
+from ace_llamaindex.evaluate.evaluate import System, evaluate
+from ace_llamaindex.evaluate.fusion_selection import select_fusion
+from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
+from ace_llamaindex.embeddings.models import resolve_model
+from ace_llamaindex.evaluate.reporting import markdown_report
+from ace_llamaindex.train.training import TrainConfig, detect_device, split_by_query, train
 
 
 def st_recipe(train_set, out_dir, num_negatives, batch_size, epochs, max_seq_length, seed, timings):

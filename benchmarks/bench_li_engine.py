@@ -43,7 +43,7 @@ def li_engine(train_path: Path, val_path: Path, out: Path) -> dict:
     from torch.utils.data import DataLoader
 
     from ace_llamaindex.finetuning import EmbeddingQAFinetuneDataset
-    from ace_llamaindex.models import resolve_model
+    from ace_llamaindex.embeddings.models import resolve_model
 
     train, val = EmbeddingQAFinetuneDataset.from_json(train_path), EmbeddingQAFinetuneDataset.from_json(val_path)
     model = SentenceTransformer(resolve_model(MODEL_ID))
@@ -96,10 +96,10 @@ def child(side: str, work: Path) -> None:
 
 
 def score(test_set, sides: dict[str, dict]) -> dict:
-    from ace_llamaindex.encoding import CachedEncoder
-    from ace_llamaindex.evaluate import System, evaluate
-    from ace_llamaindex.models import resolve_model
-    from ace_llamaindex.served_model import serving_encoder
+    from ace_llamaindex.embeddings.encoding import CachedEncoder
+    from ace_llamaindex.evaluate.evaluate import System, evaluate
+    from ace_llamaindex.embeddings.models import resolve_model
+    from ace_llamaindex.serve.served_model import serving_encoder
 
     base = CachedEncoder(resolve_model(MODEL_ID), show_progress=False, cache_dir=False)
     systems = [System("base", "dense", base)] + [
@@ -116,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.side:
         return child(args.side, Path(args.datasets[0]))
-    from ace_llamaindex.beir import load_beir
+    from ace_llamaindex.data.beir import load_beir
 
     for name in args.datasets:
         folder = dataset_dir(name)

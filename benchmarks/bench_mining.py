@@ -12,10 +12,10 @@ import tempfile
 
 from common import dataset_dir, save, timed
 
-from ace_llamaindex.beir import load_beir
-from ace_llamaindex.encoding import CachedEncoder
-from ace_llamaindex.mining import HardNegativeMiner, MiningOptions, excluded_documents
-from ace_llamaindex.models import load_model, resolve_model
+from ace_llamaindex.data.beir import load_beir
+from ace_llamaindex.embeddings.encoding import CachedEncoder
+from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, excluded_documents
+from ace_llamaindex.embeddings.models import load_model, resolve_model
 
 
 def main() -> None:

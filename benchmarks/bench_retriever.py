@@ -15,13 +15,13 @@ import uuid
 import numpy as np
 from common import CACHE, dataset_dir, save
 
-from ace_llamaindex.beir import load_beir
-from ace_llamaindex.bm25 import BM25Encoder
-from ace_llamaindex.embedding import FineTunedEmbedding
-from ace_llamaindex.encoding import CachedEncoder
-from ace_llamaindex.fusion import rrf_fusion
-from ace_llamaindex.metrics import ndcg_at
-from ace_llamaindex.retriever import HybridQdrantRetriever
+from ace_llamaindex.data.beir import load_beir
+from ace_llamaindex.index.bm25 import BM25Encoder
+from ace_llamaindex.serve.embedding import FineTunedEmbedding
+from ace_llamaindex.embeddings.encoding import CachedEncoder
+from ace_llamaindex.index.fusion import rrf_fusion
+from ace_llamaindex.evaluate.metrics import ndcg_at
+from ace_llamaindex.serve.retriever import HybridQdrantRetriever
 
 NDCG10 = ndcg_at(10)
 

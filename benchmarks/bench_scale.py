@@ -23,7 +23,7 @@ import time
 import numpy as np
 from common import DATA, RESULTS, save
 
-from ace_llamaindex.engines import open_index
+from ace_llamaindex.index.engines import open_index
 
 DIM, CHUNK = 384, 50_000
 

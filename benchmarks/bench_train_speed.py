@@ -17,11 +17,11 @@ import time
 
 from common import CACHE, RESULTS, dataset_dir, save
 
-from ace_llamaindex.beir import load_beir
-from ace_llamaindex.encoding import CachedEncoder
-from ace_llamaindex.mining import HardNegativeMiner, MiningOptions
-from ace_llamaindex.models import open_model
-from ace_llamaindex.training import TrainConfig, choose_precision, to_hf_dataset, train
+from ace_llamaindex.data.beir import load_beir
+from ace_llamaindex.embeddings.encoding import CachedEncoder
+from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
+from ace_llamaindex.embeddings.models import open_model
+from ace_llamaindex.train.training import TrainConfig, choose_precision, to_hf_dataset, train
 
 
 def plain(examples, out, batch_size, max_seq_length, seed) -> float:

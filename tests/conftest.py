@@ -23,7 +23,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def demo():
-    from ace_llamaindex.loading import SMALL_DATASET, load_dataset
+    from ace_llamaindex.data.loading import SMALL_DATASET, load_dataset
 
     return load_dataset(SMALL_DATASET)
 
@@ -36,7 +36,7 @@ def small(demo):
 
 @pytest.fixture(scope="session")
 def base_encoder(tmp_path_factory):
-    from ace_llamaindex.encoding import CachedEncoder
+    from ace_llamaindex.embeddings.encoding import CachedEncoder
 
     return CachedEncoder(cache_dir=tmp_path_factory.mktemp("enc"), show_progress=False)
 
@@ -44,8 +44,8 @@ def base_encoder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tuned_model_dir(tmp_path_factory, small, base_encoder):
     """A real, briefly fine-tuned model (one short epoch on 40 queries)."""
-    from ace_llamaindex.mining import HardNegativeMiner, MiningOptions
-    from ace_llamaindex.training import TrainConfig, train
+    from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
+    from ace_llamaindex.train.training import TrainConfig, train
 
     examples = HardNegativeMiner("dense", base_encoder, options=MiningOptions(num_negatives=2), show_progress=False).mine(small)
     out = tmp_path_factory.mktemp("models") / "tuned"
@@ -66,7 +66,7 @@ def embedding_server():
     Its venv comes from `make infinity-venv` (ACE_INFINITY_BIN); without it the tests skip, unless
     ACE_REQUIRE_INFINITY=1 (as `make test` and CI set), where they fail.
     """
-    from ace_llamaindex.models import resolve_model
+    from ace_llamaindex.embeddings.models import resolve_model
 
     binary = os.environ.get("ACE_INFINITY_BIN") or shutil.which("infinity_emb")
     if not binary or not Path(binary).exists():

@@ -8,12 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
-from ace_llamaindex.backends import EXPORTS_DIR, MANIFEST, SAME_SPACE_COSINE, choose_export, read_exports
-from ace_llamaindex.exports import export_model
+from ace_llamaindex.embeddings.backends import EXPORTS_DIR, MANIFEST, SAME_SPACE_COSINE, choose_export, read_exports
+from ace_llamaindex.train.exports import export_model
 from ace_llamaindex.atomic import write_json
-from ace_llamaindex.embedding import FineTunedEmbedding
+from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.errors import OptionError
-from ace_llamaindex.models import content_fingerprint, resolve_model
+from ace_llamaindex.embeddings.models import content_fingerprint, resolve_model
 
 # The tolerance the vector-space rule rests on: an fp32 export gives torch's vectors (cosine >= 0.9999 for every
 # text); an int8 one comes close (>= 0.90) and is a space of its own unless it reaches SAME_SPACE_COSINE (0.99).
@@ -98,7 +98,7 @@ def test_an_export_in_another_space_asks_for_reindexing(exported, demo, tmp_path
     what to do, not an engine's stack trace or silently empty results."""
     from llama_index.core.schema import TextNode
 
-    from ace_llamaindex.retriever import HybridQdrantRetriever
+    from ace_llamaindex.serve.retriever import HybridQdrantRetriever
 
     model = tmp_path / "model"
     shutil.copytree(exported[0], model)

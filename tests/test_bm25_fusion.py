@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 from qdrant_client import QdrantClient
 
-from ace_llamaindex.bm25 import BM25Encoder, tie_breaker, tokenize
-from ace_llamaindex.fusion import rrf_fusion, rrf_scores
-from ace_llamaindex.store import CorpusIndex
+from ace_llamaindex.index.bm25 import BM25Encoder, tie_breaker, tokenize
+from ace_llamaindex.index.fusion import rrf_fusion, rrf_scores
+from ace_llamaindex.index.store import CorpusIndex
 
 DOCS = {
     "a": "Rotate the service account keys every 90 days with the rotation script.",
@@ -69,7 +69,7 @@ def test_stock_qdrant_vector_store_hybrid_with_our_functions(base_encoder):
     from llama_index.vector_stores.qdrant import QdrantVectorStore
     from qdrant_client import models
 
-    from ace_llamaindex.embedding import FineTunedEmbedding
+    from ace_llamaindex.serve.embedding import FineTunedEmbedding
 
     bm25 = BM25Encoder().fit(DOCS.values())
     store = QdrantVectorStore(
@@ -97,8 +97,8 @@ def test_bm25_avgdl_is_kept_with_the_collection(tmp_path):
 def test_bm25_ties_rank_alike_on_every_engine():
     """Equal BM25 scores are common on short texts; Edge would order them anew in each process."""
     pytest.importorskip("qdrant_edge")
-    from ace_llamaindex.engines import open_index
-    from ace_llamaindex.loading import SMALL_DATASET, load_dataset
+    from ace_llamaindex.index.engines import open_index
+    from ace_llamaindex.data.loading import SMALL_DATASET, load_dataset
 
     ds = load_dataset(SMALL_DATASET)  # the set this test was written on (the demo default changed under it)
     ids, queries = list(ds.corpus), list(ds.queries.values())

@@ -7,7 +7,7 @@ import json
 from click.testing import CliRunner
 
 from ace_llamaindex.cli import cli
-from ace_llamaindex.loading import SMALL_DATASET
+from ace_llamaindex.data.loading import SMALL_DATASET
 
 SMALL = str(SMALL_DATASET)
 

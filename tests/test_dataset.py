@@ -9,11 +9,11 @@ from click.testing import CliRunner
 
 from ace_llamaindex.cli import cli
 
-from ace_llamaindex.beir import load_beir
-from ace_llamaindex.dataset import QADataset, load_llamaindex_json
+from ace_llamaindex.data.beir import load_beir
+from ace_llamaindex.data.dataset import QADataset, load_llamaindex_json
 from ace_llamaindex.errors import DatasetError
-from ace_llamaindex.loading import load_dataset
-from ace_llamaindex.test_suite import load_test_suite
+from ace_llamaindex.data.loading import load_dataset
+from ace_llamaindex.data.test_suite import load_test_suite
 
 LI = {"queries": {"q1": "how to roll back"}, "corpus": {"d1": "Re-run the release with the old tag.", "d2": "Deploy on Mondays."},
       "relevant_docs": {"q1": ["d1"]}, "mode": "text"}
@@ -137,7 +137,7 @@ BLEMISHED = {"queries": {"q1": "undo a deploy", "q2": "friday freeze", "q3": "  
     ("queries left without a relevant document", ["q2"]),
 ])
 def test_blemishes_are_dropped_and_counted(tmp_path, kind, items):
-    from ace_llamaindex.loading import load_dataset
+    from ace_llamaindex.data.loading import load_dataset
 
     ds = load_dataset(write(tmp_path / "b.json", BLEMISHED))
     assert ds.dropped[kind] == items
@@ -146,7 +146,7 @@ def test_blemishes_are_dropped_and_counted(tmp_path, kind, items):
 
 
 def test_strict_refuses_blemishes_naming_the_record(tmp_path):
-    from ace_llamaindex.loading import load_dataset
+    from ace_llamaindex.data.loading import load_dataset
 
     path = write(tmp_path / "b.json", BLEMISHED)
     with pytest.raises(DatasetError, match="d2: empty documents"):
@@ -154,7 +154,7 @@ def test_strict_refuses_blemishes_naming_the_record(tmp_path):
 
 
 def test_beir_empty_document_and_its_qrels_are_dropped(tmp_path):
-    from ace_llamaindex.loading import load_dataset
+    from ace_llamaindex.data.loading import load_dataset
 
     root = make_beir(tmp_path / "beir")
     write(root / "corpus.jsonl", '{"_id": "d1", "title": "Rollback", "text": "Re-run the release."}\n{"_id": "d2", "title": "", "text": " "}\n')

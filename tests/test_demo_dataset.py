@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ace_llamaindex.loading import DEMO_DATASET, load_dataset
+from ace_llamaindex.data.loading import DEMO_DATASET, load_dataset
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_team_dataset.py"
 

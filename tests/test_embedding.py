@@ -12,9 +12,9 @@ import pytest
 from llama_index.core import Settings, VectorStoreIndex
 from llama_index.core.schema import TextNode
 
-from ace_llamaindex.embedding import FineTunedEmbedding
+from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.errors import EmbeddingError
-from ace_llamaindex.http_embedding import OpenAICompatibleEmbedding
+from ace_llamaindex.serve.http_embedding import OpenAICompatibleEmbedding
 
 
 def test_settings_embed_model_with_vector_store_index(demo):

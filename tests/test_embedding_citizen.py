@@ -10,7 +10,7 @@ import pytest
 from llama_index.core.schema import TextNode
 
 from ace_llamaindex import FineTunedEmbedding, HybridQdrantRetriever, OpenAICompatibleEmbedding
-from ace_llamaindex import embedding as embedding_module
+from ace_llamaindex.serve import embedding as embedding_module
 from ace_llamaindex.errors import EmbeddingError, OptionError
 
 
@@ -84,9 +84,9 @@ def test_a_failed_model_is_retried_after_a_back_off(tmp_path, tuned_model_dir, m
 
 def test_files_written_by_training_honour_the_umask(tmp_path, small, base_encoder):
     from ace_llamaindex.atomic import write_json
-    from ace_llamaindex.mining import HardNegativeMiner, MiningOptions
-    from ace_llamaindex.card import CARD_NAME
-    from ace_llamaindex.training import TrainConfig, train
+    from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
+    from ace_llamaindex.embeddings.card import CARD_NAME
+    from ace_llamaindex.train.training import TrainConfig, train
 
     old = os.umask(0o022)
     try:

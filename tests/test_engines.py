@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from ace_llamaindex import engines as engines_module
-from ace_llamaindex.engines import Engine, engines, open_index, resolve_engine
+from ace_llamaindex.index import engines as engines_module
+from ace_llamaindex.index.engines import Engine, engines, open_index, resolve_engine
 from ace_llamaindex.errors import OptionError
 
 
@@ -46,7 +46,7 @@ def test_without_edge_auto_falls_back_to_local_and_says_so(monkeypatch, caplog):
     known["edge"] = Engine(open=known["edge"].open, available=lambda: False)
     monkeypatch.setattr(engines_module, "engines", lambda: known)
     monkeypatch.setattr(engines_module, "_warned", set())
-    with caplog.at_level(logging.WARNING, logger="ace_llamaindex.engines"):
+    with caplog.at_level(logging.WARNING, logger="ace_llamaindex.index.engines"):
         assert resolve_engine("auto", "c") == "local"
         assert resolve_engine("auto", "c") == "local"
     assert [r.message for r in caplog.records if "Edge is not installed" in r.message] and len(caplog.records) == 1

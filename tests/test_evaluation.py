@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from ace_llamaindex.encoding import CachedEncoder
-from ace_llamaindex.evaluate import System, evaluate, standard_systems
-from ace_llamaindex.metrics import BUILTIN_METRICS
-from ace_llamaindex.stats import paired_bootstrap
-from ace_llamaindex.store import CorpusIndex, make_client
+from ace_llamaindex.embeddings.encoding import CachedEncoder
+from ace_llamaindex.evaluate.evaluate import System, evaluate, standard_systems
+from ace_llamaindex.evaluate.metrics import BUILTIN_METRICS
+from ace_llamaindex.evaluate.stats import paired_bootstrap
+from ace_llamaindex.index.store import CorpusIndex, make_client
 
 
 def test_metrics_agree_with_ir_measures_on_a_real_run(demo, base_encoder):
@@ -89,8 +89,8 @@ def test_hybrid_and_bm25_systems_differ_from_dense(small, base_encoder):
 def test_baseline_from_an_openai_compatible_endpoint(embedding_server, small, base_encoder):
     """The nomic-via-LM-Studio case, with a real server: the endpoint serves the bundled model, so it must score
     like the local copy of that model."""
-    from ace_llamaindex.encoding import LlamaIndexEncoder
-    from ace_llamaindex.http_embedding import OpenAICompatibleEmbedding
+    from ace_llamaindex.embeddings.encoding import LlamaIndexEncoder
+    from ace_llamaindex.serve.http_embedding import OpenAICompatibleEmbedding
 
     endpoint = LlamaIndexEncoder(OpenAICompatibleEmbedding(base_url=embedding_server, model_name="minilm"), label="endpoint")
     systems = [System("endpoint", "dense", endpoint), System("local", "dense", base_encoder)]
@@ -101,7 +101,7 @@ def test_baseline_from_an_openai_compatible_endpoint(embedding_server, small, ba
 
 def test_max_queries_is_a_seeded_sample_in_file_order(demo):
     from ace_llamaindex.errors import OptionError
-    from ace_llamaindex.evaluate import sample_queries
+    from ace_llamaindex.evaluate.evaluate import sample_queries
 
     qids = list(demo.queries)
     picked = sample_queries(qids, 20, seed=1)

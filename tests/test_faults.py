@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from llama_index.core.schema import TextNode
 
 from ace_llamaindex import FineTunedEmbedding, HybridQdrantRetriever, OpenAICompatibleEmbedding
-from ace_llamaindex.bm25 import BM25Encoder, tokenize
+from ace_llamaindex.index.bm25 import BM25Encoder, tokenize
 from ace_llamaindex.cli import cli
 from ace_llamaindex.errors import EmbeddingError, OptionError
 
@@ -93,7 +93,7 @@ def test_add_no_nodes_is_a_no_op():
 
 def test_second_process_on_one_edge_folder(tmp_path):
     pytest.importorskip("qdrant_edge")
-    from ace_llamaindex.edge_store import EdgeCorpusIndex
+    from ace_llamaindex.index.edge_store import EdgeCorpusIndex
 
     first = EdgeCorpusIndex(tmp_path, "c")
     first.upsert(["d"], ["some text"], {"dense-x": np.ones((1, 4), dtype=np.float32)}, show_progress=False)
@@ -228,9 +228,9 @@ def test_sigterm_removes_temporary_edge_shards(tmp_path):
 
 # ---- artifacts: corrupt, foreign or mismatched, each refused in one line naming the folder (or dropped if disposable)
 def _trained_adapter(tmp_path):
-    from ace_llamaindex.adapter import adapter_trainer
-    from ace_llamaindex.mining import TrainingExample
-    from ace_llamaindex.training import TrainConfig
+    from ace_llamaindex.train.adapter import adapter_trainer
+    from ace_llamaindex.mine.mining import TrainingExample
+    from ace_llamaindex.train.training import TrainConfig
 
     rows = [TrainingExample(f"question number {i}", f"answer text {i}", [f"answer text {i + 1}"]) for i in range(12)]
     adapter_trainer(rows, tmp_path / "adapter", TrainConfig(epochs=2, force=True))
@@ -249,7 +249,7 @@ def _other_base(tmp_path):
     """A model with the base's architecture and other weights (as a fine-tuned model is)."""
     from sentence_transformers import SentenceTransformer
 
-    from ace_llamaindex.models import resolve_model
+    from ace_llamaindex.embeddings.models import resolve_model
 
     model = SentenceTransformer(resolve_model(None))
     for p in model.parameters():
@@ -277,7 +277,7 @@ def test_a_bad_or_foreign_adapter_is_refused(tmp_path, name, spoil, base, expect
 
 
 def test_an_adapter_of_another_dimension_says_so(tmp_path):
-    from ace_llamaindex.query_adapter import QueryAdapter
+    from ace_llamaindex.embeddings.query_adapter import QueryAdapter
 
     adapter, _ = QueryAdapter.load(_trained_adapter(tmp_path))
     with pytest.raises(OptionError, match="maps 384-d query vectors, the base gives 768-d"):
@@ -285,7 +285,7 @@ def test_an_adapter_of_another_dimension_says_so(tmp_path):
 
 
 def test_a_corrupt_cache_entry_is_dropped_and_recomputed(tmp_path):
-    from ace_llamaindex.encoding import CachedEncoder
+    from ace_llamaindex.embeddings.encoding import CachedEncoder
 
     first = CachedEncoder(cache_dir=tmp_path / "c", show_progress=False).encode_documents(["a memory", "another"])
     entry = next((tmp_path / "c").glob("*.npz"))
@@ -295,7 +295,7 @@ def test_a_corrupt_cache_entry_is_dropped_and_recomputed(tmp_path):
 
 
 def test_a_cache_folder_that_is_a_file_is_one_line(tmp_path):
-    from ace_llamaindex.encoding import CachedEncoder
+    from ace_llamaindex.embeddings.encoding import CachedEncoder
 
     (tmp_path / "c").write_text("x")
     with pytest.raises(OptionError, match="cannot use it as the embedding cache folder"):
@@ -308,9 +308,9 @@ def test_filters_of_the_wrong_type_are_refused_at_once():
 
 
 def test_negatives_equal_to_the_positive_are_dropped_and_counted(tmp_path):
-    from ace_llamaindex.adapter import adapter_trainer
-    from ace_llamaindex.mining import TrainingExample
-    from ace_llamaindex.training import TrainConfig
+    from ace_llamaindex.train.adapter import adapter_trainer
+    from ace_llamaindex.mine.mining import TrainingExample
+    from ace_llamaindex.train.training import TrainConfig
 
     rows = [TrainingExample(f"question {i}", f"answer {i}", [f"answer  {i}", f"answer {i + 1}"]) for i in range(12)]
     card = adapter_trainer(rows, tmp_path / "a", TrainConfig(epochs=1, force=True)).card
@@ -325,7 +325,7 @@ def small_disk(tmp_path_factory):
     import shutil
     import subprocess
 
-    from ace_llamaindex.models import resolve_model
+    from ace_llamaindex.embeddings.models import resolve_model
 
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
@@ -374,7 +374,7 @@ def test_a_full_disk_is_one_line_and_loses_nothing(small_disk, args, expected):
 
 
 def _index_then_spoil(tmp_path, engine, spoil):
-    from ace_llamaindex.engines import open_index
+    from ace_llamaindex.index.engines import open_index
 
     index = open_index("c", path=tmp_path / "q", engine=engine)
     index.upsert(["d"], ["some text"], {"dense-x": np.ones((1, 4), dtype=np.float32)}, show_progress=False)
@@ -397,7 +397,7 @@ def test_a_corrupt_index_folder_is_one_line(tmp_path, engine, spoil, expected):
     if engine == "edge":
         pytest.importorskip("qdrant_edge")
     _index_then_spoil(tmp_path, engine, spoil)
-    from ace_llamaindex.engines import open_index
+    from ace_llamaindex.index.engines import open_index
 
     with pytest.raises(OptionError, match=expected):
         index = open_index("c", path=tmp_path / "q", engine=engine)
@@ -408,7 +408,7 @@ def test_two_creators_of_one_new_collection_the_loser_gets_one_line(tmp_path):
     pytest.importorskip("qdrant_edge")
     import qdrant_edge as q
 
-    from ace_llamaindex.edge_store import EdgeCorpusIndex
+    from ace_llamaindex.index.edge_store import EdgeCorpusIndex
 
     loser = EdgeCorpusIndex(tmp_path, "c")  # sees no collection yet
     config = q.EdgeConfig(vectors={"dense-x": q.EdgeVectorParams(size=4, distance=q.Distance.Cosine)})

@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from llama_index.core.schema import TextNode
 
 from ace_llamaindex.cli import cli
-from ace_llamaindex.embedding import FineTunedEmbedding
+from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.errors import AceError, OptionError
-from ace_llamaindex.feedback import QUERY_ID, FeedbackLog, read_log, record_feedback
-from ace_llamaindex.feedback_dataset import load_feedback
-from ace_llamaindex.retriever import HybridQdrantRetriever
+from ace_llamaindex.serve.feedback import QUERY_ID, FeedbackLog, read_log, record_feedback
+from ace_llamaindex.mine.feedback_dataset import load_feedback
+from ace_llamaindex.serve.retriever import HybridQdrantRetriever
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_two_processes_appending_lose_no_line(tmp_path):
     log = tmp_path / "feedback.jsonl"
     writer = textwrap.dedent(f"""
         import sys
-        from ace_llamaindex.feedback import FeedbackLog
+        from ace_llamaindex.serve.feedback import FeedbackLog
         sink = FeedbackLog({str(log)!r})
         for i in range(400):
             sink({{"type": "judgement", "query_id": sys.argv[1] + str(i), "doc_id": "d" * 6000, "relevant": True, "ts": i}})
@@ -93,7 +93,7 @@ def test_the_instrumentation_handler_marks_the_source_nodes_a_response_used(serv
     from llama_index.core.postprocessor import SimilarityPostprocessor
     from llama_index.core.query_engine import RetrieverQueryEngine
 
-    from ace_llamaindex.feedback import FeedbackHandler
+    from ace_llamaindex.serve.feedback import FeedbackHandler
 
     log = tmp_path / "fb.jsonl"
     retriever = HybridQdrantRetriever(FineTunedEmbedding(), path=str(served["where"] / "qdrant"), collection="mem",

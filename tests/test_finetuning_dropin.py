@@ -9,7 +9,7 @@ import textwrap
 import pytest
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
-from ace_llamaindex.embedding import FineTunedEmbedding
+from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.finetuning import EmbeddingAdapterFinetuneEngine, SentenceTransformersFinetuneEngine
 

@@ -11,10 +11,10 @@ from llama_index.core.schema import TextNode
 
 from ace_llamaindex import FineTunedEmbedding, HybridQdrantRetriever
 from ace_llamaindex.errors import OptionError
-from ace_llamaindex.fusion import convex_scores
-from ace_llamaindex.fusion_choice import FUSION_FILE, FusionChoice, load_fusion
-from ace_llamaindex.fusion_selection import select_fusion
-from ace_llamaindex.store import HybridParams
+from ace_llamaindex.index.fusion import convex_scores
+from ace_llamaindex.index.fusion_choice import FUSION_FILE, FusionChoice, load_fusion
+from ace_llamaindex.evaluate.fusion_selection import select_fusion
+from ace_llamaindex.index.store import HybridParams
 
 
 @pytest.mark.parametrize(("dense", "sparse", "alpha", "expected"), [

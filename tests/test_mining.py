@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from ace_llamaindex.dataset import QADataset
+from ace_llamaindex.data.dataset import QADataset
 from ace_llamaindex.errors import OptionError
-from ace_llamaindex.mining import HardNegativeMiner, MiningOptions, excluded_documents, load_training_data, save_training_data
-from ace_llamaindex.plugins import get
+from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, excluded_documents, load_training_data, save_training_data
+from ace_llamaindex.plugins.manager import get
 
 
 @pytest.mark.parametrize("miner", ["dense", "bm25", "hybrid"])
@@ -107,7 +107,7 @@ def test_bad_options_fail_clearly(kwargs, message):
 
 
 def test_training_data_file_roundtrip_and_trainer_ready(tmp_path, small, base_encoder):
-    from ace_llamaindex.training import to_hf_dataset
+    from ace_llamaindex.train.training import to_hf_dataset
 
     examples = HardNegativeMiner("hybrid", base_encoder, options=MiningOptions(num_negatives=2), show_progress=False).mine(small)
     path = save_training_data(examples, tmp_path / "training_data.json", source="demo")
@@ -125,7 +125,7 @@ def test_dense_mining_over_a_users_existing_collection(small, base_encoder):
     """The collection the current system already serves: its own vector name and payload keys."""
     from qdrant_client import QdrantClient, models
 
-    from ace_llamaindex.store import CorpusIndex, point_id
+    from ace_llamaindex.index.store import CorpusIndex, point_id
 
     client = QdrantClient(":memory:")
     client.create_collection("theirs", vectors_config={"embedding": models.VectorParams(size=384, distance=models.Distance.COSINE)})

@@ -9,7 +9,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from ace_llamaindex import plugins
+from ace_llamaindex.plugins import manager as plugins
 from ace_llamaindex.cli import cli
 from ace_llamaindex.errors import PluginError
 
@@ -69,7 +69,7 @@ def test_hook_that_raises_is_isolated(fresh):
     import sys
     import types
 
-    from ace_llamaindex.hookspecs import hookimpl
+    from ace_llamaindex.plugins.hookspecs import hookimpl
 
     faulty = types.ModuleType("ace_faulty_plugin")
 

@@ -13,8 +13,8 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 
-from ace_llamaindex.embedding import FineTunedEmbedding
-from ace_llamaindex.retriever import SERVED_BY, HybridQdrantRetriever
+from ace_llamaindex.serve.embedding import FineTunedEmbedding
+from ace_llamaindex.serve.retriever import SERVED_BY, HybridQdrantRetriever
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,8 @@ def test_query_engine_without_llm(retriever):
 
 REOPEN = """
 import json, sys
-from ace_llamaindex.embedding import FineTunedEmbedding
-from ace_llamaindex.retriever import HybridQdrantRetriever
+from ace_llamaindex.serve.embedding import FineTunedEmbedding
+from ace_llamaindex.serve.retriever import HybridQdrantRetriever
 r = HybridQdrantRetriever(FineTunedEmbedding(sys.argv[1]), path=sys.argv[2], collection="mem", mode="hybrid")
 print(json.dumps({"engine": type(r.index).__name__, "ids": [[n.node.node_id for n in r.retrieve(q)] for q in sys.argv[3:]]}))
 """
@@ -117,8 +117,8 @@ def test_reopened_in_a_new_process_with_the_path_spelled_differently(tmp_path, n
 
 def test_after_fallback_results_come_from_the_baseline_named_vector(embedding_server, tuned_model_dir, nodes):
     """The vector-space rule: a baseline query vector is only ever compared with baseline document vectors."""
-    from ace_llamaindex.http_embedding import OpenAICompatibleEmbedding
-    from ace_llamaindex.models import vector_name
+    from ace_llamaindex.serve.http_embedding import OpenAICompatibleEmbedding
+    from ace_llamaindex.embeddings.models import vector_name
 
     baseline = OpenAICompatibleEmbedding(base_url=embedding_server, model_name="minilm")
     emb = FineTunedEmbedding(str(tuned_model_dir), fallback=baseline)

@@ -7,9 +7,9 @@ from sentence_transformers import SentenceTransformer
 from transformers import TrainerCallback
 
 from ace_llamaindex.errors import OptionError
-from ace_llamaindex.mining import HardNegativeMiner, MiningOptions
-from ace_llamaindex.card import CARD_NAME, read_card
-from ace_llamaindex.training import TrainConfig, split_by_query, train
+from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
+from ace_llamaindex.embeddings.card import CARD_NAME, read_card
+from ace_llamaindex.train.training import TrainConfig, split_by_query, train
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_validation_each_epoch_and_best_kept(tmp_path, examples):
 
 
 def test_validation_queries_never_train():
-    from ace_llamaindex.mining import TrainingExample
+    from ace_llamaindex.mine.mining import TrainingExample
 
     rows = [TrainingExample(f"q{i % 10}", f"p{i}", ["n"]) for i in range(30)]
     train_rows, val_rows = split_by_query(rows, 0.2, seed=0)

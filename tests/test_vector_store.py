@@ -12,7 +12,7 @@ from llama_index.core.storage.docstore import SimpleDocumentStore
 from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 
 from ace_llamaindex import FineTunedEmbedding
-from ace_llamaindex.vector_store import AceQdrantVectorStore
+from ace_llamaindex.serve.vector_store import AceQdrantVectorStore
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 from ace_llamaindex.atomic import write_text
-from ace_llamaindex.hookspecs import hookimpl
+from ace_llamaindex.plugins import hookimpl
 
 
 def average_precision_at_10(ranked, relevant):

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, statistics, systems and comparisons, reports, fusion selection."""

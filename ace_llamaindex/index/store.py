@@ -1,0 +1,513 @@
+"""One Qdrant collection holding a corpus: one named dense vector per embedding model, plus BM25 sparse vectors.
+
+Keeping one named vector per model is what makes fallback safe: a query vector from model A is only ever
+searched against document vectors from model A. Search runs through Qdrant's Query API, fusion included
+(``prefetch`` + ``RrfQuery``), so it behaves the same in embedded local mode and against a server or cluster.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import re
+import weakref
+
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+from tqdm.auto import tqdm
+
+from .bm25 import BM25Encoder
+from ..errors import OptionError
+from .fusion import DEFAULT_RRF_K, FUSION_METHODS, convex_scores
+
+SPARSE_NAME = "bm25"
+_NAMESPACE = uuid.UUID("5b1d0c4e-9d55-4a8e-9a43-ace11a3a1d3b")
+MODES = ("dense", "bm25", "hybrid")
+BULK_WRITE = 10_000  # documents in one upsert from which search indexes are built right away
+
+
+def point_id(doc_id: str) -> str:
+    """Qdrant point ids must be ints or UUIDs; a document id maps to a stable UUID."""
+    return str(uuid.uuid5(_NAMESPACE, doc_id))
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    doc_id: str
+    score: float
+    text: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HybridParams:
+    """How dense and BM25 results are fused.
+
+    ``method``: ``rrf`` (Qdrant's weighted RRF: ``rrf_k``, ``dense_weight``/``sparse_weight``), ``dbsf`` (Qdrant's
+    distribution-based score fusion) or ``convex`` (``alpha * dense + (1 - alpha) * bm25`` over theoretically
+    min-max normalised scores, Bruch et al. 2023; fused in Python over the ``prefetch_limit`` candidates of each
+    list, so its score is in [0, 1])."""
+
+    rrf_k: int = DEFAULT_RRF_K
+    dense_weight: float = 1.0
+    sparse_weight: float = 1.0
+    prefetch_limit: int = 100
+    method: str = "rrf"
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.method not in FUSION_METHODS:
+            raise OptionError(f"fusion method must be one of {FUSION_METHODS}, got {self.method!r}")
+        if not 0 <= self.alpha <= 1:
+            raise OptionError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.rrf_k < 1:
+            raise OptionError(f"rrf_k must be at least 1, got {self.rrf_k}")
+
+    def describe(self) -> str:
+        if self.method == "convex":
+            return f"convex(alpha={self.alpha:g})"
+        if self.method == "dbsf":
+            return "dbsf"
+        weights = "" if self.dense_weight == self.sparse_weight == 1 else f",w={self.dense_weight:g}/{self.sparse_weight:g}"
+        return f"rrf(k={self.rrf_k}{weights})"
+
+
+def _fused_score_scale(hybrid: HybridParams) -> float:
+    """Scale a fused score into [0, 1]: 1 means first in every list. RRF's best score is
+    ``sum_i 1 / (1 / w_i + k - 1)``; DBSF sums one normalised score in [0, 1] per list (two lists)."""
+    if hybrid.method == "dbsf":
+        return 0.5
+    best = sum(1.0 / (1.0 / w + hybrid.rrf_k - 1) for w in (hybrid.dense_weight, hybrid.sparse_weight) if w > 0)
+    return 1.0 / best if best else 1.0
+
+
+_OPEN_CLIENTS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_clients() -> None:
+    """Close embedded clients a script left open while Python can still run their close(): qdrant-client's own
+    finalizer runs during interpreter teardown and prints an ImportError traceback."""
+    for client in list(_OPEN_CLIENTS):
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+def make_client(path: str | None = None, url: str | None = None, api_key: str | None = None) -> QdrantClient:
+    """Embedded local Qdrant (``path`` folder, or in memory when both are None), or a server/cluster by ``url``."""
+    if url:
+        return QdrantClient(url=url, api_key=api_key)
+    if not path:
+        return QdrantClient(":memory:")
+    if Path(path).exists() and not Path(path).is_dir():
+        raise OptionError(f"{path}: is a file; the embedded Qdrant folder must be a directory (pass another --qdrant-path)")
+    try:
+        client = QdrantClient(path=path)
+        _OPEN_CLIENTS.add(client)
+        return client
+    except RuntimeError as exc:  # portalocker: the folder is locked by another client
+        if "already accessed" in str(exc) or "lock" in str(exc).lower():
+            raise OptionError(f"{path}: embedded Qdrant folder is in use by another client or process (one at a time; "
+                              "use a Qdrant server for shared access)") from None
+        raise
+    except PermissionError as exc:
+        raise OptionError(f"{path}: no permission to use this folder for the embedded Qdrant ({exc.strerror})") from None
+    except OSError as exc:
+        raise OptionError(f"{path}: cannot use this folder for the embedded Qdrant ({exc.strerror or exc})") from None
+    except Exception as exc:  # noqa: BLE001 - sqlite3.DatabaseError, pickle errors: a corrupt storage file
+        raise OptionError(f"{path}: the embedded Qdrant storage is unreadable ({type(exc).__name__}: {exc}); restore it "
+                          "or delete the folder and index again") from None
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+
+
+def check_collection_name(name: str) -> str:
+    """A collection name that is safe as a folder name: letters, digits, ``_ . -``, no ``..`` and no separators
+    (embedded engines store a collection in a folder of that name, so ``../x`` would write outside the path)."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+        raise OptionError(f"collection name {name!r}: use letters, digits, '_', '.' and '-' (starting with a letter or "
+                          "digit, no '..', at most 255 characters)")
+    return name
+
+
+def open_local(collection: str, *, path: str | None = None, url: str | None = None, api_key: str | None = None,
+               **kwargs: Any) -> CorpusIndex:
+    """The ``local`` engine (see :mod:`~ace_llamaindex.index.engines`): qdrant-client, embedded or a server by ``url``."""
+    return CorpusIndex(make_client(path=path, url=url, api_key=api_key), collection, **kwargs)
+
+
+def local_holds(path: Path, collection: str) -> bool:
+    """Whether ``path`` is an embedded qdrant-client folder holding ``collection``."""
+    return (path / "collection" / collection).is_dir()
+
+
+class CorpusIndex:
+    """A corpus in one Qdrant collection, searchable dense, BM25 or hybrid, in batches."""
+
+    ALIASES_ARE_COLLECTIONS = True  # Qdrant keeps aliases and collections in one namespace
+
+    def __init__(self, client: QdrantClient, collection: str = "ace_memories", bm25: BM25Encoder | None = None,
+                 text_field: str = "text", id_field: str = "doc_id") -> None:
+        """``text_field``/``id_field`` name the payload keys holding a point's text and document id, so an
+        existing collection written by another tool can be searched (and mined) as it is."""
+        self.client = client
+        self.collection = check_collection_name(collection)
+        self.bm25 = bm25 or BM25Encoder()
+        self.text_field, self.id_field = text_field, id_field
+
+    # ---- the engine: every call that touches Qdrant itself (EdgeCorpusIndex overrides these) ---------------
+    def exists(self) -> bool:
+        return self.client.collection_exists(self.collection)
+
+    def close(self) -> None:
+        """Release the engine (an embedded folder is locked while open)."""
+        self.client.close()
+
+    def optimize(self) -> None:
+        """Build the engine's search indexes for what was written (a no-op where the engine does it by itself)."""
+
+    def delete(self) -> None:
+        """Drop the collection if it exists."""
+        if self.exists():
+            self.client.delete_collection(self.collection)
+
+    def dense_vectors(self) -> dict[str, int]:
+        """Named dense vectors in the collection and their sizes."""
+        if not self.exists():
+            return {}
+        vectors = self.client.get_collection(self.collection).config.params.vectors
+        return {name: params.size for name, params in (vectors or {}).items()} if isinstance(vectors, dict) else {}
+
+    def _stored_metadata(self) -> dict[str, Any]:
+        return (self.client.get_collection(self.collection).config.metadata or {}) if self.exists() else {}
+
+    def _create(self, dense: Mapping[str, int], metadata: dict[str, Any]) -> None:
+        self.client.create_collection(
+            self.collection,
+            vectors_config={n: models.VectorParams(size=d, distance=models.Distance.COSINE) for n, d in dense.items()},
+            sparse_vectors_config={SPARSE_NAME: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+            metadata=metadata,
+        )
+
+    def _write(self, points: list[models.PointStruct]) -> None:
+        self.client.upsert(self.collection, points=points, wait=True)
+
+    def _query(self, requests: list[models.QueryRequest]) -> list[list[Any]]:
+        return [r.points for r in self.client.query_batch_points(self.collection, requests=requests)]
+
+    def _retrieve(self, point_ids: list[str]) -> list[Any]:
+        """Points (with payload, without vectors) by point id; missing ids are left out."""
+        return self.client.retrieve(self.collection, ids=point_ids, with_payload=True, with_vectors=False)
+
+    def _delete_points(self, selector: models.Filter | list[str]) -> None:
+        chosen = models.PointIdsList(points=selector) if isinstance(selector, list) else models.FilterSelector(filter=selector)
+        self.client.delete(self.collection, points_selector=chosen, wait=True)
+
+    def count(self) -> int:
+        """Points in the collection (0 when it does not exist)."""
+        return self.client.count(self.collection, exact=True).count if self.exists() else 0
+
+    def _scroll(self, batch_size: int, scroll_filter: models.Filter | None = None) -> Iterator[Any]:
+        offset = None
+        while True:
+            points, offset = self.client.scroll(self.collection, limit=batch_size, offset=offset, with_payload=True,
+                                                scroll_filter=scroll_filter)
+            yield from points
+            if offset is None:
+                return
+
+    # ---- rollouts: aliases, sibling collections, whole points (see ace_llamaindex.serve.rollout) --------------------
+    def alias_target(self, name: str) -> str | None:
+        """The collection the alias ``name`` points at (a Qdrant collection alias), or None."""
+        return next((a.collection_name for a in self.client.get_aliases().aliases if a.alias_name == name), None)
+
+    def switch_alias(self, name: str, target: str) -> None:
+        """Point the alias ``name`` at ``target`` in one atomic operation (a plain collection of that name is
+        dropped first: Qdrant keeps aliases and collections in one namespace)."""
+        ops: list[Any] = []
+        if self.alias_target(name) is not None:
+            ops.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name)))
+        elif self.client.collection_exists(name):
+            self.client.delete_collection(name)
+        ops.append(models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=target, alias_name=name)))
+        self.client.update_collection_aliases(change_aliases_operations=ops)
+
+    def collection_names(self) -> list[str]:
+        """Every collection at this location."""
+        return [c.name for c in self.client.get_collections().collections]
+
+    def sibling(self, collection: str) -> CorpusIndex:
+        """Another collection at the same location, through the same engine (and client)."""
+        return CorpusIndex(self.client, collection, BM25Encoder(k1=self.bm25.k1, b=self.bm25.b),
+                           text_field=self.text_field, id_field=self.id_field)
+
+    def metadata(self) -> dict[str, Any]:
+        """The collection's metadata (BM25 statistics, and what a rollout recorded)."""
+        return dict(self._stored_metadata())
+
+    def set_metadata(self, extra: Mapping[str, Any]) -> None:
+        """Merge ``extra`` into the collection's metadata."""
+        self.client.update_collection(self.collection, metadata={**self.metadata(), **extra})
+
+    def create(self, dense: Mapping[str, int], metadata: Mapping[str, Any]) -> None:
+        """Create the collection with the given named vectors and metadata (it must not exist)."""
+        if self.exists():
+            raise OptionError(f"collection {self.collection!r} already exists")
+        self._create(dense, dict(metadata))
+
+    def iter_points(self, batch_size: int = 256) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """(point id, payload, vectors by name: dense lists and BM25 as a ``SparseVector``) for every point."""
+        offset = None
+        while True:
+            points, offset = self.client.scroll(self.collection, limit=batch_size, offset=offset, with_payload=True,
+                                                with_vectors=True)
+            for p in points:
+                yield str(p.id), dict(p.payload or {}), dict(p.vector or {})
+            if offset is None:
+                return
+
+    def write_points(self, points: list[models.PointStruct]) -> None:
+        """Write whole points (vectors already computed)."""
+        self._write(points)
+
+    # ---- schema --------------------------------------------------------------------------------------------
+    def ensure(self, dense: Mapping[str, int]) -> None:
+        """Create the collection (BM25 with IDF modifier + the given named dense vectors), or check it."""
+        if not self.exists():
+            self._create(dense, {"bm25_avgdl": self.bm25.avgdl, "bm25_k1": self.bm25.k1, "bm25_b": self.bm25.b})
+            return
+        have = self.dense_vectors()
+        for name, size in dense.items():
+            if name in have and have[name] != size:
+                raise OptionError(f"collection {self.collection!r}: vector {name!r} has size {have[name]}, model gives {size}")
+        if set(dense) - set(have):
+            # Qdrant cannot add a named vector to an existing collection: rebuild it with all vectors.
+            raise OptionError(
+                f"collection {self.collection!r} has dense vectors {sorted(have)}; {sorted(set(dense) - set(have))} "
+                "is new. Index into a new collection (or delete this one) so every model's vectors are present."
+            )
+
+    # ---- writing -------------------------------------------------------------------------------------------
+    def upsert(
+        self,
+        doc_ids: Sequence[str],
+        texts: Sequence[str],
+        dense: Mapping[str, np.ndarray],
+        payloads: Sequence[dict[str, Any]] | None = None,
+        batch_size: int = 256,
+        show_progress: bool = True,
+        sparse: bool = True,
+        optimize: bool | None = None,
+    ) -> None:
+        """Write documents with their dense vectors (one array per named vector) and BM25 vectors
+        (``sparse=False`` skips BM25, for an index that will only be searched dense).
+
+        BM25's average document length is fitted on the first batch written and kept in the collection's
+        metadata, so documents added later (or by another process) are weighted the same way. ``optimize``: build
+        the engine's search indexes afterwards (default: for a bulk write of ``BULK_WRITE`` documents or more; small
+        incremental writes are searched as they are, and :meth:`optimize` can be called after a series of them)."""
+        if sparse and self.bm25.avgdl is None:
+            stored = self._stored_metadata()
+            if stored.get("bm25_avgdl"):
+                self.bm25.avgdl = float(stored["bm25_avgdl"])
+            else:
+                self.bm25.fit(texts)
+        self.ensure({name: int(v.shape[1]) for name, v in dense.items()})
+        bar = tqdm(total=len(doc_ids), desc=f"indexing into {self.collection}", unit="doc", disable=not show_progress)
+        for start in range(0, len(doc_ids), batch_size):
+            points = []
+            for i in range(start, min(start + batch_size, len(doc_ids))):
+                indices, values = self.bm25.encode_document(texts[i]) if sparse else ([], [])
+                vector: dict[str, Any] = {name: v[i].tolist() for name, v in dense.items()}
+                if indices:
+                    vector[SPARSE_NAME] = models.SparseVector(indices=indices, values=values)
+                payload = {**(payloads[i] if payloads else {}), "doc_id": doc_ids[i], "text": texts[i]}
+                points.append(models.PointStruct(id=point_id(doc_ids[i]), vector=vector, payload=payload))
+            self._write(points)
+            bar.update(len(points))
+        bar.close()
+        if optimize or (optimize is None and len(doc_ids) >= BULK_WRITE):
+            self.optimize()
+
+    # ---- searching -----------------------------------------------------------------------------------------
+    def _request(
+        self,
+        mode: str,
+        vector: np.ndarray | None,
+        text: str | None,
+        using: str | None,
+        limit: int,
+        query_filter: models.Filter | None,
+        hybrid: HybridParams,
+        score_threshold: float | None,
+        with_payload: bool = True,
+    ) -> models.QueryRequest:
+        sparse = None
+        if mode != "dense":
+            indices, values = self.bm25.encode_query(text or "")
+            sparse = models.SparseVector(indices=indices, values=values)
+        if mode == "dense":
+            return models.QueryRequest(query=vector.tolist(), using=using, limit=limit, filter=query_filter,
+                                       with_payload=with_payload, score_threshold=score_threshold)
+        if mode == "bm25":
+            return models.QueryRequest(query=sparse, using=SPARSE_NAME, limit=limit, filter=query_filter,
+                                       with_payload=with_payload, score_threshold=score_threshold)
+        prefetch_limit = max(limit, hybrid.prefetch_limit)
+        fusion = (models.FusionQuery(fusion=models.Fusion.DBSF) if hybrid.method == "dbsf" else
+                  models.RrfQuery(rrf=models.Rrf(k=hybrid.rrf_k, weights=[hybrid.dense_weight, hybrid.sparse_weight])))
+        return models.QueryRequest(
+            prefetch=[
+                models.Prefetch(query=vector.tolist(), using=using, limit=prefetch_limit, filter=query_filter),
+                models.Prefetch(query=sparse, using=SPARSE_NAME, limit=prefetch_limit, filter=query_filter),
+            ],
+            query=fusion,
+            limit=limit,
+            with_payload=True,
+            score_threshold=score_threshold,
+        )
+
+    def search(
+        self,
+        mode: str,
+        *,
+        vectors: np.ndarray | None = None,
+        texts: Sequence[str] | None = None,
+        using: str | None = None,
+        limit: int = 10,
+        query_filter: models.Filter | None = None,
+        hybrid: HybridParams | None = None,
+        score_threshold: float | None = None,
+        batch_size: int = 64,
+        show_progress: bool = False,
+    ) -> list[list[Hit]]:
+        """Batch search: one list of hits per query. ``dense`` needs vectors and ``using`` (the named vector),
+        ``bm25`` needs texts, ``hybrid`` needs both."""
+        if mode not in MODES:
+            raise OptionError(f"search mode must be one of {MODES}, got {mode!r}")
+        if mode != "bm25" and (vectors is None or using is None):
+            raise OptionError(f"{mode} search needs query vectors and the named vector to search (using=)")
+        if mode != "dense" and texts is None:
+            raise OptionError(f"{mode} search needs the query texts")
+        n = len(vectors) if vectors is not None else len(texts)
+        hybrid = hybrid or HybridParams()
+        if mode == "hybrid" and hybrid.method == "convex":
+            return self._convex_search(vectors, texts, using, limit, query_filter, hybrid, score_threshold, batch_size,
+                                       show_progress)
+        results: list[list[Hit]] = []
+        scale = _fused_score_scale(hybrid) if mode == "hybrid" else None
+        for start in tqdm(range(0, n, batch_size), desc=f"{mode} search", disable=not show_progress):
+            stop = min(start + batch_size, n)
+            requests = [
+                self._request(mode, None if vectors is None else vectors[i], None if texts is None else texts[i],
+                              using, limit, query_filter, hybrid, score_threshold)
+                for i in range(start, stop)
+            ]
+            for points in self._query_or_explain(requests):
+                hits = [self._hit(p) for p in points]
+                if scale is not None:  # hybrid: into [0, 1]; min: Edge's float32 scores overshoot by ~1e-7
+                    for h in hits:
+                        h.score = min(1.0, h.score * scale)
+                # Exact ties in document-id order: engines (Qdrant Edge above all) order them arbitrarily.
+                results.append(sorted(hits, key=lambda h: (-h.score, h.doc_id)))
+        return results
+
+    def _convex_search(self, vectors, texts, using, limit, query_filter, hybrid, score_threshold, batch_size,
+                       show_progress) -> list[list[Hit]]:
+        """Convex combination over each list's top ``prefetch_limit``. Written here rather than as a Qdrant formula
+        query: formula queries need a server (neither local mode nor Edge runs them), and with <= 100 candidates
+        per list the fusion costs microseconds in Python. Both lists are fetched by point id only (payloads are
+        most of a query's cost) and fused on ids; payloads are fetched for the fused top ``limit`` alone.
+        Each hit keeps its raw scores in ``payload['ace_scores']``."""
+        depth = max(limit, hybrid.prefetch_limit)
+        results: list[list[Hit]] = []
+        for start in tqdm(range(0, len(vectors), batch_size), desc="hybrid search", disable=not show_progress):
+            stop = min(start + batch_size, len(vectors))
+            requests = [self._request(mode, vectors[i], texts[i], using, depth, query_filter, hybrid, None,
+                                      with_payload=False)
+                        for i in range(start, stop) for mode in ("dense", "bm25")]
+            answers = self._query_or_explain(requests)
+            fused_rows = []
+            for d_points, s_points in zip(answers[0::2], answers[1::2], strict=True):
+                raw = {"dense": {str(p.id): float(p.score) for p in d_points},
+                       "bm25": {str(p.id): float(p.score) for p in s_points}}
+                fused = convex_scores(list(raw["dense"].items()), list(raw["bm25"].items()), hybrid.alpha)
+                top = sorted(fused, key=lambda pid: -fused[pid])[:limit]
+                if score_threshold is not None:
+                    top = [pid for pid in top if fused[pid] >= score_threshold]
+                fused_rows.append((top, fused, raw))
+            wanted = sorted({pid for top, _, _ in fused_rows for pid in top})
+            points = {str(p.id): p for p in self._retrieve(wanted)} if wanted else {}
+            for top, fused, raw in fused_rows:
+                row = []
+                for pid in top:
+                    if pid not in points:  # deleted between the two calls
+                        continue
+                    h = self._hit(points[pid])
+                    h.score = fused[pid]
+                    h.payload["ace_scores"] = {"dense": raw["dense"].get(pid), "bm25": raw["bm25"].get(pid),
+                                               "fused": fused[pid]}
+                    row.append(h)
+                results.append(sorted(row, key=lambda h: (-h.score, h.doc_id)))
+        return results
+
+    def _query_or_explain(self, requests: list[models.QueryRequest]) -> list[list[Any]]:
+        """Run the requests; a missing collection or vector becomes one clear error instead of the engine's."""
+        try:
+            return self._query(requests)
+        except Exception:  # noqa: BLE001 - engine errors (ValueError, UnexpectedResponse, ...) vary by engine
+            if not self.exists():
+                raise OptionError(f"collection {self.collection!r} does not exist; index documents into it first") from None
+            wanted = {r.using for r in requests} | {p.using for r in requests for p in (r.prefetch or [])}
+            missing = sorted(w for w in wanted if w and w != SPARSE_NAME and w not in self.dense_vectors())
+            if missing:
+                have = sorted(self.dense_vectors())
+                same_model = [h for h in have if missing[0].startswith(h + "-")]  # the model's torch space, held
+                hint = (f" The model now serves an export whose vectors are a space of their own "
+                        f"({missing[0][len(same_model[0]) + 1:]}, see `ace export`): index the documents again, or pass "
+                        "backend='torch' (or an export in torch's space) to search the vectors this collection holds."
+                        if same_model else "")
+                raise OptionError(f"collection {self.collection!r} has no dense vector {missing[0]!r}; it has {have}.{hint}") from None
+            raise
+
+    # ---- the document lifecycle (used by the LlamaIndex vector store) ---------------------------------------------
+    def delete_documents(self, doc_ids: Sequence[str] | None = None, where: models.Filter | None = None) -> None:
+        """Delete points by document id, or every point matching ``where``."""
+        if not self.exists():
+            return
+        if doc_ids:
+            self._delete_points([point_id(d) for d in doc_ids])
+        if where is not None:
+            self._delete_points(where)
+
+    def get_documents(self, doc_ids: Sequence[str] | None = None, where: models.Filter | None = None) -> list[Hit]:
+        """Documents by id (in the order asked; missing ones left out) and/or matching ``where``."""
+        if not self.exists():
+            return []
+        conditions: list[Any] = [where] if where is not None else []
+        if doc_ids:
+            conditions.append(models.HasIdCondition(has_id=[point_id(d) for d in doc_ids]))
+        hits = [self._hit(p) for p in self._scroll(256, models.Filter(must=conditions) if conditions else None)]
+        if doc_ids:
+            order = {d: i for i, d in enumerate(doc_ids)}
+            hits.sort(key=lambda h: order.get(h.doc_id, len(order)))
+        return hits
+
+    def iter_documents(self, batch_size: int = 256) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """Yield (doc_id, text, payload) for every point."""
+        for p in self._scroll(batch_size):
+            hit = self._hit(p)
+            yield hit.doc_id, hit.text, hit.payload
+
+    def _hit(self, point: Any) -> Hit:
+        payload = dict(point.payload or {})
+        return Hit(doc_id=str(payload.get(self.id_field, point.id)), score=float(getattr(point, "score", 0.0) or 0.0),
+                   text=str(payload.get(self.text_field, "")), payload=payload)

@@ -1,0 +1,1 @@
+"""Hard-negative mining, from a dataset or from a feedback log."""

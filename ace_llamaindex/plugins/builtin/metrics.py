@@ -1,0 +1,12 @@
+"""Built-in metrics: Recall@1/5/10, MRR@10, nDCG@10."""
+
+from __future__ import annotations
+
+from ..hookspecs import hookimpl
+from ...evaluate.metrics import BUILTIN_METRICS
+
+
+@hookimpl
+def register_metrics(register):
+    for name, fn in BUILTIN_METRICS.items():
+        register(name, fn)

@@ -1,0 +1,17 @@
+"""Built-in trainers: the automatic choice (default), full fine-tuning and a query-side adapter."""
+
+from __future__ import annotations
+
+from ...train.adapter import adapter_trainer
+from ..hookspecs import hookimpl
+from ...train.method_selection import select_method
+from ...train.training import train
+
+
+@hookimpl
+def register_trainers(register):
+    register("auto", select_method, "trains adapter, full fine-tune, interpolations and adapter-on-full; keeps what the "
+             "gate calls better on unseen documents, the cheaper on a tie; none better: the base stays")
+    register("full", train, "SentenceTransformerTrainer + MNRL, no-duplicates sampler, best epoch kept")
+    register("sentence-transformers", train, "the same as full (its earlier name)")
+    register("adapter", adapter_trainer, "query-side linear adapter on frozen vectors: no re-indexing, seconds on a CPU")

@@ -1,0 +1,284 @@
+"""Roll a new model out to a serving collection without downtime, and back.
+
+``rollout(model, collection)`` embeds every document already in the collection with the new model, from the stored
+texts, into a fresh collection ``<collection>__v<N>`` (BM25 and the fallback's vectors are copied, not recomputed),
+checks it (the point count, and a sample of searches: each document's own vector finds it first, and BM25 answers
+exactly as in the old collection), then switches the serving name in one atomic step: a Qdrant collection alias in
+local mode or on a server, a pointer file (replaced with ``os.replace``) for Qdrant Edge. The previous collection
+is kept for :func:`rollback`; older versions are removed at the next rollout.
+
+Each collection records what serves it (``ace_serving``: the model folder and adapter; ``ace_vector``; and
+``ace_previous``), so a :class:`~ace_llamaindex.serve.retriever.HybridQdrantRetriever` opened through the alias resolves
+it for each query and embeds with that collection's model: a query sees the old pair or the new pair, never a mix.
+A rollout killed at any point leaves the alias and the serving collection untouched; the partial collection is
+removed by the next rollout.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from itertools import islice
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qdrant_client import models
+from tqdm.auto import tqdm
+
+from ..errors import OptionError
+
+log = logging.getLogger(__name__)
+SERVING_KEY, VECTOR_KEY, PREVIOUS_KEY = "ace_serving", "ace_vector", "ace_previous"
+CHECK_SAMPLE = 20
+
+
+@dataclass
+class RolloutReport:
+    """What a rollout did (or, with ``dry_run``, would do)."""
+
+    alias: str
+    previous: str
+    collection: str
+    documents: int
+    encode_seconds: float
+    seconds_per_1000: float
+    copied_vectors: list[str] = field(default_factory=list)
+    encoded_vectors: list[str] = field(default_factory=list)
+    checks: dict[str, Any] = field(default_factory=dict)
+    dry_run: bool = False
+    removed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def version_name(alias: str, n: int) -> str:
+    return f"{alias}__v{n}"
+
+
+def _versions(index, alias: str) -> dict[int, str]:
+    pattern = re.compile(rf"{re.escape(alias)}__v(\d+)")
+    return {int(m.group(1)): name for name in index.collection_names() if (m := pattern.fullmatch(name))}
+
+
+def serving_target(index, alias: str) -> str:
+    """The collection ``alias`` serves from now: its alias target, else the collection of that name."""
+    return index.alias_target(alias) or alias
+
+
+def model_embedding(serving: dict[str, Any], fallback=None):
+    """The LlamaIndex embedding a serving plan describes (with ``fallback`` when given)."""
+    from .embedding import FineTunedEmbedding
+    from .served_model import serving_embedding
+
+    return serving_embedding(serving, lambda name: FineTunedEmbedding(name, fallback=fallback))
+
+
+def _serving_plan(model: str | Path) -> dict[str, Any]:
+    from ..embeddings.models import resolve_model
+    from .served_model import read_serving
+
+    if Path(model).is_dir():
+        plan = read_serving(model)
+        return {k: (str(Path(v).resolve()) if k in ("model", "adapter") and v and Path(v).exists() else v)
+                for k, v in plan.items()}
+    return {"model": resolve_model(str(model)), "adapter": None, "reindex": True}
+
+
+def _check_gate(model: str | Path, force: bool) -> None:
+    from ..embeddings.card import read_card
+
+    card = read_card(model) if Path(model).is_dir() else None
+    verdict = ((card or {}).get("gate") or {}).get("verdict")
+    # trained without validation ("not measured") is the trainer's explicit choice; a measured "not better" is refused
+    if verdict is not None and verdict != "better" and not verdict.startswith("not measured") and not force:
+        raise OptionError(f"{model}: its gate said {verdict!r} on validation, not 'better'; rolling it out could lose "
+                          "quality (force=True / --force to roll it out anyway)")
+
+
+def _embed_text(payload: dict[str, Any], text_field: str) -> str:
+    """The text a document was embedded from: a LlamaIndex node's content with its embed metadata, else the text."""
+    if "_node_content" in payload:
+        from llama_index.core.schema import MetadataMode
+        from llama_index.core.vector_stores.utils import metadata_dict_to_node
+
+        node = metadata_dict_to_node(payload, text=str(payload.get(text_field, "")))
+        return node.get_content(metadata_mode=MetadataMode.EMBED)
+    return str(payload.get(text_field, ""))
+
+
+def rollout(model: str | Path, collection: str, *, index=None, path: str | Path | None = None, url: str | None = None,
+            api_key: str | None = None, engine: str = "auto", previous_model: str | Path | None = None, fallback=None,
+            dry_run: bool = False, batch_size: int = 64, show_progress: bool = True, force: bool = False,
+            on_batch: Callable[[int], None] | None = None) -> RolloutReport:
+    """Serve ``collection`` (an alias) with ``model`` (a folder ``ace train`` wrote, or any model name).
+
+    ``index``: an open :class:`~ace_llamaindex.index.store.CorpusIndex` at the location (an embedded folder is one
+    process's: pass the serving process's own, e.g. ``retriever.index``); else opened from ``path``/``url``.
+    ``previous_model``: what serves the current collection when it does not say (one indexed by ``ace index``;
+    default the bundled base model), recorded so a rollback serves it again. ``dry_run``: count, time a sample,
+    change nothing. A model whose training card says its gate did not find it better is refused unless ``force``."""
+    from ..index.engines import open_index
+    from ..embeddings.models import DEFAULT_MODEL
+    from .spaces import embedding_spaces, named_vector
+
+    if batch_size < 1:
+        raise OptionError(f"batch_size must be at least 1, got {batch_size}")
+    location = index or open_index(collection, path=path, url=url, api_key=api_key, engine=engine)
+    current_name = serving_target(location, collection)
+    current = location.sibling(current_name)
+    if not current.exists():
+        raise OptionError(f"collection {collection!r} does not exist here; index it first (`ace index`)")
+    _check_gate(model, force)
+    plan = _serving_plan(model)
+    embed = model_embedding(plan, fallback)
+    spaces = embedding_spaces(embed)
+    have = current.dense_vectors()
+    targets = {named_vector(embed, label): (i, m) for i, (label, m) in enumerate(spaces)}
+    # the fallback's space (same model, same vectors) is copied; so are the documents' vectors of a plan that says the
+    # documents do not change (a query adapter over the serving model)
+    copied = [n for n, (i, _) in targets.items() if n in have and (i > 0 or plan.get("reindex") is False)]
+    encoded = [n for n in targets if n not in copied]
+    total = current.count()
+    versions = _versions(location, collection)
+    new_name = version_name(collection, max(versions, default=0) + 1)
+
+    sample = list(islice(current.iter_points(64), 64))
+    started = time.perf_counter()
+    for name in encoded:
+        targets[name][1].get_text_embedding_batch([_embed_text(p[1], current.text_field) for p in sample])
+    per_doc = (time.perf_counter() - started) / max(1, len(sample))
+    report = RolloutReport(collection, current_name, new_name, total, round(per_doc * total, 1),
+                           round(per_doc * 1000, 2), copied, encoded, dry_run=dry_run)
+    if dry_run:
+        return report
+
+    keep = {current_name, current.metadata().get(PREVIOUS_KEY)}
+    for stale in (name for name in versions.values() if name not in keep):  # a killed rollout's or an old version
+        try:
+            location.sibling(stale).delete()
+            report.removed.append(stale)
+        except OptionError as exc:  # in use by another process: left for the next rollout
+            log.warning("kept %s: %s", stale, exc)
+    previous_serving = current.metadata().get(SERVING_KEY)
+    if previous_serving is None:
+        previous_serving = _serving_plan(previous_model or DEFAULT_MODEL)
+    if current_name == collection and location.alias_target(collection) is None and location.ALIASES_ARE_COLLECTIONS:
+        current_name = _copy_collection(location, current, version_name(collection, 0), previous_serving, show_progress)
+        current = location.sibling(current_name)
+        report.previous = current_name
+    elif SERVING_KEY not in current.metadata():
+        current.set_metadata({SERVING_KEY: previous_serving})
+
+    started = time.perf_counter()
+    new = location.sibling(new_name)
+    sizes = {n: int(have[n]) for n in copied}
+    first = list(islice(current.iter_points(1), 1))
+    for name in encoded:
+        sizes[name] = len(targets[name][1].get_text_embedding_batch([_embed_text(first[0][1], current.text_field)])[0])
+    meta = current.metadata()
+    new.create(sizes, {**{k: v for k, v in meta.items() if k.startswith("bm25")}, SERVING_KEY: plan,
+                       VECTOR_KEY: named_vector(embed, spaces[0][0]), PREVIOUS_KEY: current_name,
+                       "ace_rolled_out_at": time.time()})
+    bar = tqdm(total=total, desc=f"rollout into {new_name}", unit="doc", disable=not show_progress)
+    batch: list[tuple[str, dict, dict]] = []
+    done = 0
+
+    def flush() -> None:
+        nonlocal done
+        texts = [_embed_text(p, current.text_field) for _, p, _ in batch]
+        fresh = {n: targets[n][1].get_text_embedding_batch(texts) for n in encoded}
+        points = []
+        for i, (pid, payload, vectors) in enumerate(batch):
+            vector = {n: vectors[n] for n in copied if n in vectors}
+            if "bm25" in vectors:
+                vector["bm25"] = vectors["bm25"]
+            vector.update({n: list(map(float, fresh[n][i])) for n in encoded})
+            points.append(models.PointStruct(id=pid, vector=vector, payload=payload))
+        new.write_points(points)
+        done += len(batch)
+        bar.update(len(batch))
+        if on_batch:
+            on_batch(done)
+        batch.clear()
+
+    for point in current.iter_points(batch_size):
+        batch.append(point)
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    bar.close()
+    new.optimize()
+    report.encode_seconds = round(time.perf_counter() - started, 1)
+    report.seconds_per_1000 = round(report.encode_seconds / max(1, total) * 1000, 2)
+    report.checks = check_rollout(current, new, next(iter(targets)))
+    location.switch_alias(collection, new_name)
+    log.info("%s now serves %s (previous: %s)", collection, new_name, current_name)
+    return report
+
+
+def _copy_collection(location, source, name: str, serving: dict[str, Any], show_progress: bool) -> str:
+    """Copy ``source`` (vectors as they are) into ``name``: the previous version a first rollout keeps."""
+    copy = location.sibling(name)
+    if copy.exists():
+        copy.delete()
+    copy.create(source.dense_vectors(), {**source.metadata(), SERVING_KEY: serving})
+    batch = []
+    for pid, payload, vectors in tqdm(source.iter_points(256), total=source.count(), desc=f"keeping {source.collection} "
+                                      f"as {name}", unit="doc", disable=not show_progress):
+        batch.append(models.PointStruct(id=pid, vector=vectors, payload=payload))
+        if len(batch) >= 256:
+            copy.write_points(batch)
+            batch = []
+    if batch:
+        copy.write_points(batch)
+    copy.optimize()
+    return name
+
+
+def check_rollout(old, new, primary: str) -> dict[str, Any]:
+    """Refuse (and drop) the new collection unless it has every document and searches answer as they should."""
+    checks: dict[str, Any] = {"documents": [old.count(), new.count()]}
+    problem = None if checks["documents"][0] == checks["documents"][1] else "the new collection is missing documents"
+    sample = list(islice(new.iter_points(CHECK_SAMPLE), CHECK_SAMPLE))
+    texts = [str(p[1].get(new.text_field, "")) for p in sample]
+    if sample and problem is None:
+        vectors = np.asarray([p[2][primary] for p in sample], dtype=np.float32)
+        hits = new.search("dense", vectors=vectors, texts=texts, using=primary, limit=1)
+        # its own vector first, or one identical to it (a duplicated document)
+        found = sum(bool(h) and (h[0].doc_id == str(p[1].get(new.id_field)) or h[0].score > 1 - 1e-4)
+                    for h, p in zip(hits, sample, strict=True))
+        checks["own vector first"] = f"{found}/{len(sample)}"
+        # scores, not ids: documents tied on BM25 may come back in another order
+        old_bm25 = [[h.score for h in row] for row in old.search("bm25", texts=texts, limit=10)]
+        new_bm25 = [[h.score for h in row] for row in new.search("bm25", texts=texts, limit=10)]
+        same = sum(len(a) == len(b) and np.allclose(a, b, rtol=1e-4) for a, b in zip(old_bm25, new_bm25, strict=True))
+        checks["bm25 as before"] = f"{same}/{len(sample)}"
+        if found < len(sample):
+            problem = "documents are not found by their own new vectors"
+        elif same < len(sample):
+            problem = "BM25 answers differently from the serving collection"
+    if problem:
+        new.delete()
+        raise OptionError(f"rollout refused: {problem} ({checks}); the alias still serves {old.collection!r}")
+    return checks
+
+
+def rollback(collection: str, *, index=None, path: str | Path | None = None, url: str | None = None,
+             api_key: str | None = None, engine: str = "auto") -> tuple[str, str]:
+    """Serve ``collection`` from the collection the current one replaced; (from, to)."""
+    from ..index.engines import open_index
+
+    location = index or open_index(collection, path=path, url=url, api_key=api_key, engine=engine)
+    current = serving_target(location, collection)
+    previous = location.sibling(current).metadata().get(PREVIOUS_KEY)
+    if not previous or not location.sibling(previous).exists():
+        raise OptionError(f"{collection!r} serves {current!r}, which replaced no collection that is still here; "
+                          "nothing to roll back to")
+    location.switch_alias(collection, previous)
+    return current, previous

@@ -1,0 +1,60 @@
+"""What an output folder of ``ace train`` serves: a model, a query adapter over a base, or a model with an adapter.
+
+The trainer's result says it (``TrainResult.serving``: ``{"model", "adapter", "reindex"}``, also in the card), so
+evaluation and serving build the same thing without knowing which trainer wrote the folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..embeddings.query_adapter import ADAPTER_CARD, AdaptedEncoder, QueryAdapter, check_base
+from ..embeddings.encoding import CachedEncoder
+
+HERE = "."  # in a card: the folder the card is in (so a moved folder still serves itself)
+
+
+def resolve_serving(serving: dict[str, Any], folder: str | Path) -> dict[str, Any]:
+    """``serving`` with :data:`HERE` replaced by ``folder``."""
+    return {k: str(folder) if v == HERE else v for k, v in serving.items()}
+
+
+def read_serving(folder: str | Path) -> dict[str, Any]:
+    """The serving plan of an output folder; a plain sentence-transformers model folder serves itself."""
+    from ..embeddings.card import CARD_NAME, read_card
+
+    folder = Path(folder)
+    card = read_card(folder) or {}
+    if card.get("serving"):
+        return resolve_serving(card["serving"], folder)
+    if (folder / ADAPTER_CARD).is_file() and not (folder / CARD_NAME).is_file():
+        # an adapter trained before cards said how to serve it: over its base
+        base = (card.get("base") or {}).get("model")
+        return {"model": str(folder) if base == "." else base, "adapter": str(folder), "reindex": base == "."}
+    return {"model": str(folder), "adapter": None, "reindex": True}
+
+
+def serving_encoder(serving: dict[str, Any], base, max_seq_length: int | None = None, show_progress: bool = False):
+    """The encoder a serving plan describes: the base's document vectors unless the documents must be embedded
+    again (then the folder's model), queries through the adapter when there is one."""
+    encoder = base if not serving["reindex"] else CachedEncoder(serving["model"], max_seq_length=max_seq_length,
+                                                                show_progress=show_progress, cache_dir=False)
+    if serving.get("adapter"):
+        adapter, card = QueryAdapter.load(serving["adapter"])
+        if not serving["reindex"]:
+            check_base(card, base, serving["adapter"])
+        # the adapter's folder in the label: two adapters over one base are two systems, never one cached entry
+        encoder = AdaptedEncoder(encoder, adapter, label=f"{encoder.label}+adapter:{serving['adapter']}")
+    return encoder
+
+
+def serving_embedding(serving: dict[str, Any], embedding_factory):
+    """A LlamaIndex embedding for a serving plan: ``embedding_factory(model)`` (e.g. a ``FineTunedEmbedding``),
+    wrapped in an :class:`~ace_llamaindex.serve.adapter_embedding.AdapterEmbedding` when the plan has an adapter."""
+    embed = embedding_factory(serving["model"])
+    if serving.get("adapter"):
+        from .adapter_embedding import AdapterEmbedding
+
+        embed = AdapterEmbedding(embed, serving["adapter"])
+    return embed

@@ -1,0 +1,1 @@
+"""Training: full fine-tune, query adapter, method selection, the validation split and promotion gate, exports."""

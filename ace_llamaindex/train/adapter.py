@@ -1,0 +1,261 @@
+"""A query-side adapter: improve any embedding without re-indexing, trained in seconds on frozen vectors.
+
+Document vectors stay exactly the base model's (from the cache, the index, or an endpoint), so nothing is
+re-embedded; only queries pass through a small transform ``q' = normalise(q W + b)`` (linear, initialised to the
+identity, so step 0 is the base model; optionally a residual MLP). It is trained with the same contrastive loss as
+full fine-tuning (in-batch plus the mined hard negatives, temperature 0.05 as MNRL's scale 20) on vectors computed
+once, validated every epoch with the best epoch kept, and then passes the same promotion gate.
+
+Written by hand rather than with llama-index-finetuning's ``EmbeddingAdapterFinetuneEngine``: that package is
+deprecated and no longer imports with current llama-index-core, and it trained without hard negatives or a gate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import atomic_directory, write_json
+from ..errors import OptionError
+from ..embeddings.encoding import Encoder
+from ..mine.mining import TrainingExample
+from ..embeddings.query_adapter import ADAPTER_CARD, ADAPTER_FILE, AdaptedEncoder, QueryAdapter, base_identity
+
+
+
+@dataclass
+class AdapterConfig:
+    """Adapter training options."""
+
+    kind: str = "linear"            # linear | mlp (linear + a residual MLP)
+    epochs: int = 100
+    batch_size: int = 64
+    learning_rate: float = 1e-4     # Adam moves every entry of W by ~lr a step: keep the map near the identity
+    temperature: float = 0.05
+    identity_weight: float = 1e-2  # pulls W towards the identity: a small data set cannot wander far
+    patience: int = 10
+    num_negatives: int | None = None  # use at most this many hard negatives per example (None: all)
+    seen_share: float = 0.0           # as TrainConfig.seen_share: how the gate weighs seen/unseen documents
+    bias: bool = True                 # learn the bias b (False: q' = normalise(q W))
+    val_fraction: float | None = None
+    seed: int = 42
+    force: bool = False
+
+    def validate(self) -> None:
+        if self.kind not in ("linear", "mlp"):
+            raise OptionError(f"adapter kind must be 'linear' or 'mlp', got {self.kind!r}")
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.learning_rate < 1 or not self.temperature > 0:
+            raise OptionError(f"adapter learning_rate must be in (0, 1) and temperature > 0, got {self.learning_rate}, "
+                              f"{self.temperature}")
+
+
+def _torch_adapter(dim: int, kind: str):
+    import torch
+
+    class Adapter(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.W = torch.nn.Parameter(torch.eye(dim))
+            self.b = torch.nn.Parameter(torch.zeros(dim))
+            if kind == "mlp":
+                self.W1 = torch.nn.Parameter(torch.randn(dim, dim) * 0.01)
+                self.b1 = torch.nn.Parameter(torch.zeros(dim))
+                self.W2 = torch.nn.Parameter(torch.zeros(dim, dim))  # starts as the identity map too
+
+        def forward(self, q):
+            out = q @ self.W + self.b
+            if kind == "mlp":
+                out = out + torch.relu(q @ self.W1 + self.b1) @ self.W2
+            return torch.nn.functional.normalize(out, dim=-1)
+
+    return Adapter()
+
+
+def contrastive_loss(queries, docs, positives, negatives, temperature: float):
+    """In-batch plus hard-negative cross-entropy (MNRL's): row i's target is document ``positives[i]``, the
+    candidates are every row's positive then ``negatives`` (indices into ``docs``). A query's own document met again
+    among the candidates (two queries of one document in a batch) is masked, not counted as a negative, as the
+    full fine-tune's no-duplicates batches avoid it."""
+    import torch
+
+    ids = torch.cat([positives, negatives])
+    logits = queries @ docs[ids].T / temperature
+    rows = torch.arange(len(positives))
+    duplicate = ids[None, :] == positives[:, None]
+    duplicate[rows, rows] = False
+    return torch.nn.functional.cross_entropy(logits.masked_fill(duplicate, float("-inf")), rows)
+
+
+def _quick_ndcg(adapter: QueryAdapter, queries: np.ndarray, docs: np.ndarray, positives: list[set[int]]) -> float:
+    """nDCG@10 over the validation corpus, exact (brute force): cheap for the per-epoch choice of the best epoch."""
+    scores = adapter(queries) @ docs.T
+    top = np.argsort(-scores, axis=1)[:, :10]
+    total = 0.0
+    for row, rel in zip(top, positives, strict=True):
+        dcg = sum(1 / np.log2(r + 2) for r, d in enumerate(row) if d in rel)
+        ideal = sum(1 / np.log2(r + 2) for r in range(min(len(rel), 10)))
+        total += dcg / ideal
+    return total / max(1, len(positives))
+
+
+@dataclass
+class FittedAdapter:
+    """An adapter just trained (not yet written) and its run's record."""
+
+    adapter: QueryAdapter
+    info: dict[str, Any]
+
+
+def fit_adapter(split, examples: list[TrainingExample], base: Encoder, config: AdapterConfig) -> FittedAdapter:
+    """Train a query adapter for ``base`` on ``split.train``; the best epoch on ``split.val`` is kept."""
+    import torch
+
+    from .promotion import validation_dataset
+
+    train_rows, val_rows = split.train, split.val
+    if len(train_rows) < 2:
+        raise OptionError(f"only {len(train_rows)} training example(s) after the validation split; need at least 2")
+    started = time.time()
+    texts = sorted({t for e in examples for t in (e.positive, *e.negatives)})
+    doc_vecs = base.encode_documents(texts)
+    row = {t: i for i, t in enumerate(texts)}
+    queries = base.encode_queries([e.query for e in train_rows])
+    k = max((len(e.negatives) for e in train_rows), default=0)
+    if config.num_negatives is not None:
+        k = min(k, config.num_negatives)
+    pos = torch.tensor([row[e.positive] for e in train_rows])
+    neg = torch.tensor([[row[e.negatives[j % len(e.negatives)]] if e.negatives else row[e.positive] for j in range(k)]
+                        for e in train_rows]) if k else None
+    has_neg = torch.tensor([bool(e.negatives) for e in train_rows])
+    docs_t, queries_t = torch.from_numpy(doc_vecs), torch.from_numpy(queries)
+
+    val_set = validation_dataset(val_rows, examples) if val_rows else None
+    if val_set:
+        val_texts = list(val_set.corpus.values())
+        val_docs = base.encode_documents(val_texts)
+        val_q = base.encode_queries(list(val_set.queries.values()))
+        index_of = {d: i for i, d in enumerate(val_set.corpus)}
+        val_pos = [{index_of[d] for d in val_set.relevant_docs[q]} for q in val_set.queries]
+
+    torch.manual_seed(config.seed)
+    model = _torch_adapter(doc_vecs.shape[1], config.kind)
+    if not config.bias:
+        model.b.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    eye = torch.eye(doc_vecs.shape[1])
+    snapshot = lambda: {n: p.detach().numpy().copy() for n, p in model.named_parameters()}  # noqa: E731
+    best, best_score, history, stale = snapshot(), -1.0, [], 0
+    if val_set:
+        best_score = _quick_ndcg(QueryAdapter(best, config.kind), val_q, val_docs, val_pos)
+        history.append({"epoch": 0, "ndcg@10": round(best_score, 4)})
+    generator = torch.Generator().manual_seed(config.seed)
+    for epoch in range(1, config.epochs + 1):
+        order = torch.randperm(len(train_rows), generator=generator)
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start:start + config.batch_size]
+            negatives = neg[idx][has_neg[idx]].reshape(-1) if neg is not None else pos[idx][:0]
+            loss = contrastive_loss(model(queries_t[idx]), docs_t, pos[idx], negatives, config.temperature)
+            loss = loss + config.identity_weight * ((model.W - eye) ** 2).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if not val_set:
+            best = snapshot()
+            continue
+        score = _quick_ndcg(QueryAdapter(snapshot(), config.kind), val_q, val_docs, val_pos)
+        history.append({"epoch": epoch, "ndcg@10": round(score, 4)})
+        if score > best_score + 1e-6:
+            best, best_score, stale = snapshot(), score, 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    info = {"kind": config.kind, "dimension": int(doc_vecs.shape[1]), "config": asdict(config),
+            "train_examples": len(train_rows), "val_examples": len(val_rows), "train_seconds": round(time.time() - started, 2),
+            "device": "cpu", "validation_per_epoch": history}
+    return FittedAdapter(QueryAdapter(best, config.kind), info)
+
+
+def save_adapter(adapter: QueryAdapter, folder: Path, card: dict[str, Any]) -> None:
+    """Write the adapter's weights and card into ``folder`` (a folder of its own, or beside a model's files)."""
+    np.savez(folder / ADAPTER_FILE, **adapter.weights)
+    write_json(folder / ADAPTER_CARD, card)
+
+
+def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: str | Path, config: AdapterConfig | None = None,
+                  base_info: dict[str, Any] | None = None, engine: str = "auto", corpus: dict[str, str] | None = None,
+                  validation: list[TrainingExample] | None = None) -> dict[str, Any]:
+    """Train a query adapter for ``base`` on ``examples``; gate it on held-out queries; write it atomically.
+
+    Returns the adapter card (with ``promoted``: whether the folder was written)."""
+    from .promotion import gate, unseen_query_ids, validation_dataset
+    from .training import plan_validation
+
+    config = config or AdapterConfig()
+    config.validate()
+    if not examples:
+        raise OptionError("no training examples")
+    split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share, validation)
+    fitted = fit_adapter(split, examples, base, config)
+    verdict = None
+    if split.val:
+        val_set = validation_dataset(split.val, examples, corpus)
+        verdict = gate(val_set, base, AdaptedEncoder(base, fitted.adapter), engine=engine,
+                       unseen=unseen_query_ids(val_set, split.unseen), seen_weight=config.seen_share)
+    output_dir = Path(output_dir)
+    promoted = verdict is None or verdict.verdict == "better" or config.force or not (output_dir / ADAPTER_CARD).exists()
+    card = {"method": "adapter", **fitted.info, "base": base_info or {"label": base.label}, "data_checks": split.checks,
+            "gate": verdict.as_dict() if verdict else {"verdict": "not measured (no validation queries)"}, "promoted": promoted}
+    if promoted:
+        with atomic_directory(output_dir) as scratch:
+            save_adapter(fitted.adapter, scratch, card)
+    return card
+
+
+# Options of TrainConfig an adapter has no use for (it trains a small map on frozen vectors, in fp32, in seconds).
+ADAPTER_REFUSES = {"warmup_ratio": "--warmup-ratio", "cached_loss": "--cached-loss", "mini_batch_size": "--mini-batch-size",
+                   "device": "--device", "exports": "--export", "resume": "--resume", "keep_checkpoints": "--keep-checkpoints",
+                   "extra": "extra trainer arguments"}
+
+
+def adapter_config(config: Any) -> AdapterConfig:
+    """The adapter's options from a ``TrainConfig``: what both understand is honoured, the rest refused."""
+    unusable = [flag for name, flag in ADAPTER_REFUSES.items() if getattr(config, name, None) not in (None, False, [], {})]
+    if config.precision not in ("auto", "fp32"):
+        unusable.append("--precision")
+    if unusable:
+        raise OptionError(f"--method adapter cannot use {', '.join(unusable)}: it trains a small map on frozen vectors "
+                          "(fp32, seconds, nothing to checkpoint or export); drop them or use --method full")
+    given = {"epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+             "patience": config.early_stopping_patience, "num_negatives": config.num_negatives}
+    return AdapterConfig(val_fraction=config.val_fraction, seed=config.seed, force=config.force, seen_share=config.seen_share or 0.0,
+                         **{k: v for k, v in given.items() if v is not None})
+
+
+def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, config: Any = None, data_fingerprint: str | None = None,
+                    corpus: dict[str, str] | None = None, engine: str = "auto", base_encoder: Encoder | None = None,
+                    validation: list[TrainingExample] | None = None):
+    """The ``adapter`` trainer plugin: same call as the sentence-transformers trainer, same ``TrainResult``.
+    ``base_encoder``: the frozen base (default: ``config.base_model``, cached on disk); an endpoint works too."""
+    from ..embeddings.encoding import CachedEncoder
+    from .promotion import GateResult
+    from .training import TrainConfig, TrainResult
+
+    config = config or TrainConfig()
+    options = adapter_config(config)
+    base = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False,
+                                         trust_remote_code=config.trust_remote_code)
+    card = train_adapter(examples, base, output_dir, options,
+                         base_info={**base_identity(base), "data_fingerprint": data_fingerprint}, engine=engine, corpus=corpus,
+                         validation=validation)
+    serving = {"model": getattr(base, "model_name", None) or config.base_model, "adapter": str(output_dir), "reindex": False}
+    card["serving"] = serving
+    return TrainResult(model_dir=Path(output_dir), card=card, gate=GateResult.from_dict(card["gate"]), fusion=None,
+                       promoted=card["promoted"], serving=serving)

@@ -1,0 +1,224 @@
+"""``--method auto`` (the default): pick the method that generalises on this data, with the gate's own evidence.
+
+Candidates, cheapest to serve first: a query adapter on the base (no re-indexing), weight interpolations of base
+and fine-tuned (``theta = a * theta_ft + (1 - a) * theta_base``; WiSE-FT, Wortsman et al. 2022; LM-Cocktail, Xiao
+et al. 2023: no extra training, loses less outside the training distribution), the full fine-tune, and an adapter on
+top of the full fine-tune. All are trained on the same training queries and judged on the same validation queries
+by the same rule (:func:`~ace_llamaindex.train.promotion.judge`: the unseen-document queries decide). The first candidate
+that is better than the base with confidence is taken; a costlier one replaces it only when it is better than it
+with confidence too (a tie goes to the cheaper). None better: the base stays, nothing is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..embeddings.query_adapter import AdaptedEncoder, base_identity
+from .adapter import AdapterConfig, fit_adapter, save_adapter
+from ..atomic import atomic_directory, write_json
+from ..embeddings.encoding import CachedEncoder
+from ..errors import OptionError
+from ..embeddings.encoding import Encoder
+from ..evaluate.evaluate import System, evaluate
+from ..mine.mining import TrainingExample
+from ..embeddings.models import open_model
+from .promotion import GateResult, judge, unseen_query_ids, validation_dataset
+from ..embeddings.card import text_hash
+from ..serve.served_model import resolve_serving
+from .training import (
+    TrainConfig,
+    TrainResult,
+    ensure_room_to_train,
+    fine_tune,
+    full_defaults,
+    peak_memory,
+    plan_validation,
+    run_fingerprint,
+    save_model,
+)
+
+log = logging.getLogger(__name__)
+# Weights of the fine-tuned model in the interpolations (WiSE-FT's middle and one nearer the fine-tune). Each costs
+# one encoding of the validation corpus (~4 min for SciFact's 5,183 abstracts on 2 CPU cores), so a few.
+ALPHAS = (0.5, 0.75)
+
+
+@dataclass
+class Candidate:
+    """One way to serve: its encoder on the validation queries, whether documents must be embedded again, and how
+    to write it into an output folder (``write(folder, card, fusion)``)."""
+
+    name: str
+    encoder: Encoder
+    reindex: bool
+    write: Callable[..., None]
+    adapter: bool = False
+
+
+def interpolate(base_model: str, tuned, alpha: float, trust_remote_code: bool = False):
+    """A copy of ``tuned`` with weights ``alpha * tuned + (1 - alpha) * base`` (same architecture, no training)."""
+    import torch
+
+    base_state = open_model(base_model, device="cpu", trust_remote_code=trust_remote_code).state_dict()
+    merged = copy.deepcopy(tuned)
+    with torch.no_grad():
+        state = {k: (alpha * v + (1 - alpha) * base_state[k].to(v.device, v.dtype)) if v.is_floating_point() else v
+                 for k, v in tuned.state_dict().items()}
+    merged.load_state_dict(state)
+    return merged
+
+
+def _model_writer(model, adapter=None, adapter_info=None):
+    def write(folder: Path, card: dict[str, Any], fusion=None) -> None:
+        extra = (lambda d: save_adapter(adapter, d, {**adapter_info, "base": {"model": "."}})) if adapter else None
+        save_model(model, folder, card, fusion, extra=extra)
+    return write
+
+
+def _adapter_writer(adapter, info, base):
+    def write(folder: Path, card: dict[str, Any], fusion=None) -> None:
+        with atomic_directory(folder) as scratch:
+            save_adapter(adapter, scratch, {**info, **card, "base": base})
+            if fusion:
+                fusion.save(scratch)
+    return write
+
+
+def select_method(examples: list[TrainingExample], output_dir: str | Path, config: TrainConfig | None = None,
+                  data_fingerprint: str | None = None, corpus: dict[str, str] | None = None, engine: str = "auto",
+                  base_encoder: Encoder | None = None, validation: list[TrainingExample] | None = None) -> TrainResult:
+    """The ``auto`` trainer plugin: train every candidate, judge them on the validation queries, write the winner to
+    ``output_dir`` (with ``fusion.json`` chosen for it). Full-fine-tune options (epochs, learning rate, batch size...)
+    apply to the fine-tune candidates; the adapters use their own defaults."""
+    from ..evaluate.fusion_selection import select_fusion
+
+    config = config or TrainConfig()
+    config.validate()
+    full_config = full_defaults(config)
+    if not examples:
+        raise OptionError("no training examples")
+    split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share or 0.0, validation)
+    if not split.val:
+        raise OptionError("--method auto chooses on validation queries and this data leaves none (val_fraction 0, or "
+                          "fewer than 4 queries); use --method full or --method adapter")
+    output_dir = Path(output_dir)
+    ensure_room_to_train(config, output_dir)
+    base = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False,
+                                         trust_remote_code=config.trust_remote_code)
+    val_set = validation_dataset(split.val, examples, corpus)
+    unseen = unseen_query_ids(val_set, split.unseen)
+    adapter_options = AdapterConfig(val_fraction=config.val_fraction, seed=config.seed, num_negatives=config.num_negatives)
+
+    on_base = fit_adapter(split, examples, base, adapter_options)
+    candidates = [Candidate("adapter", AdaptedEncoder(base, on_base.adapter, label="adapter"), False,
+                            _adapter_writer(on_base.adapter, on_base.info, base_identity(base)), adapter=True)]
+    checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
+    tuned = fine_tune(split, full_config, checkpoints, run_fingerprint(examples, full_config))
+    full = CachedEncoder.from_model(tuned.model, label="full")
+    for alpha in ALPHAS:
+        merged = interpolate(config.base_model, tuned.model, alpha, config.trust_remote_code)
+        candidates.append(Candidate(f"interpolate({alpha})", CachedEncoder.from_model(merged, label=f"interpolate({alpha})"),
+                                    True, _model_writer(merged)))
+    candidates.append(Candidate("full", full, True, _model_writer(tuned.model)))
+    on_full = fit_adapter(split, examples, full, adapter_options)
+    candidates.append(Candidate("full+adapter", AdaptedEncoder(full, on_full.adapter, label="full+adapter"), True,
+                                _model_writer(tuned.model, on_full.adapter, on_full.info), adapter=True))
+
+    systems = [System("base", "dense", base)] + [System(c.name, "dense", c.encoder) for c in candidates]
+    per_query = evaluate(val_set, systems, comparisons=[], show_progress=False, engine=engine).data["per_query"]
+    choice = choose(per_query, list(val_set.queries), unseen, [c.name for c in candidates], seen_weight=config.seen_share or 0.0)
+    verdicts, steps = choice.verdicts, choice.steps
+    chosen = next((c for c in candidates if c.name == choice.name), None)
+    forced = chosen is None and config.force
+    if forced:  # --force: the candidate with the largest gain where the gate decides, better or not
+        chosen = max(candidates, key=lambda c: _decisive_delta(verdicts[c.name]))
+    gate_of = chosen.name if chosen else max(verdicts, key=lambda n: _decisive_delta(verdicts[n]))
+    gate_result = verdicts[gate_of]
+
+    fusion, serving = None, None
+    if chosen:
+        prior = (validation_dataset(split.train, examples, corpus), base)
+        fusion = select_fusion(val_set, chosen.encoder, engine=engine, prior=prior)
+        # in the card, "." is the output folder itself (see served_model.resolve_serving)
+        serving = {"model": "." if chosen.reindex else (getattr(base, "model_name", None) or config.base_model),
+                   "adapter": "." if chosen.adapter else None, "reindex": chosen.reindex}
+    device = tuned.info["device"]
+    card = {
+        "method": "auto",
+        "chosen": chosen.name if chosen else "base",
+        "choice": {"steps": steps, "forced": forced,
+                   "reason": "; ".join(steps) if chosen and not forced else
+                   ("--force: the largest gain on the deciding queries, not better with confidence" if forced else
+                    "no candidate is better than the base with confidence: the base model stays")},
+        "candidates": {c.name: {"gate": verdicts[c.name].as_dict(), "reindex": c.reindex} for c in candidates},
+        "base_model": config.base_model,
+        "config": {**asdict(full_config), "epochs": tuned.info["epochs"]},
+        "data_fingerprint": data_fingerprint,
+        "train_examples": len(split.train),
+        "val_examples": len(split.val),
+        "data_checks": split.checks,
+        "device": device,
+        "precision": tuned.info["precision"],
+        "memory_plan": tuned.info["memory_plan"],
+        "train_seconds": round(tuned.info["train_seconds"] + on_base.info["train_seconds"] + on_full.info["train_seconds"], 1),
+        "full_fine_tune": {k: tuned.info[k] for k in ("validation_before", "validation_per_epoch", "best_metric", "negatives")},
+        "peak_memory": peak_memory(device),
+        "gate": gate_result.as_dict(),
+        "gate_of": gate_of,  # the chosen candidate, or (none chosen) the one that came closest
+        "promoted": chosen is not None,
+        "serving": serving,
+        "fusion": fusion.to_dict() if fusion else None,
+        "training_queries": sorted({text_hash(e.query) for e in split.train}),
+        "validation_queries": sorted({text_hash(e.query) for e in split.val}),
+    }
+    if chosen:
+        chosen.write(output_dir, card, fusion)
+    else:
+        write_json(output_dir.with_name(output_dir.name + ".not-promoted.json"), card)
+    if not config.keep_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    log.info("method auto: %s", card["choice"]["reason"])
+    return TrainResult(model_dir=output_dir, card=card, gate=gate_result, fusion=fusion, promoted=chosen is not None,
+                       serving=resolve_serving(serving, output_dir) if serving else None)
+
+
+@dataclass
+class Choice:
+    """The chosen candidate (None: the base stays), each candidate's gate against the base, and the steps taken."""
+
+    name: str | None
+    verdicts: dict[str, GateResult]
+    steps: list[str]
+
+
+def choose(per_query, qids: list[str], unseen: set[str] | None, names: list[str], baseline: str = "base",
+           seen_weight: float = 0.0) -> Choice:
+    """The rule of ``--method auto`` over ``evaluate``'s per-query rows; ``names`` cheapest first. The first
+    candidate the gate calls better than ``baseline`` is taken; a later one replaces it only when it is better than it
+    too, by the same gate (so a tie goes to the cheaper)."""
+    verdicts = {name: judge(per_query, qids, baseline, name, unseen, seen_weight=seen_weight) for name in names}
+    chosen, steps = None, []
+    for name in names:
+        if verdicts[name].verdict != "better":
+            continue
+        if chosen is None:
+            chosen = name
+            steps.append(f"{name}: better than the base")
+            continue
+        versus = judge(per_query, qids, chosen, name, unseen, seen_weight=seen_weight)
+        steps.append(f"{name} vs {chosen}: {versus.verdict}")
+        if versus.verdict == "better":
+            chosen = name
+    return Choice(chosen, verdicts, steps)
+
+
+def _decisive_delta(g: GateResult) -> float:
+    subset = g.subsets.get("unseen documents") or {}
+    value = subset.get("delta") if subset.get("delta") is not None else g.delta
+    return value if value is not None else float("-inf")
+

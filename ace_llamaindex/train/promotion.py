@@ -1,0 +1,176 @@
+"""The promotion gate: is the fine-tuned model better than its base on queries it did not train on?
+
+Both models retrieve over the same corpus for the held-out validation queries; a paired bootstrap on nDCG@10
+says better / no clear difference / worse. The same evaluation code serves users (``evaluate``), so the gate
+measures what they will get. The validation queries also chose the best epoch, which favours the fine-tuned
+model slightly; ``ace pipeline``'s test split is the unbiased number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..data.dataset import QADataset
+from ..embeddings.encoding import Encoder
+from ..evaluate.evaluate import System, evaluate
+from ..mine.mining import TrainingExample
+from ..evaluate.stats import paired_bootstrap, weighted_paired_bootstrap
+
+GATE_METRIC = "ndcg@10"
+
+
+def validation_dataset(val: Sequence[TrainingExample], everything: Iterable[TrainingExample],
+                       corpus: Mapping[str, str] | None = None) -> QADataset:
+    """Validation queries over a corpus: ``corpus`` when given (the real one), else every text the training data
+    mentions (positives and mined negatives of all examples: hard distractors, as the current system saw them)."""
+    texts: dict[str, str] = {}  # text -> id; duplicated texts collapse to one document
+
+    def doc(text: str) -> str:
+        return texts.setdefault(text, f"d{len(texts)}")
+
+    for text in (corpus or {}).values():
+        if text.strip():
+            doc(text)
+    for e in everything:
+        doc(e.positive)
+        for n in e.negatives:
+            doc(n)
+    queries: dict[str, str] = {}
+    relevant: dict[str, list[str]] = {}
+    qid_of: dict[str, str] = {}
+    for e in val:
+        qid = qid_of.setdefault(e.query, f"q{len(qid_of)}")
+        queries[qid] = e.query
+        pos = doc(e.positive)
+        if pos not in relevant.setdefault(qid, []):
+            relevant[qid].append(pos)
+    return QADataset(queries, {i: t for t, i in texts.items()}, relevant, source="validation queries")
+
+
+MIN_UNSEEN = 20  # unseen-document validation queries needed for a verdict; fewer: "can't tell"
+UNSEEN, SEEN = "unseen documents", "seen documents"
+
+
+@dataclass
+class GateResult:
+    """Fine-tuned vs base on the validation queries: overall, and on the queries about documents no training query
+    had (``unseen documents``: what the gate decides on) and about documents training queries also had."""
+
+    verdict: str  # better | no clear difference | worse | can't tell | not measured
+    metric: str
+    base: float | None = None
+    finetuned: float | None = None
+    delta: float | None = None
+    ci95: tuple[float, float] | None = None
+    n_queries: int = 0
+    seen_documents: float | None = None  # share of validation queries whose document a training query also had
+    subsets: dict[str, dict[str, Any]] = field(default_factory=dict)  # UNSEEN / SEEN -> comparison
+    decided_by: str = "all validation queries"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "metric": self.metric, "base": self.base, "finetuned": self.finetuned,
+                "delta": self.delta, "ci95": list(self.ci95) if self.ci95 else None, "n_queries": self.n_queries,
+                "seen_documents": self.seen_documents, "subsets": self.subsets, "decided_by": self.decided_by}
+
+    @classmethod
+    def from_dict(cls, g: dict[str, Any]) -> GateResult | None:
+        if g.get("delta") is None:
+            return None
+        return cls(g["verdict"], g["metric"], g["base"], g["finetuned"], g["delta"], tuple(g["ci95"]), g["n_queries"],
+                   g.get("seen_documents"), g.get("subsets") or {}, g.get("decided_by", "all validation queries"))
+
+    def sentence(self) -> str:
+        if self.delta is None:
+            return f"promotion gate: {self.verdict} (no validation queries)"
+        parts = [f"{name} ({s['n']}): {s['delta']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}] {s['verdict']}"
+                 for name, s in self.subsets.items() if s.get("delta") is not None]
+        return (f"promotion gate on {self.n_queries} validation queries: {self.metric} {self.base:.3f} -> {self.finetuned:.3f}, "
+                f"{self.delta:+.3f} [{self.ci95[0]:+.3f}, {self.ci95[1]:+.3f}]" + (f"; {'; '.join(parts)}" if parts else "")
+                + f": {self.verdict} (decided by {self.decided_by})")
+
+
+def seen_document_share(train: Sequence[TrainingExample], val: Sequence[TrainingExample]) -> float | None:
+    """The share of validation queries whose relevant document is also a training query's: the gate measures
+    queries about documents the model was trained towards at that rate. Future queries about documents no
+    training query touched may gain less (a query adapter, which only moves queries, most of all)."""
+    from .validation_split import unseen_queries
+
+    queries = {e.query for e in val}
+    return round(1 - len(unseen_queries(list(train), list(val))) / len(queries), 3) if queries else None
+
+
+def _scores(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Sequence[str], system: str,
+            metric: str) -> np.ndarray:
+    return np.array([per_query[q][system][metric] for q in qids])
+
+
+def compare(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Sequence[str], baseline: str,
+            candidate: str, metric: str = GATE_METRIC) -> dict[str, Any]:
+    """Paired bootstrap of ``candidate`` vs ``baseline`` on ``qids`` (rows from ``evaluate``'s ``per_query``)."""
+    if not qids:
+        return {"n": 0, "delta": None, "verdict": "not measured"}
+    a, b = _scores(per_query, qids, baseline, metric), _scores(per_query, qids, candidate, metric)
+    d = paired_bootstrap(a, b)
+    return {"n": len(qids), "base": round(float(a.mean()), 4), "finetuned": round(float(b.mean()), 4),
+            "delta": round(d.delta, 4), "ci95": [round(d.ci_low, 4), round(d.ci_high, 4)], "verdict": d.verdict}
+
+
+def judge(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Sequence[str], baseline: str, candidate: str,
+          unseen: set[str] | None = None, metric: str = GATE_METRIC, seen_weight: float = 0.0) -> GateResult:
+    """The gate's rule. With ``unseen`` (validation query ids about documents no training query had):
+
+    - fewer than ``MIN_UNSEEN`` such queries: "can't tell";
+    - ``seen_weight`` 0 (the default: future queries ask about new documents): the unseen-document subset decides,
+      so memorised documents cannot carry the verdict;
+    - ``seen_weight`` w > 0 (the share of future queries expected to ask about documents training queries had, e.g.
+      the test's): the verdict is that of the mix ``w * seen + (1 - w) * unseen`` (a stratified bootstrap), and
+      "better" also needs no loss on unseen documents (their mean delta >= 0, and not "worse").
+
+    Either way "better" needs neither subset to be "worse". Without ``unseen``: all queries decide."""
+    overall = compare(per_query, qids, baseline, candidate, metric)
+    result = GateResult(overall["verdict"], metric, overall.get("base"), overall.get("finetuned"), overall.get("delta"),
+                        tuple(overall["ci95"]) if overall.get("ci95") else None, len(qids))
+    if unseen is None:
+        return result
+    unseen_ids = [q for q in qids if q in unseen]
+    seen_ids = [q for q in qids if q not in unseen]
+    result.subsets = {UNSEEN: compare(per_query, unseen_ids, baseline, candidate, metric),
+                      SEEN: compare(per_query, seen_ids, baseline, candidate, metric)}
+    result.seen_documents = round(len(seen_ids) / len(qids), 3) if qids else None
+    if len(unseen_ids) < MIN_UNSEEN:
+        result.verdict = "can't tell"
+        result.decided_by = f"too few unseen-document queries ({len(unseen_ids)} < {MIN_UNSEEN})"
+        return result
+    if seen_weight > 0 and seen_ids:
+        strata = [(w, _scores(per_query, ids, baseline, metric), _scores(per_query, ids, candidate, metric))
+                  for w, ids in ((seen_weight, seen_ids), (1 - seen_weight, unseen_ids))]
+        d = weighted_paired_bootstrap(strata)
+        mix = f"documents seen {seen_weight:.0%} / unseen {1 - seen_weight:.0%}"
+        result.subsets[mix] = {"n": len(qids), "delta": round(d.delta, 4), "ci95": [round(d.ci_low, 4), round(d.ci_high, 4)],
+                               "verdict": d.verdict, "weights": {SEEN: round(seen_weight, 3), UNSEEN: round(1 - seen_weight, 3)}}
+        result.verdict, result.decided_by = d.verdict, mix
+        if d.verdict == "better" and result.subsets[UNSEEN]["delta"] < 0:
+            result.verdict, result.decided_by = "no clear difference", f"{mix}: better, but a loss on {UNSEEN}"
+    else:
+        result.verdict, result.decided_by = result.subsets[UNSEEN]["verdict"], UNSEEN
+    if result.verdict == "better" and "worse" in (result.subsets[SEEN]["verdict"], result.subsets[UNSEEN]["verdict"]):
+        result.verdict, result.decided_by = "no clear difference", f"{result.decided_by}; one subset is worse"
+    return result
+
+
+def gate(val: QADataset, base: Encoder, finetuned: Encoder, engine: str = "auto", metric: str = GATE_METRIC,
+         unseen: set[str] | None = None, seen_weight: float = 0.0) -> GateResult:
+    """Compare ``finetuned`` with ``base`` (dense retrieval) on ``val``'s queries with a paired bootstrap;
+    ``unseen``: the query ids about unseen documents (see :func:`judge`)."""
+    systems = [System("base", "dense", base), System("finetuned", "dense", finetuned)]
+    report = evaluate(val, systems, comparisons=[], show_progress=False, engine=engine)
+    return judge(report.data["per_query"], list(val.queries), "base", "finetuned", unseen, metric, seen_weight)
+
+
+def unseen_query_ids(val: QADataset, unseen_texts: set[str]) -> set[str]:
+    """The ids, in a validation dataset, of the queries whose texts are in ``unseen_texts``."""
+    return {qid for qid, text in val.queries.items() if text in unseen_texts}

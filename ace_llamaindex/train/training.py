@@ -1,0 +1,570 @@
+"""Fine-tune a sentence-transformers model on mined examples with MultipleNegativesRankingLoss.
+
+Everything heavy is sentence-transformers' own: ``SentenceTransformerTrainer``, MNRL (CachedMNRL for batches
+larger than memory allows), the no-duplicates batch sampler (several queries sharing one positive in a batch
+would teach the model that the positive is wrong), and ``InformationRetrievalEvaluator`` on a held-out
+validation split each epoch, with the best epoch kept. What this module adds: a budget that fits the data, the
+split, the promotion gate (:mod:`~ace_llamaindex.train.promotion`), the fusion choice saved with the model
+(:mod:`~ace_llamaindex.evaluate.fusion_selection`), atomic saving, resuming, and a training card that ties a model to its
+data and configuration.
+
+The budget rule (the defaults): learning rate 5e-5 (the setting behind the SciFact and StackFAQ gains; 2e-5 moved
+nothing on small sets); at least ``MIN_STEPS`` optimizer steps, so a small dataset gets several epochs and a large
+one a single pass (``epochs = clamp(ceil(MIN_STEPS / steps_per_epoch), 1, MAX_AUTO_EPOCHS)``), validated every
+epoch, best epoch kept, stopping after 2 epochs without gain; validation on at least 100 queries (a quarter of
+them for small sets), so the gate and the fusion choice have statistical power.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_directory, write_json
+from ..errors import OptionError
+from ..mine.mining import TrainingExample
+from ..embeddings.card import CARD_NAME
+from ..embeddings.models import DEFAULT_MODEL, open_model
+
+log = logging.getLogger(__name__)
+MIN_STEPS = 25          # optimizer steps a run gets at least (1 epoch of SciFact/StackFAQ at batch 32 is 26-28)
+MAX_AUTO_EPOCHS = 10
+AUTO_PATIENCE = 2       # early stopping when epochs are chosen automatically
+MIN_VAL_QUERIES = 100   # validation queries wanted for the gate (a quarter of the queries on small sets)
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Training options. ``None`` means the method's own default (the full fine-tune's are ``FULL_DEFAULTS``;
+    the adapter's are :class:`~ace_llamaindex.train.adapter.AdapterConfig`'s). ``cached_loss=None`` picks CachedMNRL
+    when the plain loss would not fit the memory budget (see :func:`plan_memory`)."""
+
+    base_model: str = DEFAULT_MODEL
+    epochs: int | None = None               # None: enough epochs for MIN_STEPS optimizer steps (see module doc)
+    batch_size: int | None = None           # full fine-tune: 32
+    learning_rate: float | None = None      # full fine-tune: 5e-5
+    warmup_ratio: float | None = None       # full fine-tune: 0.1
+    max_seq_length: int | None = None
+    num_negatives: int | None = None       # use at most this many hard negatives per example (None: all)
+    val_fraction: float | None = None       # queries held out for validation and the gate (None: auto; 0: none)
+    # The share of future queries expected to ask about documents training queries had. None (0): new documents,
+    # the unseen-document validation queries decide. `ace pipeline` sets it to its test queries' share.
+    seen_share: float | None = None
+    early_stopping_patience: int | None = None  # None: AUTO_PATIENCE when epochs are automatic
+    force: bool = False                     # write the model even when the gate does not call it better
+    cached_loss: bool | None = None
+    mini_batch_size: int | None = None      # None: as large as the memory budget allows (see plan_memory)
+    seed: int = 42
+    device: str | None = None               # None: CUDA, then MPS, then CPU
+    trust_remote_code: bool = False         # run code shipped with the base model, wherever it is opened
+    precision: str = "auto"                 # auto | fp32 | bf16 (auto: bf16 where the hardware has it, see choose_precision)
+    resume: bool = False                    # continue from the last checkpoint in <output>.checkpoints (same run only)
+    keep_checkpoints: bool = False          # keep <output>.checkpoints after a finished run
+    exports: list[str] = field(default_factory=list)  # after promotion: onnx, onnx-int8, openvino, openvino-int8
+    extra: dict[str, Any] = field(default_factory=dict)  # passed through to SentenceTransformerTrainingArguments
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "mini_batch_size", "max_seq_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise OptionError(f"{name} must be at least 1, got {value}")
+        if self.batch_size is not None and self.batch_size < 2:
+            raise OptionError("batch_size must be at least 2: MNRL needs in-batch negatives")
+        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
+            raise OptionError(f"learning_rate must be between 0 and 1, got {self.learning_rate}")
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
+            raise OptionError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        for name in ("num_negatives", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise OptionError(f"{name} must be at least 0, got {value}")
+        if self.seen_share is not None and not 0 <= self.seen_share <= 1:
+            raise OptionError(f"seen_share must be in [0, 1], got {self.seen_share}")
+        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
+            raise OptionError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        bad = sorted(set(self.exports) - {"onnx", "onnx-int8", "openvino", "openvino-int8"})
+        if bad:
+            raise OptionError(f"exports must be among onnx, onnx-int8, openvino, openvino-int8; got {bad}")
+        if self.precision not in PRECISIONS:
+            raise OptionError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.early_stopping_patience is not None and self.val_fraction == 0:
+            raise OptionError("early stopping needs a validation split (val_fraction > 0)")
+
+
+FULL_DEFAULTS = {"batch_size": 32, "learning_rate": 5e-5, "warmup_ratio": 0.1}
+
+
+def full_defaults(config: TrainConfig) -> TrainConfig:
+    """``config`` with the full fine-tune's defaults filled in where it says ``None``."""
+    from dataclasses import replace
+
+    return replace(config, **{k: v for k, v in FULL_DEFAULTS.items() if getattr(config, k) is None})
+
+
+def auto_epochs(n_train: int, batch_size: int) -> int:
+    """Epochs that give at least ``MIN_STEPS`` optimizer steps, between 1 and ``MAX_AUTO_EPOCHS``."""
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    return max(1, min(MAX_AUTO_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch)))
+
+
+def validation_count(n_queries: int, val_fraction: float | None) -> int:
+    """How many queries to hold out: ``val_fraction`` of them, or (auto) 10% but at least 100 or a quarter."""
+    if n_queries < 4 or val_fraction == 0:
+        return 0
+    if val_fraction is not None:
+        return max(2, round(n_queries * val_fraction))
+    return max(2, round(0.1 * n_queries), min(MIN_VAL_QUERIES, round(0.25 * n_queries)))
+
+
+def detect_device(requested: str | None = None) -> str:
+    """The device to train on: the requested one, else CUDA, MPS, CPU."""
+    if requested:
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Elsewhere bf16 is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to tell, stay with fp32
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def choose_precision(requested: str, device: str) -> str:
+    """``auto``: bf16 mixed precision (fp32 master weights, the trainer's ``bf16=True``) where the hardware runs
+    bf16 natively: CUDA with bf16 support, or a CPU with AVX512-BF16/AMX (~1.45x faster steps on a 2-core EPYC);
+    fp32 elsewhere (MPS, older CPUs). The promotion gate still judges the result."""
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def plan_validation(examples: list[TrainingExample], val_fraction: float | None, seed: int, seen_share: float = 0.0,
+                    validation: list[TrainingExample] | None = None):
+    """Hold out whole queries for validation and the gate, mostly about documents no training query has
+    (:func:`~ace_llamaindex.train.validation_split.split_for_validation`); how many: :func:`validation_count`. The share
+    of seen-document queries follows ``seen_share`` (the expected mix), between a quarter and three quarters."""
+    from ..mine.mining import drop_positive_negatives
+    from .validation_split import split_for_validation
+
+    examples, poisoned = drop_positive_negatives(examples)
+    if poisoned:
+        log.warning("dropped %d hard negative(s) identical to their example's positive", poisoned)
+    if validation is not None:  # the caller's own validation set (e.g. llama-index-finetuning's val_dataset)
+        from .validation_split import ValidationSplit, unseen_queries
+
+        split = ValidationSplit(examples, list(validation), unseen_queries(examples, validation))
+    else:
+        n_val = validation_count(len({e.query for e in examples}), val_fraction)
+        split = split_for_validation(examples, n_val, seed, seen_share=min(0.75, max(0.25, seen_share)))
+    split.checks["negatives_equal_to_positive"] = poisoned
+    return split
+
+
+def split_by_query(examples: list[TrainingExample], val_fraction: float | None, seed: int) -> tuple[list[TrainingExample], list[TrainingExample]]:
+    """``(train, validation)`` rows of :func:`plan_validation`: validation never sees a training query."""
+    split = plan_validation(examples, val_fraction, seed)
+    return split.train, split.val
+
+
+def to_hf_dataset(examples: list[TrainingExample], num_negatives: int | None = None):
+    """Columns anchor, positive, negative_1..n (the n-tuple format MNRL takes); see :func:`training_datasets`."""
+    return training_datasets(examples, num_negatives)[0]
+
+
+def training_datasets(examples: list[TrainingExample], num_negatives: int | None = None):
+    """``(dataset, counts)``: anchor, positive, negative_1..n with n the *largest* negative count (capped by
+    ``num_negatives``), so one short example no longer strips hard negatives from every other.
+
+    Every row needs the same columns: an example with fewer negatives repeats its own (counted as ``padded``);
+    examples with none go to a second, pair-only dataset trained with in-batch negatives (``in_batch_only``);
+    then a ``DatasetDict`` of both is returned, which the trainer samples batch by batch."""
+    from datasets import Dataset, DatasetDict
+
+    counts = [len(e.negatives) for e in examples]
+    n = max(counts) if counts else 0
+    if num_negatives is not None:
+        n = min(n, num_negatives)
+    with_neg = [e for e in examples if e.negatives]
+    without = [e for e in examples if not e.negatives]
+    padded = sum(1 for e in with_neg if len(e.negatives) < n)
+
+    def table(rows: list[TrainingExample], width: int) -> Dataset:
+        columns: dict[str, list[str]] = {"anchor": [e.query for e in rows], "positive": [e.positive for e in rows]}
+        for j in range(width):
+            columns[f"negative_{j + 1}"] = [e.negatives[j % len(e.negatives)] for e in rows]
+        return Dataset.from_dict(columns)
+
+    info = {"negatives_per_example": n, "padded": padded, "in_batch_only": len(without)}
+    if not without or n == 0:
+        return table(examples if n == 0 else with_neg, n), info
+    if not with_neg:
+        return table(without, 0), info
+    return DatasetDict({"hard_negatives": table(with_neg, n), "in_batch_only": table(without, 0)}), info
+
+
+def ir_evaluator(val: list[TrainingExample], name: str = "val"):
+    """An ``InformationRetrievalEvaluator`` over the validation queries, whose corpus is every text they mention."""
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    from .promotion import validation_dataset
+
+    ds = validation_dataset(val, val)
+    return InformationRetrievalEvaluator(ds.queries, ds.corpus, {q: set(d) for q, d in ds.relevant_docs.items()}, name=name,
+                                         write_csv=False, accuracy_at_k=[1, 5, 10], precision_recall_at_k=[1, 5, 10])
+
+
+@dataclass
+class TrainResult:
+    """Where the model went (``promoted``: whether it was written) and what the validation said."""
+
+    model_dir: Path
+    card: dict[str, Any]
+    gate: Any = None      # promotion.GateResult, or None without validation queries
+    fusion: Any = None    # fusion_selection.FusionChoice, or None without validation queries
+    promoted: bool = True
+    # What serving needs: {"model": folder or id whose documents vectors are searched, "adapter": folder of a query
+    # adapter or None, "reindex": whether the documents must be embedded again}; None: the base model stays.
+    serving: dict[str, Any] | None = None
+
+
+def _warmup(ratio: float) -> dict[str, float]:
+    """Transformers v5 takes the warmup ratio as a float ``warmup_steps``; v4 has ``warmup_ratio``."""
+    import transformers
+
+    return {"warmup_steps": ratio} if int(transformers.__version__.split(".")[0]) >= 5 else {"warmup_ratio": ratio}
+
+
+# Activation memory of a training step, per sequence: ACTIVATION_BYTES x layers x length x (hidden + heads x length)
+# (hidden states and, growing with the square of the length, attention maps, with their gradients). Calibrated
+# here: MNRL at batch 32 with 5 hard negatives on 256-token SciFact abstracts (224 MiniLM sequences: 6 layers,
+# 384 hidden, 12 heads) peaked at 20.6 GB RSS on a CPU.
+ACTIVATION_BYTES = 18
+CPU_BUDGET_GB = 6.0   # activations; with the process itself the peak stays under 8 GB (ACE_TRAIN_MEMORY_GB)
+
+
+def memory_budget(device: str) -> float:
+    """Bytes a training step's activations may take: ``ACE_TRAIN_MEMORY_GB`` (default 6) on a CPU or MPS,
+    half the GPU's memory on CUDA."""
+    import os
+
+    if device.startswith("cuda"):
+        import torch
+
+        return 0.5 * torch.cuda.get_device_properties(torch.device(device)).total_memory
+    return float(os.environ.get("ACE_TRAIN_MEMORY_GB", CPU_BUDGET_GB)) * 1e9
+
+
+def _typical_tokens(model, texts: list[str]) -> int:
+    """The 95th percentile of the token lengths of ``texts`` (a sample), capped by the model's max_seq_length."""
+    import numpy as np
+
+    sample = texts[:: max(1, len(texts) // 256)][:256]
+    if not sample:
+        return 1
+    try:
+        ids = model.tokenizer(sample, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    except Exception:  # noqa: BLE001 - a model without a plain text tokenizer: assume the longest
+        return int(model.max_seq_length or 512)
+    return int(min(model.max_seq_length, np.percentile([len(i) for i in ids], 95)))
+
+
+def plan_memory(model, rows: list[TrainingExample], config: TrainConfig, negatives: int, device: str) -> dict[str, Any]:
+    """Pick the loss so that a step fits the memory budget without changing what is learnt: plain MNRL when its
+    activations fit, else CachedMNRL (GradCache: the same loss and gradients, activations bounded by the
+    mini-batch, about a third more compute) with the largest mini-batch that fits. Explicit options win."""
+    hf = getattr(model[0], "auto_model", None)
+    cfg = getattr(hf, "config", None)
+    layers, hidden, heads = (getattr(cfg, "num_hidden_layers", 12), getattr(cfg, "hidden_size", 768),
+                             getattr(cfg, "num_attention_heads", 12))
+
+    def per_sequence(length: int) -> float:
+        return ACTIVATION_BYTES * layers * length * (hidden + heads * length)
+
+    q_len = _typical_tokens(model, [e.query for e in rows])
+    d_len = _typical_tokens(model, [e.positive for e in rows])
+    plain = config.batch_size * (per_sequence(q_len) + (1 + negatives) * per_sequence(d_len))
+    budget = memory_budget(device)
+    cached = config.cached_loss if config.cached_loss is not None else plain > budget
+    mini = config.mini_batch_size or max(1, min(config.batch_size, int(budget // per_sequence(d_len))))
+    return {"loss": "CachedMultipleNegativesRankingLoss" if cached else "MultipleNegativesRankingLoss",
+            "cached": bool(cached), "mini_batch_size": mini if cached else None,
+            "estimated_step_gb": round((mini * per_sequence(d_len) if cached else plain) / 1e9, 2),
+            "plain_step_gb": round(plain / 1e9, 2), "budget_gb": round(budget / 1e9, 2),
+            "typical_tokens": {"query": q_len, "document": d_len}}
+
+
+def _loss(model, plan: dict[str, Any]):
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MultipleNegativesRankingLoss,
+    )
+
+    if plan["cached"]:
+        return CachedMultipleNegativesRankingLoss(model, mini_batch_size=plan["mini_batch_size"])
+    return MultipleNegativesRankingLoss(model)
+
+
+def peak_memory(device: str) -> dict[str, float]:
+    """Peak resident memory of this process (GB), and the peak CUDA allocation on a GPU."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak = {"rss_gb": round(rss / (1e9 if sys.platform == "darwin" else 1e6), 2)}
+    if device.startswith("cuda"):
+        import torch
+
+        peak["cuda_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+    return peak
+
+
+@dataclass
+class FineTuned:
+    """A model just trained (in memory) and what its run recorded."""
+
+    model: Any
+    info: dict[str, Any]
+
+
+def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -> FineTuned:
+    """Train ``config.base_model`` on ``split.train`` (validated each epoch on ``split.val``, best epoch kept);
+    ``config`` has its defaults filled in (:func:`full_defaults`). Nothing is written but checkpoints."""
+    try:
+        import datasets  # noqa: F401 - sentence-transformers' trainer needs it: the [train] extra
+    except ImportError:
+        raise OptionError("training needs the [train] extra: pip install 'ace-llamaindex[train]'") from None
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+    from transformers import EarlyStoppingCallback
+
+    train_rows, val_rows = split.train, split.val
+    device = detect_device(config.device)
+    precision = choose_precision(config.precision, device)
+    if len(train_rows) < 2:
+        raise OptionError(f"only {len(train_rows)} training example(s) after the validation split; need at least 2")
+    epochs = config.epochs or auto_epochs(len(train_rows), config.batch_size)
+    checkpointing = epochs > 1 or config.keep_checkpoints or config.resume
+    patience = config.early_stopping_patience
+    if patience is None and config.epochs is None and val_rows and epochs > AUTO_PATIENCE:
+        patience = AUTO_PATIENCE
+
+    model = open_model(config.base_model, device=device, trust_remote_code=config.trust_remote_code)
+    if config.max_seq_length:
+        model.max_seq_length = config.max_seq_length
+    evaluator = ir_evaluator(val_rows) if val_rows else None
+    metric = "eval_val_cosine_ndcg@10"
+    baseline = evaluator(model) if evaluator else {}
+    train_dataset, negatives_info = training_datasets(train_rows, config.num_negatives)
+    if negatives_info["padded"] or negatives_info["in_batch_only"]:
+        log.warning("%d example(s) had fewer than %d hard negatives (their own repeated); %d had none (in-batch "
+                    "negatives only)", negatives_info["padded"], negatives_info["negatives_per_example"],
+                    negatives_info["in_batch_only"])
+    memory = plan_memory(model, train_rows, config, negatives_info["negatives_per_example"], device)
+    log.info("loss: %s (estimated step %.1f GB, budget %.1f GB)", memory["loss"], memory["estimated_step_gb"], memory["budget_gb"])
+
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        **_warmup(config.warmup_ratio),
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        eval_strategy="epoch" if evaluator else "no",
+        # A one-epoch run has no earlier epoch to fall back to or resume from: writing a checkpoint (model +
+        # optimizer, ~270 MB for MiniLM) would only cost time, unless asked to keep them.
+        save_strategy="epoch" if checkpointing else "no",
+        save_total_limit=2,
+        load_best_model_at_end=bool(evaluator) and checkpointing,
+        metric_for_best_model=metric if evaluator else None,
+        greater_is_better=True,
+        logging_steps=max(1, len(train_rows) // config.batch_size // 4),
+        report_to="none",
+        seed=config.seed,
+        use_cpu=device == "cpu",
+        bf16=precision == "bf16",
+        disable_tqdm=False,
+        **config.extra,
+    )
+    callbacks = [EarlyStoppingCallback(patience)] if patience and evaluator else []
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=_loss(model, memory),
+                                         evaluator=evaluator, callbacks=callbacks)
+    resume = _prepare_checkpoints(checkpoints, fingerprint, config.resume)
+    if resume:
+        log.warning("resuming from %s", resume)
+    started = time.time()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.time() - started
+    history = [
+        {"epoch": h.get("epoch"), **{k.removeprefix("eval_val_"): v for k, v in h.items() if k.startswith("eval_val_")}}
+        for h in trainer.state.log_history
+        if metric in h
+    ]
+    info = {"epochs": epochs, "early_stopping_patience": patience, "device": device, "precision": precision,
+            "negatives": negatives_info, "memory_plan": memory, "train_seconds": round(seconds, 1),
+            "resumed_from_checkpoint": str(resume) if resume else None,
+            "validation_before": {k.removeprefix("val_"): v for k, v in baseline.items()},
+            "validation_per_epoch": history, "best_checkpoint": trainer.state.best_model_checkpoint,
+            "best_metric": trainer.state.best_metric}
+    return FineTuned(trainer.model, info)
+
+
+def train(examples: list[TrainingExample], output_dir: str | Path, config: TrainConfig | None = None,
+          data_fingerprint: str | None = None, corpus: dict[str, str] | None = None,
+          engine: str = "auto", base_encoder: Any = None, validation: list[TrainingExample] | None = None) -> TrainResult:
+    """Fine-tune ``config.base_model`` on ``examples`` and write a full sentence-transformers model to ``output_dir``.
+
+    After training, the promotion gate compares the model with its base on the validation queries (over
+    ``corpus`` when given, else over every text in the training data), deciding on the queries about documents no
+    training query had; a model the gate does not call better never replaces an existing model at ``output_dir``
+    unless ``config.force``. The fusion chosen on the same queries is written beside the model (``fusion.json``).
+    The model is built in a scratch folder and swapped in at the end; an interrupted run leaves the previous model
+    untouched. Checkpoints go to ``<output_dir>.checkpoints`` so a run can resume (``config.resume=True``).
+    ``base_encoder``: the base model's encoder for the gate (default: ``config.base_model``, cached on disk);
+    ``validation``: the validation examples to use instead of holding out queries of ``examples``.
+    """
+    from ..embeddings.encoding import CachedEncoder
+    from ..evaluate.fusion_selection import select_fusion
+    from .promotion import gate, unseen_query_ids, validation_dataset
+    from ..embeddings.card import text_hash
+
+    config = full_defaults(config or TrainConfig())
+    config.validate()
+    if not examples:
+        raise OptionError("no training examples")
+    output_dir = Path(output_dir)
+    checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
+    ensure_room_to_train(config, output_dir)
+    split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share or 0.0, validation)
+    tuned = fine_tune(split, config, checkpoints, run_fingerprint(examples, config))
+
+    verdict, fusion, val_set = None, None, None
+    if split.val:
+        val_set = validation_dataset(split.val, examples, corpus)
+        base_encoder = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False,
+                                                     trust_remote_code=config.trust_remote_code)
+        tuned_encoder = CachedEncoder.from_model(tuned.model, label="finetuned")
+        verdict = gate(val_set, base_encoder, tuned_encoder, engine=engine, unseen=unseen_query_ids(val_set, split.unseen),
+                       seen_weight=config.seen_share or 0.0)
+        prior = (validation_dataset(split.train, examples, corpus), base_encoder)  # the base never saw these queries
+        fusion = select_fusion(val_set, tuned_encoder, engine=engine, prior=prior)
+        log.info("%s", verdict.sentence())
+    promoted = verdict is None or verdict.verdict == "better" or config.force or not _holds_model(output_dir)
+    info = dict(tuned.info)
+    card = {
+        "method": "full",
+        "base_model": config.base_model,
+        "config": {**asdict(config), "epochs": info.pop("epochs"), "early_stopping_patience": info.pop("early_stopping_patience")},
+        "data_fingerprint": data_fingerprint,
+        "train_examples": len(split.train),
+        "val_examples": len(split.val),
+        "data_checks": split.checks,
+        **info,
+        "peak_memory": peak_memory(info["device"]),
+        "gate": verdict.as_dict() if verdict else {"verdict": "not measured (no validation queries)"},
+        "promoted": promoted,
+        "serving": {"model": ".", "adapter": None, "reindex": True},  # ".": this folder
+        "fusion": fusion.to_dict() if fusion else None,
+        "training_queries": sorted({text_hash(e.query) for e in split.train}),
+        "validation_queries": sorted({text_hash(e.query) for e in split.val}),
+    }
+    if promoted:
+        save_model(tuned.model, output_dir, card, fusion)
+    if not config.keep_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    if promoted:
+        export_all(output_dir, config.exports, val_set)
+    return TrainResult(model_dir=output_dir, card=card, gate=verdict, fusion=fusion, promoted=promoted,
+                       serving={**card["serving"], "model": str(output_dir)})
+
+
+def ensure_room_to_train(config: TrainConfig, output_dir: Path) -> None:
+    """A model is written beside the old one, and a checkpoint holds weights and optimizer state (3x the weights):
+    refuse before training when the output's filesystem cannot hold them."""
+    from ..atomic import ensure_free_space, folder_bytes
+    from ..embeddings.models import resolve_model
+
+    weights = folder_bytes(resolve_model(config.base_model))
+    ensure_free_space(output_dir, weights * 4 + 16 * 2**20, "training (the new model and a checkpoint)")
+
+
+def save_model(model, output_dir: Path, card: dict[str, Any], fusion=None, extra=None) -> None:
+    """Write the model, its card, its fusion and ``extra(folder)``'s files into ``output_dir``, atomically."""
+    with atomic_directory(output_dir) as scratch:
+        model.save(str(scratch))
+        write_json(scratch / CARD_NAME, card)
+        if fusion:
+            fusion.save(scratch)
+        if extra:
+            extra(scratch)
+
+
+def export_all(output_dir: Path, exports: list[str], check=None) -> None:
+    """The exports asked for (``onnx``, ``openvino-int8``...), checked on ``check``'s queries."""
+    from .exports import export_model
+
+    for target in exports:
+        backend, _, quantize = target.partition("-")
+        export_model(output_dir, backend, quantize or None, check=check)
+
+
+RUN_FILE = "ace_run.json"
+# Not part of a run's identity: how it is resumed or kept, where it runs, and how long it goes on (a run may be
+# extended by more epochs).
+_NOT_IN_FINGERPRINT = {"resume", "keep_checkpoints", "force", "device", "epochs", "early_stopping_patience"}
+
+
+def run_fingerprint(examples: list[TrainingExample], config: TrainConfig) -> str:
+    """What makes a run the same run: its data, its configuration and the base model's weights."""
+    from ..embeddings.models import model_fingerprint
+
+    digest = hashlib.sha256()
+    for e in examples:
+        digest.update(json.dumps([e.query, e.positive, e.negatives]).encode())
+    settings = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_FINGERPRINT}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(model_fingerprint(config.base_model).encode())
+    return digest.hexdigest()[:16]
+
+
+def _prepare_checkpoints(folder: Path, fingerprint: str, resume: bool) -> Path | None:
+    """The checkpoint to resume from: only one of this very run (``ace_run.json``); a mismatch is refused."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if resume and last:
+        stamp = folder / RUN_FILE
+        theirs = json.loads(stamp.read_text()).get("fingerprint") if stamp.exists() else None
+        if theirs != fingerprint:
+            raise OptionError(f"--resume: the checkpoints in {folder} belong to another run (different data, options or "
+                              "base model); delete that folder or train without --resume")
+        return Path(last)
+    shutil.rmtree(folder, ignore_errors=True)  # stale checkpoints of another run are never picked up by accident
+    write_json(folder / RUN_FILE, {"fingerprint": fingerprint})
+    return None
+
+
+def _holds_model(path: Path) -> bool:
+    """Is there a sentence-transformers model at ``path`` (one a new model would replace)?"""
+    return (path / "modules.json").is_file() or (path / "config.json").is_file()
