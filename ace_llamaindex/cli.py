@@ -121,8 +121,8 @@ def mining_options(f):
         click.option("--min-difficulty", type=click.Choice(["easy", "medium", "hard"]), help="Only queries at least this hard."),
         click.option("--skip-category", multiple=True, help="Skip queries of this category (repeatable)."),
         click.option("--seed", default=42, show_default=True, type=int),
-        click.option("--engine", type=click.Choice(["auto", "local", "edge"]), default="auto", show_default=True,
-                     help="Engine for the throwaway mining index: Qdrant Edge if installed (auto), or local mode."),
+        click.option("--engine", default="auto", show_default=True,
+                     help="Engine for the throwaway mining index: Qdrant Edge if installed (auto), local mode, or a registered engine."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -383,9 +383,7 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
 
     examples = load_training_data(training_data)
     extra = {}
-    if base_url:
-        if kw["trainer"] != "adapter":
-            raise OptionError("--base-url trains an adapter over an endpoint: add --method adapter (an endpoint has no weights to fine-tune)")
+    if base_url:  # every trainer gets the endpoint; one that fine-tunes weights refuses it (TrainResult says why)
         extra["base_encoder"] = _baseline_encoder(None, base_url, base_model_name, query_prefix, document_prefix)
     result = get("trainers", kw["trainer"])(examples, output, _training(kw, seed), **extra)
     card = result.card
@@ -451,8 +449,8 @@ def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_m
               help="Leave out queries the fine-tuned model trained or validated on (its training card lists them).")
 @click.option("--out-dir", default="reports", show_default=True, type=click.Path(path_type=Path))
 @click.option("--report", "reporters", multiple=True, help="Reporters to write (default: all: json, md, png).")
-@click.option("--engine", type=click.Choice(["auto", "local", "edge"]), default="auto", show_default=True,
-              help="Engine for the evaluation index: Qdrant Edge if installed (auto), or local mode.")
+@click.option("--engine", default="auto", show_default=True,
+              help="Engine for the evaluation index: Qdrant Edge if installed (auto), local mode, or a registered engine.")
 @friendly
 def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, baseline_model, query_prefix, document_prefix,
              max_queries, metric_names, rrf_k, dense_weight, sparse_weight, adapter_dir, exclude_training_queries, out_dir,
@@ -463,10 +461,11 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
     from .atomic import check_output
 
     check_output(out_dir, "dir")
-    from .evaluate.evaluate import System, default_comparisons, evaluate, standard_systems
-    from .index.fusion_choice import load_fusion
+    from .embeddings.query_adapter import AdaptedEncoder, QueryAdapter
+    from .evaluate.evaluate import compared_systems, evaluate
     from .evaluate.overlap import training_overlap, without_queries
-    from .pipeline import add_fusion_row, write_reports
+    from .evaluate.reporting import write_reports
+    from .index.fusion_choice import load_fusion
     from .plugins.manager import components, get
     from .serve.served_model import read_serving, serving_encoder
     from .index.store import HybridParams
@@ -488,16 +487,10 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
     base = _baseline_encoder(baseline, baseline_url, baseline_model, query_prefix, document_prefix)
     tuned = serving_encoder(read_serving(finetuned), base) if finetuned else None
     metrics = {n: get("metrics", n) for n in metric_names} if metric_names else {n: c.obj for n, c in components("metrics").items()}
-    systems = standard_systems(base, tuned, hybrid=HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight))
-    if adapter_dir:
-        from .embeddings.query_adapter import AdaptedEncoder, QueryAdapter
-
-        adapted = AdaptedEncoder(base, QueryAdapter.load(adapter_dir)[0], label="adapter")
-        hybrid = HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight)
-        systems += [System("adapter", "dense", adapted), System("adapter+hybrid", "hybrid", adapted, hybrid)]
-    comparisons = default_comparisons([s.name for s in systems])
+    adapted = AdaptedEncoder(base, QueryAdapter.load(adapter_dir)[0], label="adapter") if adapter_dir else None
     fusion = load_fusion(finetuned) if finetuned else None
-    add_fusion_row(systems, comparisons, fusion, tuned)
+    systems, comparisons = compared_systems(base, tuned, fusion=fusion, adapted=adapted,
+                                            hybrid=HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight))
     report = evaluate(ds, systems, metrics=metrics, max_queries=max_queries, engine=engine, comparisons=comparisons)
     report.data["fusion"] = fusion.to_dict() if fusion else None
     report.data["warnings"] = warnings
@@ -551,7 +544,7 @@ def pipeline(dataset, fmt, split, strict, out_dir, test_fraction, test_split, **
 @click.option("--model", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="Fine-tuned model folder; fusion.json is written into it.")
 @click.option("--max-queries", type=int, default=None, help="Use a seeded random sample of this many queries.")
-@click.option("--engine", type=click.Choice(["auto", "local", "edge"]), default="auto", show_default=True)
+@click.option("--engine", default="auto", show_default=True, help="auto, local, edge, or a registered engine.")
 @friendly
 def tune_fusion_cmd(dataset, fmt, split, strict, model, max_queries, engine):
     """Choose the fusion for MODEL on DATASET's queries (use queries it did not train on) and save fusion.json."""
@@ -633,13 +626,13 @@ def _retriever(model, fallback_url, fallback_model, qdrant_path, qdrant_url, col
                feedback_log=None):
     from .serve.embedding import FineTunedEmbedding
     from .serve.http_embedding import OpenAICompatibleEmbedding
+    from .embeddings.models import DEFAULT_MODEL
     from .serve.retriever import HybridQdrantRetriever
-
     from .serve.served_model import read_serving, serving_embedding
 
     fallback = OpenAICompatibleEmbedding(base_url=fallback_url, model_name=fallback_model) if fallback_url else None
-    serving = read_serving(model) if model and Path(model).is_dir() else {"model": model or "bundled:all-MiniLM-L6-v2"}
-    embed = serving_embedding(serving, lambda name: FineTunedEmbedding(name or "bundled:all-MiniLM-L6-v2", fallback=fallback))
+    serving = read_serving(model) if model and Path(model).is_dir() else {"model": model or DEFAULT_MODEL}
+    embed = serving_embedding(serving, lambda name: FineTunedEmbedding(name or DEFAULT_MODEL, fallback=fallback))
     return HybridQdrantRetriever(embed, path=None if qdrant_url else qdrant_path, url=qdrant_url, collection=collection,
                                  mode=mode, similarity_top_k=top_k, engine=engine, feedback_log=feedback_log)
 

@@ -8,9 +8,10 @@ from typing import Any
 
 from .data.dataset import QADataset
 from .embeddings.encoding import CachedEncoder
-from .evaluate.evaluate import EvalReport, System, default_comparisons, evaluate, standard_systems
+from .evaluate.evaluate import EvalReport, compared_systems, evaluate
+from .evaluate.reporting import write_reports
 from .errors import OptionError
-from .index.fusion_choice import FusionChoice, load_fusion
+from .index.fusion_choice import load_fusion
 from .mine.mining import MiningOptions, save_training_data
 from .plugins.manager import components, get
 from .serve.served_model import serving_encoder
@@ -30,14 +31,6 @@ def seen_document_rate(train_set: QADataset, test_set: QADataset) -> float:
     trained = {d for q in train_set.queries for d in train_set.relevant_docs.get(q, [])}
     hits = [bool(set(test_set.relevant_docs.get(q, [])) & trained) for q in test_set.queries]
     return round(sum(hits) / len(hits), 3) if hits else 0.0
-
-
-def write_reports(report: EvalReport, out_dir: str | Path, names: list[str] | None = None, stem: str = "eval") -> dict[str, Path]:
-    """Write the report with each named reporter (default: all registered) as ``out_dir/<stem>.<name>``."""
-    written = {}
-    for name in list(components("reporters")) if names is None else names:
-        written[name] = get("reporters", name)(report.data, Path(out_dir) / f"{stem}.{name}")
-    return written
 
 
 def run_pipeline(
@@ -89,22 +82,9 @@ def run_pipeline(
                           "kept (use --force to replace it)")
     finetuned = serving_encoder(result.serving, base, training.max_seq_length, show_progress) if result.promoted else None
     metrics: dict[str, Any] = {n: c.obj for n, c in components("metrics").items()}
-    systems = standard_systems(base, finetuned)
-    comparisons = default_comparisons([s.name for s in systems])
     fusion = load_fusion(result.model_dir) if finetuned is not None else None
-    add_fusion_row(systems, comparisons, fusion, finetuned)
+    systems, comparisons = compared_systems(base, finetuned, fusion=fusion)
     report = evaluate(test_set, systems, metrics=metrics, show_progress=show_progress, engine=engine, comparisons=comparisons)
     report.data["training_card"] = result.card
     report.data["fusion"] = fusion.to_dict() if fusion else None
     return PipelineResult(data_path, result.model_dir, report, write_reports(report, out_dir, reporters))
-
-
-FUSED = "finetuned+fusion"  # the fine-tuned model with the fusion chosen on validation (what serving uses)
-
-
-def add_fusion_row(systems: list[System], comparisons: list[tuple[str, str]], fusion: FusionChoice | None, encoder) -> None:
-    """Add the ``finetuned+fusion`` row (what serving uses) and its comparisons with dense and plain RRF."""
-    if fusion is None:
-        return
-    systems.append(System(FUSED, fusion.mode, None if fusion.mode == "bm25" else encoder, fusion.params))
-    comparisons += [("finetuned", FUSED), ("finetuned+hybrid", FUSED)]

@@ -41,6 +41,23 @@ def serve_and_judge(retriever, train_set) -> int:
     return shown
 
 
+def rollout_under_load(retriever, queries, model, **options):
+    """Roll ``model`` out into the serving collection while a thread keeps searching; the report and the search
+    latencies for 20 s before and all through the rollout."""
+    from ace_llamaindex.serve.rollout import rollout
+
+    before = latencies(retriever, queries, None, seconds=20)
+    stop, during = threading.Event(), []
+    thread = threading.Thread(target=lambda: during.extend(latencies(retriever, queries, stop)))
+    thread.start()
+    try:
+        report = rollout(model, "docs", index=retriever.index, show_progress=False, **options)
+    finally:
+        stop.set()
+        thread.join()
+    return report, before, during
+
+
 def train_arm(examples, out: Path, method: str, corpus, base):
     from ace_llamaindex.plugins.manager import get
     from ace_llamaindex.train.training import TrainConfig
@@ -78,7 +95,6 @@ def run(name: str, method: str) -> dict:
     from ace_llamaindex.embeddings.models import resolve_model
     from ace_llamaindex.serve.retriever import HybridQdrantRetriever
     from ace_llamaindex.serve.spaces import named_vector
-    from ace_llamaindex.serve.rollout import rollout
     from ace_llamaindex.serve.served_model import serving_encoder
 
     folder = dataset_dir(name)
@@ -127,30 +143,14 @@ def run(name: str, method: str) -> dict:
     rolled = {}
     if arms["from-log"]["promoted"] and arms["from-log"]["verdict"] == "better":
         queries = list(test_set.queries.values())
-        before = latencies(retriever, queries, None, seconds=20)
-        stop, during = threading.Event(), []
-        thread = threading.Thread(target=lambda: during.extend(latencies(retriever, queries, stop)))
-        thread.start()
-        try:
-            rep = rollout(work / "from-log", "docs", index=retriever.index, show_progress=False)
-        finally:
-            stop.set()
-            thread.join()
+        rep, before, during = rollout_under_load(retriever, queries, work / "from-log")
         after = retriever.retrieve(queries[0])
         rolled = {"report": rep.to_dict(), "latency_before": pct(before), "latency_during": pct(during),
                   "serves_new_model": after[0].node.metadata.get("ace_served_by")}
     # A rollout that embeds every document again (what a full fine-tune of the same architecture costs): the base
     # model rolled out over the serving collection, searched all the while
     queries = list(test_set.queries.values())
-    before = latencies(retriever, queries, None, seconds=20)
-    stop, during = threading.Event(), []
-    thread = threading.Thread(target=lambda: during.extend(latencies(retriever, queries, stop)))
-    thread.start()
-    try:
-        rep = rollout(resolve_model(None), "docs", index=retriever.index, show_progress=False, force=True)
-    finally:
-        stop.set()
-        thread.join()
+    rep, before, during = rollout_under_load(retriever, queries, resolve_model(None), force=True)
     rolled["re-embedding"] = {"report": rep.to_dict(), "latency_before": pct(before), "latency_during": pct(during)}
     return {**report, "benchmark": {
         "dataset": name, "method": method, "train_queries": len(train_set.queries), "shown_results": shown,

@@ -56,7 +56,7 @@ def test_bootstrap_verdicts():
 
 
 def test_report_has_breakdowns_cosine_and_verdicts(small, base_encoder, tuned_model_dir, tmp_path):
-    from ace_llamaindex.pipeline import write_reports
+    from ace_llamaindex.evaluate.reporting import write_reports
 
     tuned = CachedEncoder(str(tuned_model_dir), cache_dir=False, show_progress=False)
     report = evaluate(small, standard_systems(base_encoder, tuned), show_progress=False, max_queries=30)

@@ -36,6 +36,8 @@ CLI_CASES = [
     ("pipeline --out {tmp}/afile/run", lambda t: (t / "afile").write_text("x"), "is a file, so"),
     ("mine {tmp}/latin1.json -o {tmp}/out.json", _non_utf8, "is not UTF-8 text"),
     ("eval {tmp}/missing.json --out-dir {tmp}/r", None, "missing.json: path: does not exist"),
+    ("eval --engine nope --max-queries 5 --out-dir {tmp}/r", None, "engine must be 'auto' or one of ['edge', 'local'], got 'nope'"),
+    ("mine --engine nope -o {tmp}/o.json", None, "engine must be 'auto' or one of ['edge', 'local'], got 'nope'"),
     # out-of-range options, refused at the boundary with the option and the range
     ("mine --absolute-margin nan -o {tmp}/o.json", None, "'nan' is not a finite number"),
     ("mine --relative-margin 1.5 -o {tmp}/o.json", None, "1.5 is not in the range 0<=x<1"),

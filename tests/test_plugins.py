@@ -93,3 +93,60 @@ def test_unknown_component_lists_the_installed_ones():
 def test_ace_plugins_table():
     result = CliRunner().invoke(cli, ["plugins"])
     assert result.exit_code == 0 and "hybrid" in result.output and "builtin" in result.output
+
+
+def _third_party(calls: dict):
+    """A plugin module with a miner and a trainer that record what they were given."""
+    import types
+
+    from ace_llamaindex.mine.mining import TrainingExample
+    from ace_llamaindex.plugins import hookimpl
+    from ace_llamaindex.train.training import TrainResult
+
+    module = types.ModuleType("ace_recording_plugin")
+
+    class Recorder:
+        def __init__(self, **kwargs):
+            calls["miner"] = kwargs
+
+        def mine(self, dataset):
+            return [TrainingExample(dataset.queries[q], dataset.corpus[dataset.relevant_docs[q][0]], []) for q in sorted(dataset.queries)]
+
+    def trainer(examples, output_dir, config, **kwargs):
+        calls["trainer"] = {"examples": len(examples), **kwargs}
+        return TrainResult(output_dir, {"method": "recorder"}, promoted=False, serving=None)
+
+    @hookimpl
+    def register_miners(register):
+        register("recorder", Recorder)
+
+    @hookimpl
+    def register_trainers(register):
+        register("recorder", trainer)
+
+    module.register_miners, module.register_trainers = register_miners, register_trainers
+    return module
+
+
+def test_a_third_party_miner_and_trainer_get_what_the_built_ins_get(fresh, tmp_path):
+    """No caller branches on a plugin's name: the encoder, engine and an endpoint base reach any miner and trainer."""
+    import sys
+
+    from ace_llamaindex.data.loading import SMALL_DATASET
+
+    calls: dict = {}
+    fresh.setitem(sys.modules, "ace_recording_plugin", _third_party(calls))
+    fresh.setattr(plugins, "DEFAULT_PLUGINS", plugins.DEFAULT_PLUGINS + ("ace_recording_plugin",))
+    data = tmp_path / "train.json"
+    mined = CliRunner().invoke(cli, ["mine", str(SMALL_DATASET), "--miner", "recorder", "--output", str(data), "--engine", "local"])
+    assert mined.exit_code == 0, mined.output
+    assert calls["miner"]["encoder"].label == "all-MiniLM-L6-v2" and calls["miner"]["engine"] == "local"
+    trained = CliRunner().invoke(cli, ["train", str(data), "-o", str(tmp_path / "model"), "--method", "recorder",
+                                       "--base-url", "http://127.0.0.1:9/v1", "--base-model-name", "remote-model"])
+    assert trained.exit_code == 0, trained.output
+    assert calls["trainer"]["base_encoder"].label.endswith("#remote-model") and calls["trainer"]["examples"] > 0
+    # the built-in fine-tune is handed the same endpoint, and refuses it in one line (no weights to fine-tune)
+    full = CliRunner().invoke(cli, ["train", str(data), "-o", str(tmp_path / "full"), "--method", "full",
+                                    "--base-url", "http://127.0.0.1:9/v1"])
+    assert full.exit_code == 2 and "no weights to fine-tune" in full.output and "--method adapter" in full.output
+    assert not (tmp_path / "full").exists()

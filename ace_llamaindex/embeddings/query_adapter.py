@@ -13,7 +13,7 @@ import numpy as np
 
 from .encoding import Encoder
 from ..errors import OptionError
-from .models import content_fingerprint
+from .models import DEFAULT_MODEL, content_fingerprint
 
 ADAPTER_FILE, ADAPTER_CARD = "adapter.npz", "ace_adapter.json"
 
@@ -63,7 +63,7 @@ def base_identity(base: Any) -> dict[str, Any]:
     one), else its name; recorded in the adapter card and checked when the adapter is applied."""
     model = getattr(base, "model_path", None) or getattr(base, "model_name", None)
     if model is None and hasattr(base, "backend"):  # a CachedEncoder of the default model
-        model = "bundled:all-MiniLM-L6-v2"
+        model = DEFAULT_MODEL
     identity = {"label": getattr(base, "label", None) or str(model), "model": model}
     if isinstance(model, str) and not model.startswith("finetuned:"):
         identity["fingerprint"] = content_fingerprint(model)

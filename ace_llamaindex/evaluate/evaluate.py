@@ -65,6 +65,25 @@ def default_comparisons(names: Sequence[str]) -> list[tuple[str, str]]:
     return [(a, b) for a, b in wanted if a in names and b in names]
 
 
+FUSED = "finetuned+fusion"  # the fine-tuned model with the fusion chosen on validation (what serving uses)
+
+
+def compared_systems(baseline: Encoder, finetuned: Encoder | None = None, *, hybrid: HybridParams | None = None,
+                     fusion: Any = None, adapted: Encoder | None = None) -> tuple[list[System], list[tuple[str, str]]]:
+    """The systems ``ace pipeline`` and ``ace eval`` compare, and the pairs that get a verdict: BM25, the base and
+    the fine-tuned model, each dense and hybrid; a query adapter's two rows (``adapted``); and, given the
+    :class:`~ace_llamaindex.FusionChoice` saved with the model, ``finetuned+fusion``, which is what serving uses."""
+    hybrid = hybrid or HybridParams()
+    systems = standard_systems(baseline, finetuned, hybrid=hybrid)
+    if adapted is not None:
+        systems += [System("adapter", "dense", adapted), System("adapter+hybrid", "hybrid", adapted, hybrid)]
+    comparisons = default_comparisons([s.name for s in systems])
+    if fusion is not None:
+        systems.append(System(FUSED, fusion.mode, None if fusion.mode == "bm25" else finetuned, fusion.params))
+        comparisons += [("finetuned", FUSED), ("finetuned+hybrid", FUSED)]
+    return systems, comparisons
+
+
 def sample_queries(qids: list[str], max_queries: int | None, seed: int = 42) -> list[str]:
     """At most ``max_queries`` of ``qids``, drawn at random with ``seed``, in their original order."""
     if max_queries is None or max_queries >= len(qids):

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..atomic import write_json, write_text
 from ..embeddings.card import deciding_subset
+from ..plugins.manager import components, get
 
 HEADLINE = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "cosine")
 
@@ -123,3 +124,12 @@ def write_png_report(report: dict[str, Any], path: str | Path, metric: str = "re
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def write_reports(report: Any, out_dir: str | Path, names: list[str] | None = None, stem: str = "eval") -> dict[str, Path]:
+    """Write an :class:`~ace_llamaindex.evaluate.evaluate.EvalReport` with each named reporter (default: all
+    registered) as ``out_dir/<stem>.<name>``."""
+    written = {}
+    for name in list(components("reporters")) if names is None else names:
+        written[name] = get("reporters", name)(report.data, Path(out_dir) / f"{stem}.{name}")
+    return written

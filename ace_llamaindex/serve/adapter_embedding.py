@@ -17,6 +17,7 @@ from pydantic import Field, PrivateAttr
 
 from ..embeddings.query_adapter import QueryAdapter, check_base
 from .embedding import space_label
+from .spaces import SpaceAwareEmbedding, named_vector
 
 
 class AdapterEmbedding(BaseEmbedding):
@@ -44,20 +45,17 @@ class AdapterEmbedding(BaseEmbedding):
 
     # ---- vector spaces: exactly the base's ------------------------------------------------------------------
     def spaces(self) -> list[tuple[str, BaseEmbedding]]:
-        own = getattr(self._base, "spaces", None)
-        return own() if callable(own) else [(self.model_name, self._base)]
+        return self._base.spaces() if isinstance(self._base, SpaceAwareEmbedding) else [(self.model_name, self._base)]
 
     def named_vector(self, label: str) -> str:
-        from .spaces import named_vector
-
         return named_vector(self._base, label)
 
     def _adapt(self, vector: list[float]) -> list[float]:
         return self._adapter(np.asarray(vector, dtype=np.float32))[0].tolist()
 
     def embed_query_with_space(self, query: str) -> tuple[list[float], str]:
-        embed = getattr(self._base, "embed_query_with_space", None)
-        vector, label = embed(query) if callable(embed) else (self._base.get_query_embedding(query), self.model_name)
+        vector, label = (self._base.embed_query_with_space(query) if isinstance(self._base, SpaceAwareEmbedding)
+                         else (self._base.get_query_embedding(query), self.model_name))
         return (self._adapt(vector), label) if label == self.model_name else (vector, label)
 
     async def aembed_query_with_space(self, query: str) -> tuple[list[float], str]:

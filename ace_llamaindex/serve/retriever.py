@@ -18,12 +18,11 @@ from llama_index.core.vector_stores.types import MetadataFilters
 from qdrant_client import QdrantClient
 
 from ..index.bm25 import BM25Encoder
-from .embedding import space_label
 from ..errors import EmbeddingError, OptionError
 from .feedback import QUERY_ID, as_sink, new_query_id, record_feedback, served_record
 from ..index.fusion_choice import FusionChoice
 from ..index.filters import to_qdrant_filter
-from .spaces import embedding_spaces, model_folder, named_vector, query_with_space, resolve_fusion
+from .spaces import aquery_with_space, embedding_spaces, model_folder, named_vector, query_with_space, resolve_fusion
 from ..index.engines import open_index
 from ..index.store import MODES, CorpusIndex, Hit, HybridParams
 
@@ -209,12 +208,7 @@ class HybridQdrantRetriever(BaseRetriever):
         served = await asyncio.to_thread(self._current)
         labels = vectors = None
         if served.mode != "bm25":
-            model = served.embed_model
-            aembed = getattr(model, "aembed_query_with_space", None)
-            if callable(aembed):
-                vector, label = await aembed(query_bundle.query_str)
-            else:
-                vector, label = await model.aget_query_embedding(query_bundle.query_str), space_label(model)
+            vector, label = await aquery_with_space(served.embed_model, query_bundle.query_str)
             vectors, labels = [vector], [label]
         return (await asyncio.to_thread(self._search, served, [query_bundle.query_str], vectors, labels))[0]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
@@ -14,21 +15,48 @@ from ..index.fusion_choice import DENSE_DEFAULT, FUSION_FILE, FusionChoice, load
 from ..embeddings.models import vector_name
 
 
+@runtime_checkable
+class SpaceAwareEmbedding(Protocol):
+    """An embedding that may answer in more than one vector space and says which one each query vector is in:
+    :class:`~ace_llamaindex.FineTunedEmbedding` (the fine-tuned model, or its fallback's space after a failure) and
+    :class:`~ace_llamaindex.AdapterEmbedding` (its base's spaces). Any other ``BaseEmbedding`` is one space, named
+    from its model."""
+
+    def spaces(self) -> list[tuple[str, BaseEmbedding]]:
+        """(label, model) for every space it may answer in, its own first."""
+
+    def named_vector(self, label: str) -> str:
+        """The Qdrant named vector holding documents of the space ``label``."""
+
+    def embed_query_with_space(self, query: str) -> tuple[list[float], str]:
+        """The query vector and the label of the space it is in."""
+
+    async def aembed_query_with_space(self, query: str) -> tuple[list[float], str]:
+        """The same, asynchronously."""
+
+
 def embedding_spaces(embed_model: BaseEmbedding) -> list[tuple[str, BaseEmbedding]]:
     """(label, model) for each vector space the embedding may answer in; one for a plain embedding."""
-    spaces = getattr(embed_model, "spaces", None)
-    return spaces() if callable(spaces) else [(space_label(embed_model), embed_model)]
+    return embed_model.spaces() if isinstance(embed_model, SpaceAwareEmbedding) else [(space_label(embed_model), embed_model)]
 
 
 def named_vector(embed_model: BaseEmbedding, label: str) -> str:
-    """The Qdrant named vector holding documents of the space ``label`` (the embedding may name its own)."""
-    own = getattr(embed_model, "named_vector", None)
-    return own(label) if callable(own) else vector_name(label)
+    """The Qdrant named vector holding documents of the space ``label`` (a space-aware embedding names its own)."""
+    return embed_model.named_vector(label) if isinstance(embed_model, SpaceAwareEmbedding) else vector_name(label)
 
 
 def query_with_space(embed_model: BaseEmbedding, query: str) -> tuple[list[float], str]:
-    embed = getattr(embed_model, "embed_query_with_space", None)
-    return embed(query) if callable(embed) else (embed_model.get_query_embedding(query), space_label(embed_model))
+    """The query vector and the label of the space it is in."""
+    if isinstance(embed_model, SpaceAwareEmbedding):
+        return embed_model.embed_query_with_space(query)
+    return embed_model.get_query_embedding(query), space_label(embed_model)
+
+
+async def aquery_with_space(embed_model: BaseEmbedding, query: str) -> tuple[list[float], str]:
+    """:func:`query_with_space`, asynchronously."""
+    if isinstance(embed_model, SpaceAwareEmbedding):
+        return await embed_model.aembed_query_with_space(query)
+    return await embed_model.aget_query_embedding(query), space_label(embed_model)
 
 
 def model_folder(embed_model: BaseEmbedding) -> str | None:

@@ -33,6 +33,7 @@ from ..serve.served_model import resolve_serving
 from .training import (
     TrainConfig,
     TrainResult,
+    check_base_encoder,
     ensure_room_to_train,
     fine_tune,
     full_defaults,
@@ -106,6 +107,7 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
     if not split.val:
         raise OptionError("--method auto chooses on validation queries and this data leaves none (val_fraction 0, or "
                           "fewer than 4 queries); use --method full or --method adapter")
+    check_base_encoder(base_encoder, config)  # the candidates include fine-tunes of config.base_model
     output_dir = Path(output_dir)
     ensure_room_to_train(config, output_dir)
     base = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False,

@@ -453,6 +453,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     config.validate()
     if not examples:
         raise OptionError("no training examples")
+    check_base_encoder(base_encoder, config)
     output_dir = Path(output_dir)
     checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
     ensure_room_to_train(config, output_dir)
@@ -497,6 +498,18 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         export_all(output_dir, config.exports, val_set)
     return TrainResult(model_dir=output_dir, card=card, gate=verdict, fusion=fusion, promoted=promoted,
                        serving={**card["serving"], "model": str(output_dir)})
+
+
+def check_base_encoder(base_encoder: Any, config: TrainConfig) -> None:
+    """A fine-tune trains the weights of ``config.base_model``, so a given base encoder must be that model: an
+    endpoint (or another model) has no weights here to fine-tune, and the gate would compare against the wrong base."""
+    from ..embeddings.models import content_fingerprint
+    from ..embeddings.query_adapter import base_identity
+
+    if base_encoder is not None and base_identity(base_encoder).get("fingerprint") != content_fingerprint(config.base_model):
+        raise OptionError(f"the base encoder {getattr(base_encoder, 'label', base_encoder)!r} is not the model "
+                          f"{config.base_model!r} a fine-tune trains (an endpoint has no weights to fine-tune): use "
+                          "--method adapter, which trains over any encoder")
 
 
 def ensure_room_to_train(config: TrainConfig, output_dir: Path) -> None:
