@@ -1,25 +1,25 @@
 """ace-llamaindex: fine-tune embeddings on your own retrieval logs and serve them in LlamaIndex."""
 
 from .data.dataset import QADataset
-from .serve.embedding import FineTunedEmbedding
+from .data.loading import load_dataset
 from .embeddings.encoding import CachedEncoder, LlamaIndexEncoder
 from .evaluate.evaluate import System, evaluate, standard_systems
-from .serve.feedback import FeedbackHandler, FeedbackLog, record_feedback
-from .mine.feedback_dataset import load_feedback
+from .evaluate.fusion_selection import select_fusion
+from .evaluate.reporting import markdown_report
+from .index.bm25 import BM25Encoder
 from .index.fusion import convex_scores, rrf_fusion
 from .index.fusion_choice import FusionChoice, load_fusion
-from .evaluate.fusion_selection import select_fusion
-from .train.adapter import AdapterConfig, train_adapter
-from .serve.adapter_embedding import AdapterEmbedding
-from .index.bm25 import BM25Encoder
-from .serve.http_embedding import OpenAICompatibleEmbedding
-from .data.loading import load_dataset
+from .mine.feedback_dataset import load_feedback
 from .mine.mining import HardNegativeMiner, MiningOptions, load_training_data, save_training_data
-from .evaluate.reporting import markdown_report
+from .serve.adapter_embedding import AdapterEmbedding
+from .serve.embedding import FineTunedEmbedding
+from .serve.feedback import FeedbackHandler, FeedbackLog, record_feedback
+from .serve.http_embedding import OpenAICompatibleEmbedding
 from .serve.retriever import HybridQdrantRetriever
 from .serve.rollout import rollback, rollout
-from .train.training import TrainConfig, train
 from .serve.vector_store import AceQdrantVectorStore
+from .train.adapter import AdapterConfig, train_adapter
+from .train.training import TrainConfig, train
 
 __version__ = "0.1.0"
 __all__ = [

@@ -94,8 +94,8 @@ def _load(dataset, fmt, split, strict):
 
 def _load_unseen(dataset, fmt, split, strict, model):
     """Load a dataset without the queries ``model`` trained or validated on (its training card says which)."""
-    from .evaluate.overlap import training_overlap, without_queries
     from .embeddings.card import read_card
+    from .evaluate.overlap import training_overlap, without_queries
 
     ds = _load(dataset, fmt, split, strict)
     card = read_card(model)
@@ -461,15 +461,15 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
     from .atomic import check_output
 
     check_output(out_dir, "dir")
+    from .embeddings.card import read_card
     from .embeddings.query_adapter import AdaptedEncoder, QueryAdapter
     from .evaluate.evaluate import compared_systems, evaluate
     from .evaluate.overlap import training_overlap, without_queries
     from .evaluate.reporting import write_reports
     from .index.fusion_choice import load_fusion
+    from .index.store import HybridParams
     from .plugins.manager import components, get
     from .serve.served_model import read_serving, serving_encoder
-    from .index.store import HybridParams
-    from .embeddings.card import read_card
 
     ds = _load(dataset, fmt, split, strict)
     card = read_card(finetuned) if finetuned else None
@@ -592,8 +592,8 @@ def print_exports(records) -> None:
 @friendly
 def export_cmd(model, targets, dataset, fmt, split):
     """Export MODEL's transformer for fast CPU inference (kept beside its PyTorch weights), checked against torch."""
-    from .train.exports import export_model
     from .embeddings.backends import read_exports
+    from .train.exports import export_model
 
     check = _load_unseen(dataset, fmt, split, False, model) if dataset is not None else None
     for target in targets:
@@ -624,9 +624,9 @@ def serving_options(f):
 
 def _retriever(model, fallback_url, fallback_model, qdrant_path, qdrant_url, collection, mode, engine, top_k=10,
                feedback_log=None):
+    from .embeddings.models import DEFAULT_MODEL
     from .serve.embedding import FineTunedEmbedding
     from .serve.http_embedding import OpenAICompatibleEmbedding
-    from .embeddings.models import DEFAULT_MODEL
     from .serve.retriever import HybridQdrantRetriever
     from .serve.served_model import read_serving, serving_embedding
 

@@ -18,9 +18,9 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
 from .data.dataset import QADataset
+from .embeddings.models import DEFAULT_MODEL
 from .errors import OptionError
 from .mine.mining import HardNegativeMiner, MiningOptions, TrainingExample
-from .embeddings.models import DEFAULT_MODEL
 from .plugins.manager import get
 from .train.training import TrainConfig, TrainResult
 
@@ -185,8 +185,8 @@ class EmbeddingAdapterFinetuneEngine(_Engine):
         self.result: TrainResult | None = None
 
     def _encoder(self):
-        from .serve.embedding import FineTunedEmbedding
         from .embeddings.encoding import CachedEncoder, LlamaIndexEncoder
+        from .serve.embedding import FineTunedEmbedding
 
         if isinstance(self.embed_model, FineTunedEmbedding):  # a local model: vectors cached on disk, batched
             return CachedEncoder(self.embed_model.model_path, show_progress=self.show_progress_bar,
@@ -197,8 +197,8 @@ class EmbeddingAdapterFinetuneEngine(_Engine):
         """Mine hard negatives with ``embed_model``, train the adapter, gate it, write it to ``model_output_path``."""
         from dataclasses import replace
 
-        from .train.adapter import adapter_config, train_adapter
         from .embeddings.query_adapter import base_identity
+        from .train.adapter import adapter_config, train_adapter
         from .train.promotion import GateResult
 
         if train_kwargs:

@@ -8,9 +8,9 @@ from typing import Any
 
 from .data.dataset import QADataset
 from .embeddings.encoding import CachedEncoder
+from .errors import OptionError
 from .evaluate.evaluate import EvalReport, compared_systems, evaluate
 from .evaluate.reporting import write_reports
-from .errors import OptionError
 from .index.fusion_choice import load_fusion
 from .mine.mining import MiningOptions, save_training_data
 from .plugins.manager import components, get

@@ -16,13 +16,13 @@ import time
 
 from common import CACHE, RESULTS, dataset_dir, save
 
-from ace_llamaindex.embeddings.query_adapter import AdaptedEncoder, QueryAdapter
-from ace_llamaindex.train.adapter import adapter_trainer
 from ace_llamaindex.data.beir import load_beir
 from ace_llamaindex.embeddings.encoding import CachedEncoder
+from ace_llamaindex.embeddings.query_adapter import AdaptedEncoder, QueryAdapter
 from ace_llamaindex.evaluate.evaluate import System, evaluate
-from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
 from ace_llamaindex.evaluate.reporting import markdown_report
+from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
+from ace_llamaindex.train.adapter import adapter_trainer
 from ace_llamaindex.train.training import TrainConfig
 
 

@@ -18,8 +18,8 @@ import time
 from common import RESULTS, dataset_dir, save
 
 from ace_llamaindex.data.beir import load_beir
-from ace_llamaindex.pipeline import run_pipeline
 from ace_llamaindex.evaluate.reporting import markdown_report
+from ace_llamaindex.pipeline import run_pipeline
 
 
 def main() -> None:

@@ -87,15 +87,15 @@ def run(name: str, method: str) -> dict:
     from llama_index.core.schema import TextNode
 
     from ace_llamaindex.data.beir import load_beir
-    from ace_llamaindex.serve.embedding import FineTunedEmbedding
     from ace_llamaindex.embeddings.encoding import CachedEncoder
+    from ace_llamaindex.embeddings.models import resolve_model
     from ace_llamaindex.evaluate.evaluate import System, evaluate
     from ace_llamaindex.mine.feedback_dataset import load_feedback, with_rejected_negatives
     from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
-    from ace_llamaindex.embeddings.models import resolve_model
+    from ace_llamaindex.serve.embedding import FineTunedEmbedding
     from ace_llamaindex.serve.retriever import HybridQdrantRetriever
-    from ace_llamaindex.serve.spaces import named_vector
     from ace_llamaindex.serve.served_model import serving_encoder
+    from ace_llamaindex.serve.spaces import named_vector
 
     folder = dataset_dir(name)
     train_set, test_set = load_beir(folder, "train"), load_beir(folder, "test")

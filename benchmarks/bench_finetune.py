@@ -16,11 +16,11 @@ from common import CACHE, RESULTS, dataset_dir, save, timed
 
 from ace_llamaindex.data.beir import load_beir
 from ace_llamaindex.embeddings.encoding import CachedEncoder
+from ace_llamaindex.embeddings.models import resolve_model
 from ace_llamaindex.evaluate.evaluate import System, evaluate
 from ace_llamaindex.evaluate.fusion_selection import select_fusion
-from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
-from ace_llamaindex.embeddings.models import resolve_model
 from ace_llamaindex.evaluate.reporting import markdown_report
+from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
 from ace_llamaindex.train.training import TrainConfig, detect_device, split_by_query, train
 
 

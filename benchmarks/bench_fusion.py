@@ -18,10 +18,10 @@ from ace_llamaindex.data.beir import load_beir
 from ace_llamaindex.embeddings.encoding import CachedEncoder
 from ace_llamaindex.evaluate.evaluate import System, evaluate
 from ace_llamaindex.evaluate.fusion_selection import select_fusion
-from ace_llamaindex.mine.mining import load_training_data
-from ace_llamaindex.train.promotion import validation_dataset
 from ace_llamaindex.evaluate.reporting import markdown_report
 from ace_llamaindex.index.store import HybridParams
+from ace_llamaindex.mine.mining import load_training_data
+from ace_llamaindex.train.promotion import validation_dataset
 from ace_llamaindex.train.training import split_by_query
 
 

@@ -23,12 +23,12 @@ from concurrent.futures import ProcessPoolExecutor
 
 from common import RESULTS, dataset_dir, save
 
-from ace_llamaindex.train.exports import dense_ndcg, export_model
-from ace_llamaindex.embeddings.backends import choose_export, read_exports
 from ace_llamaindex.data.beir import load_beir
-from ace_llamaindex.serve.embedding import FineTunedEmbedding
+from ace_llamaindex.embeddings.backends import choose_export, read_exports
 from ace_llamaindex.embeddings.models import resolve_model
+from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.serve.retriever import HybridQdrantRetriever
+from ace_llamaindex.train.exports import dense_ndcg, export_model
 
 EXPORTS = [("onnx", None), ("onnx", "int8"), ("openvino", None), ("openvino", "int8")]
 

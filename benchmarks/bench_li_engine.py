@@ -42,8 +42,8 @@ def li_engine(train_path: Path, val_path: Path, out: Path) -> dict:
     from sentence_transformers.evaluation import InformationRetrievalEvaluator
     from torch.utils.data import DataLoader
 
-    from ace_llamaindex.finetuning import EmbeddingQAFinetuneDataset
     from ace_llamaindex.embeddings.models import resolve_model
+    from ace_llamaindex.finetuning import EmbeddingQAFinetuneDataset
 
     train, val = EmbeddingQAFinetuneDataset.from_json(train_path), EmbeddingQAFinetuneDataset.from_json(val_path)
     model = SentenceTransformer(resolve_model(MODEL_ID))
@@ -97,8 +97,8 @@ def child(side: str, work: Path) -> None:
 
 def score(test_set, sides: dict[str, dict]) -> dict:
     from ace_llamaindex.embeddings.encoding import CachedEncoder
-    from ace_llamaindex.evaluate.evaluate import System, evaluate
     from ace_llamaindex.embeddings.models import resolve_model
+    from ace_llamaindex.evaluate.evaluate import System, evaluate
     from ace_llamaindex.serve.served_model import serving_encoder
 
     base = CachedEncoder(resolve_model(MODEL_ID), show_progress=False, cache_dir=False)

@@ -14,8 +14,8 @@ from common import dataset_dir, save, timed
 
 from ace_llamaindex.data.beir import load_beir
 from ace_llamaindex.embeddings.encoding import CachedEncoder
-from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, excluded_documents
 from ace_llamaindex.embeddings.models import load_model, resolve_model
+from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, excluded_documents
 
 
 def main() -> None:

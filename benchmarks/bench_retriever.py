@@ -16,11 +16,11 @@ import numpy as np
 from common import CACHE, dataset_dir, save
 
 from ace_llamaindex.data.beir import load_beir
-from ace_llamaindex.index.bm25 import BM25Encoder
-from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.embeddings.encoding import CachedEncoder
-from ace_llamaindex.index.fusion import rrf_fusion
 from ace_llamaindex.evaluate.metrics import ndcg_at
+from ace_llamaindex.index.bm25 import BM25Encoder
+from ace_llamaindex.index.fusion import rrf_fusion
+from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.serve.retriever import HybridQdrantRetriever
 
 NDCG10 = ndcg_at(10)

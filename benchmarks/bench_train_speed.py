@@ -19,8 +19,8 @@ from common import CACHE, RESULTS, dataset_dir, save
 
 from ace_llamaindex.data.beir import load_beir
 from ace_llamaindex.embeddings.encoding import CachedEncoder
-from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
 from ace_llamaindex.embeddings.models import open_model
+from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
 from ace_llamaindex.train.training import TrainConfig, choose_precision, to_hf_dataset, train
 
 

@@ -7,12 +7,12 @@ import pytest
 from llama_index.core.schema import TextNode
 
 from ace_llamaindex import FineTunedEmbedding, HybridQdrantRetriever, OpenAICompatibleEmbedding
-from ace_llamaindex.embeddings.query_adapter import ADAPTER_CARD, AdaptedEncoder, QueryAdapter
-from ace_llamaindex.train.adapter import AdapterConfig, contrastive_loss, adapter_trainer, train_adapter
-from ace_llamaindex.serve.adapter_embedding import AdapterEmbedding
 from ace_llamaindex.embeddings.encoding import LlamaIndexEncoder
+from ace_llamaindex.embeddings.query_adapter import ADAPTER_CARD, AdaptedEncoder, QueryAdapter
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
+from ace_llamaindex.serve.adapter_embedding import AdapterEmbedding
+from ace_llamaindex.train.adapter import AdapterConfig, adapter_trainer, contrastive_loss, train_adapter
 from ace_llamaindex.train.training import TrainConfig
 
 

@@ -8,12 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
-from ace_llamaindex.embeddings.backends import EXPORTS_DIR, MANIFEST, SAME_SPACE_COSINE, choose_export, read_exports
-from ace_llamaindex.train.exports import export_model
 from ace_llamaindex.atomic import write_json
-from ace_llamaindex.serve.embedding import FineTunedEmbedding
-from ace_llamaindex.errors import OptionError
+from ace_llamaindex.embeddings.backends import EXPORTS_DIR, MANIFEST, SAME_SPACE_COSINE, choose_export, read_exports
 from ace_llamaindex.embeddings.models import content_fingerprint, resolve_model
+from ace_llamaindex.errors import OptionError
+from ace_llamaindex.serve.embedding import FineTunedEmbedding
+from ace_llamaindex.train.exports import export_model
 
 # The tolerance the vector-space rule rests on: an fp32 export gives torch's vectors (cosine >= 0.9999 for every
 # text); an int8 one comes close (>= 0.90) and is a space of its own unless it reaches SAME_SPACE_COSINE (0.99).

@@ -97,8 +97,8 @@ def test_bm25_avgdl_is_kept_with_the_collection(tmp_path):
 def test_bm25_ties_rank_alike_on_every_engine():
     """Equal BM25 scores are common on short texts; Edge would order them anew in each process."""
     pytest.importorskip("qdrant_edge")
-    from ace_llamaindex.index.engines import open_index
     from ace_llamaindex.data.loading import SMALL_DATASET, load_dataset
+    from ace_llamaindex.index.engines import open_index
 
     ds = load_dataset(SMALL_DATASET)  # the set this test was written on (the demo default changed under it)
     ids, queries = list(ds.corpus), list(ds.queries.values())

@@ -8,12 +8,11 @@ import pytest
 from click.testing import CliRunner
 
 from ace_llamaindex.cli import cli
-
 from ace_llamaindex.data.beir import load_beir
 from ace_llamaindex.data.dataset import QADataset, load_llamaindex_json
-from ace_llamaindex.errors import DatasetError
 from ace_llamaindex.data.loading import load_dataset
 from ace_llamaindex.data.test_suite import load_test_suite
+from ace_llamaindex.errors import DatasetError
 
 LI = {"queries": {"q1": "how to roll back"}, "corpus": {"d1": "Re-run the release with the old tag.", "d2": "Deploy on Mondays."},
       "relevant_docs": {"q1": ["d1"]}, "mode": "text"}

@@ -12,8 +12,8 @@ import pytest
 from llama_index.core import Settings, VectorStoreIndex
 from llama_index.core.schema import TextNode
 
-from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.errors import EmbeddingError
+from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.serve.http_embedding import OpenAICompatibleEmbedding
 
 

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
+from ace_llamaindex.errors import OptionError
 from ace_llamaindex.index import engines as engines_module
 from ace_llamaindex.index.engines import Engine, engines, open_index, resolve_engine
-from ace_llamaindex.errors import OptionError
 
 
 def _folder(tmp_path, engine):

@@ -7,8 +7,8 @@ import json
 import os
 import threading
 import time
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from llama_index.core.schema import TextNode
 
 from ace_llamaindex import FineTunedEmbedding, HybridQdrantRetriever, OpenAICompatibleEmbedding
-from ace_llamaindex.index.bm25 import BM25Encoder, tokenize
 from ace_llamaindex.cli import cli
 from ace_llamaindex.errors import EmbeddingError, OptionError
+from ace_llamaindex.index.bm25 import BM25Encoder, tokenize
 
 
 # ---- CLI: (arguments, files to create first, expected text) ------------------------------------------------------
@@ -230,8 +230,8 @@ def test_sigterm_removes_temporary_edge_shards(tmp_path):
 
 # ---- artifacts: corrupt, foreign or mismatched, each refused in one line naming the folder (or dropped if disposable)
 def _trained_adapter(tmp_path):
-    from ace_llamaindex.train.adapter import adapter_trainer
     from ace_llamaindex.mine.mining import TrainingExample
+    from ace_llamaindex.train.adapter import adapter_trainer
     from ace_llamaindex.train.training import TrainConfig
 
     rows = [TrainingExample(f"question number {i}", f"answer text {i}", [f"answer text {i + 1}"]) for i in range(12)]
@@ -310,8 +310,8 @@ def test_filters_of_the_wrong_type_are_refused_at_once():
 
 
 def test_negatives_equal_to_the_positive_are_dropped_and_counted(tmp_path):
-    from ace_llamaindex.train.adapter import adapter_trainer
     from ace_llamaindex.mine.mining import TrainingExample
+    from ace_llamaindex.train.adapter import adapter_trainer
     from ace_llamaindex.train.training import TrainConfig
 
     rows = [TrainingExample(f"question {i}", f"answer {i}", [f"answer  {i}", f"answer {i + 1}"]) for i in range(12)]

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from llama_index.core.schema import TextNode
 
 from ace_llamaindex.cli import cli
-from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.errors import AceError, OptionError
-from ace_llamaindex.serve.feedback import QUERY_ID, FeedbackLog, read_log, record_feedback
 from ace_llamaindex.mine.feedback_dataset import load_feedback
+from ace_llamaindex.serve.embedding import FineTunedEmbedding
+from ace_llamaindex.serve.feedback import QUERY_ID, FeedbackLog, read_log, record_feedback
 from ace_llamaindex.serve.retriever import HybridQdrantRetriever
 
 

@@ -9,9 +9,9 @@ import textwrap
 import pytest
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
-from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.finetuning import EmbeddingAdapterFinetuneEngine, SentenceTransformersFinetuneEngine
+from ace_llamaindex.serve.embedding import FineTunedEmbedding
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from llama_index.core.schema import TextNode
 
 from ace_llamaindex import FineTunedEmbedding, HybridQdrantRetriever
 from ace_llamaindex.errors import OptionError
+from ace_llamaindex.evaluate.fusion_selection import select_fusion
 from ace_llamaindex.index.fusion import convex_scores
 from ace_llamaindex.index.fusion_choice import FUSION_FILE, FusionChoice, load_fusion
-from ace_llamaindex.evaluate.fusion_selection import select_fusion
 from ace_llamaindex.index.store import HybridParams
 
 

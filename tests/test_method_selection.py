@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from ace_llamaindex.embeddings.query_adapter import ADAPTER_CARD
-from ace_llamaindex.train.adapter import adapter_trainer
-from ace_llamaindex.errors import OptionError
-from ace_llamaindex.train.method_selection import choose, select_method
-from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, TrainingExample
-from ace_llamaindex.train.promotion import MIN_UNSEEN, gate, judge, unseen_query_ids, validation_dataset
 from ace_llamaindex.embeddings.card import CARD_NAME
+from ace_llamaindex.embeddings.query_adapter import ADAPTER_CARD
+from ace_llamaindex.errors import OptionError
+from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, TrainingExample
+from ace_llamaindex.train.adapter import adapter_trainer
+from ace_llamaindex.train.method_selection import choose, select_method
+from ace_llamaindex.train.promotion import MIN_UNSEEN, gate, judge, unseen_query_ids, validation_dataset
 from ace_llamaindex.train.training import TrainConfig, plan_validation
 from ace_llamaindex.train.validation_split import split_for_validation
 

@@ -8,7 +8,13 @@ import pytest
 
 from ace_llamaindex.data.dataset import QADataset
 from ace_llamaindex.errors import OptionError
-from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, excluded_documents, load_training_data, save_training_data
+from ace_llamaindex.mine.mining import (
+    HardNegativeMiner,
+    MiningOptions,
+    excluded_documents,
+    load_training_data,
+    save_training_data,
+)
 from ace_llamaindex.plugins.manager import get
 
 

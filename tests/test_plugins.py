@@ -9,9 +9,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from ace_llamaindex.plugins import manager as plugins
 from ace_llamaindex.cli import cli
 from ace_llamaindex.errors import PluginError
+from ace_llamaindex.plugins import manager as plugins
 
 
 @pytest.fixture

@@ -117,8 +117,8 @@ def test_reopened_in_a_new_process_with_the_path_spelled_differently(tmp_path, n
 
 def test_after_fallback_results_come_from_the_baseline_named_vector(embedding_server, tuned_model_dir, nodes):
     """The vector-space rule: a baseline query vector is only ever compared with baseline document vectors."""
-    from ace_llamaindex.serve.http_embedding import OpenAICompatibleEmbedding
     from ace_llamaindex.embeddings.models import vector_name
+    from ace_llamaindex.serve.http_embedding import OpenAICompatibleEmbedding
 
     baseline = OpenAICompatibleEmbedding(base_url=embedding_server, model_name="minilm")
     emb = FineTunedEmbedding(str(tuned_model_dir), fallback=baseline)

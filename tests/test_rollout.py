@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from llama_index.core.schema import TextNode
 
 from ace_llamaindex.cli import cli
-from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.errors import OptionError
+from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.serve.retriever import SERVED_BY, HybridQdrantRetriever
 from ace_llamaindex.serve.rollout import PREVIOUS_KEY, SERVING_KEY, rollback, rollout
 

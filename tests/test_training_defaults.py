@@ -12,11 +12,11 @@ from ace_llamaindex.cli import cli
 from ace_llamaindex.data.loading import SMALL_DATASET
 
 SMALL = str(SMALL_DATASET)
+from ace_llamaindex.embeddings.card import CARD_NAME
+from ace_llamaindex.errors import OptionError
 from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, TrainingExample
 from ace_llamaindex.train import training as training_module
-from ace_llamaindex.errors import OptionError
 from ace_llamaindex.train.promotion import seen_document_share
-from ace_llamaindex.embeddings.card import CARD_NAME
 from ace_llamaindex.train.training import TrainConfig, auto_epochs, choose_precision, train, training_datasets, validation_count
 
 
@@ -127,8 +127,8 @@ def test_eval_warns_on_training_queries(tuned_model_dir, tmp_path):
     (8, 5, {}, 0.01, True),                        # a tiny budget caches even short texts
 ])
 def test_the_loss_is_chosen_to_fit_the_memory_budget(monkeypatch, words, negatives, config, budget_gb, cached):
-    from ace_llamaindex.mine.mining import TrainingExample
     from ace_llamaindex.embeddings.models import open_model
+    from ace_llamaindex.mine.mining import TrainingExample
     from ace_llamaindex.train.training import full_defaults, plan_memory
 
     monkeypatch.setenv("ACE_TRAIN_MEMORY_GB", str(budget_gb))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .dataset import QADataset
 from ..errors import DatasetError
+from .dataset import QADataset
 
 
 def _read_jsonl(path: Path) -> list[dict]:

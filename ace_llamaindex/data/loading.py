@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .dataset import QADataset, refuse_blemishes
 from ..errors import DatasetError
 from ..plugins.manager import components, get
+from .dataset import QADataset, refuse_blemishes
 
 DATA = Path(__file__).parent  # the shipped datasets live beside this module
 DEMO_DATASET = DATA / "team_memories.json"     # the demo: a team's vocabulary (scripts/make_team_dataset.py)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .dataset import DIFFICULTIES, QADataset, read_json
 from ..errors import DatasetError
+from .dataset import DIFFICULTIES, QADataset, read_json
 
 
 def _text_id(text: str) -> str:

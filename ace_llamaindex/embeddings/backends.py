@@ -17,7 +17,6 @@ sentence-transformers' own.
 from __future__ import annotations
 
 import functools
-
 import json
 import logging
 import types

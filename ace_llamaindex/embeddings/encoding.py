@@ -14,8 +14,8 @@ from typing import Literal, Protocol
 import numpy as np
 
 from ..atomic import honour_umask
-from .backends import choose_export
 from ..errors import OptionError
+from .backends import choose_export
 from .models import load_model, model_fingerprint, resolve_model
 
 Kind = Literal["query", "document"]

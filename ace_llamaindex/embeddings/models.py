@@ -10,8 +10,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .backends import attach, choose_export
 from ..errors import EmbeddingError
+from .backends import attach, choose_export
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .encoding import Encoder
 from ..errors import OptionError
+from .encoding import Encoder
 from .models import DEFAULT_MODEL, content_fingerprint
 
 ADAPTER_FILE, ADAPTER_CARD = "adapter.npz", "ace_adapter.json"

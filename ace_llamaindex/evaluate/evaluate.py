@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 
 from ..data.dataset import QADataset
-from ..errors import OptionError
-from .metrics import BUILTIN_METRICS, Metric
-from ..embeddings.models import vector_name
-from .stats import paired_bootstrap
-from ..index.engines import open_index
 from ..embeddings.encoding import Encoder
+from ..embeddings.models import vector_name
+from ..errors import OptionError
+from ..index.engines import open_index
 from ..index.store import HybridParams
+from .metrics import BUILTIN_METRICS, Metric
+from .stats import paired_bootstrap
 
 
 @dataclass

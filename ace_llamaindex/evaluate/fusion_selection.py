@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..data.dataset import QADataset
-from ..errors import OptionError
 from ..embeddings.encoding import Encoder
-from .evaluate import System, evaluate
+from ..errors import OptionError
 from ..index.fusion_choice import DEFAULT_METRIC, FusionChoice
 from ..index.store import HybridParams
+from .evaluate import System, evaluate
 
 MIN_QUERIES = 30  # below this a bootstrap interval is too wide to trust; keep dense
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..data.dataset import QADataset
-from ..errors import OptionError
 from ..embeddings.card import text_hash
+from ..errors import OptionError
 
 
 def training_overlap(dataset: QADataset, card: dict[str, Any]) -> set[str]:

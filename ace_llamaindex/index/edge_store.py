@@ -21,8 +21,8 @@ from typing import Any
 from qdrant_client import models
 
 from ..atomic import write_json
-from .bm25 import BM25Encoder
 from ..errors import OptionError
+from .bm25 import BM25Encoder
 from .store import SPARSE_NAME, CorpusIndex
 
 META_FILE = "ace_collection.json"

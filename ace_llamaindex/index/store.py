@@ -10,9 +10,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import re
-import weakref
-
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,8 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from tqdm.auto import tqdm
 
-from .bm25 import BM25Encoder
 from ..errors import OptionError
+from .bm25 import BM25Encoder
 from .fusion import DEFAULT_RRF_K, FUSION_METHODS, convex_scores
 
 SPARSE_NAME = "bm25"

@@ -9,7 +9,6 @@ those (duplicated memories). Margins against the positive's score and ``max_scor
 from __future__ import annotations
 
 import math
-
 import random
 import re
 from collections import defaultdict
@@ -25,8 +24,8 @@ from tqdm.auto import tqdm
 from ..atomic import write_json
 from ..data.dataset import DIFFICULTIES, QADataset, read_json
 from ..embeddings.encoding import CachedEncoder
-from ..errors import DatasetError, OptionError
 from ..embeddings.models import vector_name
+from ..errors import DatasetError, OptionError
 from ..index.engines import open_index
 from ..index.store import MODES, CorpusIndex, HybridParams, point_id
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
 from ..errors import PluginError
+from . import hookspecs
 
 log = logging.getLogger(__name__)
 GROUP = "ace_llamaindex"

@@ -11,17 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import Field, PrivateAttr
 
-from ..errors import EmbeddingError, OptionError
 from ..embeddings.backends import BACKENDS
 from ..embeddings.models import DEFAULT_MODEL, content_fingerprint, load_model, resolve_model, served_space_suffix
 from ..embeddings.models import vector_name as _label_vector_name
+from ..errors import EmbeddingError, OptionError
 
 log = logging.getLogger(__name__)
 HF_ALIASES = {"max_length": "max_seq_length", "query_instruction": "query_prompt", "text_instruction": "document_prompt"}

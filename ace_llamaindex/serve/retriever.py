@@ -17,14 +17,14 @@ from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle, TextNo
 from llama_index.core.vector_stores.types import MetadataFilters
 from qdrant_client import QdrantClient
 
-from ..index.bm25 import BM25Encoder
 from ..errors import EmbeddingError, OptionError
-from .feedback import QUERY_ID, as_sink, new_query_id, record_feedback, served_record
-from ..index.fusion_choice import FusionChoice
-from ..index.filters import to_qdrant_filter
-from .spaces import aquery_with_space, embedding_spaces, model_folder, named_vector, query_with_space, resolve_fusion
+from ..index.bm25 import BM25Encoder
 from ..index.engines import open_index
+from ..index.filters import to_qdrant_filter
+from ..index.fusion_choice import FusionChoice
 from ..index.store import MODES, CorpusIndex, Hit, HybridParams
+from .feedback import QUERY_ID, as_sink, new_query_id, record_feedback, served_record
+from .spaces import aquery_with_space, embedding_spaces, model_folder, named_vector, query_with_space, resolve_fusion
 
 log = logging.getLogger(__name__)
 SERVED_BY = "ace_served_by"

@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 import re
 import time
-from itertools import islice
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +122,8 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     ``previous_model``: what serves the current collection when it does not say (one indexed by ``ace index``;
     default the bundled base model), recorded so a rollback serves it again. ``dry_run``: count, time a sample,
     change nothing. A model whose training card says its gate did not find it better is refused unless ``force``."""
-    from ..index.engines import open_index
     from ..embeddings.models import DEFAULT_MODEL
+    from ..index.engines import open_index
     from .spaces import embedding_spaces, named_vector
 
     if batch_size < 1:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..embeddings.query_adapter import ADAPTER_CARD, AdaptedEncoder, QueryAdapter, check_base
 from ..embeddings.encoding import CachedEncoder
+from ..embeddings.query_adapter import ADAPTER_CARD, AdaptedEncoder, QueryAdapter, check_base
 
 HERE = "."  # in a card: the folder the card is in (so a moved folder still serves itself)
 

@@ -9,10 +9,10 @@ from typing import Protocol, runtime_checkable
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
-from .embedding import space_label
+from ..embeddings.models import vector_name
 from ..errors import OptionError
 from ..index.fusion_choice import DENSE_DEFAULT, FUSION_FILE, FusionChoice, load_fusion
-from ..embeddings.models import vector_name
+from .embedding import space_label
 
 
 @runtime_checkable

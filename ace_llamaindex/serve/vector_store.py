@@ -33,14 +33,14 @@ from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_
 from pydantic import Field, PrivateAttr
 from qdrant_client import models
 
-from .embedding import space_label
 from ..errors import OptionError
-from .feedback import QUERY_ID, as_sink, new_query_id, record_feedback, served_record
+from ..index.engines import open_index
 from ..index.filters import to_qdrant_filter
 from ..index.fusion_choice import DENSE_DEFAULT, FusionChoice
-from .spaces import embedding_spaces, named_vector, resolve_fusion
-from ..index.engines import open_index
 from ..index.store import CorpusIndex, HybridParams
+from .embedding import space_label
+from .feedback import QUERY_ID, as_sink, new_query_id, record_feedback, served_record
+from .spaces import embedding_spaces, named_vector, resolve_fusion
 
 _OURS = {"doc_id", "text"}  # payload keys CorpusIndex writes for itself
 

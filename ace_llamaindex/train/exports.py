@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_directory, ensure_free_space, folder_bytes, write_json
-from ..embeddings.backends import EXPORTS_DIR, MANIFEST, ExportRecord, attach, export_name, installed, read_exports
 from ..data.dataset import QADataset
+from ..embeddings.backends import EXPORTS_DIR, MANIFEST, ExportRecord, attach, export_name, installed, read_exports
+from ..embeddings.models import content_fingerprint, open_model
 from ..errors import OptionError
 from ..evaluate.metrics import ndcg_at
-from ..embeddings.models import content_fingerprint, open_model
 
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _FILES = {"onnx": "model.onnx", "openvino": "model.xml"}

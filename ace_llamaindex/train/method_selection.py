@@ -18,18 +18,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..embeddings.query_adapter import AdaptedEncoder, base_identity
-from .adapter import AdapterConfig, fit_adapter, save_adapter
 from ..atomic import atomic_directory, write_json
-from ..embeddings.encoding import CachedEncoder
+from ..embeddings.card import text_hash
+from ..embeddings.encoding import CachedEncoder, Encoder
+from ..embeddings.models import open_model
+from ..embeddings.query_adapter import AdaptedEncoder, base_identity
 from ..errors import OptionError
-from ..embeddings.encoding import Encoder
 from ..evaluate.evaluate import System, evaluate
 from ..mine.mining import TrainingExample
-from ..embeddings.models import open_model
-from .promotion import GateResult, judge, unseen_query_ids, validation_dataset
-from ..embeddings.card import text_hash
 from ..serve.served_model import resolve_serving
+from .adapter import AdapterConfig, fit_adapter, save_adapter
+from .promotion import GateResult, judge, unseen_query_ids, validation_dataset
 from .training import (
     TrainConfig,
     TrainResult,

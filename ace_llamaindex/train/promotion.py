@@ -17,8 +17,8 @@ import numpy as np
 from ..data.dataset import QADataset
 from ..embeddings.encoding import Encoder
 from ..evaluate.evaluate import System, evaluate
-from ..mine.mining import TrainingExample
 from ..evaluate.stats import paired_bootstrap, weighted_paired_bootstrap
+from ..mine.mining import TrainingExample
 
 GATE_METRIC = "ndcg@10"
 

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_directory, write_json
-from ..errors import OptionError
-from ..mine.mining import TrainingExample
 from ..embeddings.card import CARD_NAME
 from ..embeddings.models import DEFAULT_MODEL, open_model
+from ..errors import OptionError
+from ..mine.mining import TrainingExample
 
 log = logging.getLogger(__name__)
 MIN_STEPS = 25          # optimizer steps a run gets at least (1 epoch of SciFact/StackFAQ at batch 32 is 26-28)
@@ -444,10 +444,10 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     ``base_encoder``: the base model's encoder for the gate (default: ``config.base_model``, cached on disk);
     ``validation``: the validation examples to use instead of holding out queries of ``examples``.
     """
+    from ..embeddings.card import text_hash
     from ..embeddings.encoding import CachedEncoder
     from ..evaluate.fusion_selection import select_fusion
     from .promotion import gate, unseen_query_ids, validation_dataset
-    from ..embeddings.card import text_hash
 
     config = full_defaults(config or TrainConfig())
     config.validate()

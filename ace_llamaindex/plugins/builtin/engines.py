@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ...index.edge_store import edge_available, edge_holds, open_edge
 from ...index.engines import Engine
-from ..hookspecs import hookimpl
 from ...index.store import local_holds, open_local
+from ..hookspecs import hookimpl
 
 
 @hookimpl

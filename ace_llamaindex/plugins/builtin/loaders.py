@@ -6,9 +6,9 @@ from pathlib import Path
 
 from ...data.beir import load_beir
 from ...data.dataset import load_llamaindex_json
+from ...data.test_suite import load_test_suite
 from ..hookspecs import hookimpl
 from ..manager import Loader
-from ...data.test_suite import load_test_suite
 
 
 def _json_head(path: Path) -> str:

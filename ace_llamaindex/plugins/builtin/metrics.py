@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..hookspecs import hookimpl
 from ...evaluate.metrics import BUILTIN_METRICS
+from ..hookspecs import hookimpl
 
 
 @hookimpl

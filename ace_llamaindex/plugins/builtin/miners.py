@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..hookspecs import hookimpl
 from ...mine.mining import HardNegativeMiner
+from ..hookspecs import hookimpl
 
 
 @hookimpl

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..hookspecs import hookimpl
 from ...evaluate.reporting import write_json_report, write_markdown_report, write_png_report
+from ..hookspecs import hookimpl
 
 
 @hookimpl

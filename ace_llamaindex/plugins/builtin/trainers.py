@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ...train.adapter import adapter_trainer
-from ..hookspecs import hookimpl
 from ...train.method_selection import select_method
 from ...train.training import train
+from ..hookspecs import hookimpl
 
 
 @hookimpl
