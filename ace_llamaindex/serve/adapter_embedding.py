@@ -17,7 +17,7 @@ from pydantic import Field, PrivateAttr
 
 from ..embeddings.query_adapter import QueryAdapter, check_base
 from .embedding import space_label
-from .spaces import SpaceAwareEmbedding, named_vector
+from .spaces import embedding_spaces, named_vector, query_with_space
 
 
 class AdapterEmbedding(BaseEmbedding):
@@ -45,7 +45,7 @@ class AdapterEmbedding(BaseEmbedding):
 
     # ---- vector spaces: exactly the base's ------------------------------------------------------------------
     def spaces(self) -> list[tuple[str, BaseEmbedding]]:
-        return self._base.spaces() if isinstance(self._base, SpaceAwareEmbedding) else [(self.model_name, self._base)]
+        return embedding_spaces(self._base)  # a plain base is one space, labelled as self.model_name is
 
     def named_vector(self, label: str) -> str:
         return named_vector(self._base, label)
@@ -54,8 +54,7 @@ class AdapterEmbedding(BaseEmbedding):
         return self._adapter(np.asarray(vector, dtype=np.float32))[0].tolist()
 
     def embed_query_with_space(self, query: str) -> tuple[list[float], str]:
-        vector, label = (self._base.embed_query_with_space(query) if isinstance(self._base, SpaceAwareEmbedding)
-                         else (self._base.get_query_embedding(query), self.model_name))
+        vector, label = query_with_space(self._base, query)
         return (self._adapt(vector), label) if label == self.model_name else (vector, label)
 
     async def aembed_query_with_space(self, query: str) -> tuple[list[float], str]:
