@@ -2,6 +2,7 @@
 
 from .data.dataset import QADataset
 from .data.loading import load_dataset
+from .deploy.rollout import rollback, rollout
 from .embeddings.encoding import CachedEncoder, LlamaIndexEncoder
 from .evaluate.evaluate import System, evaluate, standard_systems
 from .evaluate.fusion_selection import select_fusion
@@ -16,7 +17,6 @@ from .serve.embedding import FineTunedEmbedding
 from .serve.feedback import FeedbackHandler, FeedbackLog, record_feedback
 from .serve.http_embedding import OpenAICompatibleEmbedding
 from .serve.retriever import HybridQdrantRetriever
-from .serve.rollout import rollback, rollout
 from .serve.vector_store import AceQdrantVectorStore
 from .train.adapter import AdapterConfig, train_adapter
 from .train.training import TrainConfig, train

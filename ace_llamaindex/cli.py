@@ -641,7 +641,7 @@ def _collection_vector(index, encoder) -> str | None:
     """The named vector to mine with in an existing collection: the one its rollout recorded, else its only one
     (None: the one ace writes for the model)."""
     from .embeddings.models import vector_name
-    from .serve.rollout import VECTOR_KEY
+    from .serve.serving_record import VECTOR_KEY
 
     have = index.dense_vectors()
     recorded = index.metadata().get(VECTOR_KEY)
@@ -686,7 +686,7 @@ def location_options(f):
 def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, previous_model, fallback_url, fallback_model,
                 batch_size, dry_run, force):
     """Serve COLLECTION with MODEL without downtime: a fresh collection, checked, then an atomic alias switch."""
-    from .serve.rollout import rollout
+    from .deploy.rollout import rollout
 
     fallback = None
     if fallback_url:
@@ -714,7 +714,7 @@ def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, pre
 @friendly
 def rollback_cmd(collection, qdrant_path, qdrant_url, engine, as_json):
     """Serve COLLECTION from the collection the last rollout replaced."""
-    from .serve.rollout import rollback
+    from .deploy.rollout import rollback
 
     was, now = rollback(collection, index=rollout_location(collection, qdrant_path, qdrant_url, engine))
     if as_json:

@@ -44,7 +44,7 @@ def serve_and_judge(retriever, train_set) -> int:
 def rollout_under_load(retriever, queries, model, **options):
     """Roll ``model`` out into the serving collection while a thread keeps searching; the report and the search
     latencies for 20 s before and all through the rollout."""
-    from ace_llamaindex.serve.rollout import rollout
+    from ace_llamaindex.deploy.rollout import rollout
 
     before = latencies(retriever, queries, None, seconds=20)
     stop, during = threading.Event(), []

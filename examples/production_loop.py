@@ -26,12 +26,12 @@ def main() -> None:
 
     from ace_llamaindex import FineTunedEmbedding, HybridQdrantRetriever
     from ace_llamaindex.data.loading import DEMO_DATASET, load_dataset
+    from ace_llamaindex.deploy.rollout import rollout
     from ace_llamaindex.embeddings.encoding import CachedEncoder
     from ace_llamaindex.mine.feedback_dataset import load_feedback, with_rejected_negatives
     from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
     from ace_llamaindex.plugins.manager import get
     from ace_llamaindex.serve.feedback import QUERY_ID
-    from ace_llamaindex.serve.rollout import rollout
     from ace_llamaindex.serve.spaces import named_vector
     from ace_llamaindex.train.training import TrainConfig
 

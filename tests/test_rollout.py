@@ -17,10 +17,11 @@ from click.testing import CliRunner
 from llama_index.core.schema import TextNode
 
 from ace_llamaindex.cli import cli
+from ace_llamaindex.deploy.rollout import rollback, rollout
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.serve.retriever import SERVED_BY, HybridQdrantRetriever
-from ace_llamaindex.serve.rollout import PREVIOUS_KEY, SERVING_KEY, rollback, rollout
+from ace_llamaindex.serve.serving_record import PREVIOUS_KEY, SERVING_KEY
 
 
 def _indexed(path: Path, demo, engine: str) -> HybridQdrantRetriever:

@@ -118,7 +118,7 @@ class HybridQdrantRetriever(BaseRetriever):
         return served
 
     def _open_target(self, target: str) -> _Served:
-        from .rollout import SERVING_KEY, model_embedding
+        from .serving_record import SERVING_KEY, model_embedding
 
         index = self.index.sibling(target)
         plan = index.metadata().get(SERVING_KEY)

@@ -30,9 +30,9 @@ from qdrant_client import models
 from tqdm.auto import tqdm
 
 from ..errors import OptionError
+from ..serve.serving_record import PREVIOUS_KEY, SERVING_KEY, VECTOR_KEY, model_embedding, serving_target
 
 log = logging.getLogger(__name__)
-SERVING_KEY, VECTOR_KEY, PREVIOUS_KEY = "ace_serving", "ace_vector", "ace_previous"
 CHECK_SAMPLE = 20
 
 
@@ -65,22 +65,9 @@ def _versions(index, alias: str) -> dict[int, str]:
     return {int(m.group(1)): name for name in index.collection_names() if (m := pattern.fullmatch(name))}
 
 
-def serving_target(index, alias: str) -> str:
-    """The collection ``alias`` serves from now: its alias target, else the collection of that name."""
-    return index.alias_target(alias) or alias
-
-
-def model_embedding(serving: dict[str, Any], fallback=None):
-    """The LlamaIndex embedding a serving plan describes (with ``fallback`` when given)."""
-    from .embedding import FineTunedEmbedding
-    from .served_model import serving_embedding
-
-    return serving_embedding(serving, lambda name: FineTunedEmbedding(name, fallback=fallback))
-
-
 def _serving_plan(model: str | Path) -> dict[str, Any]:
     from ..embeddings.models import resolve_model
-    from .served_model import read_serving
+    from ..serve.served_model import read_serving
 
     if Path(model).is_dir():
         plan = read_serving(model)
@@ -124,7 +111,7 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     change nothing. A model whose training card says its gate did not find it better is refused unless ``force``."""
     from ..embeddings.models import DEFAULT_MODEL
     from ..index.engines import open_index
-    from .spaces import embedding_spaces, named_vector
+    from ..serve.spaces import embedding_spaces, named_vector
 
     if batch_size < 1:
         raise OptionError(f"batch_size must be at least 1, got {batch_size}")

@@ -1,0 +1,47 @@
+"""What a serving collection records about the model that serves it, read by the retriever for each query and
+written by a rollout (:mod:`ace_llamaindex.deploy.rollout`).
+
+``ace_serving``: the serving plan (``{"model", "adapter", "reindex"}``), ``ace_vector``: the named vector its queries
+search, ``ace_previous``: the collection it replaced (for a rollback).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+SERVING_KEY, VECTOR_KEY, PREVIOUS_KEY = "ace_serving", "ace_vector", "ace_previous"
+
+
+def serving_target(index, alias: str) -> str:
+    """The collection ``alias`` serves from now: its alias target, else the collection of that name."""
+    return index.alias_target(alias) or alias
+
+
+def model_embedding(serving: dict[str, Any], fallback=None):
+    """The LlamaIndex embedding a serving plan describes (with ``fallback`` when given)."""
+    from .embedding import FineTunedEmbedding
+    from .served_model import serving_embedding
+
+    return serving_embedding(serving, lambda name: FineTunedEmbedding(name, fallback=fallback))
+
+
+def adapter_fingerprint(folder: str | Path | None) -> str | None:
+    """A stable id for a query adapter's weights (the hash of its weights file), or None without an adapter."""
+    from ..embeddings.query_adapter import ADAPTER_FILE
+
+    if not folder:
+        return None
+    path = Path(folder) / ADAPTER_FILE
+    if not path.is_file():
+        return f"missing:{Path(folder).name}"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def plan_identity(plan: dict[str, Any]) -> dict[str, str | None]:
+    """What a serving plan *is*, wherever its folders live: the document model's weights fingerprint and the
+    adapter's weights hash. Two plans with the same identity serve the same vectors."""
+    from ..embeddings.models import content_fingerprint
+
+    return {"model": content_fingerprint(plan.get("model")), "adapter": adapter_fingerprint(plan.get("adapter"))}
