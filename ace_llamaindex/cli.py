@@ -257,6 +257,16 @@ def print_training(card: dict) -> None:
         console.print(f"promotion gate: {g.get('verdict')}", highlight=False)
     if g.get("verdict") in ("no clear difference", "worse", "can't tell") and g.get("base") is not None:
         console.print(f"[yellow]no gain shown:[/yellow] {inconclusive_reason(g)}", highlight=False)
+    champion = card.get("champion")
+    if champion:
+        cg = champion.get("gate") or {}
+        colour = {"better": "green", "worse": "red"}.get(cg.get("verdict"), "yellow")
+        sub = deciding_subset(cg)
+        evidence = f"{_interval_line(sub)}: " if sub.get("delta") is not None else ""
+        console.print(f"against the champion ({champion['source']}, {cg.get('n_queries', 0)} validation queries): "
+                      f"{g.get('metric', 'ndcg@10')} {evidence}[{colour}]{escape(str(cg.get('verdict')))}[/{colour}]"
+                      f" (decided by {cg.get('decided_by', 'all validation queries')})", highlight=False, soft_wrap=True)
+        console.print(f"  champion history: {champion.get('history')}", highlight=False, soft_wrap=True)
     if card.get("choice"):
         console.print(f"method: {card['chosen']} ({card['choice']['reason']})", highlight=False)
     if card.get("fusion"):
@@ -345,6 +355,10 @@ def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_pat
         ds, test = data.recent_split(test_fraction)
         examples = get("miners", kw["miner"])(encoder=encoder, options=options, **extra).mine(ds)
         examples = with_rejected_negatives(examples, data, corpus, options.num_negatives)
+        share, where = data.seen_share(test_fraction or 0.2)
+        facts = {"seen_share": {"value": share, "source": where}}
+        console.print(f"seen share {share:.0%} ({where}); `ace train` weighs the gate so unless given --seen-share",
+                      highlight=False, soft_wrap=True)
         counts = ", ".join(f"{v} {k}" for k, v in data.counts.items() if v)
         console.print(f"feedback: {counts}; {len(ds.queries)} queries for training", highlight=False, soft_wrap=True)
         if test is not None:
@@ -352,7 +366,7 @@ def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_pat
             test.save(test_path)
             console.print(f"{len(test.queries)} most recent queries held out -> {test_path} (ace eval {test_path} ...)",
                           highlight=False, soft_wrap=True)
-    save_training_data(examples, output, source=ds.source, options=options)
+    save_training_data(examples, output, source=ds.source, options=options, **(facts if feedback else {}))
     console.print(f"{len(examples)} examples, {sum(len(e.negatives) for e in examples)} negatives -> {output}")
 
 
@@ -364,28 +378,48 @@ def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_pat
 @click.option("--base-model-name", "base_model_name", default=None, help="Model name at --base-url.")
 @click.option("--query-prefix", default="", help="Prefix for endpoint queries (nomic: 'search_query: ').")
 @click.option("--document-prefix", default="", help="Prefix for endpoint documents (nomic: 'search_document: ').")
+@click.option("--champion", "champion_dir", default=None, type=click.Path(path_type=Path),
+              help="The model serving now (a folder `ace train` wrote): every candidate must beat it, not only the base.")
+@click.option("--collection", default=None,
+              help="Or read the champion from this serving collection (what `ace rollout` recorded; with --qdrant-path/--qdrant-url).")
+@click.option("--qdrant-path", default=None, help="Embedded Qdrant folder holding --collection.")
+@click.option("--qdrant-url", default=None, help="Qdrant server or cluster holding --collection.")
 @training_options
 @friendly
-def train(training_data, output, seed, base_url, base_model_name, query_prefix, document_prefix, **kw):
-    """Fine-tune on TRAINING_DATA (from `ace mine`); writes a full sentence-transformers model to OUTPUT.
+def train(training_data, output, seed, base_url, base_model_name, query_prefix, document_prefix, champion_dir, collection,
+          qdrant_path, qdrant_url, **kw):
+    """Train on TRAINING_DATA (from `ace mine`) and write what the gate promotes to OUTPUT (default --method auto:
+    a query adapter, a fine-tuned model, or both; nothing when no candidate is better).
 
     \b
     Budget (defaults): lr 5e-5; epochs for at least 25 optimizer steps (1-10), validated each epoch, best epoch
     kept, early stop after 2 epochs without gain; validation on 10% of the queries, but at least 100 (or a quarter).
     Promotion gate: the new model is compared with its base on the validation queries (paired bootstrap, nDCG@10);
-    unless it is better, an existing model at OUTPUT is kept (--force replaces it). The fusion chosen on the same
-    queries is saved as OUTPUT/fusion.json and used by `ace search`, `ace eval` and the retriever."""
+    unless it is better, an existing model at OUTPUT is kept (--force replaces it). With a champion (--champion or
+    --collection: the model serving now) every candidate must also beat the champion on the same queries, and
+    candidates continuing the champion (its adapter or weights, replaying its training data) join them. The fusion
+    chosen on the same queries is saved as OUTPUT/fusion.json and used by `ace search`, `ace eval` and the retriever."""
     from .atomic import check_output
 
     check_output(output, "dir")
-    from .mine.mining import load_training_data
+    from .mine.mining import load_training_data, training_metadata
     from .plugins.manager import get
 
     examples = load_training_data(training_data)
-    extra = {}
+    config = _training(kw, seed)
+    measured = training_metadata(training_data).get("seen_share")
+    if config.seen_share is None and isinstance(measured, dict) and measured.get("value") is not None:
+        config.seen_share, config.seen_share_source = float(measured["value"]), measured.get("source")
+        console.print(f"seen share {config.seen_share:.0%}: {config.seen_share_source}", highlight=False, soft_wrap=True)
+    elif config.seen_share is not None:
+        config.seen_share_source = "--seen-share"
+    champion = _champion(champion_dir, collection, qdrant_path, qdrant_url)
+    extra = {"training_data": training_data, **({"champion": champion} if champion else {})}
+    if champion:
+        console.print(f"champion: {champion.describe()}", highlight=False, soft_wrap=True)
     if base_url:  # every trainer gets the endpoint; one that fine-tunes weights refuses it (TrainResult says why)
         extra["base_encoder"] = _baseline_encoder(None, base_url, base_model_name, query_prefix, document_prefix)
-    result = get("trainers", kw["trainer"])(examples, output, _training(kw, seed), **extra)
+    result = get("trainers", kw["trainer"])(examples, output, config, **extra)
     card = result.card
     neg = card.get("negatives") or {}
     if neg.get("padded") or neg.get("in_batch_only"):
@@ -411,11 +445,27 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
             console.print("serve: FineTunedEmbedding(model_name=OUT); index the documents again (ace index --model OUT)",
                           highlight=False)
     elif serving is None:
-        console.print("[yellow]the base model stays:[/yellow] no method was better on validation; nothing was written "
+        stays = "the champion stays" if card.get("champion") else "the base model stays"
+        console.print(f"[yellow]{stays}:[/yellow] no method was better on validation; nothing was written "
                       f"to {result.model_dir} (the evidence: {result.model_dir}.not-promoted.json)", highlight=False)
     else:
         console.print(f"[yellow]not promoted:[/yellow] the model at {result.model_dir} was kept; the new one is not "
                       "better on validation (use --force to replace it anyway)", highlight=False)
+
+
+def _champion(folder, collection, qdrant_path, qdrant_url):
+    """The champion `ace train` judges against: a folder, a serving collection, or none."""
+    from .train.champion import champion_from_collection, champion_from_folder
+
+    if folder and collection:
+        raise OptionError("give --champion FOLDER or --collection (the serving collection), not both")
+    if (qdrant_path or qdrant_url) and not collection:
+        raise OptionError("--qdrant-path/--qdrant-url say where --collection is; give --collection too")
+    if folder:
+        return champion_from_folder(folder)
+    if collection:
+        return champion_from_collection(collection, path=None if qdrant_url else (qdrant_path or "qdrant_data"), url=qdrant_url)
+    return None
 
 
 def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_model: str | None, query_prefix: str,
@@ -681,11 +731,19 @@ def location_options(f):
 @click.option("--fallback-model", default="text-embedding", show_default=True)
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--dry-run", is_flag=True, help="Say what would happen and how long encoding will take; change nothing.")
-@click.option("--force", is_flag=True, help="Roll out a model whose gate did not find it better.")
+@click.option("--heldout", default=None, type=click.Path(path_type=Path, exists=True),
+              help="Held-out queries (a dataset, e.g. the training_data.test.json of `ace mine --from-feedback`): judge "
+                   "MODEL and what the collection serves now on them, and refuse MODEL unless it is better.")
+@click.option("--force", is_flag=True, help="Roll out a model not shown better than what the collection serves now.")
 @friendly
 def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, previous_model, fallback_url, fallback_model,
-                batch_size, dry_run, force):
-    """Serve COLLECTION with MODEL without downtime: a fresh collection, checked, then an atomic alias switch."""
+                batch_size, dry_run, heldout, force):
+    """Serve COLLECTION with MODEL without downtime: a fresh collection, checked, then an atomic alias switch.
+
+    \b
+    MODEL must be shown better than what COLLECTION serves now (the champion): by the comparison its training card
+    holds with that champion (`ace train --collection`), by its gate against its base on a first rollout, or on
+    --heldout queries; otherwise it is refused (--force rolls it out anyway; --dry-run shows the evidence)."""
     from .deploy.rollout import rollout
 
     fallback = None
@@ -695,9 +753,16 @@ def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, pre
         fallback = OpenAICompatibleEmbedding(base_url=fallback_url, model_name=fallback_model)
     report = rollout(model, collection, index=rollout_location(collection, qdrant_path, qdrant_url, engine),
                      previous_model=previous_model, fallback=fallback, dry_run=dry_run, batch_size=batch_size,
-                     show_progress=not as_json, force=force)
+                     show_progress=not as_json, force=force, heldout=heldout)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
+        return
+    evidence = report.evidence
+    colour = "green" if evidence.get("allowed") else "red"
+    console.print(f"evidence ({evidence.get('source')}): [{colour}]{escape(evidence.get('reason', ''))}[/{colour}]",
+                  highlight=False, soft_wrap=True)
+    if dry_run and not evidence.get("allowed") and not force:
+        console.print("[red]would be refused[/red] (--force to roll it out anyway)", highlight=False)
         return
     if dry_run:
         console.print(f"would embed {report.documents} documents of {report.previous!r} with {model} into "

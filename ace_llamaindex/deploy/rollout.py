@@ -29,8 +29,11 @@ import numpy as np
 from qdrant_client import models
 from tqdm.auto import tqdm
 
+from ..data.dataset import QADataset
+from ..data.loading import load_dataset
 from ..errors import OptionError
 from ..serve.serving_record import PREVIOUS_KEY, SERVING_KEY, VECTOR_KEY, model_embedding, serving_target
+from .evidence import promotion_evidence
 
 log = logging.getLogger(__name__)
 CHECK_SAMPLE = 20
@@ -51,6 +54,7 @@ class RolloutReport:
     checks: dict[str, Any] = field(default_factory=dict)
     dry_run: bool = False
     removed: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)  # why the model may replace what serves (deploy.evidence)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,17 +80,6 @@ def _serving_plan(model: str | Path) -> dict[str, Any]:
     return {"model": resolve_model(str(model)), "adapter": None, "reindex": True}
 
 
-def _check_gate(model: str | Path, force: bool) -> None:
-    from ..embeddings.card import read_card
-
-    card = read_card(model) if Path(model).is_dir() else None
-    verdict = ((card or {}).get("gate") or {}).get("verdict")
-    # trained without validation ("not measured") is the trainer's explicit choice; a measured "not better" is refused
-    if verdict is not None and verdict != "better" and not verdict.startswith("not measured") and not force:
-        raise OptionError(f"{model}: its gate said {verdict!r} on validation, not 'better'; rolling it out could lose "
-                          "quality (force=True / --force to roll it out anyway)")
-
-
 def _embed_text(payload: dict[str, Any], text_field: str) -> str:
     """The text a document was embedded from: a LlamaIndex node's content with its embed metadata, else the text."""
     if "_node_content" in payload:
@@ -101,14 +94,19 @@ def _embed_text(payload: dict[str, Any], text_field: str) -> str:
 def rollout(model: str | Path, collection: str, *, index=None, path: str | Path | None = None, url: str | None = None,
             api_key: str | None = None, engine: str = "auto", previous_model: str | Path | None = None, fallback=None,
             dry_run: bool = False, batch_size: int = 64, show_progress: bool = True, force: bool = False,
-            on_batch: Callable[[int], None] | None = None) -> RolloutReport:
+            on_batch: Callable[[int], None] | None = None, heldout=None) -> RolloutReport:
     """Serve ``collection`` (an alias) with ``model`` (a folder ``ace train`` wrote, or any model name).
 
     ``index``: an open :class:`~ace_llamaindex.index.store.CorpusIndex` at the location (an embedded folder is one
     process's: pass the serving process's own, e.g. ``retriever.index``); else opened from ``path``/``url``.
     ``previous_model``: what serves the current collection when it does not say (one indexed by ``ace index``;
     default the bundled base model), recorded so a rollback serves it again. ``dry_run``: count, time a sample,
-    change nothing. A model whose training card says its gate did not find it better is refused unless ``force``."""
+    change nothing (the report still says whether the rollout would be refused, and why).
+
+    A model not shown better than what the collection serves now is refused unless ``force``: by its training card's
+    comparison with that champion, or (a first rollout) with its base, or by judging both on ``heldout`` (a
+    :class:`~ace_llamaindex.data.dataset.QADataset` or a dataset path, e.g. the ``training_data.test.json`` that
+    ``ace mine --from-feedback`` writes); see :mod:`~ace_llamaindex.deploy.evidence`."""
     from ..embeddings.models import DEFAULT_MODEL
     from ..index.engines import open_index
     from ..serve.spaces import embedding_spaces, named_vector
@@ -120,8 +118,13 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     current = location.sibling(current_name)
     if not current.exists():
         raise OptionError(f"collection {collection!r} does not exist here; index it first (`ace index`)")
-    _check_gate(model, force)
     plan = _serving_plan(model)
+    previous_serving = current.metadata().get(SERVING_KEY) or _serving_plan(previous_model or DEFAULT_MODEL)
+    if heldout is not None and not isinstance(heldout, QADataset):
+        heldout = load_dataset(heldout)
+    evidence = promotion_evidence(model, plan, previous_serving, collection, heldout, engine)
+    if not evidence.allowed and not force and not dry_run:
+        raise OptionError(f"rollout refused: {evidence.reason} (force=True / --force to roll it out anyway)")
     embed = model_embedding(plan, fallback)
     spaces = embedding_spaces(embed)
     have = current.dense_vectors()
@@ -140,7 +143,7 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
         targets[name][1].get_text_embedding_batch([_embed_text(p[1], current.text_field) for p in sample])
     per_doc = (time.perf_counter() - started) / max(1, len(sample))
     report = RolloutReport(collection, current_name, new_name, total, round(per_doc * total, 1),
-                           round(per_doc * 1000, 2), copied, encoded, dry_run=dry_run)
+                           round(per_doc * 1000, 2), copied, encoded, dry_run=dry_run, evidence=evidence.to_dict())
     if dry_run:
         return report
 
@@ -151,9 +154,6 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
             report.removed.append(stale)
         except OptionError as exc:  # in use by another process: left for the next rollout
             log.warning("kept %s: %s", stale, exc)
-    previous_serving = current.metadata().get(SERVING_KEY)
-    if previous_serving is None:
-        previous_serving = _serving_plan(previous_model or DEFAULT_MODEL)
     if current_name == collection and location.alias_target(collection) is None and location.ALIASES_ARE_COLLECTIONS:
         current_name = _copy_collection(location, current, version_name(collection, 0), previous_serving, show_progress)
         current = location.sibling(current_name)

@@ -47,6 +47,20 @@ class FeedbackData:
         return self.dataset.subset(qids[:-n_test]), self.dataset.subset(qids[-n_test:])
 
 
+    def seen_share(self, fraction: float) -> tuple[float, str]:
+        """The share of the most recent ``fraction`` of judged queries whose accepted documents earlier queries had
+        accepted too: how often traffic comes back to known documents (the gate's seen/unseen weight), and a
+        sentence saying where the number came from."""
+        qids = list(self.dataset.queries)  # oldest first
+        n_recent = min(len(qids) - 1, max(1, round(len(qids) * fraction))) if len(qids) > 1 else 0
+        if n_recent == 0:
+            return 0.0, f"{self.dataset.source}: too few judged queries to measure; new documents decide"
+        earlier = {d for q in qids[:-n_recent] for d in self.dataset.relevant_docs[q]}
+        seen = sum(any(d in earlier for d in self.dataset.relevant_docs[q]) for q in qids[-n_recent:])
+        return round(seen / n_recent, 3), (f"measured in {self.dataset.source}: {seen} of the {n_recent} most recent judged "
+                                           "queries accepted a document an earlier query had accepted")
+
+
 def load_feedback(path: str | Path, corpus: Mapping[str, str]) -> FeedbackData:
     """Read a feedback log into a dataset over ``corpus`` (id -> text: the collection the log's results came
     from). Results whose document is no longer in the corpus are left out and counted."""

@@ -232,8 +232,10 @@ def _round(x: float | None) -> float | None:
 
 
 # ---- training_data.json ------------------------------------------------------------------------------------
-def save_training_data(examples: list[TrainingExample], path: str | Path, source: str, options: MiningOptions | None = None) -> Path:
-    """Write ``training_data.json`` (``metadata`` + ``examples``) atomically."""
+def save_training_data(examples: list[TrainingExample], path: str | Path, source: str, options: MiningOptions | None = None,
+                       **metadata: Any) -> Path:
+    """Write ``training_data.json`` (``metadata`` + ``examples``) atomically; ``metadata``: more facts for training
+    (e.g. ``seen_share``, measured in a feedback log)."""
     opts = asdict(options) if options else {}
     counts: dict[str, int] = defaultdict(int)
     for ex in examples:
@@ -246,6 +248,7 @@ def save_training_data(examples: list[TrainingExample], path: str | Path, source
             "source": source,
             "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "options": opts,
+            **metadata,
         },
         "examples": [asdict(e) for e in examples],
     }
@@ -262,6 +265,12 @@ def drop_positive_negatives(examples: list[TrainingExample]) -> tuple[list[Train
         dropped += len(e.negatives) - len(keep)
         cleaned.append(e if len(keep) == len(e.negatives) else TrainingExample(e.query, e.positive, keep, e.metadata))
     return cleaned, dropped
+
+
+def training_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``metadata`` of a ``training_data.json`` (empty for a bare list of examples)."""
+    data = read_json(path)
+    return data.get("metadata") or {} if isinstance(data, dict) else {}
 
 
 def load_training_data(path: str | Path) -> list[TrainingExample]:

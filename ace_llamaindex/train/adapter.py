@@ -39,6 +39,7 @@ class AdapterConfig:
     patience: int = 10
     num_negatives: int | None = None  # use at most this many hard negatives per example (None: all)
     seen_share: float = 0.0           # as TrainConfig.seen_share: how the gate weighs seen/unseen documents
+    seen_share_source: str | None = None
     bias: bool = True                 # learn the bias b (False: q' = normalise(q W))
     val_fraction: float | None = None
     seed: int = 42
@@ -112,8 +113,10 @@ class FittedAdapter:
     info: dict[str, Any]
 
 
-def fit_adapter(split, examples: list[TrainingExample], base: Encoder, config: AdapterConfig) -> FittedAdapter:
-    """Train a query adapter for ``base`` on ``split.train``; the best epoch on ``split.val`` is kept."""
+def fit_adapter(split, examples: list[TrainingExample], base: Encoder, config: AdapterConfig,
+                init: QueryAdapter | None = None) -> FittedAdapter:
+    """Train a query adapter for ``base`` on ``split.train``; the best epoch on ``split.val`` is kept. ``init``: an
+    adapter to continue (the champion's), instead of the identity."""
     import torch
 
     from .promotion import validation_dataset
@@ -144,7 +147,14 @@ def fit_adapter(split, examples: list[TrainingExample], base: Encoder, config: A
         val_pos = [{index_of[d] for d in val_set.relevant_docs[q]} for q in val_set.queries]
 
     torch.manual_seed(config.seed)
-    model = _torch_adapter(doc_vecs.shape[1], config.kind)
+    model = _torch_adapter(doc_vecs.shape[1], config.kind if init is None else init.kind)
+    if init is not None:
+        if init.dimension != doc_vecs.shape[1]:
+            raise OptionError(f"the adapter to continue maps {init.dimension} dimensions; this base has {doc_vecs.shape[1]}")
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in init.weights:
+                    param.copy_(torch.from_numpy(init.weights[name]))
     if not config.bias:
         model.b.requires_grad_(False)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
@@ -176,7 +186,7 @@ def fit_adapter(split, examples: list[TrainingExample], base: Encoder, config: A
             stale += 1
             if stale >= config.patience:
                 break
-    info = {"kind": config.kind, "dimension": int(doc_vecs.shape[1]), "config": asdict(config),
+    info = {"kind": config.kind if init is None else init.kind, "continued": init is not None, "dimension": int(doc_vecs.shape[1]), "config": asdict(config),
             "train_examples": len(train_rows), "val_examples": len(val_rows), "train_seconds": round(time.time() - started, 2),
             "device": "cpu", "validation_per_epoch": history}
     return FittedAdapter(QueryAdapter(best, config.kind), info)
@@ -190,11 +200,25 @@ def save_adapter(adapter: QueryAdapter, folder: Path, card: dict[str, Any]) -> N
 
 def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: str | Path, config: AdapterConfig | None = None,
                   base_info: dict[str, Any] | None = None, engine: str = "auto", corpus: dict[str, str] | None = None,
-                  validation: list[TrainingExample] | None = None) -> dict[str, Any]:
+                  validation: list[TrainingExample] | None = None, champion=None,
+                  training_data: str | Path | None = None) -> dict[str, Any]:
     """Train a query adapter for ``base`` on ``examples``; gate it on held-out queries; write it atomically.
 
+    ``champion`` (:class:`~ace_llamaindex.train.champion.Champion`, the model serving now): the adapter must be better
+    than it, not only than the base; when the champion is itself an adapter over this base, a second candidate
+    continues it on the new examples plus the champion's replayed ones, and the better of the two by the same rule
+    is kept. ``training_data``: the file ``examples`` came from, named in the card so a later round can replay it.
     Returns the adapter card (with ``promoted``: whether the folder was written)."""
-    from .promotion import gate, unseen_query_ids, validation_dataset
+    from ..embeddings.card import text_hash
+    from .champion import (
+        champion_history,
+        continuable_adapter,
+        continual_examples,
+        data_reference,
+        history_refs,
+        with_champion_history,
+    )
+    from .promotion import select, unseen_query_ids, validation_dataset
     from .training import plan_validation
 
     config = config or AdapterConfig()
@@ -202,20 +226,51 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
     if not examples:
         raise OptionError("no training examples")
     split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share, validation)
-    fitted = fit_adapter(split, examples, base, config)
-    verdict = None
+    history = champion_history(champion) if champion is not None else None
+    if history is not None:
+        split = with_champion_history(split, history)
+    fitted = {"adapter": fit_adapter(split, examples, base, config)}
+    trained_on = {"adapter": split.train}
+    continued = continuable_adapter(champion, base)
+    if continued is not None:
+        rows = continual_examples(split.train, history, split.val)
+        fitted["adapter (continued)"] = fit_adapter(type(split)(rows, split.val, split.unseen), [*examples, *history.replay],
+                                                    base, config, init=continued)
+        trained_on["adapter (continued)"] = rows
+    selection, name, deciding = None, "adapter", None
     if split.val:
-        val_set = validation_dataset(split.val, examples, corpus)
-        verdict = gate(val_set, base, AdaptedEncoder(base, fitted.adapter), engine=engine,
-                       unseen=unseen_query_ids(val_set, split.unseen), seen_weight=config.seen_share)
+        val_set = validation_dataset(split.val, [*examples, *(history.replay if history else [])], corpus)
+        champion_encoder = None if champion is None or champion.is_plain(_base_model(base)) else champion.encoder(base)
+        selection = select(val_set, unseen_query_ids(val_set, split.unseen), base,
+                           {n: AdaptedEncoder(base, f.adapter, label=n) for n, f in fitted.items()}, champion_encoder,
+                           engine=engine, seen_weight=config.seen_share)
+        name = selection.chosen or max(fitted, key=lambda n: selection.deciding(n).delta or float("-inf"))
+        deciding = selection.deciding(name)
     output_dir = Path(output_dir)
-    promoted = verdict is None or verdict.verdict == "better" or config.force or not (output_dir / ADAPTER_CARD).exists()
-    card = {"method": "adapter", **fitted.info, "base": base_info or {"label": base.label}, "data_checks": split.checks,
-            "gate": verdict.as_dict() if verdict else {"verdict": "not measured (no validation queries)"}, "promoted": promoted}
+    promoted = deciding is None or deciding.verdict == "better" or config.force or not (output_dir / ADAPTER_CARD).exists()
+    not_measured = {"verdict": "not measured (no validation queries)"}
+    card = {"method": "adapter", "chosen": name, **fitted[name].info, "base": base_info or {"label": base.label},
+            "data_checks": split.checks,
+            "gate": selection.against_base[name].as_dict() if selection else not_measured, "promoted": promoted,
+            "training_queries": sorted({text_hash(e.query) for e in trained_on[name]}),
+            "validation_queries": sorted({text_hash(e.query) for e in split.val}),
+            "training_data": ([data_reference(training_data)] if training_data else [])
+            + (history_refs(champion) if name == "adapter (continued)" else [])}
+    if selection and len(fitted) > 1:
+        card["candidates"] = {n: {"gate": selection.deciding(n).as_dict(), "reindex": False} for n in fitted}
+        card["choice"] = {"steps": selection.steps, "reason": "; ".join(selection.steps) or "none better than the champion"}
+    if champion is not None:
+        card["champion"] = {**champion.to_dict(), "history": history.note,
+                            "gate": (selection.against_champion or selection.against_base)[name].as_dict() if selection
+                            else not_measured}
     if promoted:
         with atomic_directory(output_dir) as scratch:
-            save_adapter(fitted.adapter, scratch, card)
+            save_adapter(fitted[name].adapter, scratch, card)
     return card
+
+
+def _base_model(base: Encoder) -> str | None:
+    return base_identity(base).get("model")
 
 
 # Options of TrainConfig an adapter has no use for (it trains a small map on frozen vectors, in fp32, in seconds).
@@ -235,16 +290,16 @@ def adapter_config(config: Any) -> AdapterConfig:
     given = {"epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
              "patience": config.early_stopping_patience, "num_negatives": config.num_negatives}
     return AdapterConfig(val_fraction=config.val_fraction, seed=config.seed, force=config.force, seen_share=config.seen_share or 0.0,
-                         **{k: v for k, v in given.items() if v is not None})
+                         seen_share_source=config.seen_share_source, **{k: v for k, v in given.items() if v is not None})
 
 
 def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, config: Any = None, data_fingerprint: str | None = None,
                     corpus: dict[str, str] | None = None, engine: str = "auto", base_encoder: Encoder | None = None,
-                    validation: list[TrainingExample] | None = None):
+                    validation: list[TrainingExample] | None = None, champion=None, training_data: str | Path | None = None):
     """The ``adapter`` trainer plugin: same call as the sentence-transformers trainer, same ``TrainResult``.
     ``base_encoder``: the frozen base (default: ``config.base_model``, cached on disk); an endpoint works too."""
     from ..embeddings.encoding import CachedEncoder
-    from .promotion import GateResult
+    from .promotion import deciding_gate
     from .training import TrainConfig, TrainResult
 
     config = config or TrainConfig()
@@ -253,8 +308,8 @@ def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, con
                                          trust_remote_code=config.trust_remote_code)
     card = train_adapter(examples, base, output_dir, options,
                          base_info={**base_identity(base), "data_fingerprint": data_fingerprint}, engine=engine, corpus=corpus,
-                         validation=validation)
+                         validation=validation, champion=champion, training_data=training_data)
     serving = {"model": getattr(base, "model_name", None) or config.base_model, "adapter": str(output_dir), "reindex": False}
     card["serving"] = serving
-    return TrainResult(model_dir=Path(output_dir), card=card, gate=GateResult.from_dict(card["gate"]), fusion=None,
+    return TrainResult(model_dir=Path(output_dir), card=card, gate=deciding_gate(card), fusion=None,
                        promoted=card["promoted"], serving=serving)

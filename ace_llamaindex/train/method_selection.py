@@ -24,11 +24,19 @@ from ..embeddings.encoding import CachedEncoder, Encoder
 from ..embeddings.models import open_model
 from ..embeddings.query_adapter import AdaptedEncoder, base_identity
 from ..errors import OptionError
-from ..evaluate.evaluate import System, evaluate
 from ..mine.mining import TrainingExample
 from ..serve.served_model import resolve_serving
 from .adapter import AdapterConfig, fit_adapter, save_adapter
-from .promotion import GateResult, judge, unseen_query_ids, validation_dataset
+from .champion import (
+    champion_history,
+    continuable_adapter,
+    continuable_model,
+    continual_examples,
+    data_reference,
+    history_refs,
+    with_champion_history,
+)
+from .promotion import GateResult, select, unseen_query_ids, validation_dataset
 from .training import (
     TrainConfig,
     TrainResult,
@@ -41,6 +49,7 @@ from .training import (
     run_fingerprint,
     save_model,
 )
+from .validation_split import ValidationSplit
 
 log = logging.getLogger(__name__)
 # Weights of the fine-tuned model in the interpolations (WiSE-FT's middle and one nearer the fine-tune). Each costs
@@ -91,10 +100,16 @@ def _adapter_writer(adapter, info, base):
 
 def select_method(examples: list[TrainingExample], output_dir: str | Path, config: TrainConfig | None = None,
                   data_fingerprint: str | None = None, corpus: dict[str, str] | None = None, engine: str = "auto",
-                  base_encoder: Encoder | None = None, validation: list[TrainingExample] | None = None) -> TrainResult:
+                  base_encoder: Encoder | None = None, validation: list[TrainingExample] | None = None,
+                  champion=None, training_data: str | Path | None = None) -> TrainResult:
     """The ``auto`` trainer plugin: train every candidate, judge them on the validation queries, write the winner to
     ``output_dir`` (with ``fusion.json`` chosen for it). Full-fine-tune options (epochs, learning rate, batch size...)
-    apply to the fine-tune candidates; the adapters use their own defaults."""
+    apply to the fine-tune candidates; the adapters use their own defaults.
+
+    ``champion`` (:class:`~ace_llamaindex.train.champion.Champion`, what serves now): candidates must be better than
+    it, not only than the base; continual candidates start from it (its adapter, or its fine-tuned weights) and
+    train on the new examples plus its replayed ones; its own validation queries join the gate's. ``training_data``:
+    the file ``examples`` came from, named in the card (path + hash) so a later round can replay it."""
     from ..evaluate.fusion_selection import select_fusion
 
     config = config or TrainConfig()
@@ -103,6 +118,9 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
     if not examples:
         raise OptionError("no training examples")
     split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share or 0.0, validation)
+    history = champion_history(champion) if champion is not None else None
+    if history is not None:
+        split = with_champion_history(split, history)
     if not split.val:
         raise OptionError("--method auto chooses on validation queries and this data leaves none (val_fraction 0, or "
                           "fewer than 4 queries); use --method full or --method adapter")
@@ -111,13 +129,22 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
     ensure_room_to_train(config, output_dir)
     base = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False,
                                          trust_remote_code=config.trust_remote_code)
-    val_set = validation_dataset(split.val, examples, corpus)
+    everything = [*examples, *(history.replay if history else [])]
+    val_set = validation_dataset(split.val, everything, corpus)
     unseen = unseen_query_ids(val_set, split.unseen)
     adapter_options = AdapterConfig(val_fraction=config.val_fraction, seed=config.seed, num_negatives=config.num_negatives)
 
     on_base = fit_adapter(split, examples, base, adapter_options)
     candidates = [Candidate("adapter", AdaptedEncoder(base, on_base.adapter, label="adapter"), False,
                             _adapter_writer(on_base.adapter, on_base.info, base_identity(base)), adapter=True)]
+    continual = ValidationSplit(continual_examples(split.train, history, split.val), split.val, split.unseen) \
+        if history is not None else None
+    trained_on = {"adapter": split.train}
+    if (init := continuable_adapter(champion, base)) is not None:
+        cont = fit_adapter(continual, everything, base, adapter_options, init=init)
+        candidates.append(Candidate("adapter (continued)", AdaptedEncoder(base, cont.adapter, label="adapter (continued)"),
+                                    False, _adapter_writer(cont.adapter, cont.info, base_identity(base)), adapter=True))
+        trained_on["adapter (continued)"] = continual.train
     checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
     tuned = fine_tune(split, full_config, checkpoints, run_fingerprint(examples, full_config))
     full = CachedEncoder.from_model(tuned.model, label="full")
@@ -126,15 +153,25 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
         candidates.append(Candidate(f"interpolate({alpha})", CachedEncoder.from_model(merged, label=f"interpolate({alpha})"),
                                     True, _model_writer(merged)))
     candidates.append(Candidate("full", full, True, _model_writer(tuned.model)))
+    if (start := continuable_model(champion)) is not None:
+        from dataclasses import replace
+
+        cont_config = replace(full_config, base_model=start)
+        resumed = fine_tune(continual, cont_config, checkpoints.with_name(checkpoints.name + "-continued"),
+                            run_fingerprint(continual.train, cont_config))
+        candidates.append(Candidate("full (continued)", CachedEncoder.from_model(resumed.model, label="full (continued)"),
+                                    True, _model_writer(resumed.model)))
+        trained_on["full (continued)"] = continual.train
     on_full = fit_adapter(split, examples, full, adapter_options)
     candidates.append(Candidate("full+adapter", AdaptedEncoder(full, on_full.adapter, label="full+adapter"), True,
                                 _model_writer(tuned.model, on_full.adapter, on_full.info), adapter=True))
 
-    systems = [System("base", "dense", base)] + [System(c.name, "dense", c.encoder) for c in candidates]
-    per_query = evaluate(val_set, systems, comparisons=[], show_progress=False, engine=engine).data["per_query"]
-    choice = choose(per_query, list(val_set.queries), unseen, [c.name for c in candidates], seen_weight=config.seen_share or 0.0)
-    verdicts, steps = choice.verdicts, choice.steps
-    chosen = next((c for c in candidates if c.name == choice.name), None)
+    champion_encoder = None if champion is None or champion.is_plain(config.base_model) else champion.encoder(base)
+    selection = select(val_set, unseen, base, {c.name: c.encoder for c in candidates}, champion_encoder, engine=engine,
+                       seen_weight=config.seen_share or 0.0)
+    verdicts, steps = selection.against_champion or selection.against_base, selection.steps
+    stays = "the champion stays" if champion_encoder is not None else "the base model stays"
+    chosen = next((c for c in candidates if c.name == selection.chosen), None)
     forced = chosen is None and config.force
     if forced:  # --force: the candidate with the largest gain where the gate decides, better or not
         chosen = max(candidates, key=lambda c: _decisive_delta(verdicts[c.name]))
@@ -155,8 +192,11 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
         "choice": {"steps": steps, "forced": forced,
                    "reason": "; ".join(steps) if chosen and not forced else
                    ("--force: the largest gain on the deciding queries, not better with confidence" if forced else
-                    "no candidate is better than the base with confidence: the base model stays")},
-        "candidates": {c.name: {"gate": verdicts[c.name].as_dict(), "reindex": c.reindex} for c in candidates},
+                    f"no candidate is better than the {'champion' if champion_encoder is not None else 'base'} with "
+                    f"confidence: {stays}")},
+        "candidates": {c.name: {"gate": verdicts[c.name].as_dict(), "reindex": c.reindex,
+                                **({"against_base": selection.against_base[c.name].as_dict()} if champion_encoder is not None
+                                   else {})} for c in candidates},
         "base_model": config.base_model,
         "config": {**asdict(full_config), "epochs": tuned.info["epochs"]},
         "data_fingerprint": data_fingerprint,
@@ -169,53 +209,28 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
         "train_seconds": round(tuned.info["train_seconds"] + on_base.info["train_seconds"] + on_full.info["train_seconds"], 1),
         "full_fine_tune": {k: tuned.info[k] for k in ("validation_before", "validation_per_epoch", "best_metric", "negatives")},
         "peak_memory": peak_memory(device),
-        "gate": gate_result.as_dict(),
+        "gate": selection.against_base[gate_of].as_dict(),
         "gate_of": gate_of,  # the chosen candidate, or (none chosen) the one that came closest
         "promoted": chosen is not None,
         "serving": serving,
         "fusion": fusion.to_dict() if fusion else None,
-        "training_queries": sorted({text_hash(e.query) for e in split.train}),
+        "training_queries": sorted({text_hash(e.query) for e in trained_on.get(gate_of, split.train)}),
         "validation_queries": sorted({text_hash(e.query) for e in split.val}),
+        "training_data": ([data_reference(training_data)] if training_data else [])
+        + (history_refs(champion) if gate_of in trained_on and gate_of != "adapter" else []),
     }
+    if champion is not None:
+        card["champion"] = {**champion.to_dict(), "history": history.note, "gate": verdicts[gate_of].as_dict()}
     if chosen:
         chosen.write(output_dir, card, fusion)
     else:
         write_json(output_dir.with_name(output_dir.name + ".not-promoted.json"), card)
     if not config.keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
+        shutil.rmtree(checkpoints.with_name(checkpoints.name + "-continued"), ignore_errors=True)
     log.info("method auto: %s", card["choice"]["reason"])
     return TrainResult(model_dir=output_dir, card=card, gate=gate_result, fusion=fusion, promoted=chosen is not None,
                        serving=resolve_serving(serving, output_dir) if serving else None)
-
-
-@dataclass
-class Choice:
-    """The chosen candidate (None: the base stays), each candidate's gate against the base, and the steps taken."""
-
-    name: str | None
-    verdicts: dict[str, GateResult]
-    steps: list[str]
-
-
-def choose(per_query, qids: list[str], unseen: set[str] | None, names: list[str], baseline: str = "base",
-           seen_weight: float = 0.0) -> Choice:
-    """The rule of ``--method auto`` over ``evaluate``'s per-query rows; ``names`` cheapest first. The first
-    candidate the gate calls better than ``baseline`` is taken; a later one replaces it only when it is better than it
-    too, by the same gate (so a tie goes to the cheaper)."""
-    verdicts = {name: judge(per_query, qids, baseline, name, unseen, seen_weight=seen_weight) for name in names}
-    chosen, steps = None, []
-    for name in names:
-        if verdicts[name].verdict != "better":
-            continue
-        if chosen is None:
-            chosen = name
-            steps.append(f"{name}: better than the base")
-            continue
-        versus = judge(per_query, qids, chosen, name, unseen, seen_weight=seen_weight)
-        steps.append(f"{name} vs {chosen}: {versus.verdict}")
-        if versus.verdict == "better":
-            chosen = name
-    return Choice(chosen, verdicts, steps)
 
 
 def _decisive_delta(g: GateResult) -> float:

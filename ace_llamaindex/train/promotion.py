@@ -174,3 +174,70 @@ def gate(val: QADataset, base: Encoder, finetuned: Encoder, engine: str = "auto"
 def unseen_query_ids(val: QADataset, unseen_texts: set[str]) -> set[str]:
     """The ids, in a validation dataset, of the queries whose texts are in ``unseen_texts``."""
     return {qid for qid, text in val.queries.items() if text in unseen_texts}
+
+
+@dataclass
+class Choice:
+    """The chosen candidate (None: the baseline stays), each candidate's gate against the baseline, and the steps taken."""
+
+    name: str | None
+    verdicts: dict[str, GateResult]
+    steps: list[str]
+
+
+def choose(per_query, qids: list[str], unseen: set[str] | None, names: list[str], baseline: str = "base",
+           seen_weight: float = 0.0) -> Choice:
+    """The rule of ``--method auto`` over ``evaluate``'s per-query rows; ``names`` cheapest first. The first
+    candidate the gate calls better than ``baseline`` is taken; a later one replaces it only when it is better than it
+    too, by the same gate (so a tie goes to the cheaper)."""
+    verdicts = {name: judge(per_query, qids, baseline, name, unseen, seen_weight=seen_weight) for name in names}
+    chosen, steps = None, []
+    for name in names:
+        if verdicts[name].verdict != "better":
+            continue
+        if chosen is None:
+            chosen = name
+            steps.append(f"{name}: better than the {baseline}")
+            continue
+        versus = judge(per_query, qids, chosen, name, unseen, seen_weight=seen_weight)
+        steps.append(f"{name} vs {chosen}: {versus.verdict}")
+        if versus.verdict == "better":
+            chosen = name
+    return Choice(chosen, verdicts, steps)
+
+
+CHAMPION = "champion"
+
+
+@dataclass
+class Selection:
+    """Every candidate judged against the base and, when there is one, against the champion (the model serving
+    now), on the same validation queries; ``chosen`` passed the deciding comparison (the champion's, else the base's)."""
+
+    chosen: str | None
+    against_base: dict[str, GateResult]
+    against_champion: dict[str, GateResult] | None
+    steps: list[str]
+
+    def deciding(self, name: str) -> GateResult:
+        return (self.against_champion or self.against_base)[name]
+
+
+def select(val: QADataset, unseen: set[str] | None, base: Encoder, candidates: Mapping[str, Encoder],
+           champion: Encoder | None = None, engine: str = "auto", seen_weight: float = 0.0) -> Selection:
+    """Evaluate the base, the champion and ``candidates`` (cheapest first) once on ``val``, and pick by
+    :func:`choose` against the champion (without one: against the base)."""
+    systems = [System("base", "dense", base)] + ([System(CHAMPION, "dense", champion)] if champion is not None else [])
+    systems += [System(name, "dense", encoder) for name, encoder in candidates.items()]
+    per_query = evaluate(val, systems, comparisons=[], show_progress=False, engine=engine).data["per_query"]
+    qids, names = list(val.queries), list(candidates)
+    choice = choose(per_query, qids, unseen, names, CHAMPION if champion is not None else "base", seen_weight)
+    if champion is None:
+        return Selection(choice.name, choice.verdicts, None, choice.steps)
+    against_base = {n: judge(per_query, qids, "base", n, unseen, seen_weight=seen_weight) for n in names}
+    return Selection(choice.name, against_base, choice.verdicts, choice.steps)
+
+
+def deciding_gate(card: Mapping[str, Any]) -> GateResult | None:
+    """The comparison a card's promotion was decided by: against the champion when it had one, else its base."""
+    return GateResult.from_dict(((card.get("champion") or {}).get("gate")) or card.get("gate") or {})

@@ -58,6 +58,7 @@ class TrainConfig:
     # The share of future queries expected to ask about documents training queries had. None (0): new documents,
     # the unseen-document validation queries decide. `ace pipeline` sets it to its test queries' share.
     seen_share: float | None = None
+    seen_share_source: str | None = None    # where seen_share came from (e.g. measured in a feedback log), for the card
     early_stopping_patience: int | None = None  # None: AUTO_PATIENCE when epochs are automatic
     force: bool = False                     # write the model even when the gate does not call it better
     cached_loss: bool | None = None
@@ -432,7 +433,8 @@ def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -
 
 def train(examples: list[TrainingExample], output_dir: str | Path, config: TrainConfig | None = None,
           data_fingerprint: str | None = None, corpus: dict[str, str] | None = None,
-          engine: str = "auto", base_encoder: Any = None, validation: list[TrainingExample] | None = None) -> TrainResult:
+          engine: str = "auto", base_encoder: Any = None, validation: list[TrainingExample] | None = None,
+          champion: Any = None, training_data: str | Path | None = None) -> TrainResult:
     """Fine-tune ``config.base_model`` on ``examples`` and write a full sentence-transformers model to ``output_dir``.
 
     After training, the promotion gate compares the model with its base on the validation queries (over
@@ -443,11 +445,15 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     untouched. Checkpoints go to ``<output_dir>.checkpoints`` so a run can resume (``config.resume=True``).
     ``base_encoder``: the base model's encoder for the gate (default: ``config.base_model``, cached on disk);
     ``validation``: the validation examples to use instead of holding out queries of ``examples``.
+    ``champion`` (:class:`~ace_llamaindex.train.champion.Champion`, what serves now): the model must be better than
+    it too, judged on the same queries (its own validation queries included); ``training_data``: the file
+    ``examples`` came from, named in the card so a later round can replay it.
     """
     from ..embeddings.card import text_hash
     from ..embeddings.encoding import CachedEncoder
     from ..evaluate.fusion_selection import select_fusion
-    from .promotion import gate, unseen_query_ids, validation_dataset
+    from .champion import champion_history, data_reference, with_champion_history
+    from .promotion import select, unseen_query_ids, validation_dataset
 
     config = full_defaults(config or TrainConfig())
     config.validate()
@@ -458,16 +464,21 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
     ensure_room_to_train(config, output_dir)
     split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share or 0.0, validation)
+    history = champion_history(champion) if champion is not None else None
+    if history is not None:
+        split = with_champion_history(split, history)
     tuned = fine_tune(split, config, checkpoints, run_fingerprint(examples, config))
 
-    verdict, fusion, val_set = None, None, None
+    verdict, against_base, fusion, val_set = None, None, None, None
     if split.val:
-        val_set = validation_dataset(split.val, examples, corpus)
+        val_set = validation_dataset(split.val, [*examples, *(history.replay if history else [])], corpus)
         base_encoder = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False,
                                                      trust_remote_code=config.trust_remote_code)
         tuned_encoder = CachedEncoder.from_model(tuned.model, label="finetuned")
-        verdict = gate(val_set, base_encoder, tuned_encoder, engine=engine, unseen=unseen_query_ids(val_set, split.unseen),
-                       seen_weight=config.seen_share or 0.0)
+        champion_encoder = None if champion is None or champion.is_plain(config.base_model) else champion.encoder(base_encoder)
+        selection = select(val_set, unseen_query_ids(val_set, split.unseen), base_encoder, {"finetuned": tuned_encoder},
+                           champion_encoder, engine=engine, seen_weight=config.seen_share or 0.0)
+        verdict, against_base = selection.deciding("finetuned"), selection.against_base["finetuned"]
         prior = (validation_dataset(split.train, examples, corpus), base_encoder)  # the base never saw these queries
         fusion = select_fusion(val_set, tuned_encoder, engine=engine, prior=prior)
         log.info("%s", verdict.sentence())
@@ -483,13 +494,17 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         "data_checks": split.checks,
         **info,
         "peak_memory": peak_memory(info["device"]),
-        "gate": verdict.as_dict() if verdict else {"verdict": "not measured (no validation queries)"},
+        "gate": against_base.as_dict() if against_base else {"verdict": "not measured (no validation queries)"},
         "promoted": promoted,
         "serving": {"model": ".", "adapter": None, "reindex": True},  # ".": this folder
         "fusion": fusion.to_dict() if fusion else None,
         "training_queries": sorted({text_hash(e.query) for e in split.train}),
         "validation_queries": sorted({text_hash(e.query) for e in split.val}),
+        "training_data": [data_reference(training_data)] if training_data else [],
     }
+    if champion is not None:
+        card["champion"] = {**champion.to_dict(), "history": history.note,
+                            "gate": verdict.as_dict() if verdict else {"verdict": "not measured (no validation queries)"}}
     if promoted:
         save_model(tuned.model, output_dir, card, fusion)
     if not config.keep_checkpoints:

@@ -1,0 +1,114 @@
+"""Is a model shown better than what a collection serves now? The evidence a rollout needs before it switches.
+
+In order:
+
+1. the model *is* what serves (same weights and adapter): nothing to decide;
+2. held-out queries were given: both are judged on them (the same paired bootstrap as the gate);
+3. its training card compared it with the champion that serves now (``ace train --collection``): that comparison;
+4. what serves is the base the card's gate compared it with (a first rollout): the card's gate, as before;
+5. otherwise nothing compared it with what serves: refused, naming the champion (give held-out queries, or force).
+
+A model without a training card (any model name or folder not trained here) brings no evidence and is allowed, as
+a rollout always did, unless held-out queries say it is not better.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data.dataset import QADataset
+from ..embeddings.card import deciding_subset, read_card
+from ..serve.serving_record import plan_identity
+
+
+@dataclass
+class Evidence:
+    """What a rollout compared the model with (``against``), on what (``source``), the comparison (a gate's
+    ``as_dict()``, or None), and whether it allows the switch (``allowed``) with a sentence saying why."""
+
+    against: str
+    source: str
+    gate: dict[str, Any] | None
+    allowed: bool
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe_plan(plan: dict[str, Any]) -> str:
+    what = Path(str(plan.get("model"))).name
+    return f"adapter {plan['adapter']} over {what}" if plan.get("adapter") else what
+
+
+def _verdict_allows(gate: dict[str, Any]) -> bool:
+    verdict = str(gate.get("verdict"))
+    # trained without validation ("not measured") is the trainer's explicit choice; a measured "not better" is refused
+    return verdict == "better" or verdict.startswith("not measured")
+
+
+def _evidence_line(gate: dict[str, Any]) -> str:
+    sub = deciding_subset(gate)
+    if sub.get("delta") is None:
+        return str(gate.get("verdict"))
+    return (f"{sub['delta']:+.3f} [{sub['ci95'][0]:+.3f}, {sub['ci95'][1]:+.3f}] nDCG@10 on {sub.get('n', gate.get('n_queries'))} "
+            f"queries ({gate.get('decided_by', 'all queries')}): {gate.get('verdict')}")
+
+
+def _card_base_identity(card: dict[str, Any]) -> dict[str, str | None] | None:
+    base = card.get("base_model")
+    if base:
+        return plan_identity({"model": base, "adapter": None})
+    fingerprint = (card.get("base") or {}).get("fingerprint")  # an adapter's card
+    return {"model": fingerprint, "adapter": None} if fingerprint else None
+
+
+def judge_on_heldout(candidate: dict[str, Any], serving: dict[str, Any], heldout: QADataset, engine: str = "auto") -> dict[str, Any]:
+    """``candidate`` vs ``serving`` (serving plans) on ``heldout``'s queries and corpus: the gate's paired bootstrap
+    on nDCG@10 over dense retrieval, every query deciding. Returns the gate's ``as_dict()``."""
+    from ..embeddings.encoding import CachedEncoder
+    from ..evaluate.evaluate import System, evaluate
+    from ..serve.served_model import serving_encoder
+    from ..train.promotion import judge
+
+    def encoder(plan: dict[str, Any]):
+        return serving_encoder(plan, CachedEncoder(plan["model"], show_progress=False))
+
+    systems = [System("serving", "dense", encoder(serving)), System("candidate", "dense", encoder(candidate))]
+    per_query = evaluate(heldout, systems, comparisons=[], show_progress=False, engine=engine).data["per_query"]
+    return judge(per_query, list(heldout.queries), "serving", "candidate").as_dict()
+
+
+def promotion_evidence(model: str | Path, candidate: dict[str, Any], serving: dict[str, Any], collection: str,
+                       heldout: QADataset | None = None, engine: str = "auto") -> Evidence:
+    """The evidence that ``model`` (serving plan ``candidate``) is better than what ``collection`` serves (``serving``)."""
+    now = f"what {collection!r} serves now ({describe_plan(serving)})"
+    current = plan_identity(serving)
+    if plan_identity(candidate) == current:
+        return Evidence(now, "identity", None, True, f"{model} is what {collection!r} serves already")
+    if heldout is not None:
+        gate = judge_on_heldout(candidate, serving, heldout, engine)
+        allowed = gate["verdict"] == "better"
+        return Evidence(now, f"{len(heldout.queries)} held-out queries ({heldout.source})", gate, allowed,
+                        f"{model} vs {now} on held-out queries: {_evidence_line(gate)}")
+    card = read_card(model) if Path(model).is_dir() else None
+    if card is None:
+        return Evidence(now, "none", None, True, f"{model} has no training card: nothing to check it by")
+    champion = card.get("champion")
+    if champion and champion.get("identity") == current:
+        gate = champion.get("gate") or {}
+        return Evidence(f"the champion {describe_plan(serving)}", "the training card's champion comparison", gate,
+                        _verdict_allows(gate), f"{model} vs the champion {describe_plan(serving)} that {collection!r} "
+                        f"serves, on its validation queries: {_evidence_line(gate)}")
+    if _card_base_identity(card) == current:
+        gate = card.get("gate") or {}
+        return Evidence(f"its base {describe_plan(serving)}", "the training card's gate against its base", gate,
+                        _verdict_allows(gate), f"{model} vs its base {describe_plan(serving)} that {collection!r} serves, "
+                        f"on its validation queries: {_evidence_line(gate)}")
+    judged = f"the champion {describe_plan(champion['serving'])}" if champion else "its base"
+    return Evidence(now, "none", None, False,
+                    f"{model} was judged against {judged}, but {collection!r} serves the champion {describe_plan(serving)}, "
+                    "with which nothing compared it; train it with the champion (`ace train --collection ...`) or give "
+                    "held-out queries (--heldout) to judge both")
