@@ -179,6 +179,9 @@ def training_options(f):
         click.option("--resume", is_flag=True, help="Continue from the last checkpoint of this same run (same data, options, base model)."),
         click.option("--keep-checkpoints", is_flag=True, help="Keep OUTPUT.checkpoints after a finished run (removed by default)."),
         click.option("--force", is_flag=True, help="Replace an existing model even when the gate does not call the new one better."),
+        click.option("--continual/--no-continual", default=True, show_default=True,
+                     help="With a champion (--champion/--collection): also train candidates that continue it (its adapter "
+                          "or weights) on the new data plus the data it was trained on (replay), judged by the same rule."),
         click.option("--method", "--trainer", "trainer", default="auto", show_default=True,
                      help="auto: train a query adapter, the full fine-tune, weight interpolations of base and fine-tuned "
                           "and an adapter on the fine-tune, keep the best the gate calls better on unseen documents (the "
@@ -201,7 +204,7 @@ def _training(kw: dict, seed: int):
         num_negatives=kw["train_negatives"], val_fraction=kw["val_fraction"], early_stopping_patience=kw["early_stopping"],
         cached_loss=kw["cached_loss"], mini_batch_size=kw["mini_batch_size"], seed=seed, device=kw["device"], resume=kw["resume"], force=kw["force"],
         keep_checkpoints=kw["keep_checkpoints"], precision=kw["precision"], exports=list(kw["exports"]),
-        seen_share=kw["seen_share"],
+        seen_share=kw["seen_share"], continual=kw["continual"],
     )
 
 

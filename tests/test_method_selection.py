@@ -12,8 +12,8 @@ from ace_llamaindex.embeddings.query_adapter import ADAPTER_CARD
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, TrainingExample
 from ace_llamaindex.train.adapter import adapter_trainer
-from ace_llamaindex.train.method_selection import choose, select_method
-from ace_llamaindex.train.promotion import MIN_UNSEEN, gate, judge, unseen_query_ids, validation_dataset
+from ace_llamaindex.train.method_selection import select_method
+from ace_llamaindex.train.promotion import MIN_UNSEEN, choose, gate, judge, unseen_query_ids, validation_dataset
 from ace_llamaindex.train.training import TrainConfig, plan_validation
 from ace_llamaindex.train.validation_split import split_for_validation
 

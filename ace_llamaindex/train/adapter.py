@@ -44,6 +44,7 @@ class AdapterConfig:
     val_fraction: float | None = None
     seed: int = 42
     force: bool = False
+    continual: bool = True            # as TrainConfig.continual
 
     def validate(self) -> None:
         if self.kind not in ("linear", "mlp"):
@@ -231,7 +232,7 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
         split = with_champion_history(split, history)
     fitted = {"adapter": fit_adapter(split, examples, base, config)}
     trained_on = {"adapter": split.train}
-    continued = continuable_adapter(champion, base)
+    continued = continuable_adapter(champion, base) if config.continual else None
     if continued is not None:
         rows = continual_examples(split.train, history, split.val)
         fitted["adapter (continued)"] = fit_adapter(type(split)(rows, split.val, split.unseen), [*examples, *history.replay],
@@ -290,7 +291,7 @@ def adapter_config(config: Any) -> AdapterConfig:
     given = {"epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
              "patience": config.early_stopping_patience, "num_negatives": config.num_negatives}
     return AdapterConfig(val_fraction=config.val_fraction, seed=config.seed, force=config.force, seen_share=config.seen_share or 0.0,
-                         seen_share_source=config.seen_share_source, **{k: v for k, v in given.items() if v is not None})
+                         seen_share_source=config.seen_share_source, continual=config.continual, **{k: v for k, v in given.items() if v is not None})
 
 
 def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, config: Any = None, data_fingerprint: str | None = None,

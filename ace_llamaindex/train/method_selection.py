@@ -140,7 +140,7 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
     continual = ValidationSplit(continual_examples(split.train, history, split.val), split.val, split.unseen) \
         if history is not None else None
     trained_on = {"adapter": split.train}
-    if (init := continuable_adapter(champion, base)) is not None:
+    if config.continual and (init := continuable_adapter(champion, base)) is not None:
         cont = fit_adapter(continual, everything, base, adapter_options, init=init)
         candidates.append(Candidate("adapter (continued)", AdaptedEncoder(base, cont.adapter, label="adapter (continued)"),
                                     False, _adapter_writer(cont.adapter, cont.info, base_identity(base)), adapter=True))
@@ -153,7 +153,7 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
         candidates.append(Candidate(f"interpolate({alpha})", CachedEncoder.from_model(merged, label=f"interpolate({alpha})"),
                                     True, _model_writer(merged)))
     candidates.append(Candidate("full", full, True, _model_writer(tuned.model)))
-    if (start := continuable_model(champion)) is not None:
+    if config.continual and (start := continuable_model(champion)) is not None:
         from dataclasses import replace
 
         cont_config = replace(full_config, base_model=start)

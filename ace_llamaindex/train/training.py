@@ -61,6 +61,7 @@ class TrainConfig:
     seen_share_source: str | None = None    # where seen_share came from (e.g. measured in a feedback log), for the card
     early_stopping_patience: int | None = None  # None: AUTO_PATIENCE when epochs are automatic
     force: bool = False                     # write the model even when the gate does not call it better
+    continual: bool = True                  # with a champion: also candidates that continue it on new + replayed data
     cached_loss: bool | None = None
     mini_batch_size: int | None = None      # None: as large as the memory budget allows (see plan_memory)
     seed: int = 42
