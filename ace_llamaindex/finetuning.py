@@ -101,7 +101,8 @@ class SentenceTransformersFinetuneEngine(_Engine):
                  show_progress_bar: bool = True, evaluation_steps: Any = _UNSET, use_all_docs: bool = False,
                  trust_remote_code: bool = False, device: Any = None, save_checkpoints: bool = False,
                  resume_from_checkpoint: bool = False, checkpoint_save_steps: Any = _UNSET,
-                 checkpoint_save_total_limit: Any = _UNSET, *, method: str = "auto", **unknown: Any) -> None:
+                 checkpoint_save_total_limit: Any = _UNSET, *, method: str = "auto", champion: str | Path | None = None,
+                 **unknown: Any) -> None:
         if unknown:
             raise OptionError(f"{self.name} got unknown argument(s) {sorted(unknown)}")
         refused = {}
@@ -119,6 +120,7 @@ class SentenceTransformersFinetuneEngine(_Engine):
         self.dataset = dataset if use_all_docs else _first_docs_only(dataset)
         self.val_dataset = as_dataset(val_dataset, "val_dataset") if val_dataset is not None else None
         self.model_id, self.model_output_path, self.method = model_id, str(model_output_path), method
+        self.champion = champion  # ace's own: a folder `ace train` wrote that the new model must beat (see train.champion)
         self.show_progress_bar, self.use_all_docs = show_progress_bar, use_all_docs
         self.config = TrainConfig(base_model=model_id, batch_size=batch_size, epochs=epochs, device=None if device is None
                                   else str(device), trust_remote_code=trust_remote_code, keep_checkpoints=save_checkpoints,
@@ -138,7 +140,12 @@ class SentenceTransformersFinetuneEngine(_Engine):
         val = _validation_examples(self.val_dataset) if self.val_dataset is not None else None
         self.result = get("trainers", self.method)(examples, Path(self.model_output_path), self.config,
                                                    data_fingerprint=self.dataset.fingerprint(), corpus=self.dataset.corpus,
-                                                   base_encoder=encoder, validation=val)
+                                                   base_encoder=encoder, validation=val, **self._champion())
+
+    def _champion(self) -> dict[str, Any]:
+        from .train.champion import champion_from_folder
+
+        return {"champion": champion_from_folder(self.champion)} if self.champion is not None else {}
 
     def get_finetuned_model(self, **model_kwargs: Any) -> BaseEmbedding:
         """The chosen model as a LlamaIndex embedding (``FineTunedEmbedding``, with its adapter when one was chosen);

@@ -48,6 +48,7 @@ def run_pipeline(
     engine: str = "auto",
     test_set: QADataset | None = None,
     split_by: str = "document",
+    champion: Any = None,
 ) -> PipelineResult:
     """Hold out ``test_fraction`` of the queries (or use ``test_set``, e.g. a BEIR test split), mine + train on the
     rest, and compare base vs fine-tuned on the held-out queries (the corpus is shared, as a memory bank is).
@@ -56,7 +57,8 @@ def run_pipeline(
 
     Training holds out its own validation queries: they decide the best epoch, the promotion gate and the hybrid
     fusion saved with the model (``fusion.json``); the report shows that fusion on the test queries beside plain
-    RRF, so it is visible whether BM25 helps."""
+    RRF, so it is visible whether BM25 helps. ``champion`` (:class:`~ace_llamaindex.train.champion.Champion`, the model
+    serving now): candidates must beat it too, and continual candidates start from it."""
     out_dir = Path(out_dir)
     training = training or TrainConfig(seed=seed)
     mining = mining or MiningOptions(seed=seed)
@@ -76,7 +78,8 @@ def run_pipeline(
     examples = get("miners", miner)(encoder=base, options=mining, show_progress=show_progress, engine=engine).mine(train_set)
     data_path = save_training_data(examples, out_dir / "training_data.json", source=dataset.source, options=mining)
     result = get("trainers", trainer)(examples, out_dir / "model", training, data_fingerprint=train_set.fingerprint(),
-                                      corpus=train_set.corpus, engine=engine, base_encoder=base)
+                                      corpus=train_set.corpus, engine=engine, base_encoder=base, training_data=data_path,
+                                      **({"champion": champion} if champion is not None else {}))
     if not result.promoted and result.serving is not None:  # an older model is at out_dir/model and was kept
         raise OptionError(f"{result.gate.sentence() if result.gate else 'not better'}; the model at {result.model_dir} was "
                           "kept (use --force to replace it)")
