@@ -416,8 +416,9 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
         console.print(f"seen share {config.seen_share:.0%}: {config.seen_share_source}", highlight=False, soft_wrap=True)
     elif config.seen_share is not None:
         config.seen_share_source = "--seen-share"
-    champion = _champion(champion_dir, collection, qdrant_path, qdrant_url)
-    extra = {"training_data": training_data, **({"champion": champion} if champion else {})}
+    champion, corpus = _champion(champion_dir, collection, qdrant_path, qdrant_url)
+    extra = {"training_data": training_data, **({"champion": champion} if champion else {}),
+             **({"corpus": corpus} if corpus else {})}
     if champion:
         console.print(f"champion: {champion.describe()}", highlight=False, soft_wrap=True)
     if base_url:  # every trainer gets the endpoint; one that fine-tunes weights refuses it (TrainResult says why)
@@ -440,6 +441,10 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
         peak = (card.get("peak_memory") or {}).get("rss_gb")
         console.print(f"model -> {result.model_dir} ({card.get('train_seconds')} s on {card.get('device', 'cpu')}"
                       f"{f', peak RSS {peak} GB' if peak else ''})", highlight=False)
+        if result.gate is not None and result.gate.verdict != "better" and not kw["force"]:
+            against = "the champion" if card.get("champion") else "its base"
+            console.print(f"[yellow]written, but not shown better than {against}:[/yellow] `ace rollout` will refuse it "
+                          "(nothing was at OUTPUT to keep; --force to roll it out anyway)", highlight=False)
         if serving and serving.get("adapter"):
             base = "FineTunedEmbedding(model_name=OUT)" if serving["reindex"] else f"FineTunedEmbedding(model_name={serving['model']!r})"
             console.print(f"serve: AdapterEmbedding({base}, OUT) with OUT = {result.model_dir}"
@@ -457,7 +462,9 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
 
 
 def _champion(folder, collection, qdrant_path, qdrant_url):
-    """The champion `ace train` judges against: a folder, a serving collection, or none."""
+    """The champion `ace train` judges against (a folder, a serving collection, or None) and, from a collection, its
+    documents (id -> text): the gate then validates over the real corpus, not only the texts the training data holds."""
+    from .index.engines import open_index
     from .train.champion import champion_from_collection, champion_from_folder
 
     if folder and collection:
@@ -465,10 +472,16 @@ def _champion(folder, collection, qdrant_path, qdrant_url):
     if (qdrant_path or qdrant_url) and not collection:
         raise OptionError("--qdrant-path/--qdrant-url say where --collection is; give --collection too")
     if folder:
-        return champion_from_folder(folder)
-    if collection:
-        return champion_from_collection(collection, path=None if qdrant_url else (qdrant_path or "qdrant_data"), url=qdrant_url)
-    return None
+        return champion_from_folder(folder), None
+    if not collection:
+        return None, None
+    path = None if qdrant_url else (qdrant_path or "qdrant_data")
+    if path is not None and not Path(path).is_dir():
+        raise OptionError(f"--qdrant-path {path}: no index there; run `ace index` first")
+    index = open_index(collection, path=path, url=qdrant_url)
+    champion = champion_from_collection(collection, index=index)
+    target = index.sibling(index.alias_target(collection) or collection)
+    return champion, {doc_id: text for doc_id, text, _ in target.iter_documents()}
 
 
 def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_model: str | None, query_prefix: str,

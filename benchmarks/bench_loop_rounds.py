@@ -12,6 +12,9 @@ shown). Hard negatives are mined with the base model, as ``ace mine`` does. Thre
 (b) champion-gated, from the base on all logs so far (``--no-continual``); roll out when better than the champion;
 (c) champion-gated with continual + replay candidates (the default of ``ace train --collection``) on the new log.
 
+Every round trains as ``ace mine --from-feedback`` + ``ace train --collection`` do: the gate's seen share measured in
+the log, validation over the collection's documents.
+
 The rollout decision is ``ace rollout``'s own (:func:`~ace_llamaindex.deploy.evidence.promotion_evidence`). Per round:
 the served model's test nDCG@10 with a 95% bootstrap CI (the test split is never served or trained on), what
 was decided, wall time and peak RSS. Reference: one model trained once on all the logs. Writes
@@ -64,6 +67,7 @@ def main() -> None:
     from ace_llamaindex.embeddings.encoding import CachedEncoder
     from ace_llamaindex.embeddings.models import DEFAULT_MODEL, resolve_model
     from ace_llamaindex.evaluate.evaluate import System, evaluate
+    from ace_llamaindex.mine.feedback_dataset import FeedbackData
     from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, save_training_data
     from ace_llamaindex.plugins.manager import get
     from ace_llamaindex.serve.served_model import read_serving, serving_encoder
@@ -98,6 +102,14 @@ def main() -> None:
         log = QADataset({q: train_set.queries[q] for q in accepted}, train_set.corpus, accepted, source="served and judged")
         return log, len(qids) - len(accepted)
 
+    def training_config(logs, continual: bool) -> TrainConfig:
+        """As `ace mine --from-feedback` + `ace train --collection` do it: the seen share measured in the log (the
+        most recent 20% of its queries), the gate over the collection's documents (``corpus=``)."""
+        merged = QADataset({q: t for lg in logs for q, t in lg.queries.items()}, train_set.corpus,
+                           {q: d for lg in logs for q, d in lg.relevant_docs.items()}, source="log")
+        share, where = FeedbackData(merged, {}).seen_share(0.2)
+        return TrainConfig(continual=continual, seed=args.seed, seen_share=share, seen_share_source=where)
+
     miner = HardNegativeMiner("dense", base, options=MiningOptions(), show_progress=False)
     qids = list(train_set.queries)
     random.Random(args.seed).shuffle(qids)
@@ -116,17 +128,19 @@ def main() -> None:
             log, unanswered = serve_and_judge(loop.serving, batch)
             examples = miner.mine(log)
             data_file = save_training_data(examples, loop.work / f"round{r}.json", source=f"round {r} log")
-            loop.logs.append((examples, data_file))
+            loop.logs.append((examples, data_file, log))
             champion = None
             if key != "a":
                 champion = champion_from_folder(loop.serving) if loop.serving else Champion(base_plan, "the base")
             if key == "b":  # from base on all logs so far, one file
-                examples = [e for ex, _ in loop.logs for e in ex]
+                examples = [e for ex, _, _ in loop.logs for e in ex]
                 data_file = save_training_data(examples, loop.work / f"all{r}.json", source=f"rounds 1-{r}")
-            config = TrainConfig(continual=key == "c", seed=args.seed)
+            logs = [lg for _, _, lg in (loop.logs if key == "b" else loop.logs[-1:])]
+            config = training_config(logs, continual=key == "c")
             out = loop.work / f"model{r}"
             extra = {"champion": champion} if champion else {}
-            result = get("trainers", args.method)(examples, out, config, base_encoder=base, training_data=data_file, **extra)
+            result = get("trainers", args.method)(examples, out, config, base_encoder=base, training_data=data_file,
+                                                  corpus=train_set.corpus, **extra)
             candidate = read_serving(out) if (out / "ace_adapter.json").exists() or (out / "modules.json").exists() else None
             served = read_serving(loop.serving) if loop.serving else base_plan
             if candidate is None:
@@ -140,7 +154,7 @@ def main() -> None:
             if decision["allowed"]:
                 loop.serving = out
             score = test_score(loop.serving, f"{key}{r}")
-            loop.rows.append({"round": r, "queries": len(batch), "unanswered": unanswered, "examples": len(examples),
+            loop.rows.append({"round": r, "seen_share": config.seen_share, "queries": len(batch), "unanswered": unanswered, "examples": len(examples),
                               "chosen": result.card.get("chosen") or result.card.get("method"),
                               "rolled_out": decision["allowed"], "reason": decision["reason"],
                               "serving": str(loop.serving.name) if loop.serving else "base", "test": score,
@@ -148,9 +162,11 @@ def main() -> None:
                               "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)})
             print(f"{loop.name} round {r}: {json.dumps(loop.rows[-1])}", flush=True)
     # reference: one model trained once, from the base, on all of policy (c)'s logs
-    everything = [e for ex, _ in policies["c"].logs for e in ex]
+    everything = [e for ex, _, _ in policies["c"].logs for e in ex]
     reference_dir = work / "once-on-all"
-    get("trainers", args.method)(everything, reference_dir, TrainConfig(seed=args.seed, force=True), base_encoder=base)
+    once = training_config([lg for _, _, lg in policies["c"].logs], continual=False)
+    once.force = True
+    get("trainers", args.method)(everything, reference_dir, once, base_encoder=base, corpus=train_set.corpus)
     reference = test_score(reference_dir, "once")
     result = {"dataset": args.dataset, "rounds": args.rounds, "method": args.method, "top_k": args.top_k,
               "train_queries": len(qids), "test_queries": len(test_set.queries), "base": base_test,

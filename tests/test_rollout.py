@@ -138,7 +138,7 @@ BAD = [
     (["rollout", "MODEL", "--batch-size", "0"], "0 is not in the range x>=1"),
     (["rollout", "MODEL", "--qdrant-path", "{missing}"], "no index at"),
     (["rollout", "{garbled}", "--collection", "mem"], "unreadable"),
-    (["rollout", "{not-better}", "--collection", "mem"], "its gate said 'no clear difference'"),
+    (["rollout", "{not-better}", "--collection", "mem"], "on its validation queries: no clear difference"),
 ]
 
 

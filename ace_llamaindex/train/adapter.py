@@ -115,9 +115,9 @@ class FittedAdapter:
 
 
 def fit_adapter(split, examples: list[TrainingExample], base: Encoder, config: AdapterConfig,
-                init: QueryAdapter | None = None) -> FittedAdapter:
-    """Train a query adapter for ``base`` on ``split.train``; the best epoch on ``split.val`` is kept. ``init``: an
-    adapter to continue (the champion's), instead of the identity."""
+                init: QueryAdapter | None = None, corpus: dict[str, str] | None = None) -> FittedAdapter:
+    """Train a query adapter for ``base`` on ``split.train``; the best epoch on ``split.val`` is kept (validated over
+    ``corpus`` when given, as the gate is). ``init``: an adapter to continue (the champion's), instead of the identity."""
     import torch
 
     from .promotion import validation_dataset
@@ -139,7 +139,7 @@ def fit_adapter(split, examples: list[TrainingExample], base: Encoder, config: A
     has_neg = torch.tensor([bool(e.negatives) for e in train_rows])
     docs_t, queries_t = torch.from_numpy(doc_vecs), torch.from_numpy(queries)
 
-    val_set = validation_dataset(val_rows, examples) if val_rows else None
+    val_set = validation_dataset(val_rows, examples, corpus) if val_rows else None
     if val_set:
         val_texts = list(val_set.corpus.values())
         val_docs = base.encode_documents(val_texts)
@@ -230,13 +230,13 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
     history = champion_history(champion) if champion is not None else None
     if history is not None:
         split = with_champion_history(split, history)
-    fitted = {"adapter": fit_adapter(split, examples, base, config)}
+    fitted = {"adapter": fit_adapter(split, examples, base, config, corpus=corpus)}
     trained_on = {"adapter": split.train}
     continued = continuable_adapter(champion, base) if config.continual else None
     if continued is not None:
         rows = continual_examples(split.train, history, split.val)
         fitted["adapter (continued)"] = fit_adapter(type(split)(rows, split.val, split.unseen), [*examples, *history.replay],
-                                                    base, config, init=continued)
+                                                    base, config, init=continued, corpus=corpus)
         trained_on["adapter (continued)"] = rows
     selection, name, deciding = None, "adapter", None
     if split.val:

@@ -134,14 +134,14 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
     unseen = unseen_query_ids(val_set, split.unseen)
     adapter_options = AdapterConfig(val_fraction=config.val_fraction, seed=config.seed, num_negatives=config.num_negatives)
 
-    on_base = fit_adapter(split, examples, base, adapter_options)
+    on_base = fit_adapter(split, examples, base, adapter_options, corpus=corpus)
     candidates = [Candidate("adapter", AdaptedEncoder(base, on_base.adapter, label="adapter"), False,
                             _adapter_writer(on_base.adapter, on_base.info, base_identity(base)), adapter=True)]
     continual = ValidationSplit(continual_examples(split.train, history, split.val), split.val, split.unseen) \
         if history is not None else None
     trained_on = {"adapter": split.train}
     if config.continual and (init := continuable_adapter(champion, base)) is not None:
-        cont = fit_adapter(continual, everything, base, adapter_options, init=init)
+        cont = fit_adapter(continual, everything, base, adapter_options, init=init, corpus=corpus)
         candidates.append(Candidate("adapter (continued)", AdaptedEncoder(base, cont.adapter, label="adapter (continued)"),
                                     False, _adapter_writer(cont.adapter, cont.info, base_identity(base)), adapter=True))
         trained_on["adapter (continued)"] = continual.train
@@ -162,7 +162,7 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
         candidates.append(Candidate("full (continued)", CachedEncoder.from_model(resumed.model, label="full (continued)"),
                                     True, _model_writer(resumed.model)))
         trained_on["full (continued)"] = continual.train
-    on_full = fit_adapter(split, examples, full, adapter_options)
+    on_full = fit_adapter(split, examples, full, adapter_options, corpus=corpus)
     candidates.append(Candidate("full+adapter", AdaptedEncoder(full, on_full.adapter, label="full+adapter"), True,
                                 _model_writer(tuned.model, on_full.adapter, on_full.info), adapter=True))
 
