@@ -26,4 +26,4 @@ infinity-venv: .venv-infinity/.installed
 test: setup infinity-venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	ACE_INFINITY_BIN=$(CURDIR)/.venv-infinity/bin/infinity_emb ACE_REQUIRE_INFINITY=1 $(PY) -m pytest -q
+	ACE_INFINITY_BIN=$(CURDIR)/.venv-infinity/bin/infinity_emb ACE_REQUIRE_INFINITY=1 ACE_REQUIRE_EXTRAS=1 $(PY) -m pytest -q -rs

@@ -15,6 +15,18 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+if os.environ.get("ACE_REQUIRE_EXTRAS") == "1":  # `make test` and so CI: a missing extra is a broken install, not a skip
+    import importlib
+
+    def _require(modname: str, *args, **kwargs):
+        try:
+            return importlib.import_module(modname)
+        except ImportError as exc:
+            pytest.fail(f"{modname} is not importable ({exc}); `make test` installs the [dev] extras, so the install "
+                        "is broken (ACE_REQUIRE_EXTRAS=1 turns this skip into a failure)", pytrace=False)
+
+    pytest.importorskip = _require
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):

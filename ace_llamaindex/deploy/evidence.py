@@ -78,7 +78,9 @@ def judge_on_heldout(candidate: dict[str, Any], serving: dict[str, Any], heldout
 
     systems = [System("serving", "dense", encoder(serving)), System("candidate", "dense", encoder(candidate))]
     per_query = evaluate(heldout, systems, comparisons=[], show_progress=False, engine=engine).data["per_query"]
-    return judge(per_query, list(heldout.queries), "serving", "candidate").as_dict()
+    result = judge(per_query, list(heldout.queries), "serving", "candidate")
+    result.decided_by = "all held-out queries"
+    return result.as_dict()
 
 
 def promotion_evidence(model: str | Path, candidate: dict[str, Any], serving: dict[str, Any], collection: str,

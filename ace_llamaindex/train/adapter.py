@@ -217,7 +217,7 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
         continual_examples,
         data_reference,
         history_refs,
-        with_champion_history,
+        split_with_champion,
     )
     from .promotion import select, unseen_query_ids, validation_dataset
     from .training import plan_validation
@@ -226,10 +226,9 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
     config.validate()
     if not examples:
         raise OptionError("no training examples")
-    split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share, validation)
     history = champion_history(champion) if champion is not None else None
-    if history is not None:
-        split = with_champion_history(split, history)
+    split = split_with_champion(examples, history,
+                                lambda rows: plan_validation(rows, config.val_fraction, config.seed, config.seen_share, validation))
     fitted = {"adapter": fit_adapter(split, examples, base, config, corpus=corpus)}
     trained_on = {"adapter": split.train}
     continued = continuable_adapter(champion, base) if config.continual else None

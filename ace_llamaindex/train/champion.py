@@ -141,6 +141,23 @@ def champion_history(champion: Champion | None) -> History:
     return History(replay, validation, trained_on, "; ".join(notes))
 
 
+def split_with_champion(examples: list[TrainingExample], history: History | None, plan):
+    """The validation split of a round with a champion: ``plan(rows)`` (the trainer's
+    :func:`~ace_llamaindex.train.training.plan_validation`) holds out validation queries only among those the champion
+    did not train on (a log that accumulates holds many it did), the rest train; then
+    :func:`with_champion_history` adds the champion's own validation queries. Without a champion: ``plan(examples)``."""
+    from ..mine.mining import drop_positive_negatives
+
+    if history is None:
+        return plan(examples)
+    fresh = [e for e in examples if text_hash(e.query) not in history.trained_on]
+    known, _ = drop_positive_negatives([e for e in examples if text_hash(e.query) in history.trained_on])
+    split = plan(fresh)
+    split.train = [*split.train, *known]
+    split.checks["queries the champion trained on (kept for training)"] = len({e.query for e in known})
+    return with_champion_history(split, history)
+
+
 def with_champion_history(split, history: History):
     """``split`` made fair to champion and challenger: the champion's own validation queries join the validation
     set (so a candidate that forgets what the champion learnt is not "better"), and validation queries the champion
