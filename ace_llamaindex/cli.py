@@ -57,7 +57,18 @@ def friendly(fn):
         except AceError as exc:
             console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
-        except Exception as exc:  # a full disk mid-write, from our writes or a library's (safetensors says os error 28)
+        except Exception as exc:  # a Qdrant server lost mid-command; a full disk mid-write (safetensors: os error 28)
+            from qdrant_client.http.exceptions import ResponseHandlingException
+
+            if isinstance(exc, ResponseHandlingException):  # a Qdrant server that went away after it was opened
+                from .index.store import shown_url
+
+                url = kwargs.get("qdrant_url")
+                where = f" at {shown_url(url)}" if url else ""
+                reason = " ".join(str(getattr(exc, "source", None) or exc).split())
+                console.print(f"[red]error:[/red] lost the connection to Qdrant{where} ({reason}); check the server and run "
+                              "the command again", highlight=False, soft_wrap=True)
+                sys.exit(2)
             if not _disk_full(exc):
                 raise
             console.print(f"[red]error:[/red] no space left on the device while writing ({exc}); the previous output "
@@ -341,12 +352,34 @@ def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_pat
     extra = {"engine": kw["engine"]}
     if collection:
         from .index.engines import open_index
+        from .index.store import shown_url
+        from .serve.serving_record import SERVING_KEY, serving_target
 
+        if not qdrant_url and not qdrant_path:
+            raise OptionError(f"--collection {collection!r}: say where it is (--qdrant-path FOLDER or --qdrant-url URL)")
+        if not qdrant_url and not Path(qdrant_path).is_dir():
+            raise OptionError(f"no index at {qdrant_path!r} (--qdrant-path); run `ace index` first")
         index = open_index(collection, path=qdrant_path, url=qdrant_url,
                            engine=kw["engine"], text_field=text_field, id_field=id_field)
         if not index.exists():
-            raise OptionError(f"no collection {collection!r} in {qdrant_url or qdrant_path}")
-        extra = {"index": index, "using": vector_name or _collection_vector(index, encoder)}
+            where = (f"at the Qdrant server {shown_url(qdrant_url)}" if qdrant_url
+                     else f"in the embedded Qdrant folder {qdrant_path!r} (--qdrant-path)")
+            raise OptionError(f"no collection {collection!r} {where}")
+        serving = index.sibling(serving_target(index, collection)).metadata().get(SERVING_KEY)
+        if serving and kw["model"] is None:  # the collection's documents and queries are that model's, not the base's
+            from .serve.served_model import serving_encoder
+
+            recorded = str(serving.get("model"))
+            if Path(recorded).is_absolute() and not Path(recorded).exists():
+                raise OptionError(f"collection {collection!r} is served by {recorded} (its {SERVING_KEY} record), which "
+                                  "is not here; pass --model with that model (a copy of it) to mine with it")
+            encoder = serving_encoder(serving, CachedEncoder(recorded))
+            adapter = f" with the query adapter {serving['adapter']}" if serving.get("adapter") else ""
+            console.print(f"mining with {recorded}{adapter}: what collection {collection!r} is served by (its "
+                          f"{SERVING_KEY} record; --model to choose another)", highlight=False, soft_wrap=True)
+        using = vector_name or (None if kw["miner"] == "bm25" else
+                                _collection_vector(index, encoder, collection, kw["model"], serving))
+        extra = {"index": index, "using": using}
     if not feedback:
         ds = _load(dataset, fmt, split, strict)
         examples = get("miners", kw["miner"])(encoder=encoder, options=options, **extra).mine(ds)
@@ -527,6 +560,14 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
     from .atomic import check_output
 
     check_output(out_dir, "dir")
+    evidence = finetuned.with_name(finetuned.name + ".not-promoted.json") if finetuned and finetuned.name else None
+    if evidence and not finetuned.exists() and evidence.is_file():  # `ace train` kept the base: no folder at OUT
+        try:
+            reason = (json.loads(evidence.read_text()).get("choice") or {}).get("reason")
+        except (OSError, ValueError, AttributeError):
+            reason = None
+        raise OptionError(f"nothing was promoted at {finetuned}: {reason or 'no method was better than the base'} (the "
+                          f"evidence: {evidence}); evaluate the base alone (omit --finetuned) or train again")
     from .embeddings.card import read_card
     from .embeddings.query_adapter import AdaptedEncoder, QueryAdapter
     from .evaluate.evaluate import compared_systems, evaluate
@@ -703,18 +744,43 @@ def _retriever(model, fallback_url, fallback_model, qdrant_path, qdrant_url, col
                                  mode=mode, similarity_top_k=top_k, engine=engine, feedback_log=feedback_log)
 
 
-def _collection_vector(index, encoder) -> str | None:
-    """The named vector to mine with in an existing collection: the one its rollout recorded, else its only one
-    (None: the one ace writes for the model)."""
-    from .embeddings.models import vector_name
-    from .serve.serving_record import VECTOR_KEY
+def _collection_vector(index, encoder, collection: str, model: str | None, serving: dict | None) -> str | None:
+    """The named vector to mine with in an existing collection, searched with ``encoder``'s query vectors: the one
+    the model of those queries wrote (``model``: --model; None: the model ``serving``, the collection's serving
+    record, names, else the base model). A collection whose vectors another model made is refused in one line:
+    searching them with these queries would mine wrong negatives without a sound."""
+    from .embeddings.models import DEFAULT_MODEL, vector_name
+    from .serve.serving_record import SERVING_KEY, VECTOR_KEY, model_embedding, serving_target
+    from .serve.spaces import embedding_spaces, named_vector
 
-    have = index.dense_vectors()
-    recorded = index.metadata().get(VECTOR_KEY)
-    if recorded in have:
-        return recorded
-    if vector_name(encoder.label) not in have and len(have) == 1:
+    target = index.sibling(serving_target(index, collection))
+    have, recorded = target.dense_vectors(), target.metadata().get(VECTOR_KEY)
+    if not have:
+        return None  # the miner's default; a dense miner that finds no such vector says which the collection has
+    plan = serving if serving and model is None else {"model": model or DEFAULT_MODEL, "adapter": None}
+    embed = model_embedding(plan)
+    own = named_vector(embed, embedding_spaces(embed)[0][0])
+    if serving and model is None:
+        if recorded in have:
+            return recorded
+        if own in have:
+            return own
+        raise OptionError(f"collection {collection!r} is served by {serving.get('model')} (its {SERVING_KEY} record) but "
+                          f"holds no vector of it ({own}; it has {sorted(have)}); pass --vector-name to search one anyway")
+    if own in have:
+        return own
+    if vector_name(encoder.label) in have:  # the name the miner's own index gives the model
+        return vector_name(encoder.label)
+    if serving:  # --model given, and the collection is served by another model: its vectors are that model's
+        raise OptionError(f"collection {collection!r} is served by {serving.get('model')} (its {SERVING_KEY} record), "
+                          f"not by --model {model}: its vectors {sorted(have)} are not that model's; mine with --model "
+                          f"{serving.get('model')} (or without --model)")
+    if model is not None and len(have) == 1:  # a collection another tool wrote: --model says what made its vectors
         return next(iter(have))
+    if model is None:
+        raise OptionError(f"collection {collection!r} holds the dense vectors {sorted(have)}, none of them the base "
+                          f"model's ({own}), and records no model serving it: pass --model with the model that indexed it "
+                          "(or --vector-name to search one anyway)")
     return None  # the miner's default; a dense miner that finds no such vector says which the collection has
 
 
@@ -812,8 +878,12 @@ def rollback_cmd(collection, qdrant_path, qdrant_url, engine, as_json):
 @friendly
 def feedback_cmd(log, query_id, doc_id, relevant):
     """Record a judgement of a served result (QUERY_ID: `ace search --json`'s query_id) in LOG."""
-    from .serve.feedback import record_feedback
+    from .serve.feedback import judgements, read_log, record_feedback
 
+    served, _ = judgements(read_log(log))  # one clear line for a log that is missing, unreadable or malformed
+    if query_id not in served:
+        raise OptionError(f"{log}: query id {query_id!r} was never served there ({len(served)} served queries); judge "
+                          "a query_id that `ace search --feedback-log LOG --json` printed")
     record_feedback(log, query_id, doc_id, relevant)
 
 
@@ -825,11 +895,16 @@ def index(dataset, fmt, split, strict, **kw):
     """Index DATASET's corpus (default: the demo memories) into Qdrant: a named vector per model + BM25."""
     from llama_index.core.schema import TextNode
 
+    from .index.store import shown_url
 
+    if not kw["qdrant_url"] and not kw["qdrant_path"]:  # "" would index into memory and lose it all at exit
+        raise OptionError("--qdrant-path is empty: give the embedded Qdrant folder to index into (default: qdrant_data) "
+                          "or --qdrant-url")
     ds = _load(dataset, fmt, split, strict)
     retriever = _retriever(**kw)
     retriever.add_nodes([TextNode(id_=k, text=v) for k, v in ds.corpus.items()])
-    console.print(f"{len(ds.corpus)} documents -> collection {kw['collection']!r} ({kw['qdrant_url'] or kw['qdrant_path']})")
+    where = f"Qdrant server {shown_url(kw['qdrant_url'])}" if kw["qdrant_url"] else f"embedded Qdrant folder {kw['qdrant_path']}"
+    console.print(f"{len(ds.corpus)} documents -> collection {kw['collection']!r} ({where})", highlight=False, soft_wrap=True)
 
 
 @cli.command()
@@ -842,11 +917,19 @@ def index(dataset, fmt, split, strict, **kw):
 @friendly
 def search(query, top_k, as_json, feedback_log, **kw):
     """Search an index built by `ace index`."""
+    from .index.store import shown_url
+
+    if not kw["qdrant_url"] and not kw["qdrant_path"]:  # "" would search an empty in-memory index
+        raise OptionError("--qdrant-path is empty: give the embedded Qdrant folder `ace index` wrote (default: "
+                          "qdrant_data) or --qdrant-url")
     if not kw["qdrant_url"] and not Path(kw["qdrant_path"]).exists():  # a read-only command creates nothing
         raise OptionError(f"no index at {kw['qdrant_path']!r}; run `ace index` first (or pass --qdrant-path/--qdrant-url)")
     retriever = _retriever(top_k=top_k, feedback_log=feedback_log, **kw)
     if not retriever.index.exists():
-        raise OptionError(f"no collection {kw['collection']!r} in {kw['qdrant_url'] or kw['qdrant_path']}; run `ace index` first")
+        where = (f"at the Qdrant server {shown_url(kw['qdrant_url'])}" if kw["qdrant_url"]
+                 else f"in the embedded Qdrant folder {kw['qdrant_path']!r} (--qdrant-path)")
+        raise OptionError(f"no collection {kw['collection']!r} {where}; run `ace index --collection {kw['collection']}` "
+                          "there first, or pass the --qdrant-path/--qdrant-url that holds it")
     results = retriever.retrieve(query)
     rows = [{"id": n.node.node_id, "score": n.score, "served_by": n.node.metadata.get("ace_served_by"), "text": n.node.text,
              **({"query_id": n.node.metadata[QUERY_ID]} if QUERY_ID in n.node.metadata else {})} for n in results]

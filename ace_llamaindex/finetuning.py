@@ -78,6 +78,15 @@ class _Engine:
         return HardNegativeMiner("dense", encoder, options=MiningOptions(seed=seed),
                                  show_progress=self.show_progress_bar).mine(dataset)
 
+    def _check_output(self) -> None:
+        """Before mining and training: can ``model_output_path`` be written? (as ``ace train`` checks ``-o``)"""
+        from .atomic import check_output
+
+        try:
+            check_output(self.model_output_path, "dir")
+        except OptionError as exc:
+            raise OptionError(f"{self.name}: model_output_path {exc}") from None
+
     @property
     def card(self) -> dict[str, Any]:
         """The training card of the last ``finetune()``: the method chosen, every candidate's gate, the fusion."""
@@ -134,6 +143,7 @@ class SentenceTransformersFinetuneEngine(_Engine):
 
         if train_kwargs:
             raise OptionError(f"{self.name}.finetune() got unknown argument(s) {sorted(train_kwargs)}")
+        self._check_output()
         encoder = CachedEncoder(self.model_id, show_progress=self.show_progress_bar,
                                 trust_remote_code=self.config.trust_remote_code)
         examples = self._mine(self.dataset, encoder, self.config.seed)
@@ -210,6 +220,7 @@ class EmbeddingAdapterFinetuneEngine(_Engine):
 
         if train_kwargs:
             raise OptionError(f"{self.name}.finetune() got unknown argument(s) {sorted(train_kwargs)}")
+        self._check_output()
         encoder = self._encoder()
         if self.dim is not None:
             actual = len(self.embed_model.get_text_embedding("hello world"))

@@ -119,7 +119,16 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     if not current.exists():
         raise OptionError(f"collection {collection!r} does not exist here; index it first (`ace index`)")
     plan = _serving_plan(model)
-    previous_serving = current.metadata().get(SERVING_KEY) or _serving_plan(previous_model or DEFAULT_MODEL)
+    previous_serving = current.metadata().get(SERVING_KEY)
+    if not previous_serving:  # an `ace index` collection: what serves it is previous_model, or assumed the base model
+        previous_serving = _serving_plan(previous_model or DEFAULT_MODEL)
+        assumed = model_embedding(previous_serving) if previous_model is None else None
+        assumed_vector = named_vector(assumed, embedding_spaces(assumed)[0][0]) if assumed is not None else None
+        if assumed_vector and current.dense_vectors() and assumed_vector not in current.dense_vectors():
+            raise OptionError(f"collection {collection!r} records no model serving it, and its dense vectors "
+                              f"{sorted(current.dense_vectors())} are not the base model's ({assumed_vector}): pass "
+                              "--previous-model (previous_model=) with the model that indexed it, so a rollback can "
+                              "serve it again")
     if heldout is not None and not isinstance(heldout, QADataset):
         heldout = load_dataset(heldout)
     evidence = promotion_evidence(model, plan, previous_serving, collection, heldout, engine)

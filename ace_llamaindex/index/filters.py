@@ -24,6 +24,12 @@ def _condition(f: MetadataFilter | MetadataFilters) -> models.Condition:
     if f.operator in (FilterOperator.ANY, FilterOperator.CONTAINS):
         values = list(f.value) if isinstance(f.value, list) else [f.value]
         return models.FieldCondition(key=f.key, match=models.MatchAny(any=values))
+    if f.operator in (FilterOperator.IN, FilterOperator.NIN) and not isinstance(f.value, (list, tuple)):
+        # a scalar (list(5) fails deep in the call; list("ab") would silently match 'a' or 'b')
+        raise OptionError(f"metadata filter on {f.key!r} with operator {f.operator.value!r} expects a list of values, got "
+                          f"{type(f.value).__name__} {f.value!r} (e.g. MetadataFilter(key={f.key!r}, value=[{f.value!r}], "
+                          f"operator=FilterOperator.{f.operator.name}), or operator "
+                          f"{'==' if f.operator == FilterOperator.IN else '!='!r} for one value)")
     if f.operator == FilterOperator.IN:
         return models.FieldCondition(key=f.key, match=models.MatchAny(any=list(f.value)))
     if f.operator == FilterOperator.NIN:

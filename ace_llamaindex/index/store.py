@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import re
 import uuid
 import weakref
@@ -24,6 +25,8 @@ from tqdm.auto import tqdm
 from ..errors import OptionError
 from .bm25 import BM25Encoder
 from .fusion import DEFAULT_RRF_K, FUSION_METHODS, convex_scores
+
+log = logging.getLogger(__name__)
 
 SPARSE_NAME = "bm25"
 _NAMESPACE = uuid.UUID("5b1d0c4e-9d55-4a8e-9a43-ace11a3a1d3b")
@@ -103,7 +106,7 @@ def _close_open_clients() -> None:
 def make_client(path: str | None = None, url: str | None = None, api_key: str | None = None) -> QdrantClient:
     """Embedded local Qdrant (``path`` folder, or in memory when both are None), or a server/cluster by ``url``."""
     if url:
-        return QdrantClient(url=url, api_key=api_key)
+        return _remote_client(url, api_key)
     if not path:
         return QdrantClient(":memory:")
     if Path(path).exists() and not Path(path).is_dir():
@@ -124,6 +127,71 @@ def make_client(path: str | None = None, url: str | None = None, api_key: str | 
     except Exception as exc:  # noqa: BLE001 - sqlite3.DatabaseError, pickle errors: a corrupt storage file
         raise OptionError(f"{path}: the embedded Qdrant storage is unreadable ({type(exc).__name__}: {exc}); restore it "
                           "or delete the folder and index again") from None
+
+
+def shown_url(url: str) -> str:
+    """``url`` as messages show it: a password (``user:SECRET@``) becomes ``***`` and the query (``?api-key=...``) is
+    dropped. (serve.http_embedding.redact_url does the same for endpoints; the layers keep index below serve.)"""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{port}" if port else "")
+    return urlunsplit(parts._replace(netloc=netloc, query=""))
+
+
+def _remote_client(url: str, api_key: str | None) -> QdrantClient:
+    """A client for the Qdrant server at ``url``, checked reachable now: qdrant-client connects lazily, so a wrong
+    --qdrant-url would otherwise fail at the first search as a long httpx traceback (and its background version check
+    would print a second warning). One line names the URL (password redacted) and why."""
+    import importlib.metadata
+
+    from qdrant_client.common.version_check import is_compatible
+
+    where = f"cannot reach Qdrant at {shown_url(url)}"
+    try:
+        client = QdrantClient(url=url, api_key=api_key, check_compatibility=False)
+    except Exception as exc:  # noqa: BLE001 - a malformed URL: ValueError, TypeError from qdrant-client or httpx
+        raise OptionError(f"{where}: not a usable URL ({_reason(exc, url, api_key)}); pass e.g. --qdrant-url "
+                          "http://localhost:6333") from None
+    try:
+        server = client.info().version
+    except Exception as exc:  # noqa: BLE001 - refused, DNS, timeout, TLS, not a Qdrant server: all one line
+        with contextlib.suppress(Exception):
+            client.close()
+        raise OptionError(f"{where}: {_reason(exc, url, api_key)}; check --qdrant-url and that the server is running") from None
+    with contextlib.suppress(Exception):
+        mine = importlib.metadata.version("qdrant-client")
+        if not is_compatible(mine, server):
+            log.warning("Qdrant server %s at %s and qdrant-client %s differ by more than one minor version; some "
+                        "calls may fail", server, shown_url(url), mine)
+    return client
+
+
+def _reason(exc: BaseException, url: str, api_key: str | None) -> str:
+    """The innermost cause of a connection failure, in words (``[Errno 111] Connection refused``), secrets removed."""
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    if isinstance(exc, UnexpectedResponse):
+        text = f"HTTP {exc.status_code} {exc.reason_phrase}".strip()
+        if exc.status_code in (401, 403):
+            text += " (check the API key)"
+    else:
+        for _ in range(10):  # ResponseHandlingException(source=httpx.ConnectError(...)) <- httpcore <- OSError
+            inner = getattr(exc, "source", None) or exc.__cause__
+            if not isinstance(inner, BaseException):
+                break
+            exc = inner
+        text = str(exc) or type(exc).__name__
+    text = text.replace(url, shown_url(url))
+    if api_key:
+        text = text.replace(api_key, "***")
+    return " ".join(text.split())
 
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")

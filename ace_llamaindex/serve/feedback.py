@@ -21,6 +21,8 @@ import fcntl
 import json
 import logging
 import os
+import stat
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,31 +34,65 @@ from ..errors import DatasetError, OptionError
 log = logging.getLogger(__name__)
 QUERY_ID = "ace_query_id"  # node metadata key: the id to judge a served result by
 Sink = Callable[[dict[str, Any]], None]
+_WARNED: set[str] = set()  # logs already warned about: a log that cannot be written is one warning, not one a query
+_WARN_LOCK = threading.Lock()
 
 
 class FeedbackLog:
     """An append-only JSON-lines file several processes may write to at once. ``fsync=True`` also survives a power
-    loss (each line is then flushed to the disk; a kill never loses a finished line either way)."""
+    loss (each line is then flushed to the disk; a kill never loses a finished line either way).
 
-    def __init__(self, path: str | Path, fsync: bool = False) -> None:
-        self.path, self.fsync = Path(path), fsync
+    A log that cannot be written (a read-only file or folder, a folder that vanished, a full disk) never fails the
+    query that served the results: one warning per log (again after it was written once more), every record not
+    written counted in :attr:`lost`, and serving goes on. ``strict=True`` (``ace feedback``, :func:`record_feedback`
+    given a path) raises a :class:`~ace_llamaindex.errors.DatasetError` naming the file instead."""
+
+    def __init__(self, path: str | Path, fsync: bool = False, *, strict: bool = False) -> None:
+        self.path, self.fsync, self.strict = Path(path), fsync, strict
+        self.lost = 0  # records that could not be written
         if self.path.is_dir():
             raise OptionError(f"feedback_log={str(self.path)!r} is a folder; pass a file path (e.g. feedback.jsonl)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # the first write fails the same way: strict callers get the error then, serving warns
+            log.debug("feedback log folder %s: %s", self.path.parent, exc)
 
     def __call__(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        try:
+            self._append(line)
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if _WARNED and str(self.path) in _WARNED:  # written again: the next outage is a warning of its own
+            with _WARN_LOCK:
+                _WARNED.discard(str(self.path))
+            log.warning("feedback log %s is written again (%d records lost before)", self.path, self.lost)
+
+    def _append(self, line: bytes) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             written = os.write(fd, line)
             if written != len(line):  # a full disk part-way: never leave half a line behind
                 os.ftruncate(fd, os.fstat(fd).st_size - written)
-                raise OSError(28, "no space left on the device for the feedback log", str(self.path))
+                raise OSError(28, "No space left on device", str(self.path))
             if self.fsync:
                 os.fsync(fd)
         finally:
             os.close(fd)  # closing releases the lock
+
+    def _lost(self, exc: OSError) -> None:
+        reason = exc.strerror or str(exc)
+        if self.strict:
+            raise DatasetError(self.path, "file", f"a writable feedback log ({reason}); nothing was recorded") from None
+        with _WARN_LOCK:
+            self.lost += 1
+            warn = str(self.path) not in _WARNED  # once per log, however many objects (a retriever, a handler) write it
+            _WARNED.add(str(self.path))
+        if warn:
+            log.warning("feedback log %s cannot be written (%s): queries are still answered, but what they served and "
+                        "its judgements are not recorded (counted in FeedbackLog.lost)", self.path, reason)
 
     def __repr__(self) -> str:
         return f"FeedbackLog({str(self.path)!r})"
@@ -89,7 +125,8 @@ def record_feedback(feedback_log: str | Path | Sink, query_id: str, doc_id: str,
         raise OptionError(f"relevant must be True or False, got {relevant!r}")
     if not query_id or not doc_id:
         raise OptionError("record_feedback needs the query_id and the doc_id of a served result")
-    as_sink(feedback_log)({"type": "judgement", "query_id": str(query_id), "doc_id": str(doc_id), "relevant": relevant,
+    sink = FeedbackLog(feedback_log, strict=True) if isinstance(feedback_log, (str, Path)) else as_sink(feedback_log)
+    sink({"type": "judgement", "query_id": str(query_id), "doc_id": str(doc_id), "relevant": relevant,
                            "ts": time.time()})
 
 
@@ -97,6 +134,8 @@ def read_log(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) for each line; a bad line is an error naming it (a torn last line, left by a power
     loss without ``fsync``, is skipped with a warning)."""
     path = Path(path)
+    if path.exists() and (stat.S_ISCHR(path.stat().st_mode) or stat.S_ISBLK(path.stat().st_mode)):
+        raise DatasetError(path, "file", "a feedback log file, not a device")  # /dev/zero would be read forever
     try:
         lines = path.read_bytes().split(b"\n")
     except OSError as exc:
@@ -114,7 +153,38 @@ def read_log(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 log.warning("%s: line %d is incomplete (an interrupted write); skipped", path, number)
                 continue
             raise DatasetError(path, f"line {number}", f"a JSON record with type 'served' or 'judgement' ({exc})") from None
+        problem = _record_problem(record)
+        if problem:
+            raise DatasetError(path, f"line {number}", f"{record['type']} record: {problem}")
         yield number, record
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _record_problem(record: Mapping[str, Any]) -> str | None:
+    """What is wrong with one record's fields (None: nothing), in the words of the error."""
+    if not _is_text(record.get("query_id")):
+        return f"field 'query_id' must be a non-empty string, got {record.get('query_id')!r}"
+    if record["type"] == "judgement":
+        if not _is_text(record.get("doc_id")):
+            return f"field 'doc_id' must be a non-empty string (the judged document), got {record.get('doc_id')!r}"
+        if not isinstance(record.get("relevant"), bool):
+            return f"field 'relevant' must be true or false (a JSON boolean), got {record.get('relevant')!r}"
+        return None
+    if not isinstance(record.get("query"), str):
+        return f"field 'query' must be the query text (a string), got {record.get('query')!r}"
+    if not isinstance(record.get("ts"), (int, float)) or isinstance(record.get("ts"), bool):
+        return f"field 'ts' must be a number (seconds since 1970), got {record.get('ts')!r}"
+    results = record.get("results")
+    if not isinstance(results, list):
+        return f"field 'results' must be a list of {{doc_id, score, rank}}, got {results!r}"
+    for i, result in enumerate(results):
+        if not isinstance(result, dict) or not _is_text(result.get("doc_id")) or not isinstance(result.get("rank"), int) \
+                or isinstance(result.get("rank"), bool):
+            return f"field 'results[{i}]' must be {{doc_id: a string, rank: an integer, ...}}, got {result!r}"
+    return None
 
 
 class FeedbackHandler:

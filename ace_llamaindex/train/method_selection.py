@@ -34,7 +34,7 @@ from .champion import (
     continual_examples,
     data_reference,
     history_refs,
-    with_champion_history,
+    split_with_champion,
 )
 from .promotion import GateResult, select, unseen_query_ids, validation_dataset
 from .training import (
@@ -117,10 +117,9 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
     full_config = full_defaults(config)
     if not examples:
         raise OptionError("no training examples")
-    split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share or 0.0, validation)
     history = champion_history(champion) if champion is not None else None
-    if history is not None:
-        split = with_champion_history(split, history)
+    split = split_with_champion(examples, history, lambda rows: plan_validation(rows, config.val_fraction, config.seed,
+                                                                             config.seen_share or 0.0, validation))
     if not split.val:
         raise OptionError("--method auto chooses on validation queries and this data leaves none (val_fraction 0, or "
                           "fewer than 4 queries); use --method full or --method adapter")
@@ -228,6 +227,16 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
     if not config.keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
         shutil.rmtree(checkpoints.with_name(checkpoints.name + "-continued"), ignore_errors=True)
+    if chosen and config.exports and chosen.reindex:  # a model folder was written: export it as `--method full` does
+        from .training import export_all
+
+        export_all(output_dir, config.exports, val_set)
+    elif chosen and config.exports:  # an adapter over the base: the folder holds the adapter, no model to export
+        card["exports_skipped"] = (
+            f"--export {', '.join(config.exports)}: nothing exported: the chosen {chosen.name!r} is a query adapter over "
+            f"the base model {config.base_model}, so {output_dir} holds no model to export (export the base model's "
+            "folder with `ace export`, or train with --method full)")
+        log.warning(card["exports_skipped"])
     log.info("method auto: %s", card["choice"]["reason"])
     return TrainResult(model_dir=output_dir, card=card, gate=gate_result, fusion=fusion, promoted=chosen is not None,
                        serving=resolve_serving(serving, output_dir) if serving else None)

@@ -453,7 +453,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     from ..embeddings.card import text_hash
     from ..embeddings.encoding import CachedEncoder
     from ..evaluate.fusion_selection import select_fusion
-    from .champion import champion_history, data_reference, with_champion_history
+    from .champion import champion_history, data_reference, split_with_champion
     from .promotion import select, unseen_query_ids, validation_dataset
 
     config = full_defaults(config or TrainConfig())
@@ -464,10 +464,9 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     output_dir = Path(output_dir)
     checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
     ensure_room_to_train(config, output_dir)
-    split = plan_validation(examples, config.val_fraction, config.seed, config.seen_share or 0.0, validation)
     history = champion_history(champion) if champion is not None else None
-    if history is not None:
-        split = with_champion_history(split, history)
+    split = split_with_champion(examples, history, lambda rows: plan_validation(rows, config.val_fraction, config.seed,
+                                                                             config.seen_share or 0.0, validation))
     tuned = fine_tune(split, config, checkpoints, run_fingerprint(examples, config))
 
     verdict, against_base, fusion, val_set = None, None, None, None
@@ -578,17 +577,40 @@ def run_fingerprint(examples: list[TrainingExample], config: TrainConfig) -> str
 
 
 def _prepare_checkpoints(folder: Path, fingerprint: str, resume: bool) -> Path | None:
-    """The checkpoint to resume from: only one of this very run (``ace_run.json``); a mismatch is refused."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The checkpoint to resume from: only one of this very run (``ace_run.json``); a mismatch is refused. A checkpoint
+    cut short while it was written (``kill -9``, power loss: no readable ``trainer_state.json``, which the trainer
+    writes last, or no model weights) is removed with a warning and the run resumes from the last complete one."""
+    import re
 
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-    if resume and last:
+    def step(path: Path) -> int:
+        return int(path.name.rpartition("-")[2])
+
+    def complete(path: Path) -> bool:
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return any(path.rglob("*.safetensors")) or any(path.rglob("pytorch_model*.bin"))
+
+    found = sorted((p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)), key=step) \
+        if folder.is_dir() else []
+    if resume and found:
         stamp = folder / RUN_FILE
         theirs = json.loads(stamp.read_text()).get("fingerprint") if stamp.exists() else None
         if theirs != fingerprint:
             raise OptionError(f"--resume: the checkpoints in {folder} belong to another run (different data, options or "
                               "base model); delete that folder or train without --resume")
-        return Path(last)
+        cut = [p for p in found if not complete(p)]
+        kept = [p for p in found if p not in cut]
+        if cut:
+            log.warning("--resume: skipped and removed %d incomplete checkpoint(s) in %s (cut short while being written: "
+                        "no trainer_state.json or no model weights): %s; %s", len(cut), folder,
+                        ", ".join(p.name for p in cut),
+                        f"resuming from {kept[-1].name}" if kept else "no complete checkpoint is left: training from the start")
+            for p in cut:
+                shutil.rmtree(p, ignore_errors=True)
+        if kept:
+            return kept[-1]
     shutil.rmtree(folder, ignore_errors=True)  # stale checkpoints of another run are never picked up by accident
     write_json(folder / RUN_FILE, {"fingerprint": fingerprint})
     return None
