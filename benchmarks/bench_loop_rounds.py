@@ -10,7 +10,8 @@ shown). Hard negatives are mined with the base model, as ``ace mine`` does. Thre
 
 (a) today's loop: train from the base on the new round's log; roll out when its gate beats the *base*;
 (b) champion-gated, from the base on all logs so far (``--no-continual``); roll out when better than the champion;
-(c) champion-gated with continual + replay candidates (the default of ``ace train --collection``) on the new log.
+(c) as (b), plus the continual candidates (the champion's adapter continued on all logs so far and the data the
+    champion was trained on, replayed): the default of ``ace train --collection`` over an append-only log.
 
 Every round trains as ``ace mine --from-feedback`` + ``ace train --collection`` do: the gate's seen share measured in
 the log, validation over the collection's documents.
@@ -67,6 +68,7 @@ def main() -> None:
     from ace_llamaindex.embeddings.encoding import CachedEncoder
     from ace_llamaindex.embeddings.models import DEFAULT_MODEL, resolve_model
     from ace_llamaindex.evaluate.evaluate import System, evaluate
+    from ace_llamaindex.evaluate.stats import paired_bootstrap
     from ace_llamaindex.mine.feedback_dataset import FeedbackData
     from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, save_training_data
     from ace_llamaindex.plugins.manager import get
@@ -84,10 +86,20 @@ def main() -> None:
     def encoder(serving: Path | None):
         return base if serving is None else serving_encoder(read_serving(serving), base)
 
+    per_query_scores: dict[str, np.ndarray] = {}
+
     def test_score(serving: Path | None, label: str) -> dict:
-        per_query = evaluate(test_set, [System(label, "dense", encoder(serving))], comparisons=[], show_progress=False).data["per_query"]
-        scores = np.array([per_query[q][label]["ndcg@10"] for q in test_set.queries])
+        key = str(serving)
+        if key not in per_query_scores:
+            per_query = evaluate(test_set, [System(label, "dense", encoder(serving))], comparisons=[],
+                                 show_progress=False).data["per_query"]
+            per_query_scores[key] = np.array([per_query[q][label]["ndcg@10"] for q in test_set.queries])
+        scores = per_query_scores[key]
         return {"ndcg@10": round(float(scores.mean()), 4), "ci95": ci95(scores)}
+
+    def paired(before: Path | None, after: Path | None) -> dict:
+        d = paired_bootstrap(per_query_scores[str(before)], per_query_scores[str(after)])
+        return {"delta": round(d.delta, 4), "ci95": [round(d.ci_low, 4), round(d.ci_high, 4)], "verdict": d.verdict}
 
     def serve_and_judge(serving: Path | None, qids: list[str]):
         """The round's log: each query served (top-k) by the serving model, judged by the qrels."""
@@ -118,7 +130,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     policies = {"a": Loop("(a) today: from base on the new log, gated vs the base", work / "a"),
                 "b": Loop("(b) champion-gated, from base on all logs so far", work / "b"),
-                "c": Loop("(c) champion-gated, continual + replay candidates", work / "c")}
+                "c": Loop("(c) as (b) + continual and replay candidates", work / "c")}
     started_all = time.perf_counter()
     base_test = test_score(None, "base")
     print(f"base: test nDCG@10 {base_test['ndcg@10']:.3f} {base_test['ci95']}", flush=True)
@@ -132,10 +144,10 @@ def main() -> None:
             champion = None
             if key != "a":
                 champion = champion_from_folder(loop.serving) if loop.serving else Champion(base_plan, "the base")
-            if key == "b":  # from base on all logs so far, one file
+            if key != "a":  # all logs so far, one file (`ace mine --from-feedback` over the append-only log)
                 examples = [e for ex, _, _ in loop.logs for e in ex]
                 data_file = save_training_data(examples, loop.work / f"all{r}.json", source=f"rounds 1-{r}")
-            logs = [lg for _, _, lg in (loop.logs if key == "b" else loop.logs[-1:])]
+            logs = [lg for _, _, lg in (loop.logs if key != "a" else loop.logs[-1:])]
             config = training_config(logs, continual=key == "c")
             out = loop.work / f"model{r}"
             extra = {"champion": champion} if champion else {}
@@ -151,9 +163,11 @@ def main() -> None:
             else:
                 evidence = promotion_evidence(out, candidate, served, "docs")
                 decision = evidence.to_dict()
+            previous = loop.serving
             if decision["allowed"]:
                 loop.serving = out
             score = test_score(loop.serving, f"{key}{r}")
+            score["vs_previous_round"] = paired(previous, loop.serving)
             loop.rows.append({"round": r, "seen_share": config.seen_share, "queries": len(batch), "unanswered": unanswered, "examples": len(examples),
                               "chosen": result.card.get("chosen") or result.card.get("method"),
                               "rolled_out": decision["allowed"], "reason": decision["reason"],
@@ -168,6 +182,7 @@ def main() -> None:
     once.force = True
     get("trainers", args.method)(everything, reference_dir, once, base_encoder=base, corpus=train_set.corpus)
     reference = test_score(reference_dir, "once")
+    reference["last_round_of_c_vs_this"] = paired(reference_dir, policies["c"].serving)
     result = {"dataset": args.dataset, "rounds": args.rounds, "method": args.method, "top_k": args.top_k,
               "train_queries": len(qids), "test_queries": len(test_set.queries), "base": base_test,
               "policies": {p.name: p.rows for p in policies.values()}, "trained_once_on_all_logs": reference,
@@ -176,15 +191,19 @@ def main() -> None:
     lines = [f"# The loop in rounds: {args.dataset} ({args.rounds} rounds, --method {args.method}, top {args.top_k})", "",
              f"Base model test nDCG@10 {base_test['ndcg@10']:.3f} [{base_test['ci95'][0]:.3f}, {base_test['ci95'][1]:.3f}]; "
              f"one model trained once on all of (c)'s logs: {reference['ndcg@10']:.3f} "
-             f"[{reference['ci95'][0]:.3f}, {reference['ci95'][1]:.3f}].", "",
-             "| policy | round | judged queries | rolled out | serving | test nDCG@10 [95% CI] | s | peak RSS GB |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"[{reference['ci95'][0]:.3f}, {reference['ci95'][1]:.3f}]; (c)'s last round minus it: "
+             f"{reference['last_round_of_c_vs_this']['delta']:+.3f} [{reference['last_round_of_c_vs_this']['ci95'][0]:+.3f}, "
+             f"{reference['last_round_of_c_vs_this']['ci95'][1]:+.3f}] ({reference['last_round_of_c_vs_this']['verdict']}).", "",
+             "| policy | round | judged queries | rolled out | serving | test nDCG@10 [95% CI] | vs the round before | s | peak RSS GB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for p in policies.values():
         for row in p.rows:
             t = row["test"]
             lines.append(f"| {p.name} | {row['round']} | {row['queries'] - row['unanswered']}/{row['queries']} | "
                          f"{'yes' if row['rolled_out'] else 'no'} | {row['serving']} | {t['ndcg@10']:.3f} "
-                         f"[{t['ci95'][0]:.3f}, {t['ci95'][1]:.3f}] | {row['seconds']} | {row['peak_rss_gb']} |")
+                         f"[{t['ci95'][0]:.3f}, {t['ci95'][1]:.3f}] | {t['vs_previous_round']['delta']:+.3f} "
+                         f"[{t['vs_previous_round']['ci95'][0]:+.3f}, {t['vs_previous_round']['ci95'][1]:+.3f}] | "
+                         f"{row['seconds']} | {row['peak_rss_gb']} |")
     (RESULTS / f"loop-rounds-{args.dataset}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
