@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test infinity-venv
+.PHONY: setup demo test infinity-venv test-floors
 
 setup: $(VENV)/.installed
 
@@ -27,3 +27,7 @@ test: setup infinity-venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	ACE_INFINITY_BIN=$(CURDIR)/.venv-infinity/bin/infinity_emb ACE_REQUIRE_INFINITY=1 ACE_REQUIRE_EXTRAS=1 $(PY) -m pytest -q -rs
+
+# The lowest versions pyproject.toml allows, in their own venv (.venv-floors): serving, mining and training smoke tests.
+test-floors:
+	bash scripts/test_floors.sh .venv-floors

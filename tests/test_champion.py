@@ -154,3 +154,36 @@ def test_the_seen_share_is_measured_from_the_log_and_used_by_ace_train(tmp_path,
     assert "seen share 50%" in out.output and "2 of the 4 most recent" in out.output
     card = read_card(tmp_path / "m")
     assert card["config"]["seen_share"] == 0.5 and "2 of the 4" in card["config"]["seen_share_source"]
+
+
+def test_validation_is_held_out_among_queries_the_champion_did_not_train_on_and_its_own_validation_joins():
+    from ace_llamaindex.embeddings.card import text_hash
+    from ace_llamaindex.mine.mining import TrainingExample
+    from ace_llamaindex.train.champion import History, split_with_champion
+    from ace_llamaindex.train.training import plan_validation
+
+    rows = [TrainingExample(f"question {i}", f"answer {i}", [f"answer {i + 1}"]) for i in range(200)]
+    old, new = rows[:150], rows[150:]  # an accumulating log: the champion trained on the first 150
+    champion_val = [TrainingExample(f"held {i}", f"kept {i}", []) for i in range(10)]
+    history = History(replay=old, validation=champion_val, trained_on={text_hash(e.query) for e in old})
+    split = split_with_champion(rows, history, lambda r: plan_validation(r, None, 0))
+    val = {e.query for e in split.val}
+    assert val and not val & {e.query for e in old}  # neither side has seen a validation query
+    assert {e.query for e in champion_val} <= val
+    assert {e.query for e in old} <= {e.query for e in split.train}
+    assert split.checks["champion validation queries added"] == 10
+
+
+@pytest.mark.parametrize("kind,continues", [("full model with a card", "model"), ("adapter over the base", "adapter"),
+                                            ("the base", None)])
+def test_continual_candidates_start_from_what_the_champion_is(team, tmp_path, tuned_model_dir, base_encoder, kind, continues):
+    from ace_llamaindex.embeddings.models import DEFAULT_MODEL, resolve_model
+    from ace_llamaindex.train.champion import Champion, continuable_adapter, continuable_model
+
+    champion = {"full model with a card": lambda: champion_from_folder(tuned_model_dir),
+                "adapter over the base": lambda: champion_from_folder(team["v1"]),
+                "the base": lambda: Champion({"model": resolve_model(DEFAULT_MODEL), "adapter": None, "reindex": True},
+                                             "the base")}[kind]()
+    model, adapter = continuable_model(champion), continuable_adapter(champion, base_encoder)
+    assert (model is not None) == (continues == "model") and (adapter is not None) == (continues == "adapter")
+    assert champion.is_plain(DEFAULT_MODEL) == (continues is None)
