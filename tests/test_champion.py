@@ -163,7 +163,7 @@ def test_validation_is_held_out_among_queries_the_champion_did_not_train_on_and_
     from ace_llamaindex.train.training import plan_validation
 
     rows = [TrainingExample(f"question {i}", f"answer {i}", [f"answer {i + 1}"]) for i in range(200)]
-    old, new = rows[:150], rows[150:]  # an accumulating log: the champion trained on the first 150
+    old = rows[:150]  # an accumulating log: the champion trained on the first 150 of 200
     champion_val = [TrainingExample(f"held {i}", f"kept {i}", []) for i in range(10)]
     history = History(replay=old, validation=champion_val, trained_on={text_hash(e.query) for e in old})
     split = split_with_champion(rows, history, lambda r: plan_validation(r, None, 0))

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -59,26 +58,54 @@ def test_queries_during_a_rollout_all_succeed_and_each_comes_from_one_model(tmp_
     retriever = _indexed(tmp_path / "q", demo, "edge")
     queries = [demo.queries[q] for q in sorted(demo.queries)[:6]]
     old = _answers(retriever, queries)
-    seen, errors, done = [], [], threading.Event()
+    seen, errors, done, passes = [], [], threading.Event(), threading.Condition()
 
     def serve():
         while not done.is_set():
             try:
-                seen.append(_answers(retriever, queries))
+                answer = _answers(retriever, queries)
             except Exception as exc:  # noqa: BLE001 - any failure is what the test looks for
-                errors.append(exc)
+                answer = exc
+            with passes:
+                (errors if isinstance(answer, Exception) else seen).append(answer)
+                passes.notify_all()
+
+    def a_whole_pass():
+        """Wait until the serving thread has answered every query in a pass that began after this call."""
+        with passes:
+            count = len(seen) + len(errors)  # one pass may be in flight: the second one after now began after now
+            assert passes.wait_for(lambda: len(seen) + len(errors) >= count + 2, timeout=300), "the serving thread stalled"
+
+    def during(documents_written: int) -> None:
+        if documents_written == 4:  # the new collection half-written: queries go on meanwhile
+            a_whole_pass()
 
     thread = threading.Thread(target=serve)
     thread.start()
     try:
-        rollout(tuned_model_dir, "mem", index=retriever.index, batch_size=4, show_progress=False)
-        time.sleep(0.5)
+        a_whole_pass()  # before
+        rollout(tuned_model_dir, "mem", index=retriever.index, batch_size=4, show_progress=False, on_batch=during)
+        a_whole_pass()  # after
     finally:
         done.set()
         thread.join()
     new = _answers(retriever, queries)
     assert not errors
-    assert seen.count(old) + seen.count(new) == len(seen) and seen.count(new) >= 1 and seen.count(old) >= 1
+    assert seen.count(old) + seen.count(new) == len(seen) and seen.count(new) >= 2 and seen.count(old) >= 4
+
+
+# A rollout in another process, held after its third document (batch size 1) until the test kills it.
+HELD_ROLLOUT = """
+import sys
+from ace_llamaindex.deploy.rollout import rollout
+
+def held(documents_written):
+    print(f"{documents_written} documents in", flush=True)
+    if documents_written == 3:
+        sys.stdin.readline()  # the test never writes: held here, mid-rollout, until killed
+
+rollout(sys.argv[1], "mem", path=sys.argv[2], batch_size=1, show_progress=False, on_batch=held)
+"""
 
 
 def test_a_rollout_killed_midway_leaves_the_old_collection_serving(tmp_path, demo, tuned_model_dir):
@@ -86,17 +113,16 @@ def test_a_rollout_killed_midway_leaves_the_old_collection_serving(tmp_path, dem
     retriever = _indexed(where, demo, "edge")
     queries = [demo.queries[q] for q in sorted(demo.queries)[:6]]
     before = _answers(retriever, queries)
-    retriever.index.close()  # the CLI below is another process: Edge lets one process open a shard
-    proc = subprocess.Popen([sys.executable, "-m", "ace_llamaindex.cli", "rollout", str(tuned_model_dir), "--collection",
-                             "mem", "--qdrant-path", str(where), "--batch-size", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    deadline = time.time() + 120
-    while not (where / "mem__v1" / "ace_collection.json").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # a few documents in
+    retriever.index.close()  # the rollout below is another process: Edge lets one process open a shard
+    proc = subprocess.Popen([sys.executable, "-c", HELD_ROLLOUT, str(tuned_model_dir), str(where)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    for line in proc.stdout:  # held after its third document: the new collection is half-written
+        if line.startswith("3 documents in"):
+            break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
     assert not (where / "mem.alias.json").exists()  # the alias never moved
     reopened = HybridQdrantRetriever(FineTunedEmbedding(), path=str(where), collection="mem", engine="edge")
     assert _answers(reopened, queries) == before
@@ -171,13 +197,20 @@ def test_a_garbled_pointer_is_one_clear_line(tmp_path, demo):
     assert result.exit_code == 2 and "mem.alias.json: unreadable alias pointer" in result.output, result.output
 
 
-def test_the_production_loop_example_runs(tmp_path):
-    import ace_llamaindex
+def test_the_production_loop_example_rolls_a_better_model_out_and_back(tmp_path, capsys):
+    """examples/production_loop.py on the shipped team memories (its default data; the query adapter, for time): the
+    log trains a model the gate calls better, the rollout serves it, and the rollback serves the old results again."""
+    import importlib.util
 
-    small = Path(ace_llamaindex.__file__).parent / "data" / "agent_memories.json"
     script = Path(__file__).resolve().parents[1] / "examples" / "production_loop.py"
-    done = subprocess.run([sys.executable, str(script), "--method", "adapter", "--dataset", str(small), "--out",
-                           str(tmp_path / "loop")], capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "negatives users rejected" in done.stdout and "gate:" in done.stdout
-    assert ("rollout:" in done.stdout) == ("gate: better" in done.stdout)
+    spec = importlib.util.spec_from_file_location("production_loop", script)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    happened = example.main(["--method", "adapter", "--out", str(tmp_path / "loop")])
+    out = capsys.readouterr().out
+    assert "negatives users rejected" in out and "'queries without an accepted document': 0" in out, out
+    assert happened["gate"] == "better" and happened["rolled_out"] and happened["rolled_back"], happened
+    assert happened["after"] > happened["before"], happened  # the new model answers more future queries first
+    assert happened["after_rollback"] == happened["before"] and happened["restored"], happened  # exactly as before
+    assert "rollout: 300 memories into 'memories__v1'" in out and "(unseen documents): better" in out, out
+    assert "rollback: 'memories__v1' -> " in out, out

@@ -10,14 +10,24 @@ is kept for :func:`rollback`; older versions are removed at the next rollout.
 Each collection records what serves it (``ace_serving``: the model folder and adapter; ``ace_vector``; and
 ``ace_previous``), so a :class:`~ace_llamaindex.serve.retriever.HybridQdrantRetriever` opened through the alias resolves
 it for each query and embeds with that collection's model: a query sees the old pair or the new pair, never a mix.
-A rollout killed at any point leaves the alias and the serving collection untouched; the partial collection is
-removed by the next rollout.
+A rollout or rollback killed at any point leaves a collection serving, and the next command continues: the partial
+collection is removed by the next rollout. The one step that is two on a Qdrant that keeps aliases and collections in one
+namespace (local mode, a server) is a first rollout's: the plain collection must be dropped before an alias of its name
+can exist. The new collection is marked complete (``ace_version_of``) before that drop, so a rollout killed between the
+two leaves the alias to be recreated, pointing at the newest complete version, by whoever opens the name next
+(:meth:`~ace_llamaindex.index.store.CorpusIndex.recover_alias`).
+
+Every point where a rollout or rollback changes what is on disk calls :func:`step` with its name (:data:`STEPS`): a
+test or a fault drill kills the process exactly there with ``ACE_ROLLOUT_KILL_AT=<step>`` (``kill -9`` itself), or sets
+:data:`step_hook`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,11 +42,41 @@ from tqdm.auto import tqdm
 from ..data.dataset import QADataset
 from ..data.loading import load_dataset
 from ..errors import OptionError
+from ..index.store import VERSION_OF_KEY
 from ..serve.serving_record import PREVIOUS_KEY, SERVING_KEY, VECTOR_KEY, model_embedding, serving_target
 from .evidence import promotion_evidence
 
 log = logging.getLogger(__name__)
 CHECK_SAMPLE = 20
+
+KILL_AT_ENV = "ACE_ROLLOUT_KILL_AT"
+# Where a rollout or rollback has just changed what is on disk, in the order a rollout reaches them (each only where it
+# applies): a stale version removed (each); the plain collection copied to <name>__v0 (a first rollout on local mode or
+# a server); the serving record written into the plain collection (a first rollout on Edge); an Edge shard's files
+# created, its metadata not yet written (Edge, inside create); the new collection created; a batch written (each); the
+# new collection checked and marked complete; the plain collection dropped, its alias not yet created (a first rollout
+# on local mode or a server); the alias switched (a rollout's or a rollback's).
+STEPS = ("removed-stale", "copied-v0", "recorded-serving", "created-shard", "created-new", "wrote-batch", "checked",
+         "dropped-plain", "switched")
+step_hook: Callable[[str], None] | None = None  # called with each step's name (tests)
+
+
+def step(name: str) -> None:
+    """A rollout or rollback reached the step ``name`` (one of :data:`STEPS`): call :data:`step_hook`, and kill this
+    process (SIGKILL, nothing cleaned up) when ``ACE_ROLLOUT_KILL_AT`` names this step."""
+    if step_hook is not None:
+        step_hook(name)
+    if os.environ.get(KILL_AT_ENV) == name:
+        log.warning("%s=%s: killing this process (kill -9) here", KILL_AT_ENV, name)
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+def _recover(location, collection: str) -> None:
+    """Recreate the alias a first rollout killed between dropping the plain collection and creating the alias did not
+    (an engine whose aliases are collections; see CorpusIndex.recover_alias)."""
+    recover = getattr(location, "recover_alias", None)
+    if recover is not None:
+        recover(collection)
 
 
 @dataclass
@@ -114,6 +154,7 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     if batch_size < 1:
         raise OptionError(f"batch_size must be at least 1, got {batch_size}")
     location = index or open_index(collection, path=path, url=url, api_key=api_key, engine=engine)
+    _recover(location, collection)
     current_name = serving_target(location, collection)
     current = location.sibling(current_name)
     if not current.exists():
@@ -163,12 +204,21 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
             report.removed.append(stale)
         except OptionError as exc:  # in use by another process: left for the next rollout
             log.warning("kept %s: %s", stale, exc)
-    if current_name == collection and location.alias_target(collection) is None and location.ALIASES_ARE_COLLECTIONS:
-        current_name = _copy_collection(location, current, version_name(collection, 0), previous_serving, show_progress)
+            continue
+        step("removed-stale")
+    for abandoned in getattr(location, "remove_abandoned", lambda alias: [])(collection):  # Edge: half-made shards
+        report.removed.append(abandoned)
+        step("removed-stale")
+    plain = current_name == collection and location.alias_target(collection) is None and location.ALIASES_ARE_COLLECTIONS
+    if plain:
+        current_name = _copy_collection(location, current, version_name(collection, 0), previous_serving, show_progress,
+                                        collection)
         current = location.sibling(current_name)
         report.previous = current_name
+        step("copied-v0")
     elif SERVING_KEY not in current.metadata():
         current.set_metadata({SERVING_KEY: previous_serving})
+        step("recorded-serving")
 
     started = time.perf_counter()
     new = location.sibling(new_name)
@@ -177,9 +227,14 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     for name in encoded:
         sizes[name] = len(targets[name][1].get_text_embedding_batch([_embed_text(first[0][1], current.text_field)])[0])
     meta = current.metadata()
-    new.create(sizes, {**{k: v for k, v in meta.items() if k.startswith("bm25")}, SERVING_KEY: plan,
-                       VECTOR_KEY: named_vector(embed, spaces[0][0]), PREVIOUS_KEY: current_name,
-                       "ace_rolled_out_at": time.time()})
+    new.on_step = step  # an engine whose create is more than one write (Edge: the shard, then its metadata) says so
+    try:
+        new.create(sizes, {**{k: v for k, v in meta.items() if k.startswith("bm25")}, SERVING_KEY: plan,
+                           VECTOR_KEY: named_vector(embed, spaces[0][0]), PREVIOUS_KEY: current_name,
+                           "ace_rolled_out_at": time.time()})
+    finally:
+        new.on_step = None
+    step("created-new")
     bar = tqdm(total=total, desc=f"rollout into {new_name}", unit="doc", disable=not show_progress)
     batch: list[tuple[str, dict, dict]] = []
     done = 0
@@ -201,6 +256,7 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
         if on_batch:
             on_batch(done)
         batch.clear()
+        step("wrote-batch")
 
     for point in current.iter_points(batch_size):
         batch.append(point)
@@ -213,13 +269,22 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     report.encode_seconds = round(time.perf_counter() - started, 1)
     report.seconds_per_1000 = round(report.encode_seconds / max(1, total) * 1000, 2)
     report.checks = check_rollout(current, new, next(iter(targets)))
+    new.set_metadata({VERSION_OF_KEY: collection})  # complete: what a killed switch below is finished with
+    step("checked")
+    if plain and location.alias_target(collection) is None and location.sibling(collection).exists():
+        # Qdrant keeps aliases and collections in one namespace: the plain collection goes before the alias can come.
+        # Killed in between, the next opener points the alias at the newest complete version (CorpusIndex.recover_alias)
+        location.sibling(collection).delete()
+        step("dropped-plain")
     location.switch_alias(collection, new_name)
+    step("switched")
     log.info("%s now serves %s (previous: %s)", collection, new_name, current_name)
     return report
 
 
-def _copy_collection(location, source, name: str, serving: dict[str, Any], show_progress: bool) -> str:
-    """Copy ``source`` (vectors as they are) into ``name``: the previous version a first rollout keeps."""
+def _copy_collection(location, source, name: str, serving: dict[str, Any], show_progress: bool, alias: str) -> str:
+    """Copy ``source`` (vectors as they are) into ``name``: the previous version a first rollout keeps (marked
+    complete, as a version of ``alias``, once every point is in)."""
     copy = location.sibling(name)
     if copy.exists():
         copy.delete()
@@ -234,6 +299,7 @@ def _copy_collection(location, source, name: str, serving: dict[str, Any], show_
     if batch:
         copy.write_points(batch)
     copy.optimize()
+    copy.set_metadata({VERSION_OF_KEY: alias})
     return name
 
 
@@ -271,10 +337,12 @@ def rollback(collection: str, *, index=None, path: str | Path | None = None, url
     from ..index.engines import open_index
 
     location = index or open_index(collection, path=path, url=url, api_key=api_key, engine=engine)
+    _recover(location, collection)
     current = serving_target(location, collection)
     previous = location.sibling(current).metadata().get(PREVIOUS_KEY)
     if not previous or not location.sibling(previous).exists():
         raise OptionError(f"{collection!r} serves {current!r}, which replaced no collection that is still here; "
                           "nothing to roll back to")
     location.switch_alias(collection, previous)
+    step("switched")
     return current, previous

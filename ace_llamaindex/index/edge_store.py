@@ -10,11 +10,14 @@ Qdrant Edge is beta; this module is the only place that knows its API.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
+import logging
+import re
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,16 @@ from ..errors import OptionError
 from .bm25 import BM25Encoder
 from .store import SPARSE_NAME, CorpusIndex
 
+log = logging.getLogger(__name__)
+
 META_FILE = "ace_collection.json"
 POINTER_SUFFIX = ".alias.json"  # <path>/<alias>.alias.json: {"collection": the shard folder the alias serves}
+# Held (flock) inside a shard folder while a process creates the shard, until its META_FILE is written: a folder without
+# META_FILE whose lock nobody holds is a creation killed midway, removed by the next create. (The kernel drops the lock
+# when its process dies, kill -9 included.)
+CREATING_LOCK = ".ace_creating.lock"
+# What a killed creation can leave in a shard folder: Edge's own files, and write_json's temporary copy of META_FILE
+_PARTIAL_SHARD = {"edge_config.json", "segments", "wal", CREATING_LOCK}
 
 
 def _read_pointer(path: Path) -> str | None:
@@ -107,6 +118,7 @@ class EdgeCorpusIndex(CorpusIndex):
     """A corpus in a Qdrant Edge shard: one folder per collection under ``path`` (a temporary one if None)."""
 
     ALIASES_ARE_COLLECTIONS = False  # the alias is a pointer file beside the shard folders
+    on_step: Callable[[str], None] | None = None  # told "created-shard" between a shard's files and its metadata
 
     def __init__(self, path: str | Path | None = None, collection: str = "ace_memories", bm25: BM25Encoder | None = None,
                  text_field: str = "text", id_field: str = "doc_id", follow_alias: bool = True) -> None:
@@ -177,8 +189,12 @@ class EdgeCorpusIndex(CorpusIndex):
             vectors={n: q.EdgeVectorParams(size=d, distance=q.Distance.Cosine) for n, d in dense.items()},
             sparse_vectors={SPARSE_NAME: q.EdgeSparseVectorParams(modifier=q.Modifier.Idf)},
         )
-        self.shard = self._open(lambda: q.EdgeShard.create(str(self.root), config))
-        write_json(self.root / META_FILE, {"dense": dict(dense), "metadata": metadata})
+        with _creating(self.root):
+            _remove_partial_shard(self.root)
+            self.shard = self._open(lambda: q.EdgeShard.create(str(self.root), config))
+            if self.on_step is not None:
+                self.on_step("created-shard")
+            write_json(self.root / META_FILE, {"dense": dict(dense), "metadata": metadata})
 
     def _write(self, points: list[models.PointStruct]) -> None:
         q = self.q
@@ -229,6 +245,30 @@ class EdgeCorpusIndex(CorpusIndex):
 
     def switch_alias(self, name: str, target: str) -> None:
         write_json(self._pointer(name), {"collection": target})
+
+    def recover_alias(self, name: str) -> str | None:
+        """Nothing to recover: the pointer is replaced in one step and a shard is never dropped to make room for it."""
+        return None
+
+    def remove_abandoned(self, alias: str) -> list[str]:
+        """Remove the versions of ``alias`` (``<alias>__v<N>`` folders) whose creation was killed before their metadata
+        was written, and return their names; one being created by a live process (it holds the lock) is left alone.
+        (They are not collections, so a rollout's stale versions do not include them.)"""
+        base = self.root.parent
+        version = re.compile(rf"{re.escape(alias)}__v\d+")
+        removed = []
+        for folder in sorted(base.iterdir()) if base.is_dir() else []:
+            if not (folder.is_dir() and version.fullmatch(folder.name)) or (folder / META_FILE).exists():
+                continue
+            try:
+                with _creating(folder):
+                    if not _remove_partial_shard(folder):
+                        continue
+                    shutil.rmtree(folder)
+            except OptionError:  # a live creation
+                continue
+            removed.append(folder.name)
+        return removed
 
     def collection_names(self) -> list[str]:
         base = self.root.parent
@@ -318,6 +358,44 @@ class EdgeCorpusIndex(CorpusIndex):
             if getattr(self, "_tmp", None):
                 shutil.rmtree(self._tmp, ignore_errors=True)
                 _TEMP_DIRS.discard(self._tmp)
+
+
+@contextlib.contextmanager
+def _creating(root: Path) -> Iterator[None]:
+    """Hold the creation lock of the shard folder ``root``; another process holding it is creating that shard now (one
+    clear error)."""
+    import fcntl
+
+    with open(root / CREATING_LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise OptionError(f"{root}: Qdrant Edge folder is in use by another process (it is creating this collection "
+                              "right now; run again when it has finished)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _remove_partial_shard(root: Path) -> bool:
+    """With the creation lock held: a folder holding only a shard's files and no META_FILE is a creation killed before
+    its metadata was written (its process held the lock while alive); remove those files and say so. A folder with
+    anything else in it is left for Edge to judge."""
+    if (root / META_FILE).exists():
+        return False
+    entries = [p for p in root.iterdir() if p.name != CREATING_LOCK]
+    if not all(p.name in _PARTIAL_SHARD or (p.name.startswith(f".{META_FILE}.") and p.name.endswith(".tmp"))
+               for p in entries):
+        return False
+    if entries:
+        log.warning("%s: removing a shard whose creation was killed before its metadata was written", root)
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return True
 
 
 # The shards this process has open, by folder: a rollout and a retriever in one process share them.

@@ -209,12 +209,29 @@ def check_collection_name(name: str) -> str:
 def open_local(collection: str, *, path: str | None = None, url: str | None = None, api_key: str | None = None,
                **kwargs: Any) -> CorpusIndex:
     """The ``local`` engine (see :mod:`~ace_llamaindex.index.engines`): qdrant-client, embedded or a server by ``url``."""
-    return CorpusIndex(make_client(path=path, url=url, api_key=api_key), collection, **kwargs)
+    index = CorpusIndex(make_client(path=path, url=url, api_key=api_key), collection, **kwargs)
+    index.recover_alias(collection)  # a first rollout killed between dropping the collection and creating its alias
+    return index
+
+
+# A rollout's collection <alias>__v<N> records, once complete, the alias it is a version of (CorpusIndex.recover_alias)
+VERSION_OF_KEY = "ace_version_of"
 
 
 def local_holds(path: Path, collection: str) -> bool:
-    """Whether ``path`` is an embedded qdrant-client folder holding ``collection``."""
-    return (path / "collection" / collection).is_dir()
+    """Whether ``path`` is an embedded qdrant-client folder holding ``collection``: a collection, a rollout's alias (in
+    ``meta.json``), or a rollout's versions of it (``<collection>__v<N>``, left without the alias by a killed rollout)."""
+    import json
+
+    if (path / "collection" / collection).is_dir():
+        return True
+    try:
+        aliases = json.loads((path / "meta.json").read_text()).get("aliases") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    version = re.compile(rf"{re.escape(collection)}__v\d+")
+    return collection in aliases or ((path / "collection").is_dir()
+                                     and any(version.fullmatch(p.name) for p in (path / "collection").iterdir()))
 
 
 class CorpusIndex:
@@ -233,7 +250,7 @@ class CorpusIndex:
 
     # ---- the engine: every call that touches Qdrant itself (EdgeCorpusIndex overrides these) ---------------
     def exists(self) -> bool:
-        return self.client.collection_exists(self.collection)
+        return self.client.collection_exists(self.collection) or self.recover_alias(self.collection) is not None
 
     def close(self) -> None:
         """Release the engine (an embedded folder is locked while open)."""
@@ -311,6 +328,32 @@ class CorpusIndex:
     def collection_names(self) -> list[str]:
         """Every collection at this location."""
         return [c.name for c in self.client.get_collections().collections]
+
+    def recover_alias(self, name: str) -> str | None:
+        """Finish a first rollout killed between dropping the plain collection ``name`` and creating the alias of that
+        name (Qdrant keeps both in one namespace, so that switch is two steps): when ``name`` is neither a collection
+        nor an alias, point the alias at the newest complete version of it (``<name>__v<N>`` marked with
+        ``VERSION_OF_KEY``, which a rollout writes before the drop) and return that version; else None, changing nothing."""
+        if self.alias_target(name) is not None or self.client.collection_exists(name):
+            return None
+        pattern = re.compile(rf"{re.escape(name)}__v(\d+)")
+        versions = sorted(((int(m.group(1)), c) for c in self.collection_names() if (m := pattern.fullmatch(c))),
+                          reverse=True)
+        for _, version in versions:
+            if (self.client.get_collection(version).config.metadata or {}).get(VERSION_OF_KEY) != name:
+                continue  # a killed rollout's partial collection
+            try:
+                self.client.update_collection_aliases(change_aliases_operations=[models.CreateAliasOperation(
+                    create_alias=models.CreateAlias(collection_name=version, alias_name=name))])
+            except Exception as exc:  # noqa: BLE001 - another process recovered it first; a key that cannot write
+                if self.alias_target(name) is None:
+                    log.warning("%r is neither a collection nor an alias (a rollout was killed switching it) and could "
+                                "not be pointed at %r: %s", name, version, exc)
+                return self.alias_target(name)
+            log.warning("%r was neither a collection nor an alias (a rollout was killed switching it): it serves %r, "
+                        "its newest complete version, again", name, version)
+            return version
+        return None
 
     def sibling(self, collection: str) -> CorpusIndex:
         """Another collection at the same location, through the same engine (and client)."""
