@@ -7,9 +7,12 @@ import json
 from click.testing import CliRunner
 
 from ace_llamaindex.cli import cli
-from ace_llamaindex.data.loading import SMALL_DATASET
+from ace_llamaindex.data.loading import DEMO_DATASET, SMALL_DATASET, load_dataset
+from ace_llamaindex.embeddings.card import text_hash
+from ace_llamaindex.embeddings.query_adapter import ADAPTER_CARD
 
 SMALL = str(SMALL_DATASET)
+DEMO = str(DEMO_DATASET)
 
 
 def test_mine_eval_and_errors(tmp_path):
@@ -74,26 +77,45 @@ def test_index_then_search(tmp_path):
     assert rows[0]["id"] == "m010" and len(rows) == 3
 
 
-def test_auto_pipeline_then_eval_and_search_serve_what_was_chosen(tmp_path):
+def test_the_default_pipeline_promotes_and_eval_index_search_serve_the_chosen_model(tmp_path):
+    """On the default dataset (the team memories) the gate promotes; then `ace eval`, `ace index` and `ace search`
+    serve what was chosen, and it answers held-out queries the base does not."""
     runner = CliRunner()
     run = tmp_path / "run"
-    result = runner.invoke(cli, ["pipeline", SMALL, "--out", str(run), "--epochs", "1", "--max-seq-length", "64",
-                                 "--num-negatives", "2"])
+    result = runner.invoke(cli, ["pipeline", "--out", str(run), "--method", "adapter"])  # no DATASET: the default
     assert result.exit_code == 0, result.output
-    card = json.loads((run / "eval.json").read_text())["training_card"]
-    assert card["method"] == "auto" and "candidate adapter" in result.output and "method:" in result.output
-    if card["serving"] is None:  # the base stays: nothing to serve but the base, and the CLI says so
-        assert not (run / "model").exists() and "the base model stays" in result.output
-        return
-    result = runner.invoke(cli, ["eval", SMALL, "--finetuned", str(run / "model"), "--out-dir", str(tmp_path / "r"),
-                                 "--report", "json", "--exclude-training-queries"])
+    pipeline_report = json.loads((run / "eval.json").read_text())
+    assert pipeline_report["dataset"] == DEMO
+    card = pipeline_report["training_card"]
+    assert card["method"] == "adapter" and card["promoted"] is True, card["gate"]
+    assert card["gate"]["verdict"] == "better" and card["gate"]["decided_by"] == "unseen documents", card["gate"]
+    assert card["serving"] == {"model": card["serving"]["model"], "adapter": str(run / "model"), "reindex": False}
+    assert (run / "model" / ADAPTER_CARD).exists() and "the base model stays" not in result.output
+
+    model = str(run / "model")
+    result = runner.invoke(cli, ["eval", DEMO, "--finetuned", model, "--out-dir", str(tmp_path / "r"), "--report", "json",
+                                 "--exclude-training-queries"])
     assert result.exit_code == 0, result.output
-    assert "finetuned" in json.loads((tmp_path / "r" / "eval.json").read_text())["overall"]
-    where = ["--qdrant-path", str(tmp_path / "q"), "--collection", "mem", "--model", str(run / "model")]
-    assert runner.invoke(cli, ["index", SMALL, *where]).exit_code == 0
-    result = runner.invoke(cli, ["search", "celery tasks never run", "--json", *where])
+    report = json.loads((tmp_path / "r" / "eval.json").read_text())
+    trained = set(card["training_queries"]) | set(card["validation_queries"])
+    dataset = load_dataset(DEMO_DATASET)
+    assert 0 < report["n_queries"] < len(dataset.queries)
+    assert not {text_hash(dataset.queries[q]) for q in report["per_query"]} & trained  # held-out queries only
+    [gain] = [c for c in report["comparisons"] if (c["baseline"], c["candidate"], c["metric"]) == ("base", "finetuned", "ndcg@10")]
+    assert gain["verdict"] == "better" and gain["ci95"][0] > 0, gain
+
+    # a held-out query the chosen model answers first and the base ranks third or lower
+    rows = report["per_query"]
+    qid = next(q for q in sorted(rows) if rows[q]["finetuned"]["mrr@10"] == 1 and rows[q]["base"]["mrr@10"] <= 1 / 3)
+    where = ["--qdrant-path", str(tmp_path / "q"), "--collection", "mem", "--mode", "dense", "--json"]
+    result = runner.invoke(cli, ["index", DEMO, "--model", model, *where[:4]])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)
+    chosen = runner.invoke(cli, ["search", dataset.queries[qid], "--model", model, *where])
+    assert chosen.exit_code == 0, chosen.output
+    assert json.loads(chosen.output)[0]["id"] in dataset.relevant_docs[qid]
+    base = runner.invoke(cli, ["search", dataset.queries[qid], *where])  # the same collection, the base model
+    assert base.exit_code == 0, base.output
+    assert json.loads(base.output)[0]["id"] not in dataset.relevant_docs[qid]
 
 
 def test_an_adapter_folder_is_evaluated_and_served_over_its_base(tmp_path):

@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 
+from ace_llamaindex.data.loading import DEMO_DATASET, load_dataset
 from ace_llamaindex.embeddings.card import CARD_NAME
 from ace_llamaindex.embeddings.query_adapter import ADAPTER_CARD
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, TrainingExample
+from ace_llamaindex.serve.served_model import read_serving, resolve_serving, serving_encoder
 from ace_llamaindex.train.adapter import adapter_trainer
 from ace_llamaindex.train.method_selection import select_method
 from ace_llamaindex.train.promotion import MIN_UNSEEN, choose, gate, judge, unseen_query_ids, validation_dataset
@@ -128,7 +130,9 @@ def examples(small, base_encoder):
     return HardNegativeMiner("dense", base_encoder, options=MiningOptions(num_negatives=2), show_progress=False).mine(small)
 
 
-def test_auto_trains_every_candidate_and_writes_what_serving_needs(tmp_path, examples, base_encoder, small):
+def test_auto_on_too_few_validation_queries_keeps_the_base_and_writes_nothing(tmp_path, examples, base_encoder, small):
+    """The small fixture leaves fewer than MIN_UNSEEN unseen-document validation queries: the gate cannot tell, so
+    every candidate is trained and judged, and the base stays (the evidence beside the output, nothing in it)."""
     out = tmp_path / "auto"
     result = select_method(examples, out, TrainConfig(epochs=1, batch_size=8, max_seq_length=64), corpus=small.corpus,
                            base_encoder=base_encoder)
@@ -136,13 +140,53 @@ def test_auto_trains_every_candidate_and_writes_what_serving_needs(tmp_path, exa
     assert list(card["candidates"]) == ["adapter", "interpolate(0.5)", "interpolate(0.75)", "full", "full+adapter"]
     for c in card["candidates"].values():
         assert set(c["gate"]["subsets"]) == {"unseen documents", "seen documents"}
+        assert c["gate"]["verdict"] == "can't tell" and c["gate"]["subsets"]["unseen documents"]["n"] < MIN_UNSEEN
     assert card["peak_memory"]["rss_gb"] > 0 and card["memory_plan"]["loss"]
-    if result.serving is None:  # the base stays: nothing written, the evidence beside
-        assert not out.exists() and json.loads((tmp_path / "auto.not-promoted.json").read_text())["chosen"] == "base"
-    else:
-        assert card["chosen"] in card["candidates"] and card["gate"]["verdict"] == "better"
-        assert (out / ADAPTER_CARD).exists() == bool(result.serving["adapter"])
-        assert (out / CARD_NAME).exists() == result.serving["reindex"]
+    assert result.serving is None and not result.promoted and card["serving"] is None and card["chosen"] == "base"
+    assert not out.exists() and json.loads((tmp_path / "auto.not-promoted.json").read_text())["chosen"] == "base"
+
+
+@pytest.fixture(scope="module")
+def team_split():
+    """The team memories (the demo dataset), a quarter of the memories held out with all their queries."""
+    return load_dataset(DEMO_DATASET).split(0.25, seed=0, by="document")
+
+
+@pytest.fixture(scope="module")
+def promoted(tmp_path_factory, base_encoder, team_split):
+    """One real ``--method auto`` run on half the team memories' training queries (one short fine-tune epoch: a few
+    minutes on 2 CPU cores), where it promotes."""
+    train, _ = team_split
+    train = train.subset(sorted(train.queries)[::2])
+    examples = HardNegativeMiner("dense", base_encoder, options=MiningOptions(num_negatives=2), show_progress=False).mine(train)
+    out = tmp_path_factory.mktemp("auto-team") / "model"
+    return out, select_method(examples, out, TrainConfig(epochs=1, max_seq_length=64), corpus=train.corpus,
+                              base_encoder=base_encoder)
+
+
+def test_auto_promotes_and_writes_what_serving_needs(promoted):
+    out, result = promoted
+    card = result.card
+    assert result.promoted and card["promoted"] and card["chosen"] in card["candidates"], card["choice"]
+    assert card["gate"]["verdict"] == "better" and card["gate"]["decided_by"] == "unseen documents", card["gate"]
+    assert card["gate"]["subsets"]["unseen documents"]["n"] >= MIN_UNSEEN
+    assert card["candidates"][card["chosen"]]["gate"]["verdict"] == "better"
+    chosen_reindexes = card["candidates"][card["chosen"]]["reindex"]
+    adapter = card["chosen"] in ("adapter", "full+adapter")
+    assert card["serving"] == {"model": "." if chosen_reindexes else card["base_model"], "adapter": "." if adapter else None,
+                               "reindex": chosen_reindexes}
+    plan = read_serving(out)  # what `ace eval/index/search --model OUT` and a rollout serve
+    assert plan == result.serving == resolve_serving(card["serving"], out)
+    assert (out / ADAPTER_CARD).exists() == adapter and (out / CARD_NAME).exists() == chosen_reindexes
+    assert not out.with_name(out.name + ".not-promoted.json").exists()
+
+
+def test_the_written_folder_serves_the_gain_on_memories_it_never_saw(promoted, team_split, base_encoder):
+    out, _ = promoted
+    _, future = team_split  # memories no training or validation query asked about
+    served = serving_encoder(read_serving(out), base_encoder)
+    result = gate(future, base_encoder, served)
+    assert result.verdict == "better" and result.ci95[0] > 0, result.sentence()
 
 
 @pytest.mark.parametrize("options,flag", [

@@ -78,7 +78,8 @@ def load_feedback(path: str | Path, corpus: Mapping[str, str]) -> FeedbackData:
         counts["judged documents no longer in the corpus"] += len(judged_docs) - len(known)
         ranks = {r["doc_id"]: r["rank"] for r in record["results"]}
         accepted = [d for d, ok in known.items() if ok]
-        lowest = max((ranks.get(d, 0) for d in accepted), default=0)
+        # an accepted document that was not shown (the user found it elsewhere) ranks below everything shown
+        lowest = max((ranks.get(d, len(record["results"]) + 1) for d in accepted), default=0)
         rejected = sorted((d for d, ok in known.items() if not ok and d in ranks and ranks[d] < lowest), key=ranks.get)
         entry = merged.get(_key(record["query"]))
         if entry is None:
