@@ -26,29 +26,43 @@ GATE_METRIC = "ndcg@10"
 def validation_dataset(val: Sequence[TrainingExample], everything: Iterable[TrainingExample],
                        corpus: Mapping[str, str] | None = None) -> QADataset:
     """Validation queries over a corpus: ``corpus`` when given (the real one), else every text the training data
-    mentions (positives and mined negatives of all examples: hard distractors, as the current system saw them)."""
-    texts: dict[str, str] = {}  # text -> id; duplicated texts collapse to one document
+    mentions (positives and mined negatives of all examples: hard distractors, as the current system saw them).
 
-    def doc(text: str) -> str:
-        return texts.setdefault(text, f"d{len(texts)}")
+    Documents keep the corpus ids mining recorded (``positive_id``, ``negative_ids``), so two documents with the same
+    text stay two documents and a query is scored against its own, as the qrels score it; a text without an id
+    joins the document of that text, or becomes one."""
+    docs: dict[str, str] = {}     # id -> text
+    by_text: dict[str, str] = {}  # text -> the first id holding it
 
-    for text in (corpus or {}).values():
+    def doc(text: str, doc_id: Any = None) -> str:
+        if doc_id is not None:
+            key = f"id:{doc_id}"
+            if docs.setdefault(key, text) == text:
+                by_text.setdefault(text, key)
+                return key
+        if text not in by_text:
+            by_text[text] = f"text:{len(docs)}"
+            docs[by_text[text]] = text
+        return by_text[text]
+
+    for doc_id, text in (corpus or {}).items():
         if text.strip():
-            doc(text)
+            doc(text, doc_id)
     for e in everything:
-        doc(e.positive)
-        for n in e.negatives:
-            doc(n)
+        doc(e.positive, e.metadata.get("positive_id"))
+        negative_ids = e.metadata.get("negative_ids") or []
+        for i, n in enumerate(e.negatives):
+            doc(n, negative_ids[i] if i < len(negative_ids) and negative_ids[i] is not None else None)
     queries: dict[str, str] = {}
     relevant: dict[str, list[str]] = {}
     qid_of: dict[str, str] = {}
     for e in val:
         qid = qid_of.setdefault(e.query, f"q{len(qid_of)}")
         queries[qid] = e.query
-        pos = doc(e.positive)
+        pos = doc(e.positive, e.metadata.get("positive_id"))
         if pos not in relevant.setdefault(qid, []):
             relevant[qid].append(pos)
-    return QADataset(queries, {i: t for t, i in texts.items()}, relevant, source="validation queries")
+    return QADataset(queries, docs, relevant, source="validation queries")
 
 
 MIN_UNSEEN = 20  # unseen-document validation queries needed for a verdict; fewer: "can't tell"

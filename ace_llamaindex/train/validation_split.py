@@ -45,7 +45,7 @@ def split_for_validation(examples: list[TrainingExample], n_val: int, seed: int,
         return ValidationSplit(list(examples), [])
     positives: dict[str, set[str]] = {}
     for e in examples:
-        positives.setdefault(e.query, set()).add(e.positive)
+        positives.setdefault(e.query, set()).add(document_key(e))
     rng = random.Random(seed)
     components = query_components(positives)
     rng.shuffle(components)
@@ -75,8 +75,15 @@ def split_for_validation(examples: list[TrainingExample], n_val: int, seed: int,
     return ValidationSplit(train, val, unseen_queries(train, val))
 
 
+def document_key(example: TrainingExample) -> str:
+    """Which document an example's positive is: its corpus id when mining recorded one (two documents with the same
+    text are two documents, as the qrels count them), else its text."""
+    doc_id = example.metadata.get("positive_id")
+    return f"id:{doc_id}" if doc_id is not None else f"text:{example.positive}"
+
+
 def unseen_queries(train: list[TrainingExample], val: list[TrainingExample]) -> set[str]:
     """The validation queries none of whose relevant documents is a training example's positive."""
-    trained = {e.positive for e in train}
-    seen = {e.query for e in val if e.positive in trained}
+    trained = {document_key(e) for e in train}
+    seen = {e.query for e in val if document_key(e) in trained}
     return {e.query for e in val} - seen
