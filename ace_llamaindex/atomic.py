@@ -47,6 +47,21 @@ def ensure_free_space(target: str | Path, needed: int, what: str) -> None:
                           "free; free some space or write elsewhere (nothing was changed)")
 
 
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk or quota: ENOSPC/EDQUOT, Rust's "os error 28"
+    (safetensors, Qdrant Edge), SQLite's "database or disk is full" (qdrant-client's local mode)."""
+    import errno
+
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc)
+        if "No space left on device" in text or "os error 28" in text or "database or disk is full" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Atomically write ``text`` to ``path`` (UTF-8), creating parent folders."""
     path = Path(path)

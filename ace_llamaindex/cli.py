@@ -36,15 +36,9 @@ class FiniteFloat(click.FloatRange):
 
 
 def _disk_full(exc: BaseException) -> bool:
-    import errno
+    from .atomic import disk_full
 
-    while exc is not None:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "No space left on device" in str(exc) or "os error 28" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return disk_full(exc)
 
 
 def friendly(fn):

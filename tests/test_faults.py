@@ -358,20 +358,27 @@ DISK_FULL_CASES = [
 ]
 
 
+def _snapshot(disk) -> dict:
+    """Every file on the disk (the model's weights too) by content hash, but the filler."""
+    import hashlib
+
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in disk.rglob("*") if p.is_file() and p.name != "filler"}
+
+
 @pytest.mark.parametrize(("args", "expected"), DISK_FULL_CASES, ids=[c[0].split()[0] for c in DISK_FULL_CASES])
 def test_a_full_disk_is_one_line_and_loses_nothing(small_disk, args, expected):
     fill = args.endswith("--fill")
     if fill:  # leave a few KB: the write itself runs out of space
         _fill(small_disk, 8 * 1024)
     args = args.removesuffix(" --fill").format(disk=small_disk)
-    before = {p: p.read_bytes() for p in small_disk.rglob("*") if p.is_file() and p.name != "filler" and p.suffix != ".safetensors"}
+    before = _snapshot(small_disk)
     try:
         result = CliRunner().invoke(cli, args.split())
     finally:
         (small_disk / "filler").unlink(missing_ok=True)
     assert result.exit_code == 2, result.output
     assert expected in result.output and "Traceback" not in result.output
-    after = {p: p.read_bytes() for p in small_disk.rglob("*") if p.is_file() and p.name != "filler" and p.suffix != ".safetensors"}
+    after = _snapshot(small_disk)
     assert after == before  # the previous output is intact, nothing half-written is left
 
 
@@ -432,3 +439,27 @@ def test_a_script_that_never_closes_its_retriever_exits_quietly(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "hello world" in done.stdout
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+
+
+def test_a_local_mode_rollout_on_a_full_disk_is_one_line_and_the_collection_still_serves(small_disk, tuned_model_dir):
+    """qdrant-client's local mode stores points in SQLite: a full disk there was a raw sqlite3.OperationalError and
+    a partial ``__v0`` left behind. Each command in its own process (an embedded folder is one process's)."""
+    import subprocess
+    import sys
+
+    def ace(*args):
+        return subprocess.run([sys.executable, "-m", "ace_llamaindex.cli", *args], capture_output=True, text=True)
+
+    where = ["--qdrant-path", str(small_disk / "local-q"), "--collection", "mem", "--engine", "local"]
+    assert ace("index", str(Path(__file__).parents[1] / "ace_llamaindex/data/agent_memories.json"), *where).returncode == 0
+    _fill(small_disk, 64 * 1024)
+    try:
+        result = ace("rollout", str(tuned_model_dir), *where)
+    finally:
+        (small_disk / "filler").unlink(missing_ok=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output, output
+    assert "no space left on the device" in output and "'mem' still serves" in output, output
+    assert not list((small_disk / "local-q").rglob("mem__v*"))  # nothing partial left
+    search = ace("search", "deploy", "--mode", "bm25", "--json", *where)
+    assert search.returncode == 0 and json.loads(search.stdout), search.stdout + search.stderr  # it still answers

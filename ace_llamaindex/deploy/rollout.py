@@ -30,6 +30,7 @@ import re
 import signal
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -39,6 +40,7 @@ import numpy as np
 from qdrant_client import models
 from tqdm.auto import tqdm
 
+from ..atomic import disk_full
 from ..data.dataset import QADataset
 from ..data.loading import load_dataset
 from ..errors import OptionError
@@ -211,8 +213,9 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
         step("removed-stale")
     plain = current_name == collection and location.alias_target(collection) is None and location.ALIASES_ARE_COLLECTIONS
     if plain:
-        current_name = _copy_collection(location, current, version_name(collection, 0), previous_serving, show_progress,
-                                        collection)
+        with _removed_on_full_disk(location, version_name(collection, 0), current_name):
+            current_name = _copy_collection(location, current, version_name(collection, 0), previous_serving,
+                                            show_progress, collection)
         current = location.sibling(current_name)
         report.previous = current_name
         step("copied-v0")
@@ -227,48 +230,49 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     for name in encoded:
         sizes[name] = len(targets[name][1].get_text_embedding_batch([_embed_text(first[0][1], current.text_field)])[0])
     meta = current.metadata()
-    new.on_step = step  # an engine whose create is more than one write (Edge: the shard, then its metadata) says so
-    try:
-        new.create(sizes, {**{k: v for k, v in meta.items() if k.startswith("bm25")}, SERVING_KEY: plan,
-                           VECTOR_KEY: named_vector(embed, spaces[0][0]), PREVIOUS_KEY: current_name,
-                           "ace_rolled_out_at": time.time()})
-    finally:
-        new.on_step = None
-    step("created-new")
-    bar = tqdm(total=total, desc=f"rollout into {new_name}", unit="doc", disable=not show_progress)
-    batch: list[tuple[str, dict, dict]] = []
-    done = 0
+    with _removed_on_full_disk(location, new_name, current_name):
+        new.on_step = step  # an engine whose create is more than one write (Edge: the shard, then its metadata) says so
+        try:
+            new.create(sizes, {**{k: v for k, v in meta.items() if k.startswith("bm25")}, SERVING_KEY: plan,
+                               VECTOR_KEY: named_vector(embed, spaces[0][0]), PREVIOUS_KEY: current_name,
+                               "ace_rolled_out_at": time.time()})
+        finally:
+            new.on_step = None
+        step("created-new")
+        bar = tqdm(total=total, desc=f"rollout into {new_name}", unit="doc", disable=not show_progress)
+        batch: list[tuple[str, dict, dict]] = []
+        done = 0
 
-    def flush() -> None:
-        nonlocal done
-        texts = [_embed_text(p, current.text_field) for _, p, _ in batch]
-        fresh = {n: targets[n][1].get_text_embedding_batch(texts) for n in encoded}
-        points = []
-        for i, (pid, payload, vectors) in enumerate(batch):
-            vector = {n: vectors[n] for n in copied if n in vectors}
-            if "bm25" in vectors:
-                vector["bm25"] = vectors["bm25"]
-            vector.update({n: list(map(float, fresh[n][i])) for n in encoded})
-            points.append(models.PointStruct(id=pid, vector=vector, payload=payload))
-        new.write_points(points)
-        done += len(batch)
-        bar.update(len(batch))
-        if on_batch:
-            on_batch(done)
-        batch.clear()
-        step("wrote-batch")
+        def flush() -> None:
+            nonlocal done
+            texts = [_embed_text(p, current.text_field) for _, p, _ in batch]
+            fresh = {n: targets[n][1].get_text_embedding_batch(texts) for n in encoded}
+            points = []
+            for i, (pid, payload, vectors) in enumerate(batch):
+                vector = {n: vectors[n] for n in copied if n in vectors}
+                if "bm25" in vectors:
+                    vector["bm25"] = vectors["bm25"]
+                vector.update({n: list(map(float, fresh[n][i])) for n in encoded})
+                points.append(models.PointStruct(id=pid, vector=vector, payload=payload))
+            new.write_points(points)
+            done += len(batch)
+            bar.update(len(batch))
+            if on_batch:
+                on_batch(done)
+            batch.clear()
+            step("wrote-batch")
 
-    for point in current.iter_points(batch_size):
-        batch.append(point)
-        if len(batch) >= batch_size:
+        for point in current.iter_points(batch_size):
+            batch.append(point)
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
-    bar.close()
-    new.optimize()
-    report.encode_seconds = round(time.perf_counter() - started, 1)
-    report.seconds_per_1000 = round(report.encode_seconds / max(1, total) * 1000, 2)
-    report.checks = check_rollout(current, new, next(iter(targets)))
+        bar.close()
+        new.optimize()
+        report.encode_seconds = round(time.perf_counter() - started, 1)
+        report.seconds_per_1000 = round(report.encode_seconds / max(1, total) * 1000, 2)
+        report.checks = check_rollout(current, new, next(iter(targets)))
     new.set_metadata({VERSION_OF_KEY: collection})  # complete: what a killed switch below is finished with
     step("checked")
     if plain and location.alias_target(collection) is None and location.sibling(collection).exists():
@@ -280,6 +284,22 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     step("switched")
     log.info("%s now serves %s (previous: %s)", collection, new_name, current_name)
     return report
+
+
+@contextmanager
+def _removed_on_full_disk(location, partial: str, serving: str):
+    """A full disk while ``partial`` is written: remove it and say so in one line; what serves is untouched."""
+    try:
+        yield
+    except Exception as exc:
+        if not disk_full(exc):
+            raise
+        try:
+            location.sibling(partial).delete()
+        except Exception as cleanup:  # noqa: BLE001 - the next rollout removes it
+            log.warning("could not remove the partial %s now (%s); the next rollout will", partial, cleanup)
+        raise OptionError(f"no space left on the device while writing {partial!r} ({' '.join(str(exc).split())}); it was "
+                          f"removed and {serving!r} still serves: free some space and roll out again") from None
 
 
 def _copy_collection(location, source, name: str, serving: dict[str, Any], show_progress: bool, alias: str) -> str:
