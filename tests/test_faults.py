@@ -417,14 +417,16 @@ def test_two_creators_of_one_new_collection_the_loser_gets_one_line(tmp_path):
     pytest.importorskip("qdrant_edge")
     import qdrant_edge as q
 
-    from ace_llamaindex.index.edge_store import EdgeCorpusIndex
+    from ace_llamaindex.index.edge_store import EdgeCorpusIndex, _creating
 
     loser = EdgeCorpusIndex(tmp_path, "c")  # sees no collection yet
     config = q.EdgeConfig(vectors={"dense-x": q.EdgeVectorParams(size=4, distance=q.Distance.Cosine)})
-    winner = q.EdgeShard.create(str(tmp_path / "c"), config)  # the other process, mid-creation
-    with pytest.raises(OptionError, match="in use by another process"):
-        loser.upsert(["d"], ["text"], {"dense-x": np.ones((1, 4), dtype=np.float32)}, show_progress=False)
-    winner.close()
+    (tmp_path / "c").mkdir()
+    with _creating(tmp_path / "c"):  # the other creator, mid-creation: it holds the creation lock until its metadata
+        winner = q.EdgeShard.create(str(tmp_path / "c"), config)
+        with pytest.raises(OptionError, match="in use by another process"):
+            loser.upsert(["d"], ["text"], {"dense-x": np.ones((1, 4), dtype=np.float32)}, show_progress=False)
+        winner.close()
 
 
 def test_a_script_that_never_closes_its_retriever_exits_quietly(tmp_path):
