@@ -378,11 +378,11 @@ def test_a_rollout_over_another_models_collection_needs_the_previous_model(tmp_p
     result = runner.invoke(cli, args)
     assert result.exit_code == code and all(e in " ".join(result.output.split()) for e in expected), result.output
     assert "Traceback" not in result.output
-    if code:
-        assert sorted(p.name for p in where.iterdir()) == ["mem"]  # nothing created
-        return
-    result = runner.invoke(cli, ["rollback", *location])
-    assert result.exit_code == 0, result.output
-    result = runner.invoke(cli, ["search", "API gives 502 right after deploy", *location, "--json"])
-    assert result.exit_code == 0, result.output  # served by the model that indexed it again
-    assert json.loads(result.stdout)[0]["served_by"] == f"finetuned:{other_model}"
+    if code:  # refused: nothing created
+        assert sorted(p.name for p in where.iterdir()) == ["mem"]
+    else:  # rolled out with --previous-model: a rollback serves the model that indexed it again
+        result = runner.invoke(cli, ["rollback", *location])
+        assert result.exit_code == 0, result.output
+        result = runner.invoke(cli, ["search", "API gives 502 right after deploy", *location, "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)[0]["served_by"] == f"finetuned:{other_model}"

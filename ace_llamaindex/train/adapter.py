@@ -244,7 +244,8 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
         selection = select(val_set, unseen_query_ids(val_set, split.unseen), base,
                            {n: AdaptedEncoder(base, f.adapter, label=n) for n, f in fitted.items()}, champion_encoder,
                            engine=engine, seen_weight=config.seen_share)
-        name = selection.chosen or max(fitted, key=lambda n: selection.deciding(n).delta or float("-inf"))
+        # none better: the candidate that came closest, so the card says by how much it fell short
+        name = selection.chosen or max(fitted, key=lambda n: _or_lowest(selection.deciding(n).delta))
         deciding = selection.deciding(name)
     output_dir = Path(output_dir)
     promoted = deciding is None or deciding.verdict == "better" or config.force or not (output_dir / ADAPTER_CARD).exists()
@@ -267,6 +268,10 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
         with atomic_directory(output_dir) as scratch:
             save_adapter(fitted[name].adapter, scratch, card)
     return card
+
+
+def _or_lowest(delta: float | None) -> float:
+    return float("-inf") if delta is None else delta
 
 
 def _base_model(base: Encoder) -> str | None:
