@@ -216,7 +216,8 @@ def test_sigterm_removes_temporary_edge_shards(tmp_path):
     import sys
 
     pytest.importorskip("qdrant_edge")
-    env = {**os.environ, "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    # a cache of its own: the run encodes for real after creating its shard, instead of ending moments later
+    env = {**os.environ, "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "ACE_CACHE_DIR": str(tmp_path / "cache")}
     proc = subprocess.Popen([sys.executable, "-m", "ace_llamaindex.cli", "eval", "--engine", "edge", "--out-dir",
                              str(tmp_path / "r"), "--report", "json"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

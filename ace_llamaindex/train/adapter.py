@@ -271,7 +271,8 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
 
 
 def _or_lowest(delta: float | None) -> float:
-    return float("-inf") if delta is None else delta
+    # no measurement, or exactly 0 on every query (a continued adapter that never left the champion): not a challenger
+    return delta if delta else float("-inf")
 
 
 def _base_model(base: Encoder) -> str | None:
