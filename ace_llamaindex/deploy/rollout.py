@@ -45,7 +45,14 @@ from ..data.dataset import QADataset
 from ..data.loading import load_dataset
 from ..errors import OptionError
 from ..index.store import VERSION_OF_KEY
-from ..serve.serving_record import PREVIOUS_KEY, SERVING_KEY, VECTOR_KEY, model_embedding, serving_target
+from ..serve.serving_record import (
+    PREVIOUS_KEY,
+    SERVING_KEY,
+    VECTOR_KEY,
+    challenger_alias,
+    model_embedding,
+    serving_target,
+)
 from .evidence import promotion_evidence
 
 log = logging.getLogger(__name__)
@@ -79,6 +86,19 @@ def _recover(location, collection: str) -> None:
     recover = getattr(location, "recover_alias", None)
     if recover is not None:
         recover(collection)
+
+
+def refuse_during_experiment(location, collection: str) -> None:
+    """An online experiment's challenger is not replaced under it: refuse while one runs on ``collection``. A challenger
+    alias left by a killed promotion (it points at what serves) or at a removed collection is cleaned up instead."""
+    challenger = location.alias_target(challenger_alias(collection))
+    if challenger is None:
+        return
+    if challenger == serving_target(location, collection) or challenger not in location.collection_names():
+        location.remove_alias(challenger_alias(collection))
+        return
+    raise OptionError(f"an online experiment runs on {collection!r} (challenger {challenger!r}): end it first "
+                      "(`ace experiment stop`)")
 
 
 @dataclass
@@ -136,7 +156,7 @@ def _embed_text(payload: dict[str, Any], text_field: str) -> str:
 def rollout(model: str | Path, collection: str, *, index=None, path: str | Path | None = None, url: str | None = None,
             api_key: str | None = None, engine: str = "auto", previous_model: str | Path | None = None, fallback=None,
             dry_run: bool = False, batch_size: int = 64, show_progress: bool = True, force: bool = False,
-            on_batch: Callable[[int], None] | None = None, heldout=None) -> RolloutReport:
+            on_batch: Callable[[int], None] | None = None, heldout=None, switch: bool = True) -> RolloutReport:
     """Serve ``collection`` (an alias) with ``model`` (a folder ``ace train`` wrote, or any model name).
 
     ``index``: an open :class:`~ace_llamaindex.index.store.CorpusIndex` at the location (an embedded folder is one
@@ -148,7 +168,9 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     A model not shown better than what the collection serves now is refused unless ``force``: by its training card's
     comparison with that champion, or (a first rollout) with its base, or by judging both on ``heldout`` (a
     :class:`~ace_llamaindex.data.dataset.QADataset` or a dataset path, e.g. the ``training_data.test.json`` that
-    ``ace mine --from-feedback`` writes); see :mod:`~ace_llamaindex.deploy.evidence`."""
+    ``ace mine --from-feedback`` writes); see :mod:`~ace_llamaindex.deploy.evidence`. ``switch=False`` builds and
+    checks the new collection but leaves the alias as it is (an online experiment's challenger,
+    :mod:`~ace_llamaindex.deploy.experiment`)."""
     from ..embeddings.models import DEFAULT_MODEL
     from ..index.engines import open_index
     from ..serve.spaces import embedding_spaces, named_vector
@@ -157,6 +179,7 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
         raise OptionError(f"batch_size must be at least 1, got {batch_size}")
     location = index or open_index(collection, path=path, url=url, api_key=api_key, engine=engine)
     _recover(location, collection)
+    refuse_during_experiment(location, collection)
     current_name = serving_target(location, collection)
     current = location.sibling(current_name)
     if not current.exists():
@@ -275,15 +298,22 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
         report.checks = check_rollout(current, new, next(iter(targets)))
     new.set_metadata({VERSION_OF_KEY: collection})  # complete: what a killed switch below is finished with
     step("checked")
-    if plain and location.alias_target(collection) is None and location.sibling(collection).exists():
-        # Qdrant keeps aliases and collections in one namespace: the plain collection goes before the alias can come.
-        # Killed in between, the next opener points the alias at the newest complete version (CorpusIndex.recover_alias)
+    if switch:
+        switch_to(location, collection, new_name)
+        log.info("%s now serves %s (previous: %s)", collection, new_name, current_name)
+    return report
+
+
+def switch_to(location, collection: str, version: str) -> None:
+    """Serve ``collection`` (an alias) from the complete ``version``: one atomic alias switch; a first rollout's plain
+    collection is dropped first (Qdrant keeps aliases and collections in one namespace). Killed in between, the next
+    opener points the alias at the newest complete version (:meth:`~ace_llamaindex.index.store.CorpusIndex.recover_alias`)."""
+    if location.ALIASES_ARE_COLLECTIONS and location.alias_target(collection) is None \
+            and collection in location.collection_names():
         location.sibling(collection).delete()
         step("dropped-plain")
-    location.switch_alias(collection, new_name)
+    location.switch_alias(collection, version)
     step("switched")
-    log.info("%s now serves %s (previous: %s)", collection, new_name, current_name)
-    return report
 
 
 @contextmanager
@@ -358,6 +388,7 @@ def rollback(collection: str, *, index=None, path: str | Path | None = None, url
 
     location = index or open_index(collection, path=path, url=url, api_key=api_key, engine=engine)
     _recover(location, collection)
+    refuse_during_experiment(location, collection)
     current = serving_target(location, collection)
     previous = location.sibling(current).metadata().get(PREVIOUS_KEY)
     if not previous or not location.sibling(previous).exists():

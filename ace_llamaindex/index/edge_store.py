@@ -246,6 +246,9 @@ class EdgeCorpusIndex(CorpusIndex):
     def switch_alias(self, name: str, target: str) -> None:
         write_json(self._pointer(name), {"collection": target})
 
+    def remove_alias(self, name: str) -> None:
+        self._pointer(name).unlink(missing_ok=True)
+
     def recover_alias(self, name: str) -> str | None:
         """Nothing to recover: the pointer is replaced in one step and a shard is never dropped to make room for it."""
         return None

@@ -325,6 +325,12 @@ class CorpusIndex:
         ops.append(models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=target, alias_name=name)))
         self.client.update_collection_aliases(change_aliases_operations=ops)
 
+    def remove_alias(self, name: str) -> None:
+        """Remove the alias ``name`` (one atomic operation; nothing when there is none)."""
+        if self.alias_target(name) is not None:
+            self.client.update_collection_aliases(change_aliases_operations=[
+                models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))])
+
     def collection_names(self) -> list[str]:
         """Every collection at this location."""
         return [c.name for c in self.client.get_collections().collections]

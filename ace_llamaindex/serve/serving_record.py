@@ -2,7 +2,9 @@
 written by a rollout (:mod:`ace_llamaindex.deploy.rollout`).
 
 ``ace_serving``: the serving plan (``{"model", "adapter", "reindex"}``), ``ace_vector``: the named vector its queries
-search, ``ace_previous``: the collection it replaced (for a rollback).
+search, ``ace_previous``: the collection it replaced (for a rollback), ``ace_experiment``: on a challenger's collection,
+the online experiment it takes part in (:mod:`ace_llamaindex.serve.experiment_arms`). While an experiment runs, the alias
+``<collection>__challenger`` points at the challenger's collection.
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 SERVING_KEY, VECTOR_KEY, PREVIOUS_KEY = "ace_serving", "ace_vector", "ace_previous"
+EXPERIMENT_KEY = "ace_experiment"
+
+
+def challenger_alias(collection: str) -> str:
+    """The alias that points at the challenger's collection while an online experiment runs on ``collection``."""
+    return f"{collection}__challenger"
 
 
 def serving_target(index, alias: str) -> str:
