@@ -3,7 +3,8 @@
 A feedback log is append-only JSON lines, one record per line:
 
 - ``{"type": "served", "query_id", "query", "results": [{"doc_id", "score", "rank"}], "vector", "model",
-  "fusion", "collection", "ts"}`` — written by :class:`~ace_llamaindex.serve.retriever.HybridQdrantRetriever` and
+  "fusion", "collection", "ts"}`` (during an online experiment also each result's ``team`` and an ``experiment``
+  object, :mod:`~ace_llamaindex.serve.experiment_arms`) — written by :class:`~ace_llamaindex.serve.retriever.HybridQdrantRetriever` and
   :class:`~ace_llamaindex.serve.vector_store.AceQdrantVectorStore` when given ``feedback_log=``;
 - ``{"type": "judgement", "query_id", "doc_id", "relevant", "ts"}`` — :func:`record_feedback`, or
   :class:`FeedbackHandler`, which marks the source nodes a LlamaIndex response used.
@@ -112,11 +113,19 @@ def new_query_id() -> str:
 
 
 def served_record(query_id: str, query: str, results: Sequence[tuple[str, float]], *, vector: str | None,
-                  model: str | None, fusion: str, collection: str) -> dict[str, Any]:
-    """The record of one served query: ``results`` as (doc_id, score) best first."""
-    return {"type": "served", "query_id": query_id, "query": query,
-            "results": [{"doc_id": d, "score": round(float(s), 6), "rank": r} for r, (d, s) in enumerate(results, 1)],
-            "vector": vector, "model": model, "fusion": fusion, "collection": collection, "ts": time.time()}
+                  model: str | None, fusion: str, collection: str, teams: Sequence[str] | None = None,
+                  experiment: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The record of one served query: ``results`` as (doc_id, score) best first. While an online experiment runs,
+    ``teams`` names the model that placed each result (interleaving) and ``experiment`` says which experiment and arm
+    (:func:`~ace_llamaindex.serve.experiment_arms.experiment_fields`)."""
+    shown = [{"doc_id": d, "score": round(float(s), 6), "rank": r} for r, (d, s) in enumerate(results, 1)]
+    for result, team in zip(shown, teams or (), strict=False):
+        result["team"] = team
+    record = {"type": "served", "query_id": query_id, "query": query, "results": shown, "vector": vector,
+              "model": model, "fusion": fusion, "collection": collection, "ts": time.time()}
+    if experiment is not None:
+        record["experiment"] = experiment
+    return record
 
 
 def record_feedback(feedback_log: str | Path | Sink, query_id: str, doc_id: str, relevant: bool) -> None:

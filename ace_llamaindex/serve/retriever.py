@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ from ..index.engines import open_index
 from ..index.filters import to_qdrant_filter
 from ..index.fusion_choice import FusionChoice
 from ..index.store import MODES, CorpusIndex, Hit, HybridParams
+from .experiment_arms import ExperimentRecord, serve_query
 from .feedback import QUERY_ID, as_sink, new_query_id, record_feedback, served_record
+from .serving_record import EXPERIMENT_KEY, challenger_alias
 from .spaces import aquery_with_space, embedding_spaces, model_folder, named_vector, query_with_space, resolve_fusion
 
 log = logging.getLogger(__name__)
@@ -155,7 +158,7 @@ class HybridQdrantRetriever(BaseRetriever):
 
     # ---- retrieval -----------------------------------------------------------------------------------------
     def _search(self, served: _Served, queries: Sequence[str], vectors: list[list[float]] | None,
-                labels: list[str] | None) -> list[list[NodeWithScore]]:
+                labels: list[str] | None, log_served: bool = True) -> list[list[NodeWithScore]]:
         results: list[list[NodeWithScore]] = [[] for _ in queries]
         qfilter = to_qdrant_filter(self.filters)
         groups: dict[str | None, list[int]] = {}
@@ -170,18 +173,63 @@ class HybridQdrantRetriever(BaseRetriever):
             )
             for i, row in zip(idx, hits, strict=True):
                 results[i] = [_to_node(h, label) for h in row]
-                if self.feedback_log is not None:
-                    self._log_served(served, queries[i], results[i], using, label)
+                if self.feedback_log is not None and log_served:
+                    self._log_served(served, queries[i], results[i], using, label or "bm25")
         return results
 
-    def _log_served(self, served: _Served, query: str, nodes: list[NodeWithScore], using: str | None, label: str | None) -> None:
-        query_id = new_query_id()
+    def _log_served(self, served: _Served, query: str, nodes: list[NodeWithScore], using: str | None, label: str | None,
+                    query_id: str | None = None, **experiment: Any) -> None:
+        query_id = query_id or new_query_id()
         for n in nodes:
             n.node.metadata[QUERY_ID] = query_id
             n.node.excluded_embed_metadata_keys.append(QUERY_ID)
             n.node.excluded_llm_metadata_keys.append(QUERY_ID)
-        self.feedback_log(served_record(query_id, query, [(n.node.node_id, n.score) for n in nodes], vector=using,
-                                        model=label or "bm25", fusion=served.fusion.name, collection=served.index.collection))
+        if self.feedback_log is not None:
+            self.feedback_log(served_record(query_id, query, [(n.node.node_id, n.score) for n in nodes], vector=using,
+                                            model=label, fusion=served.fusion.name, collection=served.index.collection,
+                                            **experiment))
+
+    # ---- online experiments: the champion and a challenger, interleaved or split (serve.experiment_arms) ---------
+    def _trial(self, served: _Served) -> tuple[_Served, ExperimentRecord] | None:
+        """The challenger and its experiment while one runs on this collection (read for each query), else None."""
+        if not self.follow_rollouts:
+            return None
+        target = self.index.alias_target(challenger_alias(self.collection_name))
+        if target is None or target == served.index.collection:  # none, or a promotion killed before its cleanup
+            return None
+        record = self.index.sibling(target).metadata().get(EXPERIMENT_KEY)
+        if not record:
+            return None
+        arm = self._by_target.get(target)
+        if arm is None:
+            arm = self._by_target[target] = self._open_target(target)
+        return arm, ExperimentRecord.from_dict(record)
+
+    def _ranked(self, served: _Served, query: str) -> tuple[list[NodeWithScore], float]:
+        """One arm's results for a query (nothing logged) and the milliseconds it took."""
+        started = time.perf_counter()
+        vectors, labels = self._embed(served, [query])
+        results = self._search(served, [query], vectors, labels, log_served=False)[0]
+        return results, (time.perf_counter() - started) * 1000
+
+    def _experiment(self, champion: _Served, challenger: _Served, record: ExperimentRecord,
+                    queries: Sequence[str]) -> list[list[NodeWithScore]]:
+        results = []
+        for query in queries:  # one at a time: each query has its own unit, arm and coin flips
+            query_id = new_query_id()
+            nodes, teams, info = serve_query(record, query_id, lambda q=query: self._ranked(champion, q),
+                                             lambda q=query: self._ranked(challenger, q), lambda n: n.node.node_id,
+                                             self.similarity_top_k)
+            if self.feedback_log is not None:
+                label = "interleaved" if teams else (nodes[0].node.metadata.get(SERVED_BY) if nodes else None)
+                self._log_served(champion, query, nodes, None, label, query_id,
+                                 **({"teams": teams, "experiment": info} if info else {}))
+            results.append(nodes)
+        return results
+
+    def _answer(self, served: _Served, queries: Sequence[str]) -> list[list[NodeWithScore]]:
+        vectors, labels = self._embed(served, queries)
+        return self._search(served, queries, vectors, labels)
 
     def record_feedback(self, query_id: str, doc_id: str, relevant: bool) -> None:
         """Record a user's judgement of a result this retriever served (``node.metadata["ace_query_id"]``)."""
@@ -199,13 +247,19 @@ class HybridQdrantRetriever(BaseRetriever):
         return self.batch_retrieve([query_bundle.query_str])[0]
 
     def batch_retrieve(self, queries: Sequence[str]) -> list[list[NodeWithScore]]:
-        """Retrieve for many queries; Qdrant receives them as batched requests."""
+        """Retrieve for many queries; Qdrant receives them as batched requests. While an online experiment runs on
+        the collection, the challenger takes part as the experiment says (:mod:`~ace_llamaindex.serve.experiment_arms`)."""
         served = self._current()
-        vectors, labels = self._embed(served, queries)
-        return self._search(served, queries, vectors, labels)
+        trial = self._trial(served)
+        if trial is not None:
+            return self._experiment(served, *trial, queries)
+        return self._answer(served, queries)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         served = await asyncio.to_thread(self._current)
+        trial = await asyncio.to_thread(self._trial, served)
+        if trial is not None:
+            return (await asyncio.to_thread(self._experiment, served, *trial, [query_bundle.query_str]))[0]
         labels = vectors = None
         if served.mode != "bm25":
             vector, label = await aquery_with_space(served.embed_model, query_bundle.query_str)

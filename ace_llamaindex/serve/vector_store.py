@@ -17,6 +17,7 @@ hybrid fusion, else plain RRF. Hybrid scores are in [0, 1]; the raw dense/BM25/f
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import numpy as np
@@ -37,10 +38,12 @@ from ..errors import OptionError
 from ..index.engines import open_index
 from ..index.filters import to_qdrant_filter
 from ..index.fusion_choice import DENSE_DEFAULT, FusionChoice
-from ..index.store import CorpusIndex, HybridParams
+from ..index.store import CorpusIndex, Hit, HybridParams
 from .embedding import space_label
+from .experiment_arms import ExperimentRecord, serve_query
 from .feedback import QUERY_ID, as_sink, new_query_id, record_feedback, served_record
-from .spaces import embedding_spaces, named_vector, resolve_fusion
+from .serving_record import EXPERIMENT_KEY, challenger_alias
+from .spaces import embedding_spaces, named_vector, query_with_space, resolve_fusion
 
 _OURS = {"doc_id", "text"}  # payload keys CorpusIndex writes for itself
 
@@ -63,6 +66,7 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
     _index: CorpusIndex = PrivateAttr()
     _embed_model: BaseEmbedding | None = PrivateAttr(default=None)
     _fusion: FusionChoice = PrivateAttr(default=DENSE_DEFAULT)
+    _challengers: dict[tuple[str, str], BaseEmbedding] = PrivateAttr(default_factory=dict)  # online experiments
 
     def __init__(self, collection_name: str = "ace_memories", *, embed_model: BaseEmbedding | None = None,
                  fusion: str | FusionChoice | None = "auto", api_key: str | None = None, **kwargs: Any) -> None:
@@ -172,20 +176,65 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
                                   _ref_doc_filter(query.doc_ids) if query.doc_ids else None,
                                   models.Filter(must=[models.HasIdCondition(has_id=_point_ids(query.node_ids))]) if query.node_ids else None)
                       if c is not None]
-        hits = self._index.search(
-            mode, vectors=None if mode == "bm25" else np.asarray([query.query_embedding], dtype=np.float32),
-            texts=[query.query_str or ""], using=None if mode == "bm25" else self._primary_vector(), limit=limit,
-            query_filter=models.Filter(must=conditions) if conditions else None, hybrid=params,
-        )[0]
+        qfilter = models.Filter(must=conditions) if conditions else None
+
+        def champion() -> tuple[list[Hit], float]:
+            started = time.perf_counter()
+            hits = self._index.search(
+                mode, vectors=None if mode == "bm25" else np.asarray([query.query_embedding], dtype=np.float32),
+                texts=[query.query_str or ""], using=None if mode == "bm25" else self._primary_vector(), limit=limit,
+                query_filter=qfilter, hybrid=params)[0]
+            return hits, (time.perf_counter() - started) * 1000
+
+        trial = self._trial()
+        teams = experiment = None
+        query_id = new_query_id()
+        if trial is None:
+            hits = champion()[0]
+        else:
+            hits, teams, experiment = serve_query(trial[1], query_id, champion,
+                                                  lambda: self._challenger_hits(trial[0], query, mode, params, limit, qfilter),
+                                                  lambda h: h.doc_id, limit)
         nodes = [_to_node(h.payload, h.text) for h in hits]
         if self.feedback_log is not None:
-            self._log_served(query, mode, params, nodes, [h.score for h in hits])
+            self._log_served(query, mode, params, nodes, [h.score for h in hits], query_id, teams, experiment)
         return VectorStoreQueryResult(nodes=nodes, similarities=[h.score for h in hits], ids=[n.node_id for n in nodes])
+
+    # ---- online experiments (ace_llamaindex.serve.experiment_arms) ----------------------------------------------
+    def _trial(self) -> tuple[CorpusIndex, ExperimentRecord] | None:
+        """The challenger's collection and its experiment while one runs on this collection (read for each query)."""
+        target = self._index.alias_target(challenger_alias(self.collection_name))
+        if target is None or target == self._index.collection:
+            return None
+        challenger = self._index.sibling(target)
+        record = challenger.metadata().get(EXPERIMENT_KEY)
+        return (challenger, ExperimentRecord.from_dict(record)) if record else None
+
+    def _challenger_hits(self, challenger: CorpusIndex, query: VectorStoreQuery, mode: str, params: HybridParams,
+                         limit: int, qfilter: models.Filter | None) -> tuple[list[Hit], float]:
+        """The challenger's results: LlamaIndex embedded the query with the champion's model, so the challenger's own
+        model (its collection's serving plan) embeds the query text here."""
+        from .serving_record import SERVING_KEY, VECTOR_KEY, model_embedding
+
+        started = time.perf_counter()
+        meta = challenger.metadata()
+        key = (challenger.collection, str(meta.get(SERVING_KEY)))
+        if key not in self._challengers:
+            self._challengers[key] = model_embedding(meta[SERVING_KEY])
+        vector = None
+        if mode != "bm25":
+            if not query.query_str:
+                raise OptionError("an online experiment needs the query text to embed it with the challenger's model")
+            vector, _ = query_with_space(self._challengers[key], query.query_str)
+        hits = challenger.search(mode, vectors=None if vector is None else np.asarray([vector], dtype=np.float32),
+                                 texts=[query.query_str or ""], using=None if mode == "bm25" else meta.get(VECTOR_KEY),
+                                 limit=limit, query_filter=qfilter, hybrid=params)[0]
+        return hits, (time.perf_counter() - started) * 1000
 
 
     def _log_served(self, query: VectorStoreQuery, mode: str, params: HybridParams, nodes: list[BaseNode],
-                    scores: list[float]) -> None:
-        query_id = new_query_id()
+                    scores: list[float], query_id: str, teams: list[str] | None = None,
+                    experiment: dict[str, Any] | None = None) -> None:
         for node in nodes:
             node.metadata[QUERY_ID] = query_id
             node.excluded_embed_metadata_keys = [*node.excluded_embed_metadata_keys, QUERY_ID]
@@ -194,7 +243,8 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
             query_id, query.query_str or "", [(n.node_id, s) for n, s in zip(nodes, scores, strict=True)],
             vector=None if mode == "bm25" else self._primary_vector(),
             model=space_label(self._embed_model) if self._embed_model is not None else None,
-            fusion=params.describe() if mode == "hybrid" else mode, collection=self._index.collection))
+            fusion=params.describe() if mode == "hybrid" else mode, collection=self._index.collection, teams=teams,
+            experiment=experiment))
 
     def record_feedback(self, query_id: str, doc_id: str, relevant: bool) -> None:
         """Record a user's judgement of a node this store served (``node.metadata["ace_query_id"]``)."""
