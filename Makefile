@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test infinity-venv test-floors
+.PHONY: setup demo test docs infinity-venv test-floors
 
 setup: $(VENV)/.installed
 
@@ -23,7 +23,16 @@ infinity-venv: .venv-infinity/.installed
 	bash scripts/setup_infinity.sh .venv-infinity
 	touch $@
 
-test: setup infinity-venv
+# The documentation site (mkdocs.yml, docs/) into site/ (ignored). --strict: a warning (a broken link or anchor, a page
+# left out of the nav, a docstring mkdocstrings cannot render) fails the build. The [docs] extra is installed on first use.
+docs: $(VENV)/.docs-installed
+	$(VENV)/bin/mkdocs build --strict -d site
+
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $@
+
+test: setup infinity-venv docs
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	ACE_INFINITY_BIN=$(CURDIR)/.venv-infinity/bin/infinity_emb ACE_REQUIRE_INFINITY=1 ACE_REQUIRE_EXTRAS=1 $(PY) -m pytest -q -rs
