@@ -27,3 +27,9 @@ class PluginError(AceError):
 
 class EmbeddingError(AceError):
     """An embedding model or endpoint could not produce vectors."""
+
+
+class AceDeprecationWarning(DeprecationWarning):
+    """A name of ours that still works and will go (``ace_llamaindex.hookspecs``, the ``sentence-transformers``
+    trainer, ``--trainer``); the message says what replaces it. The ``ace`` command shows these; Python hides
+    DeprecationWarnings by default elsewhere."""

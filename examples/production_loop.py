@@ -16,9 +16,16 @@ or names the right one ("this is the page I needed"), or attach ``FeedbackHandle
 engine's answers were built from.
 
 A quarter of the memories is never asked about in the log: the future. The example measures how often the top
-result answers their queries before the rollout, after it, and after the rollback (exactly as before). The
-rollout refuses a model not shown better than what serves; here the collection serves the base, so the training
-card's gate against that base is the evidence (``deploy/evidence.py``). Nothing better: nothing is rolled out.
+result answers their queries before the rollout, after it, and after the rollback (exactly as before). Training
+judges every candidate against what the collection serves now (its champion: here the base model), weighing the
+gate towards memories nobody asked about (``seen_share=0``: the future is new memories); the rollout refuses a
+model not shown better than what serves, by that comparison in the training card (``deploy/evidence.py``). Nothing
+better: nothing is rolled out.
+
+Each step is a public function of ``ace_llamaindex``, the one the ``ace`` command of the same step runs:
+``mine_feedback`` (``ace mine --from-feedback``), ``train_model`` (``ace train --collection``), ``rollout`` and
+``rollback`` (``ace rollout``, ``ace rollback``). Here they are given the serving process's own open index
+(``retriever.index``): an embedded Qdrant folder is one process's.
 """
 
 from __future__ import annotations
@@ -38,19 +45,19 @@ def main(argv: list[str] | None = None) -> dict:
     results served before)."""
     from llama_index.core.schema import TextNode
 
-    from ace_llamaindex import FineTunedEmbedding, HybridQdrantRetriever
-    from ace_llamaindex.data.loading import DEMO_DATASET, load_dataset
-    from ace_llamaindex.deploy.rollout import rollback, rollout
-    from ace_llamaindex.embeddings.encoding import CachedEncoder
-    from ace_llamaindex.mine.feedback_dataset import load_feedback, with_rejected_negatives
-    from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
-    from ace_llamaindex.plugins.manager import get
-    from ace_llamaindex.serve.feedback import QUERY_ID
-    from ace_llamaindex.serve.spaces import named_vector
-    from ace_llamaindex.train.training import TrainConfig
+    from ace_llamaindex import (
+        FineTunedEmbedding,
+        HybridQdrantRetriever,
+        TrainConfig,
+        load_dataset,
+        mine_feedback,
+        rollback,
+        rollout,
+        train_model,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default=str(DEMO_DATASET))
+    parser.add_argument("--dataset", default=None, help="a dataset path (default: the shipped team memories)")
     parser.add_argument("--out", default="runs/loop", type=Path)
     parser.add_argument("--method", default="auto")
     args = parser.parse_args(argv)
@@ -68,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     # memory elsewhere and say which it was
     found_elsewhere = 0
     for qid, results in zip(traffic.queries, retriever.batch_retrieve(list(traffic.queries.values())), strict=True):
-        query_id, answers = results[0].node.metadata[QUERY_ID], set(traffic.relevant_docs[qid])
+        query_id, answers = results[0].node.metadata["ace_query_id"], set(traffic.relevant_docs[qid])
         for node in results:
             retriever.record_feedback(query_id, node.node.node_id, node.node.node_id in answers)
         if not answers & {node.node.node_id for node in results}:
@@ -76,18 +83,15 @@ def main(argv: list[str] | None = None) -> dict:
             retriever.record_feedback(query_id, traffic.relevant_docs[qid][0], True)  # a memory that was not shown
     print(f"served {len(traffic.queries)} queries; for {found_elsewhere} of them no memory shown answered, and the user "
           "named the right one")
-    # 3. mine from the log (what `ace mine --from-feedback` does)
-    corpus = {doc_id: text for doc_id, text, _ in retriever.index.iter_documents()}
-    feedback = load_feedback(log, corpus)
-    base = CachedEncoder(show_progress=False)
-    options = MiningOptions()
-    miner = HardNegativeMiner("dense", base, index=retriever.index, options=options, show_progress=False,
-                              using=named_vector(retriever.embed_model, retriever.embed_model.model_name))
-    examples = with_rejected_negatives(miner.mine(feedback.dataset), feedback, corpus, options.num_negatives)
-    print(f"log: {feedback.counts}; {len(examples)} training examples, "
-          f"{sum(s == 'feedback' for e in examples for s in e.metadata['negative_sources'])} negatives users rejected")
-    # 4. train and gate (what `ace train` does)
-    result = get("trainers", args.method)(examples, args.out / "model", TrainConfig(), corpus=corpus, base_encoder=base)
+    # 3. mine from the log: `ace mine --from-feedback LOG --collection memories --test-fraction 0` (every judged
+    # query trains; the future memories are the test here)
+    mined = mine_feedback(log, args.out / "training_data.json", collection="memories", index=retriever.index,
+                          test_fraction=0, show_progress=False)
+    print(f"log: {mined.counts}; {len(mined.examples)} training examples, "
+          f"{sum(s == 'feedback' for e in mined.examples for s in e.metadata['negative_sources'])} negatives users rejected")
+    # 4. train and gate against what the collection serves: `ace train DATA -o OUT --collection memories --seen-share 0`
+    result = train_model(mined.path, args.out / "model", method=args.method, config=TrainConfig(seen_share=0.0),
+                         collection="memories", index=retriever.index)
     card = result.card
     happened["gate"] = card["gate"]["verdict"]
     print(f"gate: {card['gate']['verdict']} (method {card.get('chosen', card.get('method'))})")
