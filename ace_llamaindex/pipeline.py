@@ -15,6 +15,8 @@ from .index.fusion_choice import load_fusion
 from .mine.mining import MiningOptions, save_training_data
 from .plugins.manager import components, get
 from .serve.served_model import serving_encoder
+from .train import distributed
+from .train.outcome import Outcome, outcome
 from .train.training import TrainConfig
 
 
@@ -64,6 +66,10 @@ def run_pipeline(
     mining = mining or MiningOptions(seed=seed)
     training.validate()  # fail before minutes of mining, not after
     mining.validate()
+    if distributed.world_size() > 1:
+        raise OptionError(f"the pipeline mines, trains and evaluates in one process, so it cannot run on "
+                          f"{distributed.world_size()} (torchrun, accelerate launch): run `ace mine`, then `ace train` "
+                          "on several processes (--nproc N), then `ace eval`")
     if test_set is None:
         try:
             train_set, test_set = dataset.split(test_fraction, seed, by=split_by)
@@ -80,10 +86,11 @@ def run_pipeline(
     result = get("trainers", trainer)(examples, out_dir / "model", training, data_fingerprint=train_set.fingerprint(),
                                       corpus=train_set.corpus, engine=engine, base_encoder=base, training_data=data_path,
                                       **({"champion": champion} if champion is not None else {}))
-    if not result.promoted and result.serving is not None:  # an older model is at out_dir/model and was kept
+    if outcome(result) is Outcome.KEPT:  # an older model is at out_dir/model and was kept
         raise OptionError(f"{result.gate.sentence() if result.gate else 'not better'}; the model at {result.model_dir} was "
                           "kept (use --force to replace it)")
-    finetuned = serving_encoder(result.serving, base, training.max_seq_length, show_progress) if result.promoted else None
+    finetuned = serving_encoder(result.serving, base, training.max_seq_length, show_progress) \
+        if outcome(result) is Outcome.PROMOTED else None
     metrics: dict[str, Any] = {n: c.obj for n, c in components("metrics").items()}
     fusion = load_fusion(result.model_dir) if finetuned is not None else None
     systems, comparisons = compared_systems(base, finetuned, fusion=fusion)

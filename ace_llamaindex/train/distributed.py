@@ -1,0 +1,237 @@
+"""Data-parallel training on several processes: ``torchrun``, ``accelerate launch`` or ``ace train --nproc N``.
+
+Every process (rank) loads the same data, makes the same validation split and trains the full fine-tune together
+with the others (DDP through sentence-transformers' trainer, the batch size per process): the no-duplicates sampler
+draws global batches that the processes split among them, and MNRL gathers the in-batch negatives of every process
+(``gather_across_devices``; see :func:`~ace_llamaindex.train.training.fine_tune`). Afterwards exactly one process,
+rank 0, judges the candidates, trains what trains in one process (``--method auto``'s query adapters), and writes
+the output folder; the others wait for it and write nothing (:func:`on_main`). What cannot run so is refused
+(:func:`check_trainer`, :func:`start`) with one line.
+
+The launcher's environment says where a process stands (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
+``LOCAL_WORLD_SIZE``); without it everything here is a no-op for one process. The backend follows the device:
+NCCL on CUDA (one GPU per process), gloo on a CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+from typing import Any, Callable
+
+from ..errors import AceError, OptionError
+
+log = logging.getLogger(__name__)
+# Collectives during training (the default group): long enough for rank 0's evaluation of the base before the first
+# step, which the others wait for.
+TRAINING_TIMEOUT = timedelta(hours=2)
+# Rank 0 alone judges and writes after training (minutes to hours on a large corpus, on a CPU): the others wait on a
+# gloo group of their own with this timeout. A rank that dies ends the run sooner: the launcher stops the others.
+WAIT_TIMEOUT = timedelta(days=7)
+# The trainers that run data-parallel (the built-in full fine-tune and auto); a plugin opts in with this attribute.
+ATTRIBUTE = "data_parallel"
+
+_control = None  # the gloo group rank 0's results travel on
+
+
+class RankZeroFailed(AceError):
+    """Rank 0 failed after training: the other ranks stop too, having written nothing."""
+
+
+def _env(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def world_size() -> int:
+    """How many processes train together (1 without a launcher)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return max(1, _env("WORLD_SIZE", 1))
+
+
+def rank() -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return _env("RANK", 0)
+
+
+def local_rank() -> int:
+    return _env("LOCAL_RANK", 0)
+
+
+def local_world_size() -> int:
+    """Processes on this machine (they share its CPU memory)."""
+    return max(1, _env("LOCAL_WORLD_SIZE", world_size()))
+
+
+def is_main() -> bool:
+    """Whether this process is the one that judges and writes (rank 0; the only one without a launcher)."""
+    return rank() == 0
+
+
+def backend_for(device: str) -> str:
+    """NCCL for CUDA tensors, gloo for CPU ones."""
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
+def check_trainer(trainer: Callable, name: str, processes: int | None = None) -> None:
+    """Refuse a trainer that does not run data-parallel when ``processes`` (default: this run's world size) > 1."""
+    processes = processes or world_size()
+    if processes <= 1 or getattr(trainer, ATTRIBUTE, False):
+        return
+    if name == "adapter":
+        raise OptionError(f"--method adapter trains in one process (a query adapter over frozen vectors takes seconds on "
+                          f"a CPU), so it cannot use {processes} processes: run `ace train --method adapter` without "
+                          "torchrun, accelerate launch or --nproc")
+    raise OptionError(f"--method {name} does not train data-parallel, so it cannot use {processes} processes: run it in "
+                      "one process, or use --method full or auto (a trainer plugin may declare data_parallel = True)")
+
+
+def check_device(device: str, processes: int) -> None:
+    """Refuse a device several processes cannot share: MPS (no DDP backend), fewer GPUs than processes."""
+    if processes <= 1:
+        return
+    if device.startswith("mps"):
+        raise OptionError(f"{processes} processes cannot train on MPS (DDP has no backend for it): use --device cpu, "
+                          "or one process")
+    if device.startswith("cuda"):
+        import torch
+
+        gpus = torch.cuda.device_count()
+        local = min(processes, local_world_size()) if world_size() > 1 else processes
+        if gpus < local:
+            raise OptionError(f"{local} processes on this machine need a GPU each and it has {gpus}: use --nproc {gpus} "
+                              "(or fewer), or --device cpu")
+
+
+def start(device: str) -> str:
+    """Join the other processes (one call per process, before training; later calls return at once) and return the
+    device this process trains on (``cuda:LOCAL_RANK`` on GPUs). One process: ``device`` as is, nothing started."""
+    global _control
+    n = world_size()
+    if n <= 1:
+        return device
+    check_device(device, n)
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(local_rank())
+        device = f"cuda:{local_rank()}"
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend_for(device), timeout=TRAINING_TIMEOUT)
+        import atexit
+
+        atexit.register(_stop)
+    if _control is None:
+        _control = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
+        log.info("rank %d of %d (%s, %s)", rank(), n, device, dist.get_backend())
+    return device
+
+
+def _stop() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _started() -> bool:
+    import torch.distributed as dist
+
+    return world_size() > 1 and dist.is_available() and dist.is_initialized()
+
+
+def _broadcast(value: Any) -> Any:
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0, group=_control)
+    return box[0]
+
+
+def on_main(fn: Callable[[], Any], what: str, shared: Callable[[Any], Any] | None = None) -> Any:
+    """Run ``fn`` on rank 0 alone; the other ranks wait for it and return ``shared(result)`` (default: the result
+    itself), which must pickle. When rank 0 fails, the others raise :class:`RankZeroFailed`. One process: ``fn()``."""
+    if not _started():
+        return fn()
+    if is_main():
+        try:
+            result = fn()
+        except BaseException as exc:
+            _broadcast((False, f"{type(exc).__name__}: {exc}"))
+            raise
+        _broadcast((True, shared(result) if shared else result))
+        return result
+    log.info("rank %d: waiting while rank 0 is %s", rank(), what)
+    ok, value = _broadcast(None)
+    if not ok:
+        raise RankZeroFailed(f"rank 0 failed while {what} ({value}); rank {rank()} wrote nothing")
+    return value
+
+
+def barrier() -> None:
+    """Wait for every process (a no-op for one)."""
+    if _started():
+        import torch.distributed as dist
+
+        dist.barrier(group=_control)
+
+
+def same_everywhere(value: Any, what: str) -> None:
+    """Refuse to train when the processes disagree on ``value`` (they would train on different data)."""
+    if not _started():
+        return
+    import torch.distributed as dist
+
+    values: list[Any] = [None] * world_size()
+    dist.all_gather_object(values, value, group=_control)
+    if len(set(map(repr, values))) > 1:
+        raise OptionError(f"the {len(values)} processes disagree on {what} (rank by rank: {values}); every process must "
+                          "read the same files and options")
+
+
+def note(per_device_batch: int, gathered: bool) -> dict[str, Any] | None:
+    """What the card records about a data-parallel run (None for one process)."""
+    if not _started():
+        return None
+    import torch.distributed as dist
+
+    n = world_size()
+    return {"world_size": n, "backend": dist.get_backend(), "per_device_batch_size": per_device_batch,
+            "global_batch_size": per_device_batch * n, "gather_across_devices": gathered, "written_by": "rank 0"}
+
+
+def launch_arguments(nproc: int, module_args: list[str]) -> list[str]:
+    """torchrun's arguments for ``ace ARGS`` on ``nproc`` processes of this machine (a free port: ``--standalone``)."""
+    return ["--standalone", f"--nproc-per-node={nproc}", "-m", "ace_llamaindex.cli", *module_args]
+
+
+def launch(nproc: int, module_args: list[str]) -> int:
+    """Run ``ace ARGS`` on ``nproc`` processes with torch's own launcher (``torch.distributed.run``, torchrun) and
+    wait; returns the exit status: 0, the first failed process's (it stops the others), or 128 + a signal that
+    ended the run (SIGTERM, Ctrl-C: torchrun stops its processes first). On a CPU each process gets its share of the
+    cores (``OMP_NUM_THREADS``, unless set)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
+    try:
+        run(get_args_parser().parse_args(launch_arguments(nproc, module_args)))
+    except ChildFailedError as exc:
+        first = min(exc.failures.values(), key=lambda f: f.timestamp)
+        return first.exitcode if first.exitcode > 0 else 128 - first.exitcode
+    except SignalException as exc:
+        return 128 + int(exc.sigval)
+    return 0
