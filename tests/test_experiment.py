@@ -167,6 +167,7 @@ def test_the_sequential_test_read_after_every_query_keeps_wrong_verdicts_under_a
 @pytest.mark.parametrize("call,message", [
     (lambda loc: start_experiment("m", "mem", index=loc, share=0.0), "share must be in"),
     (lambda loc: start_experiment("m", "mem", index=loc, mode="ab"), "mode must be one of"),
+    (lambda loc: start_experiment("m", "mem", index=loc, mode="split", share=1.0), "share must be below 1 in a split"),
     (lambda loc: start_experiment("m", "mem", index=loc, alpha=0.7), "alpha must be in"),
     (lambda loc: start_experiment("m", "mem", index=loc, min_effect=-1), "min_effect must be positive"),
     (lambda loc: experiment_status("mem", index=loc), "no online experiment runs on 'mem'"),
@@ -248,8 +249,10 @@ def test_a_worse_challenger_in_a_split_is_removed_and_the_champion_still_serves(
     assert status.decision == "end" and "worse" in status.reason and status.delta["ci_high"] < 0, status.reason
     assert retriever.index.alias_target("mem") == champion
     assert record.challenger not in retriever.index.collection_names()
-    arms = {r["experiment"]["arm"] for r in judgements(read_log(log))[0].values() if "experiment" in r}
-    assert arms == {CHAMPION, CHALLENGER}
+    rows = [r for r in judgements(read_log(log))[0].values() if "experiment" in r]
+    assert {r["experiment"]["arm"] for r in rows} == {CHAMPION, CHALLENGER}
+    # each record names the collection that answered it
+    assert all(r["collection"] == (record.challenger if r["experiment"]["arm"] == CHALLENGER else champion) for r in rows)
 
 
 def test_sessions_keep_their_arm_through_the_retriever(tmp_path, team):
@@ -344,3 +347,26 @@ def test_the_cli_status_prints_a_table_json_and_a_plot(tmp_path, team):
     data = json.loads(_ace("experiment", "status", *where, "--json", "--no-act").stdout)
     assert data["units"] == data["wins"] + data["losses"] + data["ties"] > 0
     assert data["arms"]["champion"]["latency_p99_ms"] > 0 and data["trajectory"][-1][0] == data["units"]
+
+
+def test_a_challenger_that_fails_never_fails_a_query_and_the_error_guardrail_ends_it(tmp_path, team):
+    import shutil
+
+    from ace_llamaindex.embeddings.query_adapter import ADAPTER_FILE
+
+    log = tmp_path / "feedback.jsonl"
+    challenger = tmp_path / "challenger"
+    shutil.copytree(team["adapter"], challenger)
+    retriever = _serving(tmp_path / "q", team["memories"], log)
+    record = start_experiment(challenger, "mem", index=retriever.index, feedback_log=log, auto=True, show_progress=False)
+    (challenger / ADAPTER_FILE).unlink()  # the challenger's weights vanish under a running experiment
+    fresh = HybridQdrantRetriever(FineTunedEmbedding(), client=retriever.index.client, collection="mem", feedback_log=log)
+    queries = list(team["test"].queries.values())
+    for q in queries[:60]:
+        assert fresh.retrieve(q)  # answered, by the champion
+    rows = list(judgements(read_log(log))[0].values())
+    assert len(rows) == 60 and all(r["experiment"]["error"].startswith("challenger:") for r in rows)
+    assert all(r["experiment"]["arm"] == CHAMPION and "team" not in r["results"][0] for r in rows)
+    status = experiment_status("mem", index=retriever.index)
+    assert status.decision == "end" and status.reason.startswith("guardrail: the challenger failed on 60 of 60")
+    assert status.acted and record.challenger not in retriever.index.collection_names()

@@ -35,13 +35,15 @@ import numpy as np
 from ..errors import OptionError
 from ..evaluate.metrics import ndcg_at
 from ..evaluate.sequential import SequentialDelta, one_sample, queries_needed, two_sample
+from ..evaluate.stats import Verdict, interval
 from ..serve.experiment_arms import CHALLENGER, CHAMPION, ExperimentRecord, check_options
 from ..serve.feedback import judgements, read_log
 from ..serve.serving_record import EXPERIMENT_KEY, SERVING_KEY, challenger_alias, serving_target
 from .rollout import refuse_during_experiment, rollout, step, switch_to
 
 MIN_UNITS = 30  # judged queries (interleave) or served queries per arm (split) before any verdict
-MIN_GUARDRAIL = 50  # measurements per arm before a guardrail can stop an experiment
+MIN_ERRORS = 50  # queries the challenger was asked before its error rate can stop an experiment
+MIN_LATENCIES = 200  # latencies per arm before p99s are compared (p99 of fewer is about one measurement: one hiccup)
 _NDCG10 = ndcg_at(10)
 
 
@@ -222,12 +224,12 @@ def _guardrail(record: ExperimentRecord, by_arm: dict[str, list[dict]], stats: d
         stats.setdefault(arm, ArmStats()).latency_p99_ms = round(float(np.percentile(lat, 99)), 3) if lat else None
     champion, challenger = stats[CHAMPION], stats[CHALLENGER]
     measured = min(len(by_arm.get(CHAMPION, [])), len(by_arm.get(CHALLENGER, [])))
-    if measured >= MIN_GUARDRAIL and champion.latency_p99_ms and challenger.latency_p99_ms \
+    if measured >= MIN_LATENCIES and champion.latency_p99_ms and challenger.latency_p99_ms \
             and challenger.latency_p99_ms > record.latency_ratio * champion.latency_p99_ms:
         return (f"guardrail: the challenger's p99 latency {challenger.latency_p99_ms:.1f} ms is over {record.latency_ratio}x "
                 f"the champion's {champion.latency_p99_ms:.1f} ms")
     asked = len(by_arm.get(CHALLENGER, [])) + challenger.errors
-    if asked >= MIN_GUARDRAIL and challenger.errors / asked > record.max_error_rate:
+    if asked >= MIN_ERRORS and challenger.errors / asked > record.max_error_rate:
         return (f"guardrail: the challenger failed on {challenger.errors} of {asked} queries "
                 f"({challenger.errors / asked:.1%} > {record.max_error_rate:.1%})")
     return None
@@ -247,7 +249,7 @@ def judge_experiment(record: ExperimentRecord, log_path: str | Path) -> Experime
     per_arm = [sum(1 for arm, _ in units if arm == a) for a in (CHAMPION, CHALLENGER)]
     enough = n >= MIN_UNITS if record.mode == "interleave" else min(per_arm) >= MIN_UNITS
     unit_name = "judged queries" if record.mode == "interleave" else "served queries"
-    interval = f"{delta.delta:+.3f} [{delta.ci_low:+.3f}, {delta.ci_high:+.3f}]"
+    shown = interval(delta.delta, (delta.ci_low, delta.ci_high))
     what = "interleaving credit" if record.mode == "interleave" else "nDCG@10 of accepted results"
     needed = None
     guard = _guardrail(record, by_arm, stats)
@@ -256,16 +258,16 @@ def judge_experiment(record: ExperimentRecord, log_path: str | Path) -> Experime
     elif enough and delta.decided:
         better = delta.delta > 0
         decision = "promote" if better else "end"
-        reason = (f"the challenger is {'better' if better else 'worse'}: {what} {interval} on {n} {unit_name} "
+        reason = (f"the challenger is {Verdict.BETTER if better else Verdict.WORSE}: {what} {shown} on {n} {unit_name} "
                   f"(always-valid {1 - record.alpha:.0%} interval)")
     elif n >= record.max_queries:
-        decision, reason = "end", (f"no clear difference after {n} {unit_name} ({what} {interval}); the champion stays")
+        decision, reason = "end", (f"no clear difference after {n} {unit_name} ({what} {shown}); the champion stays")
     else:
         decision = "continue"
         needed = max(queries_needed(unit_var, max(abs(delta.delta), record.effect), record.effect, record.alpha)
                      - n, MIN_UNITS - min(per_arm) if record.mode == "split" else MIN_UNITS - n, 1)
         needed = min(needed, max(record.max_queries - n, 1))
-        reason = f"no verdict yet: {what} {interval} on {n} {unit_name}; about {needed} more expected"
+        reason = f"no verdict yet: {what} {shown} on {n} {unit_name}; about {needed} more expected"
     wins = sum(1 for _, v in units if v > 0) if record.mode == "interleave" else 0
     losses = sum(1 for _, v in units if v < 0) if record.mode == "interleave" else 0
     return ExperimentStatus(record, decision, reason, n, unit_name, asdict(delta), needed, stats, wins, losses,

@@ -83,6 +83,8 @@ def check_options(mode: str, share: float, alpha: float, min_effect: float | Non
     problems = [
         (mode not in MODES, f"mode must be one of {MODES}, got {mode!r}"),
         (not 0 < share <= 1, f"share must be in (0, 1], got {share}"),
+        (mode == "split" and share >= 1, "share must be below 1 in a split (the champion's arm needs queries too), "
+                                         f"got {share}"),
         (not 0 < alpha < 0.5, f"alpha must be in (0, 0.5), got {alpha}"),
         (min_effect is not None and min_effect <= 0, f"min_effect must be positive, got {min_effect}"),
         (max_queries < 1, f"max_queries must be at least 1, got {max_queries}"),

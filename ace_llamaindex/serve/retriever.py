@@ -190,7 +190,7 @@ class HybridQdrantRetriever(BaseRetriever):
                                             **experiment))
 
     # ---- online experiments: the champion and a challenger, interleaved or split (serve.experiment_arms) ---------
-    def _trial(self, served: _Served) -> tuple[_Served, ExperimentRecord] | None:
+    def _trial(self, served: _Served) -> tuple[_Served | Exception, ExperimentRecord] | None:
         """The challenger and its experiment while one runs on this collection (read for each query), else None."""
         if not self.follow_rollouts:
             return None
@@ -202,17 +202,22 @@ class HybridQdrantRetriever(BaseRetriever):
             return None
         arm = self._by_target.get(target)
         if arm is None:
-            arm = self._by_target[target] = self._open_target(target)
+            try:
+                arm = self._by_target[target] = self._open_target(target)
+            except Exception as exc:  # noqa: BLE001 - a challenger that cannot load is measured (a guardrail), not shown
+                return exc, ExperimentRecord.from_dict(record)
         return arm, ExperimentRecord.from_dict(record)
 
-    def _ranked(self, served: _Served, query: str) -> tuple[list[NodeWithScore], float]:
+    def _ranked(self, served: _Served | Exception, query: str) -> tuple[list[NodeWithScore], float]:
         """One arm's results for a query (nothing logged) and the milliseconds it took."""
+        if isinstance(served, Exception):  # the challenger's model could not be loaded
+            raise served
         started = time.perf_counter()
         vectors, labels = self._embed(served, [query])
         results = self._search(served, [query], vectors, labels, log_served=False)[0]
         return results, (time.perf_counter() - started) * 1000
 
-    def _experiment(self, champion: _Served, challenger: _Served, record: ExperimentRecord,
+    def _experiment(self, champion: _Served, challenger: _Served | Exception, record: ExperimentRecord,
                     queries: Sequence[str]) -> list[list[NodeWithScore]]:
         results = []
         for query in queries:  # one at a time: each query has its own unit, arm and coin flips
@@ -222,7 +227,8 @@ class HybridQdrantRetriever(BaseRetriever):
                                              self.similarity_top_k)
             if self.feedback_log is not None:
                 label = "interleaved" if teams else (nodes[0].node.metadata.get(SERVED_BY) if nodes else None)
-                self._log_served(champion, query, nodes, None, label, query_id,
+                served = challenger if info and info["arm"] == "challenger" else champion  # split: the arm's collection
+                self._log_served(served, query, nodes, None, label, query_id,
                                  **({"teams": teams, "experiment": info} if info else {}))
             results.append(nodes)
         return results

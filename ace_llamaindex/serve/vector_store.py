@@ -219,7 +219,7 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
         started = time.perf_counter()
         meta = challenger.metadata()
         key = (challenger.collection, str(meta.get(SERVING_KEY)))
-        if key not in self._challengers:
+        if key not in self._challengers:  # a model that cannot load raises here: measured, the champion answers
             self._challengers[key] = model_embedding(meta[SERVING_KEY])
         vector = None
         if mode != "bm25":
