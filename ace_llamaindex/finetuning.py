@@ -165,8 +165,10 @@ class SentenceTransformersFinetuneEngine(_Engine):
 
         if self.result is None:
             raise OptionError(f"{self.name}: call finetune() first")
+        from .train.outcome import Outcome, outcome
+
         serving = self.result.serving
-        if serving is None or not self.result.promoted:
+        if serving is None or outcome(self.result) is not Outcome.PROMOTED:
             log.warning("%s: no method was better than %s on validation; returning the base model", self.name, self.model_id)
             serving = {"model": self.model_id, "adapter": None}
         return serving_embedding(serving, lambda name: FineTunedEmbedding(
@@ -215,6 +217,7 @@ class EmbeddingAdapterFinetuneEngine(_Engine):
         from dataclasses import replace
 
         from .embeddings.query_adapter import base_identity
+        from .serve.serving_record import ServingPlan
         from .train.adapter import adapter_config, train_adapter
         from .train.promotion import GateResult
 
@@ -231,8 +234,8 @@ class EmbeddingAdapterFinetuneEngine(_Engine):
                              base_info={**base_identity(self.embed_model), "data_fingerprint": self.dataset.fingerprint()},
                              corpus=self.dataset.corpus)
         self.result = TrainResult(Path(self.model_output_path), card, GateResult.from_dict(card["gate"]),
-                                  promoted=card["promoted"], serving={"model": None, "adapter": self.model_output_path,
-                                                                      "reindex": False})
+                                  promoted=card["promoted"],
+                                  serving=ServingPlan(None, self.model_output_path, reindex=False).to_dict())
 
     def get_finetuned_model(self, **model_kwargs: Any) -> BaseEmbedding:
         """``embed_model`` with the trained query adapter (documents untouched)."""
@@ -240,7 +243,9 @@ class EmbeddingAdapterFinetuneEngine(_Engine):
 
         if self.result is None:
             raise OptionError(f"{self.name}: call finetune() first")
-        if not self.result.promoted:
+        from .train.outcome import Outcome, outcome
+
+        if outcome(self.result) is not Outcome.PROMOTED:
             log.warning("%s: the adapter was not better on validation; returning embed_model as it is", self.name)
             return self.embed_model
         return AdapterEmbedding(self.embed_model, self.model_output_path, **model_kwargs)

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..data.dataset import QADataset
 from ..embeddings.card import deciding_subset, read_card
+from ..evaluate.stats import Verdict, interval
 from ..serve.serving_record import plan_identity
 
 
@@ -44,16 +45,15 @@ def describe_plan(plan: dict[str, Any]) -> str:
 
 
 def _verdict_allows(gate: dict[str, Any]) -> bool:
-    verdict = str(gate.get("verdict"))
     # trained without validation ("not measured") is the trainer's explicit choice; a measured "not better" is refused
-    return verdict == "better" or verdict.startswith("not measured")
+    return Verdict.allows(gate.get("verdict"))
 
 
 def _evidence_line(gate: dict[str, Any]) -> str:
     sub = deciding_subset(gate)
     if sub.get("delta") is None:
         return str(gate.get("verdict"))
-    return (f"{sub['delta']:+.3f} [{sub['ci95'][0]:+.3f}, {sub['ci95'][1]:+.3f}] nDCG@10 on {sub.get('n', gate.get('n_queries'))} "
+    return (f"{interval(sub['delta'], sub['ci95'])} nDCG@10 on {sub.get('n', gate.get('n_queries'))} "
             f"queries ({gate.get('decided_by', 'all queries')}): {gate.get('verdict')}")
 
 
@@ -92,7 +92,7 @@ def promotion_evidence(model: str | Path, candidate: dict[str, Any], serving: di
         return Evidence(now, "identity", None, True, f"{model} is what {collection!r} serves already")
     if heldout is not None:
         gate = judge_on_heldout(candidate, serving, heldout, engine)
-        allowed = gate["verdict"] == "better"
+        allowed = gate["verdict"] == Verdict.BETTER
         return Evidence(now, f"{len(heldout.queries)} held-out queries ({heldout.source})", gate, allowed,
                         f"{model} vs {now} on held-out queries: {_evidence_line(gate)}")
     card = read_card(model) if Path(model).is_dir() else None

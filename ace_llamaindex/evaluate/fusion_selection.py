@@ -17,6 +17,7 @@ from ..errors import OptionError
 from ..index.fusion_choice import DEFAULT_METRIC, FusionChoice
 from ..index.store import HybridParams
 from .evaluate import System, evaluate
+from .stats import Verdict, interval
 
 MIN_QUERIES = 30  # below this a bootstrap interval is too wide to trust; keep dense
 
@@ -62,24 +63,24 @@ def select_fusion(dataset: QADataset, encoder: Encoder, *, metric: str = DEFAULT
         return FusionChoice("dense", "dense", metric=metric, n_queries=n,
                             reason=f"only {n} validation queries (< {min_queries}): too few to trust a fusion, kept dense")
     scores, vs_dense = _measure(dataset, encoder, candidates, metric, engine, show_progress, seed)
-    winners = {name: "beats dense on {n} validation queries" for name, v in vs_dense.items() if v["verdict"] == "better"}
+    winners = {name: "beats dense on {n} validation queries" for name, v in vs_dense.items() if v["verdict"] == Verdict.BETTER}
     prior_vs_dense: dict[str, dict[str, Any]] = {}
     if prior is not None and len(prior[0].queries) >= min_queries:
         _, prior_vs_dense = _measure(prior[0], prior[1], candidates, metric, engine, show_progress, seed)
         for name, v in prior_vs_dense.items():
-            if v["verdict"] == "better" and vs_dense[name]["delta"] >= 0 and name not in winners:
+            if v["verdict"] == Verdict.BETTER and vs_dense[name]["delta"] >= 0 and name not in winners:
                 winners[name] = (f"beats dense with the base model on {len(prior[0].queries)} training queries "
-                                 f"({metric} {v['delta']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]) and is not below "
+                                 f"({metric} {interval(v['delta'], v['ci95'])}) and is not below "
                                  "dense for the fine-tuned model on {n} validation queries")
     if winners:
         name = max(winners, key=lambda c: scores[c])
         v = vs_dense[name]
-        reason = (winners[name].format(n=n) + f": validation {metric} {v['delta']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]")
+        reason = (winners[name].format(n=n) + f": validation {metric} {interval(v['delta'], v['ci95'])}")
     else:
         name = "dense"
         best = max(scores, key=lambda c: scores[c])
         reason = (f"no candidate beats dense with confidence on {n} validation queries"
-                  + (f" (best: {best}, {metric} {vs_dense[best]['delta']:+.3f} [{vs_dense[best]['ci95'][0]:+.3f}, "
-                     f"{vs_dense[best]['ci95'][1]:+.3f}])" if best != "dense" else ""))
+                  + (f" (best: {best}, {metric} {interval(vs_dense[best]['delta'], vs_dense[best]['ci95'])})"
+                     if best != "dense" else ""))
     mode, params = candidates[name]
     return FusionChoice(name, mode, params, metric, n, reason, scores, vs_dense, prior_vs_dense)

@@ -8,6 +8,7 @@ from typing import Any
 from ..atomic import write_json, write_text
 from ..embeddings.card import deciding_subset
 from ..plugins.manager import components, get
+from .stats import ci_text, interval
 
 HEADLINE = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "cosine")
 
@@ -35,8 +36,7 @@ def markdown_report(report: dict[str, Any], breakdown_metric: str = "ndcg@10") -
         out += ["", "### Is the difference real? (paired bootstrap over queries, 95% interval)", "",
                 "| candidate vs baseline | metric | delta | 95% CI | verdict |", "|---|---|---:|---|---|"]
         for c in report["comparisons"]:
-            lo, hi = c["ci95"]
-            out.append(f"| {c['candidate']} vs {c['baseline']} | {c['metric']} | {c['delta']:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {c['verdict']} |")
+            out.append(f"| {c['candidate']} vs {c['baseline']} | {c['metric']} | {c['delta']:+.3f} | {ci_text(c['ci95'])} | {c['verdict']} |")
     out += _training_section(report)
     systems = list(report["overall"])
     for key, title in (("by_difficulty", "difficulty"), ("by_category", "category")):
@@ -53,15 +53,14 @@ def _training_section(report: dict[str, Any]) -> list[str]:
     out: list[str] = []
     gate = (report.get("training_card") or {}).get("gate") or {}
     if gate.get("delta") is not None:
-        lo, hi = gate["ci95"]
         out += ["", "### Promotion gate (validation queries, before this evaluation)", "",
-                f"{gate['metric']} base {gate['base']:.3f} -> fine-tuned {gate['finetuned']:.3f}: {gate['delta']:+.3f} "
-                f"[{lo:+.3f}, {hi:+.3f}] on {gate['n_queries']} queries: **{gate['verdict']}** (decided by "
+                f"{gate['metric']} base {gate['base']:.3f} -> fine-tuned {gate['finetuned']:.3f}: {interval(gate['delta'], gate['ci95'])} "
+                f"on {gate['n_queries']} queries: **{gate['verdict']}** (decided by "
                 f"{gate.get('decided_by', 'all validation queries')})."]
         subsets = {k: v for k, v in (gate.get("subsets") or {}).items() if v.get("delta") is not None}
         if subsets:
             out += ["", "| validation queries | n | delta | 95% CI | verdict |", "|---|---:|---:|---|---|"]
-            out += [f"| {k} | {v['n']} | {v['delta']:+.3f} | [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}] | {v['verdict']} |"
+            out += [f"| {k} | {v['n']} | {v['delta']:+.3f} | {ci_text(v['ci95'])} | {v['verdict']} |"
                     for k, v in subsets.items()]
     card = report.get("training_card") or {}
     if card.get("candidates"):
@@ -74,7 +73,7 @@ def _training_section(report: dict[str, Any]) -> list[str]:
         for name, c in card["candidates"].items():
             g = c["gate"]
             d = deciding_subset(g)
-            ci = f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d.get("ci95") else "–"
+            ci = ci_text(d["ci95"]) if d.get("ci95") else "–"
             delta = f"{d['delta']:+.3f}" if d.get("delta") is not None else "–"
             out.append(f"| {name} | {'yes' if c['reindex'] else 'no'} | {g.get('decided_by')} | {delta} | {ci} | {g['verdict']} |")
     fusion = report.get("fusion")
@@ -85,7 +84,7 @@ def _training_section(report: dict[str, Any]) -> list[str]:
             out += [f"| candidate | {fusion['metric']} | vs dense | 95% CI | verdict |", "|---|---:|---:|---|---|"]
             for name, score in scores.items():
                 v = vs.get(name)
-                out.append(f"| {name} | {score:.3f} | " + (f"{v['delta']:+.3f} | [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}] | {v['verdict']} |"
+                out.append(f"| {name} | {score:.3f} | " + (f"{v['delta']:+.3f} | {ci_text(v['ci95'])} | {v['verdict']} |"
                                                           if v else "– | – | – |"))
     for warning in report.get("warnings", []):
         out += ["", f"**Warning:** {warning}"]

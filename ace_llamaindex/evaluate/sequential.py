@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .stats import Verdict
+
 VARIANCE_FLOOR = 1e-9  # a sample whose values are all equal still has an interval of some width
 
 
@@ -37,10 +39,10 @@ class SequentialDelta:
         return self.ratio >= 1 / self.alpha
 
     @property
-    def verdict(self) -> str:
+    def verdict(self) -> Verdict:
         if not self.decided:
-            return "no clear difference yet"
-        return "better" if self.delta > 0 else "worse"
+            return Verdict.NO_CLEAR_DIFFERENCE
+        return Verdict.BETTER if self.delta > 0 else Verdict.WORSE
 
 
 def msprt(delta: float, variance: float, tau: float, alpha: float = 0.05) -> SequentialDelta:

@@ -1,7 +1,8 @@
 """What an output folder of ``ace train`` serves: a model, a query adapter over a base, or a model with an adapter.
 
-The trainer's result says it (``TrainResult.serving``: ``{"model", "adapter", "reindex"}``, also in the card), so
-evaluation and serving build the same thing without knowing which trainer wrote the folder.
+The trainer's result says it (``TrainResult.serving``: a :class:`~ace_llamaindex.serve.serving_record.ServingPlan` as
+``{"model", "adapter", "reindex"}``, also in the card), so evaluation and serving build the same thing without knowing
+which trainer wrote the folder.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from typing import Any
 
 from ..embeddings.encoding import CachedEncoder
 from ..embeddings.query_adapter import ADAPTER_CARD, AdaptedEncoder, QueryAdapter, check_base
-
-HERE = "."  # in a card: the folder the card is in (so a moved folder still serves itself)
+from .serving_record import HERE, ServingPlan, here
 
 
 def resolve_serving(serving: dict[str, Any], folder: str | Path) -> dict[str, Any]:
     """``serving`` with :data:`HERE` replaced by ``folder``."""
-    return {k: str(folder) if v == HERE else v for k, v in serving.items()}
+    return {k: here(v, folder) for k, v in serving.items()}
 
 
 def read_serving(folder: str | Path) -> dict[str, Any]:
@@ -31,8 +31,8 @@ def read_serving(folder: str | Path) -> dict[str, Any]:
     if (folder / ADAPTER_CARD).is_file() and not (folder / CARD_NAME).is_file():
         # an adapter trained before cards said how to serve it: over its base
         base = (card.get("base") or {}).get("model")
-        return {"model": str(folder) if base == "." else base, "adapter": str(folder), "reindex": base == "."}
-    return {"model": str(folder), "adapter": None, "reindex": True}
+        return ServingPlan(here(base, folder), str(folder), base == HERE).to_dict()
+    return ServingPlan(str(folder)).to_dict()
 
 
 def serving_encoder(serving: dict[str, Any], base, max_seq_length: int | None = None, show_progress: bool = False):

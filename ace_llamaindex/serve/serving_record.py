@@ -1,8 +1,8 @@
 """What a serving collection records about the model that serves it, read by the retriever for each query and
 written by a rollout (:mod:`ace_llamaindex.deploy.rollout`).
 
-``ace_serving``: the serving plan (``{"model", "adapter", "reindex"}``), ``ace_vector``: the named vector its queries
-search, ``ace_previous``: the collection it replaced (for a rollback), ``ace_experiment``: on a challenger's collection,
+``ace_serving``: the serving plan (:class:`ServingPlan`, as ``{"model", "adapter", "reindex"}``), ``ace_vector``: the
+named vector its queries search, ``ace_previous``: the collection it replaced (for a rollback), ``ace_experiment``: on a challenger's collection,
 the online experiment it takes part in (:mod:`ace_llamaindex.serve.experiment_arms`). While an experiment runs, the alias
 ``<collection>__challenger`` points at the challenger's collection.
 """
@@ -10,11 +10,43 @@ the online experiment it takes part in (:mod:`ace_llamaindex.serve.experiment_ar
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 SERVING_KEY, VECTOR_KEY, PREVIOUS_KEY = "ace_serving", "ace_vector", "ace_previous"
 EXPERIMENT_KEY = "ace_experiment"
+HERE = "."  # in a card's plan: the folder the card is in (so a moved folder still serves itself)
+
+
+def here(value: Any, folder: str | Path) -> Any:
+    """``value`` with :data:`HERE` (this folder) replaced by ``folder``."""
+    return str(folder) if value == HERE else value
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """What serves a collection: ``model`` (a folder or id: the document vectors searched), ``adapter`` (a query
+    adapter's folder, or None) and ``reindex`` (whether the documents must be embedded again with ``model``; False:
+    the base's vectors are used as they are). As a dict, ``{"model", "adapter", "reindex"}``: in a training card
+    (where :data:`HERE` is the card's folder), in ``TrainResult.serving`` and in a collection's ``ace_serving``."""
+
+    model: str | None
+    adapter: str | None = None
+    reindex: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "adapter": self.adapter, "reindex": self.reindex}
+
+    @classmethod
+    def from_dict(cls, plan: Mapping[str, Any]) -> ServingPlan:
+        """Any plan dict written before: ``reindex`` missing (a plain model's plan) means True; paths stay as written."""
+        return cls(plan.get("model"), plan.get("adapter"), plan.get("reindex", True))
+
+    def resolved(self, folder: str | Path) -> ServingPlan:
+        """This plan with :data:`HERE` replaced by ``folder`` (the folder the card holding it is in)."""
+        return ServingPlan(here(self.model, folder), here(self.adapter, folder), self.reindex)
 
 
 def challenger_alias(collection: str) -> str:

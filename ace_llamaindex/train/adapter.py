@@ -211,6 +211,7 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
     is kept. ``training_data``: the file ``examples`` came from, named in the card so a later round can replay it.
     Returns the adapter card (with ``promoted``: whether the folder was written)."""
     from ..embeddings.card import text_hash
+    from ..evaluate.stats import Verdict
     from .champion import (
         champion_history,
         continuable_adapter,
@@ -219,7 +220,7 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
         history_refs,
         split_with_champion,
     )
-    from .promotion import select, unseen_query_ids, validation_dataset
+    from .promotion import select, unmeasured_gate, unseen_query_ids, validation_dataset
     from .training import plan_validation
 
     config = config or AdapterConfig()
@@ -248,8 +249,8 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
         name = selection.chosen or max(fitted, key=lambda n: _or_lowest(selection.deciding(n).delta))
         deciding = selection.deciding(name)
     output_dir = Path(output_dir)
-    promoted = deciding is None or deciding.verdict == "better" or config.force or not (output_dir / ADAPTER_CARD).exists()
-    not_measured = {"verdict": "not measured (no validation queries)"}
+    promoted = deciding is None or deciding.verdict == Verdict.BETTER or config.force or not (output_dir / ADAPTER_CARD).exists()
+    not_measured = unmeasured_gate()
     card = {"method": "adapter", "chosen": name, **fitted[name].info, "base": base_info or {"label": base.label},
             "data_checks": split.checks,
             "gate": selection.against_base[name].as_dict() if selection else not_measured, "promoted": promoted,
@@ -305,6 +306,7 @@ def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, con
     """The ``adapter`` trainer plugin: same call as the sentence-transformers trainer, same ``TrainResult``.
     ``base_encoder``: the frozen base (default: ``config.base_model``, cached on disk); an endpoint works too."""
     from ..embeddings.encoding import CachedEncoder
+    from ..serve.serving_record import ServingPlan
     from .promotion import deciding_gate
     from .training import TrainConfig, TrainResult
 
@@ -315,7 +317,7 @@ def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, con
     card = train_adapter(examples, base, output_dir, options,
                          base_info={**base_identity(base), "data_fingerprint": data_fingerprint}, engine=engine, corpus=corpus,
                          validation=validation, champion=champion, training_data=training_data)
-    serving = {"model": getattr(base, "model_name", None) or config.base_model, "adapter": str(output_dir), "reindex": False}
+    serving = ServingPlan(getattr(base, "model_name", None) or config.base_model, str(output_dir), reindex=False).to_dict()
     card["serving"] = serving
     return TrainResult(model_dir=Path(output_dir), card=card, gate=deciding_gate(card), fusion=None,
                        promoted=card["promoted"], serving=serving)

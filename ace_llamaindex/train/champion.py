@@ -24,7 +24,7 @@ from ..embeddings.card import read_card, text_hash
 from ..errors import OptionError
 from ..mine.mining import TrainingExample
 from ..serve.served_model import read_serving, serving_encoder
-from ..serve.serving_record import SERVING_KEY, plan_identity, serving_target
+from ..serve.serving_record import SERVING_KEY, ServingPlan, plan_identity, serving_target
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def champion_from_collection(collection: str, *, index=None, path: str | Path | 
     plan = current.metadata().get(SERVING_KEY)
     where = f"collection {collection!r}" + (f" -> {target!r}" if target != collection else "")
     if not plan:
-        return Champion({"model": resolve_model(previous_model or DEFAULT_MODEL), "adapter": None, "reindex": True}, where)
+        return Champion(ServingPlan(resolve_model(previous_model or DEFAULT_MODEL)).to_dict(), where)
     folder = next((Path(plan[k]) for k in ("adapter", "model") if plan.get(k) and Path(str(plan[k])).is_dir()
                    and read_card(plan[k])), None)
     return Champion(dict(plan), where, read_card(folder) if folder else None, folder)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +25,8 @@ from ..embeddings.models import open_model
 from ..embeddings.query_adapter import AdaptedEncoder, base_identity
 from ..errors import OptionError
 from ..mine.mining import TrainingExample
-from ..serve.served_model import resolve_serving
+from ..serve.serving_record import HERE, ServingPlan
+from . import distributed
 from .adapter import AdapterConfig, fit_adapter, save_adapter
 from .champion import (
     champion_history,
@@ -48,6 +49,7 @@ from .training import (
     plan_validation,
     run_fingerprint,
     save_model,
+    shared_result,
 )
 from .validation_split import ValidationSplit
 
@@ -126,120 +128,133 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
     check_base_encoder(base_encoder, config)  # the candidates include fine-tunes of config.base_model
     output_dir = Path(output_dir)
     ensure_room_to_train(config, output_dir)
-    base = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False,
-                                         trust_remote_code=config.trust_remote_code)
-    everything = [*examples, *(history.replay if history else [])]
-    val_set = validation_dataset(split.val, everything, corpus)
-    unseen = unseen_query_ids(val_set, split.unseen)
-    adapter_options = AdapterConfig(val_fraction=config.val_fraction, seed=config.seed, num_negatives=config.num_negatives)
-
-    on_base = fit_adapter(split, examples, base, adapter_options, corpus=corpus)
-    candidates = [Candidate("adapter", AdaptedEncoder(base, on_base.adapter, label="adapter"), False,
-                            _adapter_writer(on_base.adapter, on_base.info, base_identity(base)), adapter=True)]
     continual = ValidationSplit(continual_examples(split.train, history, split.val), split.val, split.unseen) \
         if history is not None else None
-    trained_on = {"adapter": split.train}
-    if config.continual and (init := continuable_adapter(champion, base)) is not None:
-        cont = fit_adapter(continual, everything, base, adapter_options, init=init, corpus=corpus)
-        candidates.append(Candidate("adapter (continued)", AdaptedEncoder(base, cont.adapter, label="adapter (continued)"),
-                                    False, _adapter_writer(cont.adapter, cont.info, base_identity(base)), adapter=True))
-        trained_on["adapter (continued)"] = continual.train
+    # The fine-tunes first: under a launcher (torchrun, accelerate launch) every process trains them together; the
+    # adapters, the interpolations, the judging and the writing are rank 0's alone (distributed.on_main).
     checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
     tuned = fine_tune(split, full_config, checkpoints, run_fingerprint(examples, full_config))
-    full = CachedEncoder.from_model(tuned.model, label="full")
-    for alpha in ALPHAS:
-        merged = interpolate(config.base_model, tuned.model, alpha, config.trust_remote_code)
-        candidates.append(Candidate(f"interpolate({alpha})", CachedEncoder.from_model(merged, label=f"interpolate({alpha})"),
-                                    True, _model_writer(merged)))
-    candidates.append(Candidate("full", full, True, _model_writer(tuned.model)))
+    resumed = None
     if config.continual and (start := continuable_model(champion)) is not None:
-        from dataclasses import replace
-
         cont_config = replace(full_config, base_model=start)
         resumed = fine_tune(continual, cont_config, checkpoints.with_name(checkpoints.name + "-continued"),
                             run_fingerprint(continual.train, cont_config))
-        candidates.append(Candidate("full (continued)", CachedEncoder.from_model(resumed.model, label="full (continued)"),
-                                    True, _model_writer(resumed.model)))
-        trained_on["full (continued)"] = continual.train
-    on_full = fit_adapter(split, examples, full, adapter_options, corpus=corpus)
-    candidates.append(Candidate("full+adapter", AdaptedEncoder(full, on_full.adapter, label="full+adapter"), True,
-                                _model_writer(tuned.model, on_full.adapter, on_full.info), adapter=True))
 
-    champion_encoder = None if champion is None or champion.is_plain(config.base_model) else champion.encoder(base)
-    selection = select(val_set, unseen, base, {c.name: c.encoder for c in candidates}, champion_encoder, engine=engine,
-                       seen_weight=config.seen_share or 0.0)
-    verdicts, steps = selection.against_champion or selection.against_base, selection.steps
-    stays = "the champion stays" if champion_encoder is not None else "the base model stays"
-    chosen = next((c for c in candidates if c.name == selection.chosen), None)
-    forced = chosen is None and config.force
-    if forced:  # --force: the candidate with the largest gain where the gate decides, better or not
-        chosen = max(candidates, key=lambda c: _decisive_delta(verdicts[c.name]))
-    gate_of = chosen.name if chosen else max(verdicts, key=lambda n: _decisive_delta(verdicts[n]))
-    gate_result = verdicts[gate_of]
+    def choose_and_write() -> TrainResult:
+        base = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False,
+                                             trust_remote_code=config.trust_remote_code)
+        everything = [*examples, *(history.replay if history else [])]
+        val_set = validation_dataset(split.val, everything, corpus)
+        unseen = unseen_query_ids(val_set, split.unseen)
+        adapter_options = AdapterConfig(val_fraction=config.val_fraction, seed=config.seed, num_negatives=config.num_negatives)
 
-    fusion, serving = None, None
-    if chosen:
-        prior = (validation_dataset(split.train, examples, corpus), base)
-        fusion = select_fusion(val_set, chosen.encoder, engine=engine, prior=prior)
-        # in the card, "." is the output folder itself (see served_model.resolve_serving)
-        serving = {"model": "." if chosen.reindex else (getattr(base, "model_name", None) or config.base_model),
-                   "adapter": "." if chosen.adapter else None, "reindex": chosen.reindex}
-    device = tuned.info["device"]
-    card = {
-        "method": "auto",
-        "chosen": chosen.name if chosen else "base",
-        "choice": {"steps": steps, "forced": forced,
-                   "reason": "; ".join(steps) if chosen and not forced else
-                   ("--force: the largest gain on the deciding queries, not better with confidence" if forced else
-                    f"no candidate is better than the {'champion' if champion_encoder is not None else 'base'} with "
-                    f"confidence: {stays}")},
-        "candidates": {c.name: {"gate": verdicts[c.name].as_dict(), "reindex": c.reindex,
-                                **({"against_base": selection.against_base[c.name].as_dict()} if champion_encoder is not None
-                                   else {})} for c in candidates},
-        "base_model": config.base_model,
-        "config": {**asdict(full_config), "epochs": tuned.info["epochs"]},
-        "data_fingerprint": data_fingerprint,
-        "train_examples": len(split.train),
-        "val_examples": len(split.val),
-        "data_checks": split.checks,
-        "device": device,
-        "precision": tuned.info["precision"],
-        "memory_plan": tuned.info["memory_plan"],
-        "train_seconds": round(tuned.info["train_seconds"] + on_base.info["train_seconds"] + on_full.info["train_seconds"], 1),
-        "full_fine_tune": {k: tuned.info[k] for k in ("validation_before", "validation_per_epoch", "best_metric", "negatives")},
-        "peak_memory": peak_memory(device),
-        "gate": selection.against_base[gate_of].as_dict(),
-        "gate_of": gate_of,  # the chosen candidate, or (none chosen) the one that came closest
-        "promoted": chosen is not None,
-        "serving": serving,
-        "fusion": fusion.to_dict() if fusion else None,
-        "training_queries": sorted({text_hash(e.query) for e in trained_on.get(gate_of, split.train)}),
-        "validation_queries": sorted({text_hash(e.query) for e in split.val}),
-        "training_data": ([data_reference(training_data)] if training_data else [])
-        + (history_refs(champion) if gate_of in trained_on and gate_of != "adapter" else []),
-    }
-    if champion is not None:
-        card["champion"] = {**champion.to_dict(), "history": history.note, "gate": verdicts[gate_of].as_dict()}
-    if chosen:
-        chosen.write(output_dir, card, fusion)
-    else:
-        write_json(output_dir.with_name(output_dir.name + ".not-promoted.json"), card)
-    if not config.keep_checkpoints:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        shutil.rmtree(checkpoints.with_name(checkpoints.name + "-continued"), ignore_errors=True)
-    if chosen and config.exports and chosen.reindex:  # a model folder was written: export it as `--method full` does
-        from .training import export_all
+        on_base = fit_adapter(split, examples, base, adapter_options, corpus=corpus)
+        candidates = [Candidate("adapter", AdaptedEncoder(base, on_base.adapter, label="adapter"), False,
+                                _adapter_writer(on_base.adapter, on_base.info, base_identity(base)), adapter=True)]
+        trained_on = {"adapter": split.train}
+        if config.continual and (init := continuable_adapter(champion, base)) is not None:
+            cont = fit_adapter(continual, everything, base, adapter_options, init=init, corpus=corpus)
+            candidates.append(Candidate("adapter (continued)", AdaptedEncoder(base, cont.adapter, label="adapter (continued)"),
+                                        False, _adapter_writer(cont.adapter, cont.info, base_identity(base)), adapter=True))
+            trained_on["adapter (continued)"] = continual.train
+        full = CachedEncoder.from_model(tuned.model, label="full")
+        for alpha in ALPHAS:
+            merged = interpolate(config.base_model, tuned.model, alpha, config.trust_remote_code)
+            candidates.append(Candidate(f"interpolate({alpha})", CachedEncoder.from_model(merged, label=f"interpolate({alpha})"),
+                                        True, _model_writer(merged)))
+        candidates.append(Candidate("full", full, True, _model_writer(tuned.model)))
+        if resumed is not None:
+            candidates.append(Candidate("full (continued)", CachedEncoder.from_model(resumed.model, label="full (continued)"),
+                                        True, _model_writer(resumed.model)))
+            trained_on["full (continued)"] = continual.train
+        on_full = fit_adapter(split, examples, full, adapter_options, corpus=corpus)
+        candidates.append(Candidate("full+adapter", AdaptedEncoder(full, on_full.adapter, label="full+adapter"), True,
+                                    _model_writer(tuned.model, on_full.adapter, on_full.info), adapter=True))
 
-        export_all(output_dir, config.exports, val_set)
-    elif chosen and config.exports:  # an adapter over the base: the folder holds the adapter, no model to export
-        card["exports_skipped"] = (
-            f"--export {', '.join(config.exports)}: nothing exported: the chosen {chosen.name!r} is a query adapter over "
-            f"the base model {config.base_model}, so {output_dir} holds no model to export (export the base model's "
-            "folder with `ace export`, or train with --method full)")
-        log.warning(card["exports_skipped"])
-    log.info("method auto: %s", card["choice"]["reason"])
-    return TrainResult(model_dir=output_dir, card=card, gate=gate_result, fusion=fusion, promoted=chosen is not None,
-                       serving=resolve_serving(serving, output_dir) if serving else None)
+        champion_encoder = None if champion is None or champion.is_plain(config.base_model) else champion.encoder(base)
+        selection = select(val_set, unseen, base, {c.name: c.encoder for c in candidates}, champion_encoder, engine=engine,
+                           seen_weight=config.seen_share or 0.0)
+        verdicts, steps = selection.against_champion or selection.against_base, selection.steps
+        stays = "the champion stays" if champion_encoder is not None else "the base model stays"
+        chosen = next((c for c in candidates if c.name == selection.chosen), None)
+        forced = chosen is None and config.force
+        if forced:  # --force: the candidate with the largest gain where the gate decides, better or not
+            chosen = max(candidates, key=lambda c: _decisive_delta(verdicts[c.name]))
+        gate_of = chosen.name if chosen else max(verdicts, key=lambda n: _decisive_delta(verdicts[n]))
+        gate_result = verdicts[gate_of]
+
+        fusion, plan = None, None
+        if chosen:
+            prior = (validation_dataset(split.train, examples, corpus), base)
+            fusion = select_fusion(val_set, chosen.encoder, engine=engine, prior=prior)
+            # in the card, HERE (".") is the output folder itself (see ServingPlan.resolved)
+            plan = ServingPlan(HERE if chosen.reindex else (getattr(base, "model_name", None) or config.base_model),
+                               HERE if chosen.adapter else None, chosen.reindex)
+        device = tuned.info["device"]
+        card = {
+            "method": "auto",
+            "chosen": chosen.name if chosen else "base",
+            "choice": {"steps": steps, "forced": forced,
+                       "reason": "; ".join(steps) if chosen and not forced else
+                       ("--force: the largest gain on the deciding queries, not better with confidence" if forced else
+                        f"no candidate is better than the {'champion' if champion_encoder is not None else 'base'} with "
+                        f"confidence: {stays}")},
+            "candidates": {c.name: {"gate": verdicts[c.name].as_dict(), "reindex": c.reindex,
+                                    **({"against_base": selection.against_base[c.name].as_dict()} if champion_encoder is not None
+                                       else {})} for c in candidates},
+            "base_model": config.base_model,
+            "config": {**asdict(full_config), "epochs": tuned.info["epochs"]},
+            "data_fingerprint": data_fingerprint,
+            "train_examples": len(split.train),
+            "val_examples": len(split.val),
+            "data_checks": split.checks,
+            "device": device,
+            "precision": tuned.info["precision"],
+            "memory_plan": tuned.info["memory_plan"],
+            "train_seconds": round(tuned.info["train_seconds"] + on_base.info["train_seconds"]
+                                   + on_full.info["train_seconds"], 1),
+            "full_fine_tune": {k: tuned.info[k] for k in ("validation_before", "validation_per_epoch", "best_metric",
+                                                          "negatives", "optimizer_steps")},
+            **({"data_parallel": tuned.info["data_parallel"]} if "data_parallel" in tuned.info else {}),
+            "peak_memory": peak_memory(device),
+            "gate": selection.against_base[gate_of].as_dict(),
+            "gate_of": gate_of,  # the chosen candidate, or (none chosen) the one that came closest
+            "promoted": chosen is not None,
+            "serving": plan.to_dict() if plan else None,
+            "fusion": fusion.to_dict() if fusion else None,
+            "training_queries": sorted({text_hash(e.query) for e in trained_on.get(gate_of, split.train)}),
+            "validation_queries": sorted({text_hash(e.query) for e in split.val}),
+            "training_data": ([data_reference(training_data)] if training_data else [])
+            + (history_refs(champion) if gate_of in trained_on and gate_of != "adapter" else []),
+        }
+        if champion is not None:
+            card["champion"] = {**champion.to_dict(), "history": history.note, "gate": verdicts[gate_of].as_dict()}
+        if chosen:
+            chosen.write(output_dir, card, fusion)
+        else:
+            write_json(output_dir.with_name(output_dir.name + ".not-promoted.json"), card)
+        if not config.keep_checkpoints:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+            shutil.rmtree(checkpoints.with_name(checkpoints.name + "-continued"), ignore_errors=True)
+        if chosen and config.exports and chosen.reindex:  # a model folder was written: export it as `--method full` does
+            from .training import export_all
+
+            export_all(output_dir, config.exports, val_set)
+        elif chosen and config.exports:  # an adapter over the base: the folder holds the adapter, no model to export
+            card["exports_skipped"] = (
+                f"--export {', '.join(config.exports)}: nothing exported: the chosen {chosen.name!r} is a query adapter over "
+                f"the base model {config.base_model}, so {output_dir} holds no model to export (export the base model's "
+                "folder with `ace export`, or train with --method full)")
+            log.warning(card["exports_skipped"])
+        log.info("method auto: %s", card["choice"]["reason"])
+        return TrainResult(model_dir=output_dir, card=card, gate=gate_result, fusion=fusion, promoted=chosen is not None,
+                           serving=plan.resolved(output_dir).to_dict() if plan else None)
+
+    return distributed.on_main(choose_and_write, "training the adapters, judging the candidates and writing the winner",
+                               shared=shared_result)
+
+
+select_method.data_parallel = True  # runs under torchrun / accelerate launch (see distributed)
 
 
 def _decisive_delta(g: GateResult) -> float:

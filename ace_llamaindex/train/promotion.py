@@ -17,10 +17,15 @@ import numpy as np
 from ..data.dataset import QADataset
 from ..embeddings.encoding import Encoder
 from ..evaluate.evaluate import System, evaluate
-from ..evaluate.stats import paired_bootstrap, weighted_paired_bootstrap
+from ..evaluate.stats import Verdict, interval, paired_bootstrap, weighted_paired_bootstrap
 from ..mine.mining import TrainingExample
 
 GATE_METRIC = "ndcg@10"
+
+
+def unmeasured_gate() -> dict[str, Any]:
+    """A card's gate when there were no validation queries (trained without validation: ``Verdict.allows`` it)."""
+    return {"verdict": f"{Verdict.NOT_MEASURED} (no validation queries)"}
 
 
 def validation_dataset(val: Sequence[TrainingExample], everything: Iterable[TrainingExample],
@@ -74,7 +79,7 @@ class GateResult:
     """Fine-tuned vs base on the validation queries: overall, and on the queries about documents no training query
     had (``unseen documents``: what the gate decides on) and about documents training queries also had."""
 
-    verdict: str  # better | no clear difference | worse | can't tell | not measured
+    verdict: str  # a Verdict (a plain str when read back from a card)
     metric: str
     base: float | None = None
     finetuned: float | None = None
@@ -100,10 +105,10 @@ class GateResult:
     def sentence(self) -> str:
         if self.delta is None:
             return f"promotion gate: {self.verdict} (no validation queries)"
-        parts = [f"{name} ({s['n']}): {s['delta']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}] {s['verdict']}"
+        parts = [f"{name} ({s['n']}): {interval(s['delta'], s['ci95'])} {s['verdict']}"
                  for name, s in self.subsets.items() if s.get("delta") is not None]
         return (f"promotion gate on {self.n_queries} validation queries: {self.metric} {self.base:.3f} -> {self.finetuned:.3f}, "
-                f"{self.delta:+.3f} [{self.ci95[0]:+.3f}, {self.ci95[1]:+.3f}]" + (f"; {'; '.join(parts)}" if parts else "")
+                + interval(self.delta, self.ci95) + (f"; {'; '.join(parts)}" if parts else "")
                 + f": {self.verdict} (decided by {self.decided_by})")
 
 
@@ -126,7 +131,7 @@ def compare(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Se
             candidate: str, metric: str = GATE_METRIC) -> dict[str, Any]:
     """Paired bootstrap of ``candidate`` vs ``baseline`` on ``qids`` (rows from ``evaluate``'s ``per_query``)."""
     if not qids:
-        return {"n": 0, "delta": None, "verdict": "not measured"}
+        return {"n": 0, "delta": None, "verdict": Verdict.NOT_MEASURED}
     a, b = _scores(per_query, qids, baseline, metric), _scores(per_query, qids, candidate, metric)
     d = paired_bootstrap(a, b)
     return {"n": len(qids), "base": round(float(a.mean()), 4), "finetuned": round(float(b.mean()), 4),
@@ -156,7 +161,7 @@ def judge(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Sequ
                       SEEN: compare(per_query, seen_ids, baseline, candidate, metric)}
     result.seen_documents = round(len(seen_ids) / len(qids), 3) if qids else None
     if len(unseen_ids) < MIN_UNSEEN:
-        result.verdict = "can't tell"
+        result.verdict = Verdict.CANT_TELL
         result.decided_by = f"too few unseen-document queries ({len(unseen_ids)} < {MIN_UNSEEN})"
         return result
     if seen_weight > 0 and seen_ids:
@@ -167,12 +172,12 @@ def judge(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Sequ
         result.subsets[mix] = {"n": len(qids), "delta": round(d.delta, 4), "ci95": [round(d.ci_low, 4), round(d.ci_high, 4)],
                                "verdict": d.verdict, "weights": {SEEN: round(seen_weight, 3), UNSEEN: round(1 - seen_weight, 3)}}
         result.verdict, result.decided_by = d.verdict, mix
-        if d.verdict == "better" and result.subsets[UNSEEN]["delta"] < 0:
-            result.verdict, result.decided_by = "no clear difference", f"{mix}: better, but a loss on {UNSEEN}"
+        if d.verdict == Verdict.BETTER and result.subsets[UNSEEN]["delta"] < 0:
+            result.verdict, result.decided_by = Verdict.NO_CLEAR_DIFFERENCE, f"{mix}: better, but a loss on {UNSEEN}"
     else:
         result.verdict, result.decided_by = result.subsets[UNSEEN]["verdict"], UNSEEN
-    if result.verdict == "better" and "worse" in (result.subsets[SEEN]["verdict"], result.subsets[UNSEEN]["verdict"]):
-        result.verdict, result.decided_by = "no clear difference", f"{result.decided_by}; one subset is worse"
+    if result.verdict == Verdict.BETTER and Verdict.WORSE in (result.subsets[SEEN]["verdict"], result.subsets[UNSEEN]["verdict"]):
+        result.verdict, result.decided_by = Verdict.NO_CLEAR_DIFFERENCE, f"{result.decided_by}; one subset is worse"
     return result
 
 
@@ -207,7 +212,7 @@ def choose(per_query, qids: list[str], unseen: set[str] | None, names: list[str]
     verdicts = {name: judge(per_query, qids, baseline, name, unseen, seen_weight=seen_weight) for name in names}
     chosen, steps = None, []
     for name in names:
-        if verdicts[name].verdict != "better":
+        if verdicts[name].verdict != Verdict.BETTER:
             continue
         if chosen is None:
             chosen = name
@@ -215,7 +220,7 @@ def choose(per_query, qids: list[str], unseen: set[str] | None, names: list[str]
             continue
         versus = judge(per_query, qids, chosen, name, unseen, seen_weight=seen_weight)
         steps.append(f"{name} vs {chosen}: {versus.verdict}")
-        if versus.verdict == "better":
+        if versus.verdict == Verdict.BETTER:
             chosen = name
     return Choice(chosen, verdicts, steps)
 

@@ -32,6 +32,7 @@ from ..embeddings.card import CARD_NAME
 from ..embeddings.models import DEFAULT_MODEL, open_model
 from ..errors import OptionError
 from ..mine.mining import TrainingExample
+from . import distributed
 
 log = logging.getLogger(__name__)
 MIN_STEPS = 25          # optimizer steps a run gets at least (1 epoch of SciFact/StackFAQ at batch 32 is 26-28)
@@ -154,7 +155,7 @@ def choose_precision(requested: str, device: str) -> str:
     fp32 elsewhere (MPS, older CPUs). The promotion gate still judges the result."""
     if requested != "auto":
         return requested
-    if device == "cuda":
+    if device.startswith("cuda"):
         import torch
 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
@@ -246,8 +247,16 @@ class TrainResult:
     fusion: Any = None    # fusion_selection.FusionChoice, or None without validation queries
     promoted: bool = True
     # What serving needs: {"model": folder or id whose documents vectors are searched, "adapter": folder of a query
-    # adapter or None, "reindex": whether the documents must be embedded again}; None: the base model stays.
+    # adapter or None, "reindex": whether the documents must be embedded again} (a serve.serving_record.ServingPlan
+    # as a dict); None: the base model stays.
     serving: dict[str, Any] | None = None
+
+    @property
+    def outcome(self):
+        """Promoted, the base stays, or an older model kept (:func:`~ace_llamaindex.train.outcome.outcome`)."""
+        from .outcome import outcome
+
+        return outcome(self)
 
 
 def _warmup(ratio: float) -> dict[str, float]:
@@ -266,15 +275,15 @@ CPU_BUDGET_GB = 6.0   # activations; with the process itself the peak stays unde
 
 
 def memory_budget(device: str) -> float:
-    """Bytes a training step's activations may take: ``ACE_TRAIN_MEMORY_GB`` (default 6) on a CPU or MPS,
-    half the GPU's memory on CUDA."""
+    """Bytes a training step's activations may take: ``ACE_TRAIN_MEMORY_GB`` (default 6) on a CPU or MPS, shared by
+    the training processes on this machine; half the GPU's memory on CUDA (one GPU per process)."""
     import os
 
     if device.startswith("cuda"):
         import torch
 
         return 0.5 * torch.cuda.get_device_properties(torch.device(device)).total_memory
-    return float(os.environ.get("ACE_TRAIN_MEMORY_GB", CPU_BUDGET_GB)) * 1e9
+    return float(os.environ.get("ACE_TRAIN_MEMORY_GB", CPU_BUDGET_GB)) * 1e9 / distributed.local_world_size()
 
 
 def _typical_tokens(model, texts: list[str]) -> int:
@@ -316,15 +325,16 @@ def plan_memory(model, rows: list[TrainingExample], config: TrainConfig, negativ
             "typical_tokens": {"query": q_len, "document": d_len}}
 
 
-def _loss(model, plan: dict[str, Any]):
+def _loss(model, plan: dict[str, Any], gather: bool = False):
+    """MNRL, or CachedMNRL per ``plan``; ``gather``: in-batch negatives from every process (data-parallel runs)."""
     from sentence_transformers.sentence_transformer.losses import (
         CachedMultipleNegativesRankingLoss,
         MultipleNegativesRankingLoss,
     )
 
     if plan["cached"]:
-        return CachedMultipleNegativesRankingLoss(model, mini_batch_size=plan["mini_batch_size"])
-    return MultipleNegativesRankingLoss(model)
+        return CachedMultipleNegativesRankingLoss(model, mini_batch_size=plan["mini_batch_size"], gather_across_devices=gather)
+    return MultipleNegativesRankingLoss(model, gather_across_devices=gather)
 
 
 def peak_memory(device: str) -> dict[str, float]:
@@ -351,7 +361,12 @@ class FineTuned:
 
 def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -> FineTuned:
     """Train ``config.base_model`` on ``split.train`` (validated each epoch on ``split.val``, best epoch kept);
-    ``config`` has its defaults filled in (:func:`full_defaults`). Nothing is written but checkpoints."""
+    ``config`` has its defaults filled in (:func:`full_defaults`). Nothing is written but checkpoints.
+
+    Under a launcher (torchrun, accelerate launch: :mod:`~ace_llamaindex.train.distributed`) every process calls it
+    with the same data: DDP, ``config.batch_size`` per process. The no-duplicates sampler draws global batches of
+    ``config.batch_size`` x processes, each split among the processes, and MNRL gathers the in-batch negatives of all
+    of them: a step sees what one process's step with the global batch sees. Every process returns the same model."""
     try:
         import datasets  # noqa: F401 - sentence-transformers' trainer needs it: the [train] extra
     except ImportError:
@@ -361,11 +376,18 @@ def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -
     from transformers import EarlyStoppingCallback
 
     train_rows, val_rows = split.train, split.val
-    device = detect_device(config.device)
-    precision = choose_precision(config.precision, device)
     if len(train_rows) < 2:
         raise OptionError(f"only {len(train_rows)} training example(s) after the validation split; need at least 2")
-    epochs = config.epochs or auto_epochs(len(train_rows), config.batch_size)
+    processes = distributed.world_size()
+    global_batch = config.batch_size * processes
+    if processes > 1 and len(train_rows) < global_batch:
+        # several processes drop the last, incomplete global batch: the split must hold one full global batch
+        raise OptionError(f"{len(train_rows)} training examples cannot fill one batch of {config.batch_size} on each of "
+                          f"{processes} processes ({global_batch} in all): lower --batch-size or the number of processes")
+    device = distributed.start(detect_device(config.device))
+    distributed.same_everywhere(fingerprint, "the training data, options and base model")
+    precision = choose_precision(config.precision, device)
+    epochs = config.epochs or auto_epochs(len(train_rows), global_batch)
     checkpointing = epochs > 1 or config.keep_checkpoints or config.resume
     patience = config.early_stopping_patience
     if patience is None and config.epochs is None and val_rows and epochs > AUTO_PATIENCE:
@@ -376,7 +398,7 @@ def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -
         model.max_seq_length = config.max_seq_length
     evaluator = ir_evaluator(val_rows) if val_rows else None
     metric = "eval_val_cosine_ndcg@10"
-    baseline = evaluator(model) if evaluator else {}
+    baseline = evaluator(model) if evaluator and distributed.is_main() else {}  # only rank 0 writes the card
     train_dataset, negatives_info = training_datasets(train_rows, config.num_negatives)
     if negatives_info["padded"] or negatives_info["in_batch_only"]:
         log.warning("%d example(s) had fewer than %d hard negatives (their own repeated); %d had none (in-batch "
@@ -384,11 +406,17 @@ def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -
                     negatives_info["in_batch_only"])
     memory = plan_memory(model, train_rows, config, negatives_info["negatives_per_example"], device)
     log.info("loss: %s (estimated step %.1f GB, budget %.1f GB)", memory["loss"], memory["estimated_step_gb"], memory["budget_gb"])
+    # Several processes: the sampler draws each global batch without duplicates (a text twice in a batch is a false
+    # negative) and accelerate splits it among the processes (split_batches: every process holds a part of the same
+    # batch, of the same dataset); the loss gathers every process's embeddings, so it sees the whole global batch.
+    gather = processes > 1
+    parallel = {"ddp_backend": distributed.backend_for(device), "accelerator_config": {"split_batches": True},
+                "dataloader_drop_last": True} if gather else {}  # (sentence-transformers would set drop_last, and warn)
 
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=epochs,
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=global_batch,  # split among the processes (split_batches) when several
         per_device_eval_batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         **_warmup(config.warmup_ratio),
@@ -401,23 +429,25 @@ def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -
         load_best_model_at_end=bool(evaluator) and checkpointing,
         metric_for_best_model=metric if evaluator else None,
         greater_is_better=True,
-        logging_steps=max(1, len(train_rows) // config.batch_size // 4),
+        logging_steps=max(1, len(train_rows) // global_batch // 4),
         report_to="none",
         seed=config.seed,
         use_cpu=device == "cpu",
+        **parallel,
         bf16=precision == "bf16",
         disable_tqdm=False,
         **config.extra,
     )
     callbacks = [EarlyStoppingCallback(patience)] if patience and evaluator else []
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=_loss(model, memory),
-                                         evaluator=evaluator, callbacks=callbacks)
-    resume = _prepare_checkpoints(checkpoints, fingerprint, config.resume)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset,
+                                         loss=_loss(model, memory, gather), evaluator=evaluator, callbacks=callbacks)
+    resume = distributed.on_main(lambda: _prepare_checkpoints(checkpoints, fingerprint, config.resume), "preparing checkpoints")
     if resume:
         log.warning("resuming from %s", resume)
     started = time.time()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.time() - started
+    distributed.barrier()  # every process is done with the checkpoints before rank 0 goes on (and removes them)
     history = [
         {"epoch": h.get("epoch"), **{k.removeprefix("eval_val_"): v for k, v in h.items() if k.startswith("eval_val_")}}
         for h in trainer.state.log_history
@@ -428,7 +458,9 @@ def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -
             "resumed_from_checkpoint": str(resume) if resume else None,
             "validation_before": {k.removeprefix("val_"): v for k, v in baseline.items()},
             "validation_per_epoch": history, "best_checkpoint": trainer.state.best_model_checkpoint,
-            "best_metric": trainer.state.best_metric}
+            "best_metric": trainer.state.best_metric, "optimizer_steps": trainer.state.global_step}
+    if processes > 1:
+        info["data_parallel"] = distributed.note(config.batch_size, gather)
     return FineTuned(trainer.model, info)
 
 
@@ -453,8 +485,10 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     from ..embeddings.card import text_hash
     from ..embeddings.encoding import CachedEncoder
     from ..evaluate.fusion_selection import select_fusion
+    from ..evaluate.stats import Verdict
+    from ..serve.serving_record import HERE, ServingPlan
     from .champion import champion_history, data_reference, split_with_champion
-    from .promotion import select, unseen_query_ids, validation_dataset
+    from .promotion import select, unmeasured_gate, unseen_query_ids, validation_dataset
 
     config = full_defaults(config or TrainConfig())
     config.validate()
@@ -469,50 +503,68 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
                                                                              config.seen_share or 0.0, validation))
     tuned = fine_tune(split, config, checkpoints, run_fingerprint(examples, config))
 
-    verdict, against_base, fusion, val_set = None, None, None, None
-    if split.val:
-        val_set = validation_dataset(split.val, [*examples, *(history.replay if history else [])], corpus)
-        base_encoder = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False,
-                                                     trust_remote_code=config.trust_remote_code)
-        tuned_encoder = CachedEncoder.from_model(tuned.model, label="finetuned")
-        champion_encoder = None if champion is None or champion.is_plain(config.base_model) else champion.encoder(base_encoder)
-        selection = select(val_set, unseen_query_ids(val_set, split.unseen), base_encoder, {"finetuned": tuned_encoder},
-                           champion_encoder, engine=engine, seen_weight=config.seen_share or 0.0)
-        verdict, against_base = selection.deciding("finetuned"), selection.against_base["finetuned"]
-        prior = (validation_dataset(split.train, examples, corpus), base_encoder)  # the base never saw these queries
-        fusion = select_fusion(val_set, tuned_encoder, engine=engine, prior=prior)
-        log.info("%s", verdict.sentence())
-    promoted = verdict is None or verdict.verdict == "better" or config.force or not _holds_model(output_dir)
-    info = dict(tuned.info)
-    card = {
-        "method": "full",
-        "base_model": config.base_model,
-        "config": {**asdict(config), "epochs": info.pop("epochs"), "early_stopping_patience": info.pop("early_stopping_patience")},
-        "data_fingerprint": data_fingerprint,
-        "train_examples": len(split.train),
-        "val_examples": len(split.val),
-        "data_checks": split.checks,
-        **info,
-        "peak_memory": peak_memory(info["device"]),
-        "gate": against_base.as_dict() if against_base else {"verdict": "not measured (no validation queries)"},
-        "promoted": promoted,
-        "serving": {"model": ".", "adapter": None, "reindex": True},  # ".": this folder
-        "fusion": fusion.to_dict() if fusion else None,
-        "training_queries": sorted({text_hash(e.query) for e in split.train}),
-        "validation_queries": sorted({text_hash(e.query) for e in split.val}),
-        "training_data": [data_reference(training_data)] if training_data else [],
-    }
-    if champion is not None:
-        card["champion"] = {**champion.to_dict(), "history": history.note,
-                            "gate": verdict.as_dict() if verdict else {"verdict": "not measured (no validation queries)"}}
-    if promoted:
-        save_model(tuned.model, output_dir, card, fusion)
-    if not config.keep_checkpoints:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    if promoted:
-        export_all(output_dir, config.exports, val_set)
-    return TrainResult(model_dir=output_dir, card=card, gate=verdict, fusion=fusion, promoted=promoted,
-                       serving={**card["serving"], "model": str(output_dir)})
+    def judge_and_write() -> TrainResult:  # rank 0 alone under a launcher; the others wait (distributed.on_main)
+        nonlocal base_encoder
+
+        verdict, against_base, fusion, val_set = None, None, None, None
+        if split.val:
+            val_set = validation_dataset(split.val, [*examples, *(history.replay if history else [])], corpus)
+            base_encoder = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length,
+                                                         show_progress=False, trust_remote_code=config.trust_remote_code)
+            tuned_encoder = CachedEncoder.from_model(tuned.model, label="finetuned")
+            champion_encoder = None if champion is None or champion.is_plain(config.base_model) \
+                else champion.encoder(base_encoder)
+            selection = select(val_set, unseen_query_ids(val_set, split.unseen), base_encoder, {"finetuned": tuned_encoder},
+                               champion_encoder, engine=engine, seen_weight=config.seen_share or 0.0)
+            verdict, against_base = selection.deciding("finetuned"), selection.against_base["finetuned"]
+            prior = (validation_dataset(split.train, examples, corpus), base_encoder)  # the base never saw these queries
+            fusion = select_fusion(val_set, tuned_encoder, engine=engine, prior=prior)
+            log.info("%s", verdict.sentence())
+        promoted = verdict is None or verdict.verdict == Verdict.BETTER or config.force or not _holds_model(output_dir)
+        info = dict(tuned.info)
+        card = {
+            "method": "full",
+            "base_model": config.base_model,
+            "config": {**asdict(config), "epochs": info.pop("epochs"),
+                       "early_stopping_patience": info.pop("early_stopping_patience")},
+            "data_fingerprint": data_fingerprint,
+            "train_examples": len(split.train),
+            "val_examples": len(split.val),
+            "data_checks": split.checks,
+            **info,
+            "peak_memory": peak_memory(info["device"]),
+            "gate": against_base.as_dict() if against_base else unmeasured_gate(),
+            "promoted": promoted,
+            "serving": ServingPlan(HERE).to_dict(),  # HERE: this folder
+            "fusion": fusion.to_dict() if fusion else None,
+            "training_queries": sorted({text_hash(e.query) for e in split.train}),
+            "validation_queries": sorted({text_hash(e.query) for e in split.val}),
+            "training_data": [data_reference(training_data)] if training_data else [],
+        }
+        if champion is not None:
+            card["champion"] = {**champion.to_dict(), "history": history.note,
+                                "gate": verdict.as_dict() if verdict else unmeasured_gate()}
+        if promoted:
+            save_model(tuned.model, output_dir, card, fusion)
+        if not config.keep_checkpoints:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        if promoted:
+            export_all(output_dir, config.exports, val_set)
+        return TrainResult(model_dir=output_dir, card=card, gate=verdict, fusion=fusion, promoted=promoted,
+                           serving=ServingPlan.from_dict(card["serving"]).resolved(output_dir).to_dict())
+
+    return distributed.on_main(judge_and_write, "judging and writing the model", shared=shared_result)
+
+
+train.data_parallel = True  # runs under torchrun / accelerate launch (see distributed)
+
+
+def shared_result(result: TrainResult) -> TrainResult:
+    """What the other processes of a data-parallel run return: rank 0's result without its live objects (the
+    gate and the fusion, which stay in rank 0; the card has them as plain data)."""
+    from dataclasses import replace
+
+    return replace(result, gate=None, fusion=None)
 
 
 def check_base_encoder(base_encoder: Any, config: TrainConfig) -> None:
@@ -571,6 +623,8 @@ def run_fingerprint(examples: list[TrainingExample], config: TrainConfig) -> str
     for e in examples:
         digest.update(json.dumps([e.query, e.positive, e.negatives]).encode())
     settings = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_FINGERPRINT}
+    if distributed.world_size() > 1:  # the batch is per process: more processes, another run (and its checkpoints)
+        settings["world_size"] = distributed.world_size()
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(model_fingerprint(config.base_model).encode())
     return digest.hexdigest()[:16]
