@@ -18,9 +18,10 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
 from .data.dataset import QADataset
+from .data.examples import TrainingExample
 from .embeddings.models import DEFAULT_MODEL
 from .errors import OptionError
-from .mine.mining import HardNegativeMiner, MiningOptions, TrainingExample
+from .mine.mining import HardNegativeMiner, MiningOptions
 from .plugins.manager import get
 from .train.training import TrainConfig, TrainResult
 

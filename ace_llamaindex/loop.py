@@ -33,7 +33,8 @@ from .errors import OptionError
 
 if TYPE_CHECKING:
     from .data.dataset import QADataset
-    from .mine.mining import MiningOptions, TrainingExample
+    from .data.examples import TrainingExample
+    from .mine.mining import MiningOptions
     from .train.training import TrainConfig, TrainResult
 
 __all__ = ["MineResult", "mine_feedback", "mine_training_data", "rollback", "rollout", "train_model"]

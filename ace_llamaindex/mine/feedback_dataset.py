@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..data.dataset import QADataset
+from ..data.examples import TrainingExample
 from ..errors import DatasetError
 from ..serve.feedback import judgements, read_log
-from .mining import TrainingExample
 
 
 def _key(text: str) -> str:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_json
 from ..data.dataset import DIFFICULTIES, QADataset, read_json
+from ..data.examples import TrainingExample  # noqa: F401 - defined in the data layer, imported from here too
 from ..embeddings.encoding import CachedEncoder
 from ..embeddings.models import vector_name
 from ..errors import DatasetError, OptionError
@@ -71,16 +72,6 @@ class MiningOptions:
             raise OptionError(f"sampling_strategy must be 'top' or 'random', got {self.sampling_strategy!r}")
         if self.min_difficulty is not None and self.min_difficulty not in DIFFICULTIES:
             raise OptionError(f"min_difficulty must be one of {DIFFICULTIES}, got {self.min_difficulty!r}")
-
-
-@dataclass
-class TrainingExample:
-    """One (query, positive, hard negatives) row, sentence-transformers ready."""
-
-    query: str
-    positive: str
-    negatives: list[str]
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def _normalise(text: str) -> str:

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_directory, write_json
+from ..data.examples import TrainingExample
 from ..embeddings.encoding import Encoder
 from ..embeddings.query_adapter import ADAPTER_CARD, ADAPTER_FILE, AdaptedEncoder, QueryAdapter, base_identity
 from ..errors import OptionError
-from ..mine.mining import TrainingExample
 
 
 @dataclass

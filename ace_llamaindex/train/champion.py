@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.examples import TrainingExample
 from ..embeddings.card import read_card, text_hash
 from ..errors import OptionError
-from ..mine.mining import TrainingExample
 from ..serve.served_model import read_serving, serving_encoder
 from ..serve.serving_record import SERVING_KEY, ServingPlan, plan_identity, serving_target
 

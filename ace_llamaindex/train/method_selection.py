@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..atomic import atomic_directory, write_json
+from ..data.examples import TrainingExample
 from ..embeddings.card import text_hash
 from ..embeddings.encoding import CachedEncoder, Encoder
 from ..embeddings.models import open_model
 from ..embeddings.query_adapter import AdaptedEncoder, base_identity
 from ..errors import OptionError
-from ..mine.mining import TrainingExample
 from ..serve.serving_record import HERE, ServingPlan
 from . import distributed
 from .adapter import AdapterConfig, fit_adapter, save_adapter

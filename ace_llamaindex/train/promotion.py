@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from ..data.dataset import QADataset
+from ..data.examples import TrainingExample
 from ..embeddings.encoding import Encoder
 from ..evaluate.evaluate import System, evaluate
 from ..evaluate.stats import Verdict, interval, paired_bootstrap, weighted_paired_bootstrap
-from ..mine.mining import TrainingExample
 
 GATE_METRIC = "ndcg@10"
 

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_directory, write_json
+from ..data.examples import TrainingExample
 from ..embeddings.card import CARD_NAME
 from ..embeddings.models import DEFAULT_MODEL, open_model
 from ..errors import OptionError
-from ..mine.mining import TrainingExample
 from . import distributed
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from ..data.examples import TrainingExample
 from ..data.groups import query_components
-from ..mine.mining import TrainingExample
 
 SEEN_SHARE = 0.25  # of the validation queries, at most this share are about documents training queries also have
 
