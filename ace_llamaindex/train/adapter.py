@@ -220,8 +220,8 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
         history_refs,
         split_with_champion,
     )
+    from .common import plan_validation
     from .promotion import select, unmeasured_gate, unseen_query_ids, validation_dataset
-    from .training import plan_validation
 
     config = config or AdapterConfig()
     config.validate()
@@ -307,8 +307,8 @@ def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, con
     ``base_encoder``: the frozen base (default: ``config.base_model``, cached on disk); an endpoint works too."""
     from ..embeddings.encoding import CachedEncoder
     from ..serve.serving_record import ServingPlan
+    from .common import TrainConfig, TrainResult
     from .promotion import deciding_gate
-    from .training import TrainConfig, TrainResult
 
     config = config or TrainConfig()
     options = adapter_config(config)

@@ -37,20 +37,17 @@ from .champion import (
     history_refs,
     split_with_champion,
 )
-from .promotion import GateResult, select, unseen_query_ids, validation_dataset
-from .training import (
+from .common import (
     TrainConfig,
     TrainResult,
     check_base_encoder,
     ensure_room_to_train,
-    fine_tune,
-    full_defaults,
-    peak_memory,
     plan_validation,
-    run_fingerprint,
     save_model,
     shared_result,
 )
+from .promotion import GateResult, select, unseen_query_ids, validation_dataset
+from .training import fine_tune, full_defaults, peak_memory, run_fingerprint
 from .validation_split import ValidationSplit
 
 log = logging.getLogger(__name__)
@@ -237,7 +234,7 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
             shutil.rmtree(checkpoints, ignore_errors=True)
             shutil.rmtree(checkpoints.with_name(checkpoints.name + "-continued"), ignore_errors=True)
         if chosen and config.exports and chosen.reindex:  # a model folder was written: export it as `--method full` does
-            from .training import export_all
+            from .common import export_all
 
             export_all(output_dir, config.exports, val_set)
         elif chosen and config.exports:  # an adapter over the base: the folder holds the adapter, no model to export
