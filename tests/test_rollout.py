@@ -126,8 +126,9 @@ def test_a_rollout_killed_midway_leaves_the_old_collection_serving(tmp_path, dem
     assert not (where / "mem.alias.json").exists()  # the alias never moved
     reopened = HybridQdrantRetriever(FineTunedEmbedding(), path=str(where), collection="mem", engine="edge")
     assert _answers(reopened, queries) == before
-    report = rollout(tuned_model_dir, "mem", index=reopened.index, show_progress=False)  # the next one cleans up
-    assert "mem__v1" in report.removed and report.collection == "mem__v2"
+    report = rollout(tuned_model_dir, "mem", index=reopened.index, show_progress=False)  # the next one resumes it
+    assert report.collection == "mem__v1" and not report.removed  # (issue #31: it was removed and built again)
+    assert report.resumed == 3 and report.embedded == len(demo.corpus) - 3
     assert _answers(reopened, queries) != before
 
 

@@ -4,7 +4,8 @@ Each row runs `ace rollout` (or `ace rollback`) in a subprocess with ACE_ROLLOUT
 (deploy.rollout.STEPS): the process kills itself exactly there, no timers. Then, opening the folder afresh: `ace search`
 answers, served by the old model (the new one only when the kill came once the switch had begun: after the plain
 collection was dropped, or after the alias moved); a second `ace rollout` completes, cleaning up what the killed one
-left; `ace rollback` serves again what served before it.
+left (a version it was building is resumed: only what it lacks is embedded); `ace rollback` serves again what served
+before it.
 """
 
 from __future__ import annotations
@@ -109,13 +110,17 @@ def test_a_rollout_killed_at_any_step_leaves_a_collection_serving(tmp_path, demo
     expected_tuned = {"first": switched, "second": not switched, "rollback": not switched}[kind]
     assert _serves_tuned(where, tuned_model_dir) == expected_tuned
 
-    # the next rollout completes, and removes what the killed one left
+    # the next rollout completes: it resumes the version the killed one was building, and removes what else it left
     model = new_model or str(tuned_model_dir)
     report = _ace("rollout", model, "--batch-size", "4", "--collection", "mem", "--qdrant-path", str(where))
     assert report["documents"] == DOCS and report["checks"]["documents"] == [DOCS, DOCS]
     killed_version = {"first": "mem__v1", "second": "mem__v3"}.get(kind)
-    if step in ("created-shard", "created-new", "wrote-batch", "checked"):  # a half-made Edge shard (no metadata)
-        assert killed_version in report["removed"]  # is removed too, not refused as "in use by another process"
+    if step == "created-shard":  # a half-made Edge shard (no metadata) is removed, not refused as "in use by another process"
+        assert killed_version in report["removed"]
+    elif step in ("created-new", "wrote-batch", "checked"):  # the killed version is resumed, not removed (issue #31)
+        written = {"created-new": 0, "wrote-batch": int(BATCH), "checked": DOCS}[step]
+        assert report["collection"] == killed_version and killed_version not in report["removed"], report
+        assert report["resumed"] == written and report["embedded"] == DOCS - written, report
     if engine == "edge":
         assert all((d / edge_store.META_FILE).is_file() for d in where.iterdir() if d.is_dir())
     assert _serves_tuned(where, tuned_model_dir) == (model == str(tuned_model_dir))

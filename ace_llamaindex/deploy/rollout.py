@@ -10,11 +10,20 @@ is kept for :func:`rollback`; older versions are removed at the next rollout.
 Each collection records what serves it (``ace_serving``: the model folder and adapter; ``ace_vector``; and
 ``ace_previous``), so a :class:`~ace_llamaindex.serve.retriever.HybridQdrantRetriever` opened through the alias resolves
 it for each query and embeds with that collection's model: a query sees the old pair or the new pair, never a mix.
-A rollout or rollback killed at any point leaves a collection serving, and the next command continues: the partial
-collection is removed by the next rollout. The one step that is two on a Qdrant that keeps aliases and collections in one
-namespace (local mode, a server) is a first rollout's: the plain collection must be dropped before an alias of its name
-can exist. The new collection is marked complete (``ace_version_of``) before that drop, so a rollout killed between the
-two leaves the alias to be recreated, pointing at the newest complete version, by whoever opens the name next
+A rollout or rollback killed at any point leaves a collection serving, and the next command continues. The next
+rollout of the same build (the same model and adapter weights, :func:`~ace_llamaindex.serve.serving_record.plan_identity`,
+over the same serving collection, with the same vectors and BM25 settings) resumes the version the killed one left,
+embedding only what it lacks: the version records that build (``ace_resume``) and, after each batch is written, a
+checkpoint: the documents written, the last point id (Qdrant scrolls by point id, and batches are written in that order)
+and a fingerprint of those documents' ids and payloads. The source's points up to the checkpoint are read again (no
+model) and must give the same fingerprint; points past it (a batch written, its checkpoint not) are kept when they
+are the source's next points with the same payloads (else the version is not resumed). Another build, a changed
+source, or ``resume=False`` removes the version instead, and the rollout starts from the first document. A version that
+was complete but never switched to is resumed with nothing to embed: checked and switched. The one step that is two on
+a Qdrant that keeps aliases and collections in one namespace (local mode, a server) is a first rollout's: the plain
+collection must be dropped before an alias of its name can exist. The new collection is marked complete
+(``ace_version_of``) before that drop, so a rollout killed between the two leaves the alias to be recreated, pointing
+at the newest complete version, by whoever opens the name next
 (:meth:`~ace_llamaindex.index.store.CorpusIndex.recover_alias`).
 
 Every point where a rollout or rollback changes what is on disk calls :func:`step` with its name (:data:`STEPS`): a
@@ -24,6 +33,8 @@ test or a fault drill kills the process exactly there with ``ACE_ROLLOUT_KILL_AT
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -44,13 +55,16 @@ from ..atomic import disk_full
 from ..data.dataset import QADataset
 from ..data.loading import load_dataset
 from ..errors import OptionError
-from ..index.store import VERSION_OF_KEY
+from ..index.store import VERSION_OF_KEY, cluster_options
 from ..serve.serving_record import (
+    EXPERIMENT_KEY,
     PREVIOUS_KEY,
     SERVING_KEY,
     VECTOR_KEY,
+    ServingPlan,
     challenger_alias,
     model_embedding,
+    plan_identity,
     serving_target,
 )
 from .evidence import promotion_evidence
@@ -117,6 +131,11 @@ class RolloutReport:
     dry_run: bool = False
     removed: list[str] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)  # why the model may replace what serves (deploy.evidence)
+    resumed: int = 0  # documents already in the version this rollout continued (0: built from the start)
+    embedded: int = 0  # documents this run embedded and wrote (with dry_run: none)
+    workers: int = 1  # encoding processes
+    cluster: dict[str, int] = field(default_factory=dict)  # a server's shards and replicas for the new version
+    notes: list[str] = field(default_factory=list)  # what else happened, in words (a version not resumed, and why)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,7 +158,7 @@ def _serving_plan(model: str | Path) -> dict[str, Any]:
         plan = read_serving(model)
         return {k: (str(Path(v).resolve()) if k in ("model", "adapter") and v and Path(v).exists() else v)
                 for k, v in plan.items()}
-    return {"model": resolve_model(str(model)), "adapter": None, "reindex": True}
+    return ServingPlan(resolve_model(str(model))).to_dict()
 
 
 def _embed_text(payload: dict[str, Any], text_field: str) -> str:
@@ -156,7 +175,9 @@ def _embed_text(payload: dict[str, Any], text_field: str) -> str:
 def rollout(model: str | Path, collection: str, *, index=None, path: str | Path | None = None, url: str | None = None,
             api_key: str | None = None, engine: str = "auto", previous_model: str | Path | None = None, fallback=None,
             dry_run: bool = False, batch_size: int = 64, show_progress: bool = True, force: bool = False,
-            on_batch: Callable[[int], None] | None = None, heldout=None, switch: bool = True) -> RolloutReport:
+            on_batch: Callable[[int], None] | None = None, heldout=None, switch: bool = True, workers: int = 1,
+            resume: bool = True, shard_number: int | None = None, replication_factor: int | None = None,
+            write_consistency_factor: int | None = None) -> RolloutReport:
     """Serve ``collection`` (an alias) with ``model`` (a folder ``ace train`` wrote, or any model name).
 
     ``index``: an open :class:`~ace_llamaindex.index.store.CorpusIndex` at the location (an embedded folder is one
@@ -170,14 +191,25 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     :class:`~ace_llamaindex.data.dataset.QADataset` or a dataset path, e.g. the ``training_data.test.json`` that
     ``ace mine --from-feedback`` writes); see :mod:`~ace_llamaindex.deploy.evidence`. ``switch=False`` builds and
     checks the new collection but leaves the alias as it is (an online experiment's challenger,
-    :mod:`~ace_llamaindex.deploy.experiment`)."""
+    :mod:`~ace_llamaindex.deploy.experiment`).
+
+    ``resume`` (default): a version an earlier rollout of the same model over the same serving collection left
+    (killed midway, or built and never switched) is continued from its checkpoint, embedding only what it lacks
+    (``resume=False`` removes it and starts again). ``workers``: encode with that many processes (one per GPU, else CPU
+    processes; :mod:`~ace_llamaindex.embeddings.workers`). ``shard_number``, ``replication_factor``,
+    ``write_consistency_factor``: how the new version is spread over a Qdrant cluster (``url=`` only; default: the
+    serving collection's own settings)."""
     from ..embeddings.models import DEFAULT_MODEL
+    from ..embeddings.workers import encoding_workers, worker_devices
     from ..index.engines import open_index
     from ..serve.spaces import embedding_spaces, named_vector
 
     if batch_size < 1:
         raise OptionError(f"batch_size must be at least 1, got {batch_size}")
+    worker_devices(workers)  # a number of workers this machine cannot run: one line, before anything
     location = index or open_index(collection, path=path, url=url, api_key=api_key, engine=engine)
+    cluster = cluster_options(location, shard_number=shard_number, replication_factor=replication_factor,
+                              write_consistency_factor=write_consistency_factor)
     _recover(location, collection)
     refuse_during_experiment(location, collection)
     current_name = serving_target(location, collection)
@@ -210,20 +242,62 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     encoded = [n for n in targets if n not in copied]
     total = current.count()
     versions = _versions(location, collection)
-    new_name = version_name(collection, max(versions, default=0) + 1)
-
-    sample = list(islice(current.iter_points(64), 64))
-    started = time.perf_counter()
-    for name in encoded:
-        targets[name][1].get_text_embedding_batch([_embed_text(p[1], current.text_field) for p in sample])
-    per_doc = (time.perf_counter() - started) / max(1, len(sample))
-    report = RolloutReport(collection, current_name, new_name, total, round(per_doc * total, 1),
-                           round(per_doc * 1000, 2), copied, encoded, dry_run=dry_run, evidence=evidence.to_dict())
-    if dry_run:
-        return report
-
     keep = {current_name, current.metadata().get(PREVIOUS_KEY)}
-    for stale in (name for name in versions.values() if name not in keep):  # a killed rollout's or an old version
+    plain = current_name == collection and location.alias_target(collection) is None and location.ALIASES_ARE_COLLECTIONS
+    # what a version built now is built from (a first rollout on local mode or a server copies the plain collection to
+    # <name>__v0 first), and everything that makes two builds of it the same: what a version records to be resumed
+    identity = {"plan": plan_identity(plan), "source": version_name(collection, 0) if plain else current_name,
+                "vectors": sorted(targets), "encoded": encoded, "copied": copied,
+                "bm25": {k: v for k, v in current.metadata().items() if k.startswith("bm25")},
+                "cluster": cluster or current.cluster_settings()}
+    report = RolloutReport(collection, current_name, version_name(collection, max(versions, default=0) + 1), total, 0.0,
+                           0.0, copied, encoded, dry_run=dry_run, evidence=evidence.to_dict(), workers=workers,
+                           cluster=identity["cluster"])
+    checkpoint = None
+    if resume:
+        checkpoint = _resumable(location, versions, keep, identity, current, report)
+    elif any(_resume_record(location.sibling(v)) for n, v in versions.items() if v not in keep):
+        report.notes.append("resume=False: the version an earlier rollout left is removed and this one starts again")
+    if checkpoint is not None:
+        report.collection, report.resumed = checkpoint["collection"], int(checkpoint["written"])
+    remaining = max(0, total - report.resumed)
+
+    with encoding_workers(workers) as pool:
+        if dry_run:
+            sample = list(islice(current.iter_points(64 * max(1, workers)), 64 * max(1, workers)))
+            texts = [_embed_text(p[1], current.text_field) for p in sample]
+            for name in encoded:  # warm up first: the model loads, the workers start (timed apart)
+                targets[name][1].get_text_embedding_batch(texts[:4 * workers])
+            started = time.perf_counter()
+            for name in encoded:
+                targets[name][1].get_text_embedding_batch(texts)
+            per_doc = (time.perf_counter() - started) / max(1, len(sample))
+            starting = pool.started_seconds if pool is not None else 0.0
+            report.encode_seconds = round(starting + per_doc * remaining, 1)
+            report.seconds_per_1000 = round(per_doc * 1000, 2)
+            if pool is not None:
+                report.notes.append(f"starting {workers} worker processes took {starting:.0f} s (counted in the estimate)")
+            return report
+        _build(location, collection, current, current_name, plan, embed, spaces, targets, copied, encoded, have,
+               identity, checkpoint, versions, keep, plain, previous_serving, batch_size, show_progress, on_batch,
+               report)
+    step("checked")
+    if switch:
+        switch_to(location, collection, report.collection)
+        log.info("%s now serves %s (previous: %s)", collection, report.collection, report.previous)
+    return report
+
+
+def _build(location, collection, current, current_name, plan, embed, spaces, targets, copied, encoded, have, identity,
+           checkpoint, versions, keep, plain, previous_serving, batch_size, show_progress, on_batch,
+           report: RolloutReport) -> None:
+    """The rollout's writes, up to a checked and complete version ``report.collection`` (the switch is the caller's)."""
+    from ..serve.spaces import named_vector
+
+    resuming = checkpoint["collection"] if checkpoint is not None else None
+    # a first rollout's copy of the plain collection is made again below (it must be what serves now)
+    fresh = {resuming, version_name(collection, 0) if plain else None}
+    for stale in (name for name in versions.values() if name not in keep and name not in fresh):  # killed or old
         try:
             location.sibling(stale).delete()
             report.removed.append(stale)
@@ -234,7 +308,6 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     for abandoned in getattr(location, "remove_abandoned", lambda alias: [])(collection):  # Edge: half-made shards
         report.removed.append(abandoned)
         step("removed-stale")
-    plain = current_name == collection and location.alias_target(collection) is None and location.ALIASES_ARE_COLLECTIONS
     if plain:
         with _removed_on_full_disk(location, version_name(collection, 0), current_name):
             current_name = _copy_collection(location, current, version_name(collection, 0), previous_serving,
@@ -247,27 +320,35 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
         step("recorded-serving")
 
     started = time.perf_counter()
+    new_name = report.collection
     new = location.sibling(new_name)
-    sizes = {n: int(have[n]) for n in copied}
-    first = list(islice(current.iter_points(1), 1))
-    for name in encoded:
-        sizes[name] = len(targets[name][1].get_text_embedding_batch([_embed_text(first[0][1], current.text_field)])[0])
-    meta = current.metadata()
+    header = {SERVING_KEY: plan, VECTOR_KEY: named_vector(embed, spaces[0][0]), PREVIOUS_KEY: current_name,
+              "ace_rolled_out_at": time.time()}
     with _removed_on_full_disk(location, new_name, current_name):
-        new.on_step = step  # an engine whose create is more than one write (Edge: the shard, then its metadata) says so
-        try:
-            new.create(sizes, {**{k: v for k, v in meta.items() if k.startswith("bm25")}, SERVING_KEY: plan,
-                               VECTOR_KEY: named_vector(embed, spaces[0][0]), PREVIOUS_KEY: current_name,
-                               "ace_rolled_out_at": time.time()})
-        finally:
-            new.on_step = None
-        step("created-new")
-        bar = tqdm(total=total, desc=f"rollout into {new_name}", unit="doc", disable=not show_progress)
+        if checkpoint is None:
+            sizes = {n: int(have[n]) for n in copied}
+            first = list(islice(current.iter_points(1), 1))
+            for name in encoded:
+                sizes[name] = len(targets[name][1].get_text_embedding_batch([_embed_text(first[0][1], current.text_field)])[0])
+            checkpoint = {"written": 0, "last_id": None, "chain": ""}
+            new.cluster = dict(identity["cluster"])  # a server's shards and replicas: given, or the serving collection's
+            new.on_step = step  # an engine whose create is more than one write (Edge: the shard, then its metadata) says so
+            try:
+                new.create(sizes, {**{k: v for k, v in current.metadata().items() if k.startswith("bm25")}, **header,
+                                   RESUME_KEY: {**identity, **_progress(checkpoint)}})
+            finally:
+                new.on_step = None
+            step("created-new")
+        else:  # what serves it now (folders may have moved), and what it replaces
+            new.set_metadata(header)
+            log.info("resuming %s: %d of %d documents are in it already", new_name, checkpoint["written"],
+                        report.documents)
+        bar = tqdm(total=report.documents, initial=min(checkpoint["written"], report.documents),
+                   desc=f"rollout into {new_name}", unit="doc", disable=not show_progress)
         batch: list[tuple[str, dict, dict]] = []
-        done = 0
+        state = dict(checkpoint)
 
         def flush() -> None:
-            nonlocal done
             texts = [_embed_text(p, current.text_field) for _, p, _ in batch]
             fresh = {n: targets[n][1].get_text_embedding_batch(texts) for n in encoded}
             points = []
@@ -278,14 +359,18 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
                 vector.update({n: list(map(float, fresh[n][i])) for n in encoded})
                 points.append(models.PointStruct(id=pid, vector=vector, payload=payload))
             new.write_points(points)
-            done += len(batch)
+            # the checkpoint, once the batch is in: a run killed before it writes this batch again
+            state.update(written=state["written"] + len(batch), last_id=_raw_id(batch[-1][0]),
+                         chain=_chain(state["chain"], batch))
+            new.set_metadata({RESUME_KEY: {**identity, **_progress(state)}})
+            report.embedded += len(batch)
             bar.update(len(batch))
             if on_batch:
-                on_batch(done)
+                on_batch(state["written"])
             batch.clear()
             step("wrote-batch")
 
-        for point in current.iter_points(batch_size):
+        for point in _points_after(current, checkpoint, batch_size):
             batch.append(point)
             if len(batch) >= batch_size:
                 flush()
@@ -294,14 +379,135 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
         bar.close()
         new.optimize()
         report.encode_seconds = round(time.perf_counter() - started, 1)
-        report.seconds_per_1000 = round(report.encode_seconds / max(1, total) * 1000, 2)
+        report.seconds_per_1000 = round(report.encode_seconds / report.embedded * 1000, 2) if report.embedded else 0.0
         report.checks = check_rollout(current, new, next(iter(targets)))
     new.set_metadata({VERSION_OF_KEY: collection})  # complete: what a killed switch below is finished with
-    step("checked")
-    if switch:
-        switch_to(location, collection, new_name)
-        log.info("%s now serves %s (previous: %s)", collection, new_name, current_name)
-    return report
+
+
+# ---- resuming: a version records what it is built from and how far it got ------------------------------------------
+RESUME_KEY = "ace_resume"
+
+
+def _resume_record(version) -> dict[str, Any] | None:
+    try:
+        record = version.metadata().get(RESUME_KEY)
+    except Exception:  # noqa: BLE001 - an unreadable version is not resumed (the stale loop removes it)
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _progress(state: dict[str, Any]) -> dict[str, Any]:
+    return {"written": state["written"], "last_id": state["last_id"], "chain": state["chain"]}
+
+
+def _raw_id(pid: str) -> str | int:
+    """A point id as Qdrant takes it back (an unsigned integer, else a UUID string)."""
+    return int(pid) if pid.isdigit() else pid
+
+
+def _chain(chain: str, points: list[tuple[str, dict, dict]]) -> str:
+    """The checkpoint's fingerprint of every source point written so far (id and payload), in scroll order."""
+    digest = bytes.fromhex(chain)
+    for pid, payload, _ in points:
+        digest = hashlib.sha256(digest + pid.encode() + b"\0" +
+                                json.dumps(payload, sort_keys=True, default=str).encode()).digest()
+    return digest.hex()
+
+
+def _points_after(source, checkpoint: dict[str, Any], batch_size: int, with_vectors: bool = True):
+    """The source's points after the checkpoint's last one, in scroll order (all of them from a fresh start)."""
+    last = checkpoint.get("last_id")
+    for point in source.iter_points(batch_size, offset=last, with_vectors=with_vectors):
+        if last is not None and point[0] == str(last):
+            continue
+        yield point
+
+
+def _roll_forward(version, source, checkpoint: dict[str, Any]) -> int | None:
+    """Points a killed run wrote after its last checkpoint (a batch written, its checkpoint not): when they are the
+    source's next points, with the same payloads, they were embedded by this same build, so the checkpoint moves over
+    them (their number is returned). None when they are not (the source changed there): the version is not resumed.
+    (Deleting them instead would leave Qdrant Edge's BM25 statistics counting them until its next vacuum.)"""
+    last = checkpoint.get("last_id")
+    past = [(pid, payload) for pid, payload, _ in version.iter_points(256, offset=last, with_vectors=False)
+            if last is None or pid != str(last)]
+    if not past:
+        return 0
+    following = _points_after(source, checkpoint, 256, with_vectors=False)
+    matched = []
+    for pid, payload in past:
+        point = next(following, None)
+        if point is None or point[0] != pid or _normal(point[1]) != _normal(payload):
+            return None
+        matched.append(point)
+    checkpoint.update(written=checkpoint["written"] + len(matched), last_id=_raw_id(matched[-1][0]),
+                      chain=_chain(checkpoint["chain"], matched))
+    return len(matched)
+
+
+def _resumable(location, versions: dict[int, str], keep: set, identity: dict[str, Any], source,
+               report: RolloutReport) -> dict[str, Any] | None:
+    """The newest version left by an earlier rollout of this same build (same model and adapter weights, same
+    serving collection, same vectors and BM25 settings) whose checkpoint still matches the source, and its
+    checkpoint; None when there is none. One that does not match is left to the stale loop (removed), with a note."""
+    for n in sorted(versions, reverse=True):
+        name = versions[n]
+        if name in keep:
+            continue
+        version = location.sibling(name)
+        record = _resume_record(version)
+        if record is None or EXPERIMENT_KEY in version.metadata():
+            continue
+        differs = [k for k in ("plan", "source", "vectors", "encoded", "copied", "bm25", "cluster")
+                   if _normal(record.get(k)) != _normal(identity[k])]
+        if differs:
+            report.notes.append(f"{name} was built for another rollout ({', '.join(differs)} differ): removed, not resumed")
+            continue
+        if set(version.dense_vectors()) != set(identity["vectors"]):
+            report.notes.append(f"{name} lacks the vectors it should hold: removed, not resumed")
+            continue
+        checkpoint = {"collection": name, "written": int(record.get("written") or 0), "last_id": record.get("last_id"),
+                      "chain": str(record.get("chain") or "")}
+        if not _source_unchanged(source, checkpoint):
+            report.notes.append(f"{name}: the documents it was built from have changed since (added, removed or "
+                                "edited before its checkpoint): removed, not resumed")
+            continue
+        rolled = _roll_forward(version, source, checkpoint)
+        if rolled is None:
+            report.notes.append(f"{name}: the documents it holds past its checkpoint are not the serving collection's "
+                                "next ones any more: removed, not resumed")
+            continue
+        if rolled:
+            report.notes.append(f"{name}: {rolled} documents written after its last checkpoint are kept (the same "
+                                "documents, embedded by the same model)")
+        return checkpoint
+    return None
+
+
+def _normal(value: Any) -> Any:
+    """A value as it comes back from a collection's metadata (JSON: tuples are lists)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _source_unchanged(source, checkpoint: dict[str, Any]) -> bool:
+    """Whether the source's points up to the checkpoint's last one are those the version was built from (read
+    without vectors: a pass over payloads, no model)."""
+    written, last = checkpoint["written"], checkpoint["last_id"]
+    if written == 0:
+        return True
+    if last is None:
+        return False
+    chain, seen = "", 0
+    batch: list[tuple[str, dict, dict]] = []
+    for point in source.iter_points(256, with_vectors=False):
+        batch.append(point)
+        seen += 1
+        if point[0] == str(last) or seen >= written:
+            chain = _chain(chain, batch)
+            return seen == written and point[0] == str(last) and chain == checkpoint["chain"]
+        if len(batch) >= 256:
+            chain, batch = _chain(chain, batch), []
+    return False
 
 
 def switch_to(location, collection: str, version: str) -> None:
@@ -338,6 +544,7 @@ def _copy_collection(location, source, name: str, serving: dict[str, Any], show_
     copy = location.sibling(name)
     if copy.exists():
         copy.delete()
+    copy.cluster = source.cluster_settings()  # a server's shards and replicas, as the source has them
     copy.create(source.dense_vectors(), {**source.metadata(), SERVING_KEY: serving})
     batch = []
     for pid, payload, vectors in tqdm(source.iter_points(256), total=source.count(), desc=f"keeping {source.collection} "

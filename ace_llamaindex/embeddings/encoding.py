@@ -17,6 +17,7 @@ from ..atomic import honour_umask
 from ..errors import OptionError
 from .backends import choose_export
 from .models import load_model, model_fingerprint, resolve_model
+from .workers import pooled
 
 Kind = Literal["query", "document"]
 log = logging.getLogger(__name__)
@@ -135,7 +136,8 @@ class CachedEncoder:
         keys = [_key(t) for t in texts]
         missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in table}
         if missing:
-            encode = self.model.encode_query if kind == "query" else self.model.encode_document
+            model = self.model
+            encode = pooled(model, model.encode_query if kind == "query" else model.encode_document)
             vectors = encode(
                 list(missing.values()),
                 batch_size=self.batch_size,

@@ -290,11 +290,11 @@ class EdgeCorpusIndex(CorpusIndex):
         meta = self._meta()
         write_json(self.root / META_FILE, {**meta, "metadata": {**meta.get("metadata", {}), **extra}})
 
-    def iter_points(self, batch_size: int = 256) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
-        offset = None
+    def iter_points(self, batch_size: int = 256, *, offset: str | int | None = None,
+                    with_vectors: bool = True) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
         while True:
             points, offset = self.shard.scroll(self.q.ScrollRequest(offset=offset, limit=batch_size, with_payload=True,
-                                                                    with_vector=True))
+                                                                    with_vector=with_vectors))
             for p in points:
                 vectors = {name: models.SparseVector(indices=list(v.indices), values=list(v.values))
                            if hasattr(v, "indices") else list(v) for name, v in (p.vector or {}).items()}

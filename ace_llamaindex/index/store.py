@@ -217,6 +217,43 @@ def open_local(collection: str, *, path: str | None = None, url: str | None = No
 # A rollout's collection <alias>__v<N> records, once complete, the alias it is a version of (CorpusIndex.recover_alias)
 VERSION_OF_KEY = "ace_version_of"
 
+# How a collection is spread over a Qdrant cluster (qdrant-client's create_collection arguments), and their CLI options
+CLUSTER_KEYS = ("shard_number", "replication_factor", "write_consistency_factor")
+CLUSTER_FLAGS = {"shard_number": "--shards", "replication_factor": "--replication-factor",
+                 "write_consistency_factor": "--write-consistency"}
+
+
+def cluster_flags(given: Mapping[str, Any]) -> str:
+    """The options given, as the CLI spells them (``--shards 3, --replication-factor 2``)."""
+    return ", ".join(f"{CLUSTER_FLAGS[k]} {v}" for k, v in given.items())
+
+
+def cluster_options(index, **given: int | None) -> dict[str, int]:
+    """The cluster settings given (None left out), checked, for a collection ``index`` will create: one clear error
+    for a bad value, or for any value on an embedded engine (it has no shards or replicas: they would mean nothing;
+    ``index=None``: an embedded location not opened yet)."""
+    given = {k: v for k, v in given.items() if v is not None}
+    check_cluster(given)
+    serves = getattr(index, "serves_cluster", None)
+    if given and not (serves is not None and serves()):
+        engine = f" ({type(index).__name__})" if index is not None else ""
+        raise OptionError(f"{cluster_flags(given)}: shards and replicas are a Qdrant server's (--qdrant-url); an "
+                          f"embedded engine{engine} (--qdrant-path) has neither, so they would mean nothing")
+    return given
+
+
+def check_cluster(given: Mapping[str, Any]) -> None:
+    """Each a whole number of at least 1, and no write waiting for more replicas than a shard has."""
+    for key, value in given.items():
+        if key not in CLUSTER_KEYS:
+            raise OptionError(f"unknown cluster setting {key!r}; known: {', '.join(CLUSTER_KEYS)}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise OptionError(f"{CLUSTER_FLAGS[key]} must be a whole number of at least 1, got {value!r}")
+    wcf, rf = given.get("write_consistency_factor"), given.get("replication_factor")
+    if wcf is not None and rf is not None and wcf > rf:
+        raise OptionError(f"--write-consistency {wcf} is more than --replication-factor {rf}: a write would wait for "
+                          "replicas that do not exist")
+
 
 def local_holds(path: Path, collection: str) -> bool:
     """Whether ``path`` is an embedded qdrant-client folder holding ``collection``: a collection, a rollout's alias (in
@@ -247,6 +284,7 @@ class CorpusIndex:
         self.collection = check_collection_name(collection)
         self.bm25 = bm25 or BM25Encoder()
         self.text_field, self.id_field = text_field, id_field
+        self.cluster: dict[str, int] = {}  # shard_number, replication_factor, write_consistency_factor for _create
 
     # ---- the engine: every call that touches Qdrant itself (EdgeCorpusIndex overrides these) ---------------
     def exists(self) -> bool:
@@ -280,6 +318,7 @@ class CorpusIndex:
             vectors_config={n: models.VectorParams(size=d, distance=models.Distance.COSINE) for n, d in dense.items()},
             sparse_vectors_config={SPARSE_NAME: models.SparseVectorParams(modifier=models.Modifier.IDF)},
             metadata=metadata,
+            **self.cluster,
         )
 
     def _write(self, points: list[models.PointStruct]) -> None:
@@ -380,12 +419,14 @@ class CorpusIndex:
             raise OptionError(f"collection {self.collection!r} already exists")
         self._create(dense, dict(metadata))
 
-    def iter_points(self, batch_size: int = 256) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
-        """(point id, payload, vectors by name: dense lists and BM25 as a ``SparseVector``) for every point."""
-        offset = None
+    def iter_points(self, batch_size: int = 256, *, offset: str | int | None = None,
+                    with_vectors: bool = True) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """(point id, payload, vectors by name: dense lists and BM25 as a ``SparseVector``) for every point, in
+        Qdrant's scroll order (by point id); from the point ``offset`` on (included) when given. ``with_vectors=False``:
+        an empty dict instead of the vectors (reading payloads only)."""
         while True:
             points, offset = self.client.scroll(self.collection, limit=batch_size, offset=offset, with_payload=True,
-                                                with_vectors=True)
+                                                with_vectors=with_vectors)
             for p in points:
                 yield str(p.id), dict(p.payload or {}), dict(p.vector or {})
             if offset is None:
@@ -394,6 +435,41 @@ class CorpusIndex:
     def write_points(self, points: list[models.PointStruct]) -> None:
         """Write whole points (vectors already computed)."""
         self._write(points)
+
+    # ---- a Qdrant server or cluster: how a new collection is spread ----------------------------------------------
+    def serves_cluster(self) -> bool:
+        """Whether this index talks to a Qdrant server or cluster (by URL), where collections have shards and
+        replicas; an embedded engine has neither."""
+        from qdrant_client.local.qdrant_local import QdrantLocal
+
+        return self.client is not None and not isinstance(getattr(self.client, "_client", None), QdrantLocal)
+
+    def set_cluster(self, shard_number: int | None = None, replication_factor: int | None = None,
+                    write_consistency_factor: int | None = None) -> dict[str, int]:
+        """How the collection is spread when this index creates it (None: the server's default: a shard per node,
+        one replica, a write acknowledged by one replica). Given to an embedded engine, where they mean nothing, they
+        are one clear error; given for a collection that exists already, they do not change it (a warning says so:
+        ``ace rollout`` builds a new version with them). Returns what will be used."""
+        given = cluster_options(self, shard_number=shard_number, replication_factor=replication_factor,
+                                write_consistency_factor=write_consistency_factor)
+        if given and self.exists():
+            have = self.cluster_settings()
+            differ = {k: (have.get(k), v) for k, v in given.items() if have.get(k) != v}
+            if differ:
+                log.warning("collection %r exists already (%s); %s apply to new collections only (`ace rollout` builds "
+                            "a new version with them)", self.collection,
+                            ", ".join(f"{k}={have_v}" for k, (have_v, _) in differ.items()), cluster_flags(given))
+        self.cluster = given
+        return dict(given)
+
+    def cluster_settings(self) -> dict[str, int]:
+        """The collection's shard number, replication factor and write consistency factor, on a server (what a
+        rollout's new version copies); {} on an embedded engine or when it does not exist."""
+        if not self.serves_cluster() or not self.exists():
+            return {}
+        params = self.client.get_collection(self.collection).config.params
+        found = {k: getattr(params, k, None) for k in CLUSTER_KEYS}
+        return {k: int(v) for k, v in found.items() if v is not None}
 
     # ---- schema --------------------------------------------------------------------------------------------
     def ensure(self, dense: Mapping[str, int]) -> None:

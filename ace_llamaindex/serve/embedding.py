@@ -21,6 +21,7 @@ from pydantic import Field, PrivateAttr
 from ..embeddings.backends import BACKENDS
 from ..embeddings.models import DEFAULT_MODEL, content_fingerprint, load_model, resolve_model, served_space_suffix
 from ..embeddings.models import vector_name as _label_vector_name
+from ..embeddings.workers import pooled
 from ..errors import EmbeddingError, OptionError
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ class FineTunedEmbedding(LengthSortedBatches, BaseEmbedding):
         """Encode with the fine-tuned model only (no fallback); raises :class:`EmbeddingError`."""
         model = self._load()
         prompt = self.query_prompt if kind == "query" else self.document_prompt
-        encode = model.encode_query if kind == "query" else model.encode_document
+        encode = pooled(model, model.encode_query if kind == "query" else model.encode_document)  # --workers
         try:
             kwargs = {"prompt": prompt} if prompt is not None else {}
             vectors = encode(texts, batch_size=self.embed_batch_size, normalize_embeddings=self.normalize,
