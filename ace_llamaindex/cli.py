@@ -87,6 +87,72 @@ def dataset_options(f):
     return click.argument("dataset", required=False, type=click.Path(path_type=Path))(f)
 
 
+def workers_option(f):
+    """``--workers N``: the whole command encodes with N processes (sentence-transformers' multi-process pool: one per
+    GPU, else CPU processes sharing the cores; embeddings.workers). Put it under ``@friendly``."""
+
+    @functools.wraps(f)
+    def wrapper(*args, workers, **kwargs):
+        from .embeddings.workers import encoding_workers
+
+        with encoding_workers(workers):
+            return f(*args, **kwargs)
+
+    return click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help=WORKERS_HELP)(wrapper)
+
+
+WORKERS_HELP = ("Encode with N processes: one per GPU, else CPU processes sharing the cores (1: this process). Each "
+                "process loads the model (seconds), so it pays on large corpora.")
+
+
+# ---- options several commands take, each declared once ------------------------------------------------------------
+ENGINE = click.option("--engine", default="auto", show_default=True,
+                      help="The Qdrant engine: auto (Qdrant Edge when installed, else qdrant-client's local mode; the engine "
+                           "that already holds the collection in --qdrant-path wins), local, edge, or a registered engine.")
+MAX_QUERIES = click.option("--max-queries", type=click.IntRange(min=1), default=None,
+                           help="A seeded random sample of this many queries.")
+AS_JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+# where a serving collection lives (index, search, rollout, rollback, experiment)
+SERVING_LOCATION = [
+    click.option("--collection", default="ace_memories", show_default=True, help="The name applications serve from."),
+    click.option("--qdrant-path", default="qdrant_data", show_default=True, help="Embedded Qdrant folder."),
+    click.option("--qdrant-url", default=None, help="Qdrant server or cluster (overrides --qdrant-path)."),
+]
+# an existing collection a command reads (mine: the current system; train: the champion)
+EXISTING_COLLECTION = [
+    click.option("--collection", default=None, help="An existing Qdrant collection: `ace mine` mines over it (your "
+                 "current system); `ace train` reads the champion it serves (what `ace rollout` recorded)."),
+    click.option("--qdrant-path", default=None, help="Embedded Qdrant folder holding --collection."),
+    click.option("--qdrant-url", default=None, help="Qdrant server or cluster holding --collection."),
+]
+
+
+def with_options(*options):
+    """Apply click options in the order given (as if written one above the other)."""
+    def apply(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return apply
+
+
+def cluster_options(f):
+    """``--shards``, ``--replication-factor``, ``--write-consistency``: how a new collection is spread over a Qdrant
+    cluster (--qdrant-url); given for an embedded engine they are one clear error."""
+    for opt in reversed([
+        click.option("--shards", "shard_number", default=None, type=click.IntRange(min=1),
+                     help="Qdrant server/cluster: shards of a new collection (default: the server's, one per node)."),
+        click.option("--replication-factor", default=None, type=click.IntRange(min=1),
+                     help="Qdrant server/cluster: copies of each shard (default: the server's, 1; 2 or more for a "
+                          "cluster that keeps serving while a node is down)."),
+        click.option("--write-consistency", "write_consistency_factor", default=None, type=click.IntRange(min=1),
+                     help="Qdrant server/cluster: replicas that must acknowledge a write (default: the server's, 1; at "
+                          "most --replication-factor)."),
+    ]):
+        f = opt(f)
+    return f
+
+
 def _load(dataset, fmt, split, strict):
     """Load a dataset and say in one line what hygiene dropped."""
     from .data.loading import load_dataset
@@ -126,8 +192,7 @@ def mining_options(f):
         click.option("--min-difficulty", type=click.Choice(["easy", "medium", "hard"]), help="Only queries at least this hard."),
         click.option("--skip-category", multiple=True, help="Skip queries of this category (repeatable)."),
         click.option("--seed", default=42, show_default=True, type=int),
-        click.option("--engine", default="auto", show_default=True,
-                     help="Engine for the throwaway mining index: Qdrant Edge if installed (auto), local mode, or a registered engine."),
+        ENGINE,
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -149,7 +214,31 @@ POSITIVE = click.IntRange(min=1)
 FRACTION = FiniteFloat(0, 1, max_open=True)
 
 
+def _trainer_alias(f):
+    """``--trainer``, ``--method``'s earlier name: deprecated; it still works, with a DeprecationWarning and a line."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        alias = kwargs.pop("trainer_alias", None)
+        if alias is not None:
+            import warnings
+
+            from click.core import ParameterSource
+
+            from .errors import AceDeprecationWarning
+
+            if click.get_current_context().get_parameter_source("trainer") is not ParameterSource.DEFAULT:
+                raise click.UsageError("give --method (--trainer is its deprecated earlier name), not both")
+            warnings.warn("--trainer is deprecated: use --method (the same option)", AceDeprecationWarning, stacklevel=2)
+            console.print("[yellow]warning:[/yellow] --trainer is deprecated: use --method (the same option)", highlight=False)
+            kwargs["trainer"] = alias
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
 def training_options(f):
+    f = _trainer_alias(f)
     opts = [
         click.option("--base-model", default=None, help="Model to fine-tune (default: bundled all-MiniLM-L6-v2); folder or HF id."),
         click.option("--epochs", default=None, type=POSITIVE,
@@ -187,12 +276,13 @@ def training_options(f):
         click.option("--continual/--no-continual", default=True, show_default=True,
                      help="With a champion (--champion/--collection): also train candidates that continue it (its adapter "
                           "or weights) on the new data plus the data it was trained on (replay), judged by the same rule."),
-        click.option("--method", "--trainer", "trainer", default="auto", show_default=True,
+        click.option("--method", "trainer", default="auto", show_default=True,
                      help="auto: train a query adapter, the full fine-tune, weight interpolations of base and fine-tuned "
                           "and an adapter on the fine-tune, keep the best the gate calls better on unseen documents (the "
                           "cheaper on a tie; none: the base stays; full-fine-tune options apply to the fine-tunes). "
                           "full: fine-tune only. adapter: query-side adapter on frozen vectors (no re-indexing, seconds "
                           "on a CPU, works over an endpoint). Or an installed trainer plugin."),
+        click.option("--trainer", "trainer_alias", default=None, hidden=True, help="Deprecated: --method."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -214,8 +304,16 @@ def _training(kw: dict, seed: int):
 
 
 def _interval_line(s: dict) -> str:
+    from .evaluate.stats import interval
+
     change = f"{s['base']:.3f} -> {s['finetuned']:.3f}, " if s.get("base") is not None else ""
-    return f"{change}{s['delta']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]"
+    return change + interval(s["delta"], s["ci95"])
+
+
+def _verdict_colour(verdict: str | None) -> str:
+    from .evaluate.stats import Verdict
+
+    return {Verdict.BETTER: "green", Verdict.WORSE: "red"}.get(verdict, "yellow")
 
 
 def inconclusive_reason(g: dict) -> str:
@@ -223,8 +321,10 @@ def inconclusive_reason(g: dict) -> str:
     from .embeddings.card import deciding_subset
 
     s = deciding_subset(g)
+    from .evaluate.stats import Verdict
+
     s = {**s, "n": s.get("n", g.get("n_queries"))}
-    if g.get("verdict") == "can't tell":
+    if g.get("verdict") == Verdict.CANT_TELL:
         return (f"{g['decided_by']}: every validation query but those asks about documents training queries also had, "
                 "so a gain there could be memorised documents. More queries about other documents would tell.")
     if s.get("base") is not None and s["base"] >= 0.9:
@@ -241,19 +341,20 @@ def inconclusive_reason(g: dict) -> str:
 def print_training(card: dict) -> None:
     """The promotion gate's verdict (and, for --method auto, every candidate's) and the fusion, for people."""
     from .embeddings.card import deciding_subset
+    from .evaluate.stats import Verdict, interval
 
     g = card.get("gate") or {}
     for name, c in (card.get("candidates") or {}).items():
         cg = c["gate"]
         where = cg.get("decided_by", "")
         sub = deciding_subset(cg)
-        line = f"{where} {sub['delta']:+.3f} [{sub['ci95'][0]:+.3f}, {sub['ci95'][1]:+.3f}]" \
+        line = f"{where} {interval(sub['delta'], sub['ci95'])}" \
             if sub is not cg and sub.get("delta") is not None \
             else f"{cg['delta']:+.3f} ({where})"
         console.print(f"  candidate {name:<18} {line}: {cg['verdict']}"
                       f"{' (re-index)' if c['reindex'] else ' (no re-index)'}", highlight=False)
     if g.get("delta") is not None:
-        colour = {"better": "green", "worse": "red"}.get(g["verdict"], "yellow")
+        colour = _verdict_colour(g["verdict"])
         label = f" for {card['gate_of']}" if card.get("gate_of") else ""
         console.print(f"promotion gate{label} ({g['n_queries']} validation queries): {g['metric']} {_interval_line(g)}: "
                       f"[{colour}]{escape(g['verdict'])}[/{colour}] (decided by {g.get('decided_by', 'all validation queries')})",
@@ -263,12 +364,12 @@ def print_training(card: dict) -> None:
                 console.print(f"  {name} ({sub['n']} queries): {_interval_line(sub)}: {sub['verdict']}", highlight=False)
     elif g:
         console.print(f"promotion gate: {g.get('verdict')}", highlight=False)
-    if g.get("verdict") in ("no clear difference", "worse", "can't tell") and g.get("base") is not None:
+    if g.get("verdict") in (Verdict.NO_CLEAR_DIFFERENCE, Verdict.WORSE, Verdict.CANT_TELL) and g.get("base") is not None:
         console.print(f"[yellow]no gain shown:[/yellow] {inconclusive_reason(g)}", highlight=False)
     champion = card.get("champion")
     if champion:
         cg = champion.get("gate") or {}
-        colour = {"better": "green", "worse": "red"}.get(cg.get("verdict"), "yellow")
+        colour = _verdict_colour(cg.get("verdict"))
         sub = deciding_subset(cg)
         evidence = f"{_interval_line(sub)}: " if sub.get("delta") is not None else ""
         console.print(f"against the champion ({champion['source']}, {cg.get('n_queries', 0)} validation queries): "
@@ -283,6 +384,8 @@ def print_training(card: dict) -> None:
 
 def print_report(report: dict, metric: str = "ndcg@10") -> None:
     """The overall table and the verdicts, for people."""
+    from .evaluate.stats import ci_text
+
     metrics = [m for m in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "cosine") if m in report["metrics"]]
     metrics += [m for m in report["metrics"] if m not in metrics]
     table = Table(title=f"{report['n_queries']} queries, {report['n_documents']} documents")
@@ -297,9 +400,9 @@ def print_report(report: dict, metric: str = "ndcg@10") -> None:
         verdicts.add_column(col)
     for c in report["comparisons"]:
         if c["metric"] in ("recall@1", metric):
-            colour = {"better": "green", "worse": "red"}.get(c["verdict"], "yellow")
+            colour = _verdict_colour(c["verdict"])
             verdicts.add_row(f"{c['candidate']} vs {c['baseline']}", c["metric"], f"{c['delta']:+.3f}",
-                             f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]", f"[{colour}]{c['verdict']}[/{colour}]")
+                             ci_text(c["ci95"]), f"[{colour}]{c['verdict']}[/{colour}]")
     out.print(verdicts)
     fusion = report.get("fusion")
     if fusion:
@@ -313,9 +416,7 @@ def print_report(report: dict, metric: str = "ndcg@10") -> None:
 @dataset_options
 @mining_options
 @click.option("-o", "--output", default="training_data.json", show_default=True, type=click.Path(path_type=Path))
-@click.option("--collection", default=None, help="Mine over this existing Qdrant collection (your current system).")
-@click.option("--qdrant-url", default=None, help="Qdrant server or cluster holding --collection.")
-@click.option("--qdrant-path", default=None, help="Embedded Qdrant folder holding --collection.")
+@with_options(*EXISTING_COLLECTION)
 @click.option("--vector-name", default=None, help="Named dense vector to search in --collection.")
 @click.option("--text-field", default="text", show_default=True, help="Payload key with the document text.")
 @click.option("--id-field", default="doc_id", show_default=True, help="Payload key with the corpus id.")
@@ -325,79 +426,27 @@ def print_report(report: dict, metric: str = "ndcg@10") -> None:
 @click.option("--test-fraction", default=0.2, show_default=True, type=FiniteFloat(0, 1, max_open=True),
               help="With --from-feedback: the most recent share of queries, written to OUTPUT's .test.json for `ace eval`.")
 @friendly
+@workers_option
 def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_path, vector_name, text_field, id_field,
          feedback, test_fraction, **kw):
     """Mine hard negatives for DATASET (default: the shipped demo) and write training_data.json."""
     from .atomic import check_output
 
     check_output(output)
-    from .embeddings.encoding import CachedEncoder
-    from .mine.mining import save_training_data
-    from .plugins.manager import get
+    from .loop import mine_training_data
 
-    if feedback and dataset:
-        raise OptionError("give DATASET or --from-feedback, not both")
-    if feedback and not collection:
-        raise OptionError("--from-feedback needs --collection (with --qdrant-path or --qdrant-url): the collection the "
-                          "logged results came from holds the documents' texts")
     options = _mining(kw)
     options.validate()
-    encoder = CachedEncoder(kw["model"])  # loads the model on first use: a miner that needs none never does
-    extra = {"engine": kw["engine"]}
-    if collection:
-        from .index.engines import open_index
-        from .index.store import shown_url
-        from .serve.serving_record import SERVING_KEY, serving_target
-
-        if not qdrant_url and not qdrant_path:
-            raise OptionError(f"--collection {collection!r}: say where it is (--qdrant-path FOLDER or --qdrant-url URL)")
-        if not qdrant_url and not Path(qdrant_path).is_dir():
-            raise OptionError(f"no index at {qdrant_path!r} (--qdrant-path); run `ace index` first")
-        index = open_index(collection, path=qdrant_path, url=qdrant_url,
-                           engine=kw["engine"], text_field=text_field, id_field=id_field)
-        if not index.exists():
-            where = (f"at the Qdrant server {shown_url(qdrant_url)}" if qdrant_url
-                     else f"in the embedded Qdrant folder {qdrant_path!r} (--qdrant-path)")
-            raise OptionError(f"no collection {collection!r} {where}")
-        serving = index.sibling(serving_target(index, collection)).metadata().get(SERVING_KEY)
-        if serving and kw["model"] is None:  # the collection's documents and queries are that model's, not the base's
-            from .serve.served_model import serving_encoder
-
-            recorded = str(serving.get("model"))
-            if Path(recorded).is_absolute() and not Path(recorded).exists():
-                raise OptionError(f"collection {collection!r} is served by {recorded} (its {SERVING_KEY} record), which "
-                                  "is not here; pass --model with that model (a copy of it) to mine with it")
-            encoder = serving_encoder(serving, CachedEncoder(recorded))
-            adapter = f" with the query adapter {serving['adapter']}" if serving.get("adapter") else ""
-            console.print(f"mining with {recorded}{adapter}: what collection {collection!r} is served by (its "
-                          f"{SERVING_KEY} record; --model to choose another)", highlight=False, soft_wrap=True)
-        using = vector_name or (None if kw["miner"] == "bm25" else
-                                _collection_vector(index, encoder, collection, kw["model"], serving))
-        extra = {"index": index, "using": using}
-    if not feedback:
-        ds = _load(dataset, fmt, split, strict)
-        examples = get("miners", kw["miner"])(encoder=encoder, options=options, **extra).mine(ds)
-    else:
-        from .mine.feedback_dataset import load_feedback, with_rejected_negatives
-
-        corpus = {doc_id: text for doc_id, text, _ in extra["index"].iter_documents()}
-        data = load_feedback(feedback, corpus)
-        ds, test = data.recent_split(test_fraction)
-        examples = get("miners", kw["miner"])(encoder=encoder, options=options, **extra).mine(ds)
-        examples = with_rejected_negatives(examples, data, corpus, options.num_negatives)
-        share, where = data.seen_share(test_fraction or 0.2)
-        facts = {"seen_share": {"value": share, "source": where}}
-        console.print(f"seen share {share:.0%} ({where}); `ace train` weighs the gate so unless given --seen-share",
-                      highlight=False, soft_wrap=True)
-        counts = ", ".join(f"{v} {k}" for k, v in data.counts.items() if v)
-        console.print(f"feedback: {counts}; {len(ds.queries)} queries for training", highlight=False, soft_wrap=True)
-        if test is not None:
-            test_path = output.with_suffix(".test.json")
-            test.save(test_path)
-            console.print(f"{len(test.queries)} most recent queries held out -> {test_path} (ace eval {test_path} ...)",
-                          highlight=False, soft_wrap=True)
-    save_training_data(examples, output, source=ds.source, options=options, **(facts if feedback else {}))
+    mined = mine_training_data(dataset if feedback else _load(dataset, fmt, split, strict), output, feedback=feedback,
+                               collection=collection, qdrant_path=qdrant_path, qdrant_url=qdrant_url, miner=kw["miner"],
+                               model=kw["model"], options=options, engine=kw["engine"], vector_name=vector_name,
+                               text_field=text_field, id_field=id_field, test_fraction=test_fraction, notify=_note)
+    examples = mined.examples
     console.print(f"{len(examples)} examples, {sum(len(e.negatives) for e in examples)} negatives -> {output}")
+
+
+def _note(message: str) -> None:
+    console.print(message, highlight=False, soft_wrap=True)
 
 
 @cli.command()
@@ -410,14 +459,15 @@ def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_pat
 @click.option("--document-prefix", default="", help="Prefix for endpoint documents (nomic: 'search_document: ').")
 @click.option("--champion", "champion_dir", default=None, type=click.Path(path_type=Path),
               help="The model serving now (a folder `ace train` wrote): every candidate must beat it, not only the base.")
-@click.option("--collection", default=None,
-              help="Or read the champion from this serving collection (what `ace rollout` recorded; with --qdrant-path/--qdrant-url).")
-@click.option("--qdrant-path", default=None, help="Embedded Qdrant folder holding --collection.")
-@click.option("--qdrant-url", default=None, help="Qdrant server or cluster holding --collection.")
+@with_options(*EXISTING_COLLECTION)
+@click.option("--nproc", default=None, type=click.IntRange(min=1),
+              help="Train data-parallel on N processes of this machine (starts torchrun; one GPU each on CUDA, else the "
+                   "CPU cores shared out; --method auto or full; --batch-size is per process). Under torchrun or "
+                   "accelerate launch, leave it out.")
 @training_options
 @friendly
 def train(training_data, output, seed, base_url, base_model_name, query_prefix, document_prefix, champion_dir, collection,
-          qdrant_path, qdrant_url, **kw):
+          qdrant_path, qdrant_url, nproc, **kw):
     """Train on TRAINING_DATA (from `ace mine`) and write what the gate promotes to OUTPUT (default --method auto:
     a query adapter, a fine-tuned model, or both; nothing when no candidate is better).
 
@@ -432,25 +482,31 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
     from .atomic import check_output
 
     check_output(output, "dir")
-    from .mine.mining import load_training_data, training_metadata
+    from .loop import train_model
+    from .mine.mining import load_training_data
     from .plugins.manager import get
+    from .train import distributed
+    from .train.training import detect_device
 
-    examples = load_training_data(training_data)
-    config = _training(kw, seed)
-    measured = training_metadata(training_data).get("seen_share")
-    if config.seen_share is None and isinstance(measured, dict) and measured.get("value") is not None:
-        config.seen_share, config.seen_share_source = float(measured["value"]), measured.get("source")
-        console.print(f"seen share {config.seen_share:.0%}: {config.seen_share_source}", highlight=False, soft_wrap=True)
-    elif config.seen_share is not None:
-        config.seen_share_source = "--seen-share"
-    champion, corpus = _champion(champion_dir, collection, qdrant_path, qdrant_url)
-    extra = {"training_data": training_data, **({"champion": champion} if champion else {}),
-             **({"corpus": corpus} if corpus else {})}
-    if champion:
-        console.print(f"champion: {champion.describe()}", highlight=False, soft_wrap=True)
-    if base_url:  # every trainer gets the endpoint; one that fine-tunes weights refuses it (TrainResult says why)
-        extra["base_encoder"] = _baseline_encoder(None, base_url, base_model_name, query_prefix, document_prefix)
-    result = get("trainers", kw["trainer"])(examples, output, config, **extra)
+    trainer = get("trainers", kw["trainer"])
+    if nproc is not None and distributed.world_size() > 1:
+        raise OptionError("--nproc starts torchrun itself: leave it out under torchrun or accelerate launch")
+    distributed.check_trainer(trainer, kw["trainer"], nproc)
+    if nproc is not None and nproc > 1:  # refused here, before any process starts, what the processes would refuse
+        distributed.check_device(detect_device(kw["device"]), nproc)
+        load_training_data(training_data)  # a missing or malformed file: one line here, not one per process
+        sys.exit(distributed.launch(nproc, _command_line(click.get_current_context(), drop={"nproc"})))
+    main_rank = distributed.is_main()  # under a launcher rank 0 alone prints, judges and writes
+    distributed.start(detect_device(kw["device"]))  # joins the other processes (one process: nothing)
+    # every trainer gets an endpoint; one that fine-tunes weights refuses it (TrainResult says why)
+    base_encoder = _baseline_encoder(None, base_url, base_model_name, query_prefix, document_prefix) if base_url else None
+    result = train_model(training_data, output, method=kw["trainer"], config=_training(kw, seed), champion=champion_dir,
+                         collection=collection, qdrant_path=qdrant_path, qdrant_url=qdrant_url, base_encoder=base_encoder,
+                         notify=_note)
+    if not main_rank:
+        console.print(f"rank {distributed.rank()} of {distributed.world_size()}: trained data-parallel and wrote nothing; "
+                      f"rank 0 wrote {result.model_dir}", highlight=False, soft_wrap=True)
+        return
     card = result.card
     neg = card.get("negatives") or {}
     if neg.get("padded") or neg.get("in_batch_only"):
@@ -463,12 +519,15 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
     print_training(card)
     if card.get("resumed_from_checkpoint"):
         console.print(f"resumed from {card['resumed_from_checkpoint']}", highlight=False)
-    serving = result.serving
-    if result.promoted:
+    from .evaluate.stats import Verdict
+    from .train.outcome import Outcome, outcome
+
+    serving, done = result.serving, outcome(result)
+    if done is Outcome.PROMOTED:
         peak = (card.get("peak_memory") or {}).get("rss_gb")
         console.print(f"model -> {result.model_dir} ({card.get('train_seconds')} s on {card.get('device', 'cpu')}"
                       f"{f', peak RSS {peak} GB' if peak else ''})", highlight=False)
-        if result.gate is not None and result.gate.verdict != "better" and not kw["force"]:
+        if result.gate is not None and result.gate.verdict != Verdict.BETTER and not kw["force"]:
             against = "the champion" if card.get("champion") else "its base"
             console.print(f"[yellow]written, but not shown better than {against}:[/yellow] `ace rollout` will refuse it "
                           "(nothing was at OUTPUT to keep; --force to roll it out anyway)", highlight=False)
@@ -479,36 +538,33 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
         elif serving and serving.get("reindex"):
             console.print("serve: FineTunedEmbedding(model_name=OUT); index the documents again (ace index --model OUT)",
                           highlight=False)
-    elif serving is None:
+    elif done is Outcome.BASE_STAYS:
         stays = "the champion stays" if card.get("champion") else "the base model stays"
         console.print(f"[yellow]{stays}:[/yellow] no method was better on validation; nothing was written "
                       f"to {result.model_dir} (the evidence: {result.model_dir}.not-promoted.json)", highlight=False)
-    else:
+    else:  # Outcome.KEPT
         console.print(f"[yellow]not promoted:[/yellow] the model at {result.model_dir} was kept; the new one is not "
                       "better on validation (use --force to replace it anyway)", highlight=False)
 
 
-def _champion(folder, collection, qdrant_path, qdrant_url):
-    """The champion `ace train` judges against (a folder, a serving collection, or None) and, from a collection, its
-    documents (id -> text): the gate then validates over the real corpus, not only the texts the training data holds."""
-    from .index.engines import open_index
-    from .train.champion import champion_from_collection, champion_from_folder
+def _command_line(ctx: click.Context, drop: set[str]) -> list[str]:
+    """The command, its options and arguments as given (defaults left out, ``drop`` too), to run it again."""
+    from click.core import ParameterSource
 
-    if folder and collection:
-        raise OptionError("give --champion FOLDER or --collection (the serving collection), not both")
-    if (qdrant_path or qdrant_url) and not collection:
-        raise OptionError("--qdrant-path/--qdrant-url say where --collection is; give --collection too")
-    if folder:
-        return champion_from_folder(folder), None
-    if not collection:
-        return None, None
-    path = None if qdrant_url else (qdrant_path or "qdrant_data")
-    if path is not None and not Path(path).is_dir():
-        raise OptionError(f"--qdrant-path {path}: no index there; run `ace index` first")
-    index = open_index(collection, path=path, url=qdrant_url)
-    champion = champion_from_collection(collection, index=index)
-    target = index.sibling(index.alias_target(collection) or collection)
-    return champion, {doc_id: text for doc_id, text, _ in target.iter_documents()}
+    options, positional = [ctx.info_name], []
+    for param in ctx.command.params:
+        if param.name in drop or ctx.get_parameter_source(param.name) in (None, ParameterSource.DEFAULT):
+            continue
+        value = ctx.params[param.name]
+        if isinstance(param, click.Argument):
+            positional += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+        elif getattr(param, "is_flag", False) and param.secondary_opts:  # --continual/--no-continual
+            options.append(param.opts[0] if value else param.secondary_opts[0])
+        elif getattr(param, "is_flag", False):
+            options += [param.opts[0]] if value else []
+        else:
+            options += [part for v in (value if param.multiple else [value]) for part in (param.opts[0], str(v))]
+    return [*options, "--", *positional]
 
 
 def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_model: str | None, query_prefix: str,
@@ -531,7 +587,7 @@ def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_m
 @click.option("--baseline-model", default=None, help="Model name at --baseline-url, e.g. text-embedding-nomic-embed-text-v1.5")
 @click.option("--query-prefix", default="", help="Prefix for endpoint queries (nomic: 'search_query: ').")
 @click.option("--document-prefix", default="", help="Prefix for endpoint documents (nomic: 'search_document: ').")
-@click.option("--max-queries", type=click.IntRange(min=1), default=None, help="Evaluate on a seeded random sample of this many queries.")
+@MAX_QUERIES
 @click.option("--metric", "metric_names", multiple=True, help="Metric plugins to compute (default: all installed).")
 @click.option("--rrf-k", default=60, show_default=True, type=click.IntRange(min=1))
 @click.option("--dense-weight", default=1.0, show_default=True, type=FiniteFloat(min=0))
@@ -542,9 +598,9 @@ def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_m
               help="Leave out queries the fine-tuned model trained or validated on (its training card lists them).")
 @click.option("--out-dir", default="reports", show_default=True, type=click.Path(path_type=Path))
 @click.option("--report", "reporters", multiple=True, help="Reporters to write (default: all: json, md, png).")
-@click.option("--engine", default="auto", show_default=True,
-              help="Engine for the evaluation index: Qdrant Edge if installed (auto), local mode, or a registered engine.")
+@ENGINE
 @friendly
+@workers_option
 def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, baseline_model, query_prefix, document_prefix,
              max_queries, metric_names, rrf_k, dense_weight, sparse_weight, adapter_dir, exclude_training_queries, out_dir,
              reporters, engine):
@@ -605,7 +661,8 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
 @cli.command()
 @dataset_options
 @click.option("--out", "out_dir", default="runs/demo", show_default=True, type=click.Path(path_type=Path))
-@click.option("--test-fraction", default=0.25, show_default=True, type=float, help="Queries held out for evaluation.")
+@click.option("--test-fraction", default=0.25, show_default=True, type=FiniteFloat(),
+              help="Queries held out for evaluation (between 0 and 1).")
 @click.option("--test-split", type=click.Choice(["documents", "queries"]), default="documents", show_default=True,
               help="documents: hold out whole documents with all their queries (the test asks about memories no "
                    "training query touched); queries: random queries.")
@@ -618,6 +675,7 @@ def pipeline(dataset, fmt, split, strict, out_dir, test_fraction, test_split, **
 
     check_output(out_dir, "dir")
     from .pipeline import run_pipeline
+    from .train.outcome import Outcome, outcome
 
     if not 0 < test_fraction < 1:
         raise OptionError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}")
@@ -629,7 +687,7 @@ def pipeline(dataset, fmt, split, strict, out_dir, test_fraction, test_split, **
                           training=_training(kw, kw["seed"]), test_fraction=test_fraction, seed=kw["seed"], engine=kw["engine"],
                           split_by=test_split.rstrip("s"))
     console.print(f"training data -> {result.training_data}")
-    if result.report.data["training_card"].get("serving") is None and not result.report.data["training_card"].get("promoted", True):
+    if outcome(result.report.data["training_card"]) is Outcome.BASE_STAYS:
         console.print("[yellow]the base model stays:[/yellow] no method was better on validation, so the test below "
                       "compares only the base model's systems", highlight=False)
     else:
@@ -644,14 +702,15 @@ def pipeline(dataset, fmt, split, strict, out_dir, test_fraction, test_split, **
 @dataset_options
 @click.option("--model", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="Fine-tuned model folder; fusion.json is written into it.")
-@click.option("--max-queries", type=int, default=None, help="Use a seeded random sample of this many queries.")
-@click.option("--engine", default="auto", show_default=True, help="auto, local, edge, or a registered engine.")
+@MAX_QUERIES
+@ENGINE
 @friendly
 def tune_fusion_cmd(dataset, fmt, split, strict, model, max_queries, engine):
     """Choose the fusion for MODEL on DATASET's queries (use queries it did not train on) and save fusion.json."""
     from .embeddings.encoding import CachedEncoder
     from .evaluate.evaluate import sample_queries
     from .evaluate.fusion_selection import select_fusion
+    from .evaluate.stats import ci_text
 
     ds = _load_unseen(dataset, fmt, split, strict, model)
     ds = ds.subset(sample_queries(list(ds.queries), max_queries))
@@ -661,7 +720,7 @@ def tune_fusion_cmd(dataset, fmt, split, strict, model, max_queries, engine):
         table.add_column(col)
     for name, score in choice.scores.items():
         v = choice.vs_dense.get(name)
-        table.add_row(name, f"{score:.3f}", f"{v['delta']:+.3f}" if v else "", f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" if v else "",
+        table.add_row(name, f"{score:.3f}", f"{v['delta']:+.3f}" if v else "", ci_text(v["ci95"]) if v else "",
                       v["verdict"] if v else "")
     out.print(table)
     path = choice.save(model)
@@ -709,14 +768,10 @@ def serving_options(f):
         click.option("--model", default=None, help="Fine-tuned model folder or HF id (default: bundled all-MiniLM-L6-v2)."),
         click.option("--fallback-url", default=None, help="OpenAI-compatible endpoint to fall back to, e.g. http://localhost:1234/v1"),
         click.option("--fallback-model", default="text-embedding", show_default=True, help="Model name at --fallback-url."),
-        click.option("--qdrant-path", default="qdrant_data", show_default=True, help="Embedded Qdrant folder."),
-        click.option("--qdrant-url", default=None, help="Qdrant server or cluster (overrides --qdrant-path)."),
-        click.option("--collection", default="ace_memories", show_default=True),
+        *SERVING_LOCATION,
         click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), default=None,
                      help="Default: the fusion saved with the model (fusion.json), else dense. hybrid = plain RRF."),
-        click.option("--engine", default="auto", show_default=True,
-                     help="auto (Qdrant Edge when installed, else qdrant-client's local mode; the engine that already "
-                          "holds the collection in --qdrant-path wins), local, edge, or a registered engine."),
+        ENGINE,
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -738,46 +793,6 @@ def _retriever(model, fallback_url, fallback_model, qdrant_path, qdrant_url, col
                                  mode=mode, similarity_top_k=top_k, engine=engine, feedback_log=feedback_log)
 
 
-def _collection_vector(index, encoder, collection: str, model: str | None, serving: dict | None) -> str | None:
-    """The named vector to mine with in an existing collection, searched with ``encoder``'s query vectors: the one
-    the model of those queries wrote (``model``: --model; None: the model ``serving``, the collection's serving
-    record, names, else the base model). A collection whose vectors another model made is refused in one line:
-    searching them with these queries would mine wrong negatives without a sound."""
-    from .embeddings.models import DEFAULT_MODEL, vector_name
-    from .serve.serving_record import SERVING_KEY, VECTOR_KEY, model_embedding, serving_target
-    from .serve.spaces import embedding_spaces, named_vector
-
-    target = index.sibling(serving_target(index, collection))
-    have, recorded = target.dense_vectors(), target.metadata().get(VECTOR_KEY)
-    if not have:
-        return None  # the miner's default; a dense miner that finds no such vector says which the collection has
-    plan = serving if serving and model is None else {"model": model or DEFAULT_MODEL, "adapter": None}
-    embed = model_embedding(plan)
-    own = named_vector(embed, embedding_spaces(embed)[0][0])
-    if serving and model is None:
-        if recorded in have:
-            return recorded
-        if own in have:
-            return own
-        raise OptionError(f"collection {collection!r} is served by {serving.get('model')} (its {SERVING_KEY} record) but "
-                          f"holds no vector of it ({own}; it has {sorted(have)}); pass --vector-name to search one anyway")
-    if own in have:
-        return own
-    if vector_name(encoder.label) in have:  # the name the miner's own index gives the model
-        return vector_name(encoder.label)
-    if serving:  # --model given, and the collection is served by another model: its vectors are that model's
-        raise OptionError(f"collection {collection!r} is served by {serving.get('model')} (its {SERVING_KEY} record), "
-                          f"not by --model {model}: its vectors {sorted(have)} are not that model's; mine with --model "
-                          f"{serving.get('model')} (or without --model)")
-    if model is not None and len(have) == 1:  # a collection another tool wrote: --model says what made its vectors
-        return next(iter(have))
-    if model is None:
-        raise OptionError(f"collection {collection!r} holds the dense vectors {sorted(have)}, none of them the base "
-                          f"model's ({own}), and records no model serving it: pass --model with the model that indexed it "
-                          "(or --vector-name to search one anyway)")
-    return None  # the miner's default; a dense miner that finds no such vector says which the collection has
-
-
 def rollout_location(collection, qdrant_path, qdrant_url, engine):
     from .index.engines import open_index
 
@@ -786,16 +801,7 @@ def rollout_location(collection, qdrant_path, qdrant_url, engine):
     return open_index(collection, path=None if qdrant_url else qdrant_path, url=qdrant_url, engine=engine)
 
 
-def location_options(f):
-    for opt in reversed([
-        click.option("--collection", default="ace_memories", show_default=True, help="The name applications serve from."),
-        click.option("--qdrant-path", default="qdrant_data", show_default=True, help="Embedded Qdrant folder."),
-        click.option("--qdrant-url", default=None, help="Qdrant server or cluster (overrides --qdrant-path)."),
-        click.option("--engine", default="auto", show_default=True, help="auto, local, edge, or a registered engine."),
-        click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
-    ]):
-        f = opt(f)
-    return f
+location_options = with_options(*SERVING_LOCATION, ENGINE, AS_JSON)
 
 
 @cli.command(name="rollout")
@@ -811,15 +817,26 @@ def location_options(f):
               help="Held-out queries (a dataset, e.g. the training_data.test.json of `ace mine --from-feedback`): judge "
                    "MODEL and what the collection serves now on them, and refuse MODEL unless it is better.")
 @click.option("--force", is_flag=True, help="Roll out a model not shown better than what the collection serves now.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help=WORKERS_HELP)
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue the version a killed rollout of the same model left (only what it lacks is embedded); "
+                   "--no-resume removes it and starts again.")
+@cluster_options
 @friendly
 def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, previous_model, fallback_url, fallback_model,
-                batch_size, dry_run, heldout, force):
+                batch_size, dry_run, heldout, force, workers, resume, shard_number, replication_factor,
+                write_consistency_factor):
     """Serve COLLECTION with MODEL without downtime: a fresh collection, checked, then an atomic alias switch.
 
     \b
     MODEL must be shown better than what COLLECTION serves now (the champion): by the comparison its training card
     holds with that champion (`ace train --collection`), by its gate against its base on a first rollout, or on
-    --heldout queries; otherwise it is refused (--force rolls it out anyway; --dry-run shows the evidence)."""
+    --heldout queries; otherwise it is refused (--force rolls it out anyway; --dry-run shows the evidence).
+
+    \b
+    A rollout killed midway is resumed by the next one of the same MODEL (--no-resume starts again). --workers N
+    encodes with N processes (--dry-run estimates the time with them). On a Qdrant server, the new collection gets
+    --shards/--replication-factor/--write-consistency, else the settings of the collection it replaces."""
     from .deploy.rollout import rollout
 
     fallback = None
@@ -829,10 +846,14 @@ def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, pre
         fallback = OpenAICompatibleEmbedding(base_url=fallback_url, model_name=fallback_model)
     report = rollout(model, collection, index=rollout_location(collection, qdrant_path, qdrant_url, engine),
                      previous_model=previous_model, fallback=fallback, dry_run=dry_run, batch_size=batch_size,
-                     show_progress=not as_json, force=force, heldout=heldout)
+                     show_progress=not as_json, force=force, heldout=heldout, workers=workers, resume=resume,
+                     shard_number=shard_number, replication_factor=replication_factor,
+                     write_consistency_factor=write_consistency_factor)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
         return
+    for note in report.notes:
+        console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     evidence = report.evidence
     colour = "green" if evidence.get("allowed") else "red"
     console.print(f"evidence ({evidence.get('source')}): [{colour}]{escape(evidence.get('reason', ''))}[/{colour}]",
@@ -841,13 +862,17 @@ def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, pre
         console.print("[red]would be refused[/red] (--force to roll it out anyway)", highlight=False)
         return
     if dry_run:
-        console.print(f"would embed {report.documents} documents of {report.previous!r} with {model} into "
-                      f"{report.collection!r} (about {report.encode_seconds:.0f} s, {report.seconds_per_1000} s per 1,000; "
+        resumed = (f", resuming it: {report.resumed} of them are in it already" if report.resumed else "")
+        console.print(f"would embed {report.documents - report.resumed} documents of {report.previous!r} with {model} into "
+                      f"{report.collection!r}{resumed} (about {report.encode_seconds:.0f} s with {report.workers} "
+                      f"process{'es' if report.workers > 1 else ''}, {report.seconds_per_1000} s per 1,000; "
                       f"vectors embedded: {report.encoded_vectors}, copied: {report.copied_vectors or 'none'} + BM25), then "
                       f"point {collection!r} at it", highlight=False)
         return
-    console.print(f"{collection!r} now serves {report.collection!r} ({report.documents} documents, {report.encode_seconds} s, "
-                  f"checks {report.checks}); previous {report.previous!r} kept for `ace rollback`", highlight=False)
+    resumed = f", {report.resumed} of them already in it (resumed)" if report.resumed else ""
+    console.print(f"{collection!r} now serves {report.collection!r} ({report.documents} documents{resumed}, {report.embedded} embedded in "
+                  f"{report.encode_seconds} s, checks {report.checks}); previous {report.previous!r} kept for "
+                  "`ace rollback`", highlight=False)
 
 
 @cli.command(name="rollback")
@@ -884,8 +909,10 @@ def feedback_cmd(log, query_id, doc_id, relevant):
 @cli.command()
 @dataset_options
 @serving_options
+@cluster_options
 @friendly
-def index(dataset, fmt, split, strict, **kw):
+@workers_option
+def index(dataset, fmt, split, strict, shard_number, replication_factor, write_consistency_factor, **kw):
     """Index DATASET's corpus (default: the demo memories) into Qdrant: a named vector per model + BM25."""
     from llama_index.core.schema import TextNode
 
@@ -894,8 +921,14 @@ def index(dataset, fmt, split, strict, **kw):
     if not kw["qdrant_url"] and not kw["qdrant_path"]:  # "" would index into memory and lose it all at exit
         raise OptionError("--qdrant-path is empty: give the embedded Qdrant folder to index into (default: qdrant_data) "
                           "or --qdrant-url")
+    if not kw["qdrant_url"]:  # refused before anything is opened or created
+        from .index.store import cluster_options as checked_cluster
+
+        checked_cluster(None, shard_number=shard_number, replication_factor=replication_factor,
+                        write_consistency_factor=write_consistency_factor)
     ds = _load(dataset, fmt, split, strict)
     retriever = _retriever(**kw)
+    retriever.index.set_cluster(shard_number, replication_factor, write_consistency_factor)  # a new collection's
     retriever.add_nodes([TextNode(id_=k, text=v) for k, v in ds.corpus.items()])
     where = f"Qdrant server {shown_url(kw['qdrant_url'])}" if kw["qdrant_url"] else f"embedded Qdrant folder {kw['qdrant_path']}"
     console.print(f"{len(ds.corpus)} documents -> collection {kw['collection']!r} ({where})", highlight=False, soft_wrap=True)
@@ -905,7 +938,7 @@ def index(dataset, fmt, split, strict, **kw):
 @click.argument("query")
 @serving_options
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--json", "as_json", is_flag=True)
+@AS_JSON
 @click.option("--feedback-log", default=None, type=click.Path(path_type=Path, dir_okay=False),
               help="Append what was served to this feedback log (judge it with `ace feedback`).")
 @friendly
@@ -935,7 +968,7 @@ def search(query, top_k, as_json, feedback_log, **kw):
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@AS_JSON
 def plugins(as_json):
     """List installed plugins and the components they register."""
     from .plugins.manager import KINDS, plugin_state
@@ -956,11 +989,133 @@ def plugins(as_json):
         console.print(f"[red]plugin {name!r} is broken:[/red] {problem}")
 
 
+@cli.group()
+def experiment() -> None:
+    """Online experiments: measure a challenger on live traffic before every user gets it.
+
+    \b
+    ace experiment start MODEL --feedback-log LOG   build the challenger beside the champion and serve the experiment
+    ace experiment status                           the verdict so far, from the feedback log (--act carries it out)
+    ace experiment ramp SHARE                       a canary's next step (split: 0.05 -> 0.25 -> 0.5)
+    ace experiment stop --promote | --end           promote the challenger, or remove it (the champion untouched)"""
+
+
+@experiment.command(name="start")
+@click.argument("model")
+@location_options
+@click.option("--mode", type=click.Choice(["interleave", "split"]), default="interleave", show_default=True,
+              help="interleave: each result list mixes both models (team draft; far fewer queries to a verdict); "
+                   "split: each session sees one model.")
+@click.option("--share", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Units taking part (interleave; default 1) or served by the challenger (split; default 0.5).")
+@click.option("--feedback-log", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The log the application writes (feedback_log=); `status` reads it.")
+@click.option("--auto", is_flag=True, help="Promote or end by itself when the status is read and the verdict is clear.")
+@click.option("--alpha", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=0.05, show_default=True,
+              help="The highest rate of wrong verdicts, however often the status is read.")
+@click.option("--min-effect", type=click.FloatRange(0, min_open=True), default=None,
+              help="The smallest effect worth detecting (default 0.1 interleaving credit, 0.02 nDCG@10 in a split).")
+@click.option("--horizon", "max_queries", type=click.IntRange(min=1), default=20_000, show_default=True,
+              help="Judged (interleave) or served (split) queries before 'no clear difference' ends it.")
+@click.option("--latency-ratio", type=click.FloatRange(min=1), default=2.0, show_default=True,
+              help="Guardrail: the challenger's p99 latency at most this times the champion's.")
+@click.option("--max-error-rate", type=click.FloatRange(0, 1, max_open=True), default=0.01, show_default=True,
+              help="Guardrail: the share of queries where the challenger may fail.")
+@click.option("--previous-model", default=None,
+              help="What serves the collection now, if it does not say (default: the bundled all-MiniLM-L6-v2).")
+@friendly
+def experiment_start(model, collection, qdrant_path, qdrant_url, engine, as_json, mode, share, feedback_log, auto, alpha,
+                     min_effect, max_queries, latency_ratio, max_error_rate, previous_model):
+    """Start an online experiment on COLLECTION between what serves it and MODEL."""
+    from .deploy.experiment import start_experiment
+
+    record = start_experiment(model, collection, mode=mode, share=share, alpha=alpha, min_effect=min_effect,
+                              max_queries=max_queries, auto=auto, latency_ratio=latency_ratio,
+                              max_error_rate=max_error_rate, feedback_log=feedback_log, previous_model=previous_model,
+                              index=rollout_location(collection, qdrant_path, qdrant_url, engine), show_progress=not as_json)
+    if as_json:
+        out.print_json(json.dumps(record.to_dict()))
+        return
+    console.print(f"experiment {record.id} on {collection!r}: {record.champion!r} (champion) vs {record.challenger!r} "
+                  f"(challenger), {record.mode}, share {record.share:g}; retrievers and vector stores opened on "
+                  f"{collection!r} take part from their next query", highlight=False)
+
+
+@experiment.command(name="status")
+@location_options
+@click.option("--feedback-log", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The feedback log (default: the one given at start).")
+@click.option("--act/--no-act", default=None, help="Carry out a clear verdict (default: as started, --auto).")
+@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write a PNG of the difference over queries with its interval.")
+@friendly
+def experiment_status_cmd(collection, qdrant_path, qdrant_url, engine, as_json, feedback_log, act, plot):
+    """The verdict on the experiment so far (exit 0; the decision is in the output)."""
+    from .deploy.experiment import experiment_status, plot_status
+
+    status = experiment_status(collection, feedback_log=feedback_log, act=act,
+                               index=rollout_location(collection, qdrant_path, qdrant_url, engine))
+    if plot:
+        plot_status(status, plot)
+    if as_json:
+        out.print_json(json.dumps(status.to_dict()))
+        return
+    table = Table(title=f"experiment {status.record.id} on {collection!r} ({status.record.mode})")
+    for col in ("arm", "collection", "served", "accepted", "p99 ms", "errors"):
+        table.add_column(col)
+    for arm, name in (("champion", status.record.champion), ("challenger", status.record.challenger)):
+        a = status.arms[arm]
+        table.add_row(arm, name, str(a.served), str(a.accepted),
+                      "-" if a.latency_p99_ms is None else f"{a.latency_p99_ms:.1f}", str(a.errors))
+    out.print(table)
+    colour = {"promote": "green", "end": "red"}.get(status.decision, "yellow")
+    console.print(f"[{colour}]{status.decision}[/{colour}]: {escape(status.reason)}", highlight=False, soft_wrap=True)
+    if status.acted:
+        console.print(status.acted, highlight=False)
+    if plot:
+        console.print(f"plot: {plot}", highlight=False)
+
+
+@experiment.command(name="ramp")
+@click.argument("share", type=click.FloatRange(0, 1, min_open=True))
+@location_options
+@friendly
+def experiment_ramp(share, collection, qdrant_path, qdrant_url, engine, as_json):
+    """Set the running experiment's SHARE (a canary's next step); sessions keep their arm as it grows."""
+    from .deploy.experiment import set_share
+
+    record = set_share(collection, share, index=rollout_location(collection, qdrant_path, qdrant_url, engine))
+    if as_json:
+        out.print_json(json.dumps(record.to_dict()))
+        return
+    console.print(f"experiment {record.id} on {collection!r}: share {record.share:g}", highlight=False)
+
+
+@experiment.command(name="stop")
+@location_options
+@click.option("--promote/--end", "promote", required=True,
+              help="--promote serves the challenger (the champion is kept for `ace rollback`); --end removes it.")
+@friendly
+def experiment_stop(collection, qdrant_path, qdrant_url, engine, as_json, promote):
+    """End the experiment on COLLECTION."""
+    from .deploy.experiment import stop_experiment
+
+    now = stop_experiment(collection, promote=promote, index=rollout_location(collection, qdrant_path, qdrant_url, engine))
+    if as_json:
+        out.print_json(json.dumps({"collection": collection, "serves": now, "promoted": promote}))
+        return
+    console.print(f"{collection!r} serves {now!r}", highlight=False)
+
+
 def main() -> None:
     import signal
+    import warnings
 
+    from .errors import AceDeprecationWarning
     from .plugins.manager import add_commands
 
+    # a deprecated name of ours (the 'sentence-transformers' trainer...) says so on the command line too
+    warnings.filterwarnings("default", category=AceDeprecationWarning)
     # SIGTERM ends the process like Ctrl-C does: atomic writes roll back and temporary indexes are removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     add_commands(cli)
