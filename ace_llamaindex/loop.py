@@ -228,6 +228,7 @@ def _champion(folder, collection, qdrant_path, qdrant_url, index=None):
     """The champion ``ace train`` judges against (a folder, a serving collection, or None) and, from a collection, its
     documents (id -> text): the gate then validates over the real corpus, not only the texts the training data holds."""
     from .index.engines import open_index
+    from .serve.serving_record import serving_target
     from .train.champion import champion_from_collection, champion_from_folder
 
     if folder and collection:
@@ -246,7 +247,7 @@ def _champion(folder, collection, qdrant_path, qdrant_url, index=None):
             raise OptionError(f"--qdrant-path {path}: no index there; run `ace index` first")
         index = open_index(collection, path=path, url=qdrant_url)
     champion = champion_from_collection(collection, index=index)
-    target = index.sibling(index.alias_target(collection) or collection)
+    target = index.sibling(serving_target(index, collection))
     return champion, {doc_id: text for doc_id, text, _ in target.iter_documents()}
 
 

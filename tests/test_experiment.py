@@ -291,6 +291,27 @@ def test_the_vector_store_opened_on_the_collection_takes_part(tmp_path, team):
     assert [n.node.node_id for n in nodes] == [r["doc_id"] for r in row["results"]]
 
 
+def test_the_vector_store_in_a_split_names_the_collection_that_answered(tmp_path, team):
+    from ace_llamaindex.serve.vector_store import AceQdrantVectorStore
+
+    log = tmp_path / "feedback.jsonl"
+    retriever = _serving(tmp_path / "q", team["memories"])
+    record = start_experiment(team["adapter"], "mem", index=retriever.index, mode="split", share=0.5, feedback_log=log,
+                              show_progress=False)
+    retriever.index.client.close()
+    store = AceQdrantVectorStore("mem", path=str(tmp_path / "q"), engine="local", embed_model=FineTunedEmbedding(),
+                                 feedback_log=log)
+    from llama_index.core import VectorStoreIndex
+
+    index = VectorStoreIndex.from_vector_store(store, embed_model=FineTunedEmbedding())
+    for user in range(12):
+        with experiment_session(f"user-{user}"):
+            index.as_retriever(similarity_top_k=5).retrieve(team["test"].queries[sorted(team["test"].queries)[user]])
+    rows = list(judgements(read_log(log))[0].values())
+    assert {r["experiment"]["arm"] for r in rows} == {CHAMPION, CHALLENGER}
+    assert all(r["collection"] == (record.challenger if r["experiment"]["arm"] == CHALLENGER else "mem") for r in rows)
+
+
 def test_rollout_and_rollback_wait_for_the_experiment_to_end(tmp_path, team):
     retriever = _serving(tmp_path / "q", team["memories"])
     start_experiment(team["adapter"], "mem", index=retriever.index, show_progress=False)

@@ -25,6 +25,7 @@ restarted process picks the experiment up where the log is.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,10 +37,10 @@ from ..errors import OptionError
 from ..evaluate.metrics import ndcg_at
 from ..evaluate.sequential import SequentialDelta, one_sample, queries_needed, two_sample
 from ..evaluate.stats import Verdict, interval
-from ..serve.experiment_arms import CHALLENGER, CHAMPION, ExperimentRecord, check_options
+from ..serve.experiment_arms import CHALLENGER, CHAMPION, ExperimentRecord, check_options, running_challenger
 from ..serve.feedback import judgements, read_log
 from ..serve.serving_record import EXPERIMENT_KEY, SERVING_KEY, challenger_alias, serving_target
-from .rollout import refuse_during_experiment, rollout, step, switch_to
+from .rollout import rollout, step, switch_to
 
 MIN_UNITS = 30  # judged queries (interleave) or served queries per arm (split) before any verdict
 MIN_ERRORS = 50  # queries the challenger was asked before its error rate can stop an experiment
@@ -92,11 +93,8 @@ def _location(collection: str, index, path, url, api_key, engine):
 
 def running_experiment(location, collection: str) -> ExperimentRecord | None:
     """The experiment running on ``collection`` at ``location`` (an open index), or None."""
-    target = location.alias_target(challenger_alias(collection))
-    if target is None or target == serving_target(location, collection):
-        return None
-    data = location.sibling(target).metadata().get(EXPERIMENT_KEY)
-    return ExperimentRecord.from_dict(data) if data else None
+    found = running_challenger(location, collection, serving_target(location, collection))
+    return found.record if found else None
 
 
 def _running(location, collection: str) -> ExperimentRecord:
@@ -120,7 +118,6 @@ def start_experiment(model: str | Path, collection: str = "ace_memories", *, mod
     share = share if share is not None else (1.0 if mode == "interleave" else 0.5)
     check_options(mode, share, alpha, min_effect, max_queries, latency_ratio, max_error_rate)
     location = _location(collection, index, path, url, api_key, engine)
-    refuse_during_experiment(location, collection)
     report = rollout(model, collection, index=location, switch=False, force=True, previous_model=previous_model,
                      fallback=fallback, batch_size=batch_size, show_progress=show_progress)
     champion = serving_target(location, collection)
@@ -142,10 +139,7 @@ def set_share(collection: str, share: float, *, index=None, path=None, url=None,
               engine: str = "auto") -> ExperimentRecord:
     """Change the share of a running experiment (a canary's 5% -> 25% -> 50%); units keep their arm when it grows."""
     location = _location(collection, index, path, url, api_key, engine)
-    record = _running(location, collection)
-    record.share = share
-    check_options(record.mode, share, record.alpha, record.min_effect, record.max_queries, record.latency_ratio,
-                  record.max_error_rate)
+    record = dataclasses.replace(_running(location, collection), share=share)  # checked as a new record is
     location.sibling(record.challenger).set_metadata({EXPERIMENT_KEY: record.to_dict()})
     return record
 

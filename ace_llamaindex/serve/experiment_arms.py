@@ -25,9 +25,10 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from ..errors import OptionError
+from .serving_record import EXPERIMENT_KEY, challenger_alias
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,6 +95,26 @@ def check_options(mode: str, share: float, alpha: float, min_effect: float | Non
     for bad, message in problems:
         if bad:
             raise OptionError(message)
+
+
+class Challenger(NamedTuple):
+    """A running experiment as a collection records it: the challenger's collection, its metadata (its serving plan
+    and vector too) and the experiment."""
+
+    collection: str
+    metadata: dict[str, Any]
+    record: ExperimentRecord
+
+
+def running_challenger(index, collection: str, serving: str) -> Challenger | None:
+    """The experiment running on ``collection``, whose alias serves ``serving`` now, or None: no challenger alias,
+    or one a promotion killed before its cleanup left pointing at what serves."""
+    target = index.alias_target(challenger_alias(collection))
+    if target is None or target == serving:
+        return None
+    metadata = index.sibling(target).metadata()
+    data = metadata.get(EXPERIMENT_KEY)
+    return Challenger(target, metadata, ExperimentRecord.from_dict(data)) if data else None
 
 
 @contextmanager

@@ -24,9 +24,8 @@ from ..index.engines import open_index
 from ..index.filters import to_qdrant_filter
 from ..index.fusion_choice import FusionChoice
 from ..index.store import MODES, CorpusIndex, Hit, HybridParams
-from .experiment_arms import ExperimentRecord, serve_query
+from .experiment_arms import CHALLENGER, ExperimentRecord, running_challenger, serve_query
 from .feedback import QUERY_ID, as_sink, new_query_id, record_feedback, served_record
-from .serving_record import EXPERIMENT_KEY, challenger_alias
 from .spaces import aquery_with_space, embedding_spaces, model_folder, named_vector, query_with_space, resolve_fusion
 
 log = logging.getLogger(__name__)
@@ -192,21 +191,17 @@ class HybridQdrantRetriever(BaseRetriever):
     # ---- online experiments: the champion and a challenger, interleaved or split (serve.experiment_arms) ---------
     def _trial(self, served: _Served) -> tuple[_Served | Exception, ExperimentRecord] | None:
         """The challenger and its experiment while one runs on this collection (read for each query), else None."""
-        if not self.follow_rollouts:
+        found = running_challenger(self.index, self.collection_name, served.index.collection) \
+            if self.follow_rollouts else None
+        if found is None:
             return None
-        target = self.index.alias_target(challenger_alias(self.collection_name))
-        if target is None or target == served.index.collection:  # none, or a promotion killed before its cleanup
-            return None
-        record = self.index.sibling(target).metadata().get(EXPERIMENT_KEY)
-        if not record:
-            return None
-        arm = self._by_target.get(target)
+        arm = self._by_target.get(found.collection)
         if arm is None:
             try:
-                arm = self._by_target[target] = self._open_target(target)
+                arm = self._by_target[found.collection] = self._open_target(found.collection)
             except Exception as exc:  # noqa: BLE001 - a challenger that cannot load is measured (a guardrail), not shown
-                return exc, ExperimentRecord.from_dict(record)
-        return arm, ExperimentRecord.from_dict(record)
+                return exc, found.record
+        return arm, found.record
 
     def _ranked(self, served: _Served | Exception, query: str) -> tuple[list[NodeWithScore], float]:
         """One arm's results for a query (nothing logged) and the milliseconds it took."""
@@ -227,7 +222,7 @@ class HybridQdrantRetriever(BaseRetriever):
                                              self.similarity_top_k)
             if self.feedback_log is not None:
                 label = "interleaved" if teams else (nodes[0].node.metadata.get(SERVED_BY) if nodes else None)
-                served = challenger if info and info["arm"] == "challenger" else champion  # split: the arm's collection
+                served = challenger if info and info["arm"] == CHALLENGER else champion  # split: the arm's collection
                 self._log_served(served, query, nodes, None, label, query_id,
                                  **({"teams": teams, "experiment": info} if info else {}))
             results.append(nodes)

@@ -40,9 +40,8 @@ from ..index.filters import to_qdrant_filter
 from ..index.fusion_choice import DENSE_DEFAULT, FusionChoice
 from ..index.store import CorpusIndex, Hit, HybridParams
 from .embedding import space_label
-from .experiment_arms import ExperimentRecord, serve_query
+from .experiment_arms import CHALLENGER, Challenger, running_challenger, serve_query
 from .feedback import QUERY_ID, as_sink, new_query_id, record_feedback, served_record
-from .serving_record import EXPERIMENT_KEY, challenger_alias
 from .spaces import embedding_spaces, named_vector, query_with_space, resolve_fusion
 
 _OURS = {"doc_id", "text"}  # payload keys CorpusIndex writes for itself
@@ -186,38 +185,33 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
                 query_filter=qfilter, hybrid=params)[0]
             return hits, (time.perf_counter() - started) * 1000
 
-        trial = self._trial()
+        # an online experiment on this collection (read for each query: started, ramped or ended by another process)
+        found = running_challenger(self._index, self.collection_name, self._index.collection)
         teams = experiment = None
         query_id = new_query_id()
-        if trial is None:
+        collection = self._index.collection
+        if found is None:
             hits = champion()[0]
         else:
-            hits, teams, experiment = serve_query(trial[1], query_id, champion,
-                                                  lambda: self._challenger_hits(trial[0], query, mode, params, limit, qfilter),
+            hits, teams, experiment = serve_query(found.record, query_id, champion,
+                                                  lambda: self._challenger_hits(found, query, mode, params, limit, qfilter),
                                                   lambda h: h.doc_id, limit)
+            if experiment and experiment["arm"] == CHALLENGER:  # split: the challenger's collection answered
+                collection = found.collection
         nodes = [_to_node(h.payload, h.text) for h in hits]
         if self.feedback_log is not None:
-            self._log_served(query, mode, params, nodes, [h.score for h in hits], query_id, teams, experiment)
+            self._log_served(query, mode, params, nodes, [h.score for h in hits], query_id, collection, teams, experiment)
         return VectorStoreQueryResult(nodes=nodes, similarities=[h.score for h in hits], ids=[n.node_id for n in nodes])
 
     # ---- online experiments (ace_llamaindex.serve.experiment_arms) ----------------------------------------------
-    def _trial(self) -> tuple[CorpusIndex, ExperimentRecord] | None:
-        """The challenger's collection and its experiment while one runs on this collection (read for each query)."""
-        target = self._index.alias_target(challenger_alias(self.collection_name))
-        if target is None or target == self._index.collection:
-            return None
-        challenger = self._index.sibling(target)
-        record = challenger.metadata().get(EXPERIMENT_KEY)
-        return (challenger, ExperimentRecord.from_dict(record)) if record else None
-
-    def _challenger_hits(self, challenger: CorpusIndex, query: VectorStoreQuery, mode: str, params: HybridParams,
+    def _challenger_hits(self, challenger: Challenger, query: VectorStoreQuery, mode: str, params: HybridParams,
                          limit: int, qfilter: models.Filter | None) -> tuple[list[Hit], float]:
         """The challenger's results: LlamaIndex embedded the query with the champion's model, so the challenger's own
         model (its collection's serving plan) embeds the query text here."""
         from .serving_record import SERVING_KEY, VECTOR_KEY, model_embedding
 
         started = time.perf_counter()
-        meta = challenger.metadata()
+        meta = challenger.metadata
         key = (challenger.collection, str(meta.get(SERVING_KEY)))
         if key not in self._challengers:  # a model that cannot load raises here: measured, the champion answers
             self._challengers[key] = model_embedding(meta[SERVING_KEY])
@@ -226,14 +220,14 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
             if not query.query_str:
                 raise OptionError("an online experiment needs the query text to embed it with the challenger's model")
             vector, _ = query_with_space(self._challengers[key], query.query_str)
-        hits = challenger.search(mode, vectors=None if vector is None else np.asarray([vector], dtype=np.float32),
+        hits = self._index.sibling(challenger.collection).search(mode, vectors=None if vector is None else np.asarray([vector], dtype=np.float32),
                                  texts=[query.query_str or ""], using=None if mode == "bm25" else meta.get(VECTOR_KEY),
                                  limit=limit, query_filter=qfilter, hybrid=params)[0]
         return hits, (time.perf_counter() - started) * 1000
 
 
     def _log_served(self, query: VectorStoreQuery, mode: str, params: HybridParams, nodes: list[BaseNode],
-                    scores: list[float], query_id: str, teams: list[str] | None = None,
+                    scores: list[float], query_id: str, collection: str, teams: list[str] | None = None,
                     experiment: dict[str, Any] | None = None) -> None:
         for node in nodes:
             node.metadata[QUERY_ID] = query_id
@@ -243,7 +237,7 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
             query_id, query.query_str or "", [(n.node_id, s) for n, s in zip(nodes, scores, strict=True)],
             vector=None if mode == "bm25" else self._primary_vector(),
             model=space_label(self._embed_model) if self._embed_model is not None else None,
-            fusion=params.describe() if mode == "hybrid" else mode, collection=self._index.collection, teams=teams,
+            fusion=params.describe() if mode == "hybrid" else mode, collection=collection, teams=teams,
             experiment=experiment))
 
     def record_feedback(self, query_id: str, doc_id: str, relevant: bool) -> None:
