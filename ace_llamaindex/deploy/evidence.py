@@ -21,7 +21,7 @@ from typing import Any
 from ..data.dataset import QADataset
 from ..embeddings.card import deciding_subset, read_card
 from ..evaluate.stats import Verdict, interval
-from ..serve.serving_record import plan_identity
+from ..serve.serving_record import describe_plan, plan_identity
 
 
 @dataclass
@@ -37,11 +37,6 @@ class Evidence:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def describe_plan(plan: dict[str, Any]) -> str:
-    what = Path(str(plan.get("model"))).name
-    return f"adapter {plan['adapter']} over {what}" if plan.get("adapter") else what
 
 
 def _verdict_allows(gate: dict[str, Any]) -> bool:

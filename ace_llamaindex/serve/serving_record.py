@@ -49,6 +49,12 @@ class ServingPlan:
         return ServingPlan(here(self.model, folder), here(self.adapter, folder), self.reindex)
 
 
+def describe_plan(plan: Mapping[str, Any]) -> str:
+    """A serving plan in words: the model folder's name, or ``adapter <folder> over <model>``."""
+    what = Path(str(plan.get("model"))).name
+    return f"adapter {plan['adapter']} over {what}" if plan.get("adapter") else what
+
+
 def challenger_alias(collection: str) -> str:
     """The alias that points at the challenger's collection while an online experiment runs on ``collection``."""
     return f"{collection}__challenger"

@@ -24,7 +24,7 @@ from ..data.examples import TrainingExample
 from ..embeddings.card import read_card, text_hash
 from ..errors import OptionError
 from ..serve.served_model import read_serving, serving_encoder
-from ..serve.serving_record import SERVING_KEY, ServingPlan, plan_identity, serving_target
+from ..serve.serving_record import SERVING_KEY, ServingPlan, describe_plan, plan_identity, serving_target
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,7 @@ class Champion:
         return self.identity == plan_identity({"model": model, "adapter": None})
 
     def describe(self) -> str:
-        what = Path(str(self.serving["model"])).name
-        if self.serving.get("adapter"):
-            what = f"adapter {self.serving['adapter']} over {what}"
-        return f"{what} ({self.source})"
+        return f"{describe_plan(self.serving)} ({self.source})"
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "serving": self.serving, "identity": self.identity,
