@@ -55,7 +55,7 @@ from ..atomic import disk_full
 from ..data.dataset import QADataset
 from ..data.loading import load_dataset
 from ..errors import OptionError
-from ..index.store import VERSION_OF_KEY, cluster_options
+from ..index.store import VERSION_OF_KEY, CorpusIndex, cluster_options
 from ..serve.serving_record import (
     EXPERIMENT_KEY,
     PREVIOUS_KEY,
@@ -278,9 +278,11 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
             if pool is not None:
                 report.notes.append(f"starting {workers} worker processes took {starting:.0f} s (counted in the estimate)")
             return report
-        _build(location, collection, current, current_name, plan, embed, spaces, targets, copied, encoded, have,
-               identity, checkpoint, versions, keep, plain, previous_serving, batch_size, show_progress, on_batch,
-               report)
+        build = RolloutBuild(location=location, alias=collection, current=current, current_name=current_name,
+                             previous_serving=previous_serving, plain=plain, plan=plan, embed=embed, spaces=spaces,
+                             targets=targets, copied=copied, encoded=encoded, have=have, identity=identity,
+                             versions=versions, keep=keep, checkpoint=checkpoint)
+        _build(build, report, batch_size=batch_size, show_progress=show_progress, on_batch=on_batch)
     step("checked")
     if switch:
         switch_to(location, collection, report.collection)
@@ -288,16 +290,46 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     return report
 
 
-def _build(location, collection, current, current_name, plan, embed, spaces, targets, copied, encoded, have, identity,
-           checkpoint, versions, keep, plain, previous_serving, batch_size, show_progress, on_batch,
-           report: RolloutReport) -> None:
+@dataclass
+class RolloutBuild:
+    """What :func:`rollout` settled before its first write, for :func:`_build` to write the new version from: where
+    (the location and the serving alias), from what (the collection serving now), what the version holds (the new
+    serving plan, its vectors: embedded or copied), and how far an earlier run of this same build got (``checkpoint``).
+    The same on every engine: Qdrant Edge, local mode and a server differ only in ``location`` (and ``plain``).
+    ``_build`` never changes its fields (it rebinds its own ``current``, ``current_name`` and ``checkpoint``)."""
+
+    location: CorpusIndex  # the open index at the location (Edge, local mode or a server): ``sibling`` opens the others
+    alias: str  # the serving name (``rollout``'s ``collection``)
+    current: CorpusIndex  # the collection serving now: the documents, their BM25 and copied vectors are read from it
+    current_name: str
+    previous_serving: dict[str, Any]  # the serving plan of ``current`` (recorded into it, or its copy, if it lacks one)
+    plain: bool  # a first rollout where aliases are collections: ``current`` is copied to ``<alias>__v0`` first
+    plan: dict[str, Any]  # the new serving plan
+    embed: Any  # the new plan's embedding (``model_embedding``)
+    spaces: list[tuple[str, Any]]  # its vector spaces, (label, model): the first is the one a query is embedded in
+    targets: dict[str, tuple[int, Any]]  # the new version's dense vectors: name -> (space index, model)
+    copied: list[str]  # dense vectors copied from ``current`` as they are
+    encoded: list[str]  # dense vectors embedded with the new model
+    have: dict[str, int]  # ``current``'s dense vectors and their sizes
+    identity: dict[str, Any]  # what makes two builds the same (recorded in the version under ``ace_resume``)
+    versions: dict[int, str]  # the alias's versions here: number -> collection name
+    keep: set[str | None]  # versions not removed (what serves, and what it replaced)
+    checkpoint: dict[str, Any] | None  # where an earlier run of this build stopped (``_resumable``); None: from the start
+
+
+def _build(build: RolloutBuild, report: RolloutReport, *, batch_size: int, show_progress: bool,
+           on_batch: Callable[[int], None] | None) -> None:
     """The rollout's writes, up to a checked and complete version ``report.collection`` (the switch is the caller's)."""
     from ..serve.spaces import named_vector
 
+    location, collection, plain = build.location, build.alias, build.plain
+    current, current_name, checkpoint = build.current, build.current_name, build.checkpoint  # rebound below
+    targets, copied, encoded, identity = build.targets, build.copied, build.encoded, build.identity
     resuming = checkpoint["collection"] if checkpoint is not None else None
     # a first rollout's copy of the plain collection is made again below (it must be what serves now)
     fresh = {resuming, version_name(collection, 0) if plain else None}
-    for stale in (name for name in versions.values() if name not in keep and name not in fresh):  # killed or old
+    stale_versions = (name for name in build.versions.values() if name not in build.keep and name not in fresh)
+    for stale in stale_versions:  # killed or old
         try:
             location.sibling(stale).delete()
             report.removed.append(stale)
@@ -310,23 +342,23 @@ def _build(location, collection, current, current_name, plan, embed, spaces, tar
         step("removed-stale")
     if plain:
         with _removed_on_full_disk(location, version_name(collection, 0), current_name):
-            current_name = _copy_collection(location, current, version_name(collection, 0), previous_serving,
+            current_name = _copy_collection(location, current, version_name(collection, 0), build.previous_serving,
                                             show_progress, collection)
         current = location.sibling(current_name)
         report.previous = current_name
         step("copied-v0")
     elif SERVING_KEY not in current.metadata():
-        current.set_metadata({SERVING_KEY: previous_serving})
+        current.set_metadata({SERVING_KEY: build.previous_serving})
         step("recorded-serving")
 
     started = time.perf_counter()
     new_name = report.collection
     new = location.sibling(new_name)
-    header = {SERVING_KEY: plan, VECTOR_KEY: named_vector(embed, spaces[0][0]), PREVIOUS_KEY: current_name,
-              "ace_rolled_out_at": time.time()}
+    header = {SERVING_KEY: build.plan, VECTOR_KEY: named_vector(build.embed, build.spaces[0][0]),
+              PREVIOUS_KEY: current_name, "ace_rolled_out_at": time.time()}
     with _removed_on_full_disk(location, new_name, current_name):
         if checkpoint is None:
-            sizes = {n: int(have[n]) for n in copied}
+            sizes = {n: int(build.have[n]) for n in copied}
             first = list(islice(current.iter_points(1), 1))
             for name in encoded:
                 sizes[name] = len(targets[name][1].get_text_embedding_batch([_embed_text(first[0][1], current.text_field)])[0])
