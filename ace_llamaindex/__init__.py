@@ -26,6 +26,8 @@ _EXPORTS: dict[str, str] = {
     "experiment_session": ".serve.experiment_arms",
     "CachedEncoder": ".embeddings.encoding",
     "LlamaIndexEncoder": ".embeddings.encoding",
+    "TrainingCard": ".embeddings.card",
+    "read_card": ".embeddings.card",
     "System": ".evaluate.evaluate",
     "evaluate": ".evaluate.evaluate",
     "standard_systems": ".evaluate.evaluate",
@@ -66,6 +68,7 @@ __all__ = [
     "FeedbackHandler", "FeedbackLog", "record_feedback", "load_feedback", "rollout", "rollback",
     "hookimpl", "mine_feedback", "mine_training_data", "train_model",
     "start_experiment", "experiment_status", "stop_experiment", "set_share", "experiment_session",
+    "TrainingCard", "read_card",
 ]
 
 if TYPE_CHECKING:
@@ -73,6 +76,7 @@ if TYPE_CHECKING:
     from .data.loading import load_dataset
     from .deploy.experiment import experiment_status, set_share, start_experiment, stop_experiment
     from .deploy.rollout import rollback, rollout
+    from .embeddings.card import TrainingCard, read_card
     from .embeddings.encoding import CachedEncoder, LlamaIndexEncoder
     from .evaluate.evaluate import System, evaluate, standard_systems
     from .evaluate.fusion_selection import select_fusion

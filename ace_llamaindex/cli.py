@@ -34,6 +34,9 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
 
+    def _describe_range(self) -> str:
+        return super()._describe_range() if self.min is not None or self.max is not None else ""  # not "x<=None"
+
 
 def _disk_full(exc: BaseException) -> bool:
     from .atomic import disk_full
@@ -72,7 +75,45 @@ def friendly(fn):
     return wrapper
 
 
-@click.group()
+class _Generated:
+    """Stands in a command's params for the options made from a dataclass's fields (:func:`field_options`) until the
+    command is first parsed or shown: the dataclasses live in stages (train, mine) that ``import ace_llamaindex.cli``
+    must not load (tests/test_imports.py)."""
+
+    def __init__(self, build) -> None:
+        self.build = build
+
+
+def generated_options(build):
+    """A decorator that gives a command the options ``build()`` makes, at ``build``'s place among its options."""
+
+    def apply(f):
+        f.__dict__.setdefault("__click_params__", []).append(_Generated(build))
+        return f
+
+    return apply
+
+
+class AceCommand(click.Command):
+    """A command whose generated options (:func:`generated_options`) are made when it is first parsed or shown."""
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        if any(isinstance(p, _Generated) for p in self._params):
+            self._params = [q for p in self._params for q in (p.build() if isinstance(p, _Generated) else [p])]
+        return self._params
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._params = list(value)
+
+
+class AceGroup(click.Group):
+    command_class = AceCommand
+    group_class = type  # a subgroup is an AceGroup too
+
+
+@click.group(cls=AceGroup)
 @click.version_option(package_name="ace-llamaindex")
 def cli() -> None:
     """Mine hard negatives, fine-tune, evaluate and serve embeddings for LlamaIndex + Qdrant."""
@@ -177,20 +218,127 @@ def _load_unseen(dataset, fmt, split, strict, model):
     return ds
 
 
+def _dest(flag: str) -> str:
+    """The Python name of a generated option: its flag's (``--train-negatives``: ``train_negatives``)."""
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _kind(hint) -> type:
+    """The type of a field's values: ``int | None`` is ``int``, ``list[str]`` is ``list``."""
+    import types
+    import typing
+
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return typing.get_origin(hint) or hint
+
+
+def field_options(cls, help_text=None) -> list[click.Option]:
+    """The click options of the dataclass ``cls``, in field order, each made from its field's declaration
+    (:mod:`ace_llamaindex.options`): flag, help (``help_text(name, spec)`` when given), range or choices, default. A
+    field whose declaration gives no flag has no option (its ``no_flag`` says why)."""
+    import typing
+
+    from .options import declared, default, flag
+
+    hints = typing.get_type_hints(cls)
+    made = []
+    for name, spec in declared(cls).items():
+        opt = flag(name, spec)
+        if opt is None:
+            continue
+        kind, value = _kind(hints[name]), default(cls, name)
+        attrs = {"help": (help_text(name, spec) if help_text else spec.help) or None}
+        choice = click.Choice(list(spec.choices)) if spec.choices else None
+        if kind is bool:
+            if not spec.negatable and value is not False:
+                raise TypeError(f"{cls.__name__}.{name}: a flag that is on by default needs negatable=True")
+            if spec.negatable:
+                decls, attrs["default"], attrs["show_default"] = [f"{opt}/--no-{opt[2:]}"], value, value is not None
+            else:
+                decls, attrs["is_flag"] = [opt], True
+        elif kind is list:
+            decls, attrs["multiple"], attrs["type"] = [opt], True, choice
+        else:
+            decls = [opt]
+            if kind is int:
+                attrs["type"] = click.IntRange(spec.minimum, spec.maximum, spec.min_open, spec.max_open) \
+                    if spec.bounded else click.INT
+            elif kind is float:
+                attrs["type"] = FiniteFloat(spec.minimum, spec.maximum, spec.min_open, spec.max_open)
+            else:
+                attrs["type"] = choice
+            shown = value is not None and spec.show_default
+            attrs.update(default=value if shown else None, show_default=shown)
+        made.append(click.Option([*decls, _dest(opt)], **attrs))
+    return made
+
+
+def from_options(cls, kw: dict, **given):
+    """``cls`` made from a command's generated options (:func:`field_options`): every field with a flag from its
+    option (not given: the field's default), ``given`` for the others; the fields with no flag keep their defaults."""
+    from .options import declared, flag
+
+    values = {}
+    for name, spec in declared(cls).items():
+        opt = flag(name, spec)
+        if opt is not None and (value := kw[_dest(opt)]) is not None:
+            values[name] = list(value) if isinstance(value, tuple) else value
+    return cls(**values, **given)
+
+
+def _short(value) -> str:
+    """A default as people write it: ``5e-5``, ``1e-4``, ``0.1``, ``32``."""
+    if isinstance(value, float) and 0 < abs(value) < 1e-3:
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _training_help(name: str, spec) -> str:
+    """A training option's help; where its ``None`` means each method's own default (the options the fine-tunes take
+    and the adapters replace by theirs), those defaults, read where they are written: the full fine-tune's in
+    ``train.training.FULL_DEFAULTS``, the adapter's in ``AdapterConfig``."""
+    from .options import default
+    from .train.adapter import ADAPTER_FIELDS, AdapterConfig
+    from .train.common import FINE_TUNES, REFUSED, TrainConfig
+    from .train.training import FULL_DEFAULTS
+
+    if default(TrainConfig, name) is not None or spec.roles.get("auto") != FINE_TUNES:
+        return spec.help
+    full = FULL_DEFAULTS.get(name)
+    adapter = default(AdapterConfig, ADAPTER_FIELDS[name]) if name in ADAPTER_FIELDS else None
+    if full is None and adapter is None:
+        return spec.help
+    text = spec.help.rstrip(".")
+    if full is not None:
+        text = f"{text}. Default: {_short(full)}" if text else f"Default: {_short(full)}"
+    if adapter is not None:
+        text += f" (adapter: {_short(adapter)})"
+    elif spec.roles.get("adapter") == REFUSED:
+        text += " (full fine-tune only)"
+    return text + "."
+
+
+def _training_fields() -> list[click.Option]:
+    from .train.common import TrainConfig
+
+    return field_options(TrainConfig, _training_help)
+
+
+def _mining_fields() -> list[click.Option]:
+    from .mine.mining import MiningOptions
+
+    return field_options(MiningOptions)
+
+
 def mining_options(f):
+    """The mining options: ``--miner`` and ``--model``, one per :class:`~ace_llamaindex.mine.mining.MiningOptions` field
+    with a flag (:func:`field_options`), ``--seed`` and ``--engine``."""
     opts = [
         click.option("--miner", default="dense", show_default=True, help="Miner plugin: dense, bm25, hybrid, or an installed one."),
         click.option("--model", default=None, help="Embedding model of the current system (default: bundled all-MiniLM-L6-v2)."),
-        click.option("--num-negatives", default=5, show_default=True, type=click.IntRange(min=1)),
-        click.option("--range-min", default=0, show_default=True, type=click.IntRange(min=0), help="Skip this many top wrong results."),
-        click.option("--range-max", default=50, show_default=True, type=click.IntRange(min=1), help="Look this deep into the ranking."),
-        click.option("--absolute-margin", type=FiniteFloat(min=0), help="Negative score <= positive score - margin."),
-        click.option("--relative-margin", type=FiniteFloat(0, 1, max_open=True), help="Negative score <= positive score * (1 - margin)."),
-        click.option("--max-score", type=FiniteFloat(), help="Drop candidates scoring above this."),
-        click.option("--min-score", type=FiniteFloat(), help="Drop candidates scoring below this."),
-        click.option("--sampling-strategy", type=click.Choice(["top", "random"]), default="top", show_default=True),
-        click.option("--min-difficulty", type=click.Choice(["easy", "medium", "hard"]), help="Only queries at least this hard."),
-        click.option("--skip-category", multiple=True, help="Skip queries of this category (repeatable)."),
+        generated_options(_mining_fields),
         click.option("--seed", default=42, show_default=True, type=int),
         ENGINE,
     ]
@@ -200,18 +348,11 @@ def mining_options(f):
 
 
 def _mining(kw: dict):
+    """The :class:`~ace_llamaindex.mine.mining.MiningOptions` of a command's mining options (:func:`from_options`);
+    ``seed`` is the command's ``--seed``; ``fill_random`` and ``hybrid`` have no flag and keep their defaults."""
     from .mine.mining import MiningOptions
 
-    return MiningOptions(
-        num_negatives=kw["num_negatives"], range_min=kw["range_min"], range_max=kw["range_max"],
-        absolute_margin=kw["absolute_margin"], relative_margin=kw["relative_margin"], max_score=kw["max_score"],
-        min_score=kw["min_score"], sampling_strategy=kw["sampling_strategy"], min_difficulty=kw["min_difficulty"],
-        skip_categories=list(kw["skip_category"]), seed=kw["seed"],
-    )
-
-
-POSITIVE = click.IntRange(min=1)
-FRACTION = FiniteFloat(0, 1, max_open=True)
+    return from_options(MiningOptions, kw, seed=kw["seed"])
 
 
 def _trainer_alias(f):
@@ -238,44 +379,11 @@ def _trainer_alias(f):
 
 
 def training_options(f):
+    """The training options: one per :class:`~ace_llamaindex.train.common.TrainConfig` field with a flag, made from its
+    declaration (:func:`field_options`), then ``--method`` (which trainer) and its deprecated name ``--trainer``."""
     f = _trainer_alias(f)
     opts = [
-        click.option("--base-model", default=None, help="Model to fine-tune (default: bundled all-MiniLM-L6-v2); folder or HF id."),
-        click.option("--epochs", default=None, type=POSITIVE,
-                     help="Default: enough epochs for at least 25 optimizer steps (1 to 10), validated each epoch, "
-                          "best kept, stopping after 2 epochs without gain (adapter: 100, best kept)."),
-        click.option("--batch-size", default=None, type=click.IntRange(min=2), help="Default: 32 (adapter: 64)."),
-        click.option("--learning-rate", default=None, type=FiniteFloat(0, 1, min_open=True, max_open=True),
-                     help="Default: 5e-5 (adapter: 1e-4)."),
-        click.option("--warmup-ratio", default=None, type=FRACTION, help="Default: 0.1 (full fine-tune only)."),
-        click.option("--max-seq-length", default=None, type=POSITIVE),
-        click.option("--train-negatives", default=None, type=click.IntRange(min=0),
-                     help="Use at most this many hard negatives per example."),
-        click.option("--val-fraction", default=None, type=FRACTION,
-                     help="Queries held out for validation and the promotion gate (default: 10%, but at least 100 "
-                          "or a quarter of the queries), three quarters of them about documents no training query has."),
-        click.option("--seen-share", default=None, type=FiniteFloat(0, 1),
-                     help="Share of future queries expected to ask about documents training queries had: the gate "
-                          "weighs seen/unseen-document validation queries so (default: 0, new documents decide; "
-                          "`ace pipeline`: its test queries' share)."),
-        click.option("--early-stopping", "early_stopping", default=None, type=click.IntRange(min=1), help="Patience in epochs."),
-        click.option("--cached-loss/--no-cached-loss", default=None,
-                     help="CachedMNRL (GradCache): the same loss in bounded memory (default: when the plain loss would "
-                          "not fit ACE_TRAIN_MEMORY_GB, 6 GB of activations on a CPU)."),
-        click.option("--mini-batch-size", default=None, type=POSITIVE,
-                     help="Rows per forward pass with the cached loss (default: the most that fit the budget)."),
-        click.option("--device", default=None, help="cpu, cuda, mps (default: auto)."),
-        click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]),
-                     help="auto: bf16 mixed precision where the hardware runs it natively (CUDA with bf16, CPUs with "
-                          "AVX512-BF16/AMX), else fp32."),
-        click.option("--export", "exports", multiple=True, type=click.Choice(EXPORTS),
-                     help="After training, export for fast CPU inference (checked on the validation queries); repeatable."),
-        click.option("--resume", is_flag=True, help="Continue from the last checkpoint of this same run (same data, options, base model)."),
-        click.option("--keep-checkpoints", is_flag=True, help="Keep OUTPUT.checkpoints after a finished run (removed by default)."),
-        click.option("--force", is_flag=True, help="Replace an existing model even when the gate does not call the new one better."),
-        click.option("--continual/--no-continual", default=True, show_default=True,
-                     help="With a champion (--champion/--collection): also train candidates that continue it (its adapter "
-                          "or weights) on the new data plus the data it was trained on (replay), judged by the same rule."),
+        generated_options(_training_fields),
         click.option("--method", "trainer", default="auto", show_default=True,
                      help="auto: train a query adapter, the full fine-tune, weight interpolations of base and fine-tuned "
                           "and an adapter on the fine-tune, keep the best the gate calls better on unseen documents (the "
@@ -290,17 +398,12 @@ def training_options(f):
 
 
 def _training(kw: dict, seed: int):
-    from .embeddings.models import DEFAULT_MODEL
-    from .train.training import TrainConfig
+    """The :class:`~ace_llamaindex.train.common.TrainConfig` of a command's training options (:func:`from_options`):
+    ``seed`` is the command's own ``--seed``; ``seen_share_source``, ``trust_remote_code`` and ``extra`` have no flag
+    (their declarations say why) and keep their defaults."""
+    from .train.common import TrainConfig
 
-    return TrainConfig(
-        base_model=kw["base_model"] or DEFAULT_MODEL, epochs=kw["epochs"], batch_size=kw["batch_size"],
-        learning_rate=kw["learning_rate"], warmup_ratio=kw["warmup_ratio"], max_seq_length=kw["max_seq_length"],
-        num_negatives=kw["train_negatives"], val_fraction=kw["val_fraction"], early_stopping_patience=kw["early_stopping"],
-        cached_loss=kw["cached_loss"], mini_batch_size=kw["mini_batch_size"], seed=seed, device=kw["device"], resume=kw["resume"], force=kw["force"],
-        keep_checkpoints=kw["keep_checkpoints"], precision=kw["precision"], exports=list(kw["exports"]),
-        seen_share=kw["seen_share"], continual=kw["continual"],
-    )
+    return from_options(TrainConfig, kw, seed=seed)
 
 
 def _interval_line(s: dict) -> str:
@@ -338,13 +441,15 @@ def inconclusive_reason(g: dict) -> str:
     return f"on {s['n']} queries the fine-tuned model does not gain (delta {s['delta']:+.3f})."
 
 
-def print_training(card: dict) -> None:
-    """The promotion gate's verdict (and, for --method auto, every candidate's) and the fusion, for people."""
-    from .embeddings.card import deciding_subset
+def print_training(card) -> None:
+    """The promotion gate's verdict (and, for --method auto, every candidate's) and the fusion, for people
+    (``card``: a :class:`~ace_llamaindex.embeddings.card.TrainingCard` or its dict)."""
+    from .embeddings.card import TrainingCard, deciding_subset
     from .evaluate.stats import Verdict, interval
 
-    g = card.get("gate") or {}
-    for name, c in (card.get("candidates") or {}).items():
+    card = TrainingCard.from_dict(card)
+    g = card.gate
+    for name, c in (card.candidates or {}).items():
         cg = c["gate"]
         where = cg.get("decided_by", "")
         sub = deciding_subset(cg)
@@ -355,7 +460,7 @@ def print_training(card: dict) -> None:
                       f"{' (re-index)' if c['reindex'] else ' (no re-index)'}", highlight=False)
     if g.get("delta") is not None:
         colour = _verdict_colour(g["verdict"])
-        label = f" for {card['gate_of']}" if card.get("gate_of") else ""
+        label = f" for {card.gate_of}" if card.gate_of else ""
         console.print(f"promotion gate{label} ({g['n_queries']} validation queries): {g['metric']} {_interval_line(g)}: "
                       f"[{colour}]{escape(g['verdict'])}[/{colour}] (decided by {g.get('decided_by', 'all validation queries')})",
                       highlight=False)
@@ -366,7 +471,7 @@ def print_training(card: dict) -> None:
         console.print(f"promotion gate: {g.get('verdict')}", highlight=False)
     if g.get("verdict") in (Verdict.NO_CLEAR_DIFFERENCE, Verdict.WORSE, Verdict.CANT_TELL) and g.get("base") is not None:
         console.print(f"[yellow]no gain shown:[/yellow] {inconclusive_reason(g)}", highlight=False)
-    champion = card.get("champion")
+    champion = card.champion
     if champion:
         cg = champion.get("gate") or {}
         colour = _verdict_colour(cg.get("verdict"))
@@ -376,10 +481,10 @@ def print_training(card: dict) -> None:
                       f"{g.get('metric', 'ndcg@10')} {evidence}[{colour}]{escape(str(cg.get('verdict')))}[/{colour}]"
                       f" (decided by {cg.get('decided_by', 'all validation queries')})", highlight=False, soft_wrap=True)
         console.print(f"  champion history: {champion.get('history')}", highlight=False, soft_wrap=True)
-    if card.get("choice"):
-        console.print(f"method: {card['chosen']} ({card['choice']['reason']})", highlight=False)
-    if card.get("fusion"):
-        console.print(f"fusion saved with the model: {card['fusion']['name']} ({card['fusion']['reason']})", highlight=False)
+    if card.choice:
+        console.print(f"method: {card.chosen} ({card.choice['reason']})", highlight=False)
+    if card.fusion:
+        console.print(f"fusion saved with the model: {card.fusion['name']} ({card.fusion['reason']})", highlight=False)
 
 
 def print_report(report: dict, metric: str = "ndcg@10") -> None:
@@ -508,27 +613,27 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
                       f"rank 0 wrote {result.model_dir}", highlight=False, soft_wrap=True)
         return
     card = result.card
-    neg = card.get("negatives") or {}
+    neg = card.negatives or {}
     if neg.get("padded") or neg.get("in_batch_only"):
         console.print(f"[yellow]note:[/yellow] {neg['padded']} example(s) had fewer than {neg['negatives_per_example']} hard "
                       f"negatives (their own repeated); {neg['in_batch_only']} had none (in-batch negatives only)", highlight=False)
-    poisoned = (card.get("data_checks") or {}).get("negatives_equal_to_positive")
+    poisoned = card.data_checks.get("negatives_equal_to_positive")
     if poisoned:
         console.print(f"[yellow]note:[/yellow] dropped {poisoned} hard negative(s) identical to their example's positive",
                       highlight=False)
     print_training(card)
-    if card.get("resumed_from_checkpoint"):
-        console.print(f"resumed from {card['resumed_from_checkpoint']}", highlight=False)
+    if card.resumed_from_checkpoint:
+        console.print(f"resumed from {card.resumed_from_checkpoint}", highlight=False)
     from .evaluate.stats import Verdict
     from .train.outcome import Outcome, outcome
 
     serving, done = result.serving, outcome(result)
     if done is Outcome.PROMOTED:
-        peak = (card.get("peak_memory") or {}).get("rss_gb")
-        console.print(f"model -> {result.model_dir} ({card.get('train_seconds')} s on {card.get('device', 'cpu')}"
+        peak = (card.peak_memory or {}).get("rss_gb")
+        console.print(f"model -> {result.model_dir} ({card.train_seconds} s on {card.device or 'cpu'}"
                       f"{f', peak RSS {peak} GB' if peak else ''})", highlight=False)
         if result.gate is not None and result.gate.verdict != Verdict.BETTER and not kw["force"]:
-            against = "the champion" if card.get("champion") else "its base"
+            against = "the champion" if card.champion else "its base"
             console.print(f"[yellow]written, but not shown better than {against}:[/yellow] `ace rollout` will refuse it "
                           "(nothing was at OUTPUT to keep; --force to roll it out anyway)", highlight=False)
         if serving and serving.get("adapter"):
@@ -539,7 +644,7 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
             console.print("serve: FineTunedEmbedding(model_name=OUT); index the documents again (ace index --model OUT)",
                           highlight=False)
     elif done is Outcome.BASE_STAYS:
-        stays = "the champion stays" if card.get("champion") else "the base model stays"
+        stays = "the champion stays" if card.champion else "the base model stays"
         console.print(f"[yellow]{stays}:[/yellow] no method was better on validation; nothing was written "
                       f"to {result.model_dir} (the evidence: {result.model_dir}.not-promoted.json)", highlight=False)
     else:  # Outcome.KEPT
@@ -652,7 +757,7 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
     report.data["fusion"] = fusion.to_dict() if fusion else None
     report.data["warnings"] = warnings
     if card:
-        report.data["training_card"] = card
+        report.data["training_card"] = card.to_dict()
     print_report(report.data)
     for name, path in write_reports(report, out_dir, list(reporters) or None).items():
         console.print(f"{name} report -> {path}")
@@ -687,12 +792,12 @@ def pipeline(dataset, fmt, split, strict, out_dir, test_fraction, test_split, **
                           training=_training(kw, kw["seed"]), test_fraction=test_fraction, seed=kw["seed"], engine=kw["engine"],
                           split_by=test_split.rstrip("s"))
     console.print(f"training data -> {result.training_data}")
-    if outcome(result.report.data["training_card"]) is Outcome.BASE_STAYS:
+    if outcome(result.card) is Outcome.BASE_STAYS:
         console.print("[yellow]the base model stays:[/yellow] no method was better on validation, so the test below "
                       "compares only the base model's systems", highlight=False)
     else:
         console.print(f"model -> {result.model_dir}")
-    print_training(result.report.data["training_card"])
+    print_training(result.card)
     print_report(result.report.data)
     for name, path in result.reports.items():
         console.print(f"{name} report -> {path}")

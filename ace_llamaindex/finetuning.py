@@ -19,6 +19,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 
 from .data.dataset import QADataset
 from .data.examples import TrainingExample
+from .embeddings.card import TrainingCard
 from .embeddings.models import DEFAULT_MODEL
 from .errors import OptionError
 from .mine.mining import HardNegativeMiner, MiningOptions
@@ -89,7 +90,7 @@ class _Engine:
             raise OptionError(f"{self.name}: model_output_path {exc}") from None
 
     @property
-    def card(self) -> dict[str, Any]:
+    def card(self) -> TrainingCard:
         """The training card of the last ``finetune()``: the method chosen, every candidate's gate, the fusion."""
         if getattr(self, "result", None) is None:
             raise OptionError(f"{self.name}: call finetune() first")
@@ -234,8 +235,8 @@ class EmbeddingAdapterFinetuneEngine(_Engine):
         card = train_adapter(examples, encoder, self.model_output_path, replace(adapter_config(self.config), bias=self.bias),
                              base_info={**base_identity(self.embed_model), "data_fingerprint": self.dataset.fingerprint()},
                              corpus=self.dataset.corpus)
-        self.result = TrainResult(Path(self.model_output_path), card, GateResult.from_dict(card["gate"]),
-                                  promoted=card["promoted"],
+        self.result = TrainResult(Path(self.model_output_path), card, GateResult.from_dict(card.gate),
+                                  promoted=card.promoted,
                                   serving=ServingPlan(None, self.model_output_path, reindex=False).to_dict())
 
     def get_finetuned_model(self, **model_kwargs: Any) -> BaseEmbedding:

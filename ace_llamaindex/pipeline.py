@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.dataset import QADataset
+from .embeddings.card import TrainingCard
 from .embeddings.encoding import CachedEncoder
 from .errors import OptionError
 from .evaluate.evaluate import EvalReport, compared_systems, evaluate
@@ -26,6 +27,7 @@ class PipelineResult:
     model_dir: Path
     report: EvalReport
     reports: dict[str, Path]
+    card: TrainingCard | None = None  # the training card (also in the report, as data)
 
 
 def seen_document_rate(train_set: QADataset, test_set: QADataset) -> float:
@@ -95,6 +97,6 @@ def run_pipeline(
     fusion = load_fusion(result.model_dir) if finetuned is not None else None
     systems, comparisons = compared_systems(base, finetuned, fusion=fusion)
     report = evaluate(test_set, systems, metrics=metrics, show_progress=show_progress, engine=engine, comparisons=comparisons)
-    report.data["training_card"] = result.card
+    report.data["training_card"] = result.card.to_dict()
     report.data["fusion"] = fusion.to_dict() if fusion else None
-    return PipelineResult(data_path, result.model_dir, report, write_reports(report, out_dir, reporters))
+    return PipelineResult(data_path, result.model_dir, report, write_reports(report, out_dir, reporters), result.card)

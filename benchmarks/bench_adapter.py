@@ -55,9 +55,9 @@ def main() -> None:
         data = report.data
         data.pop("per_query")
         data["benchmark"] = {"dataset": name, "adapter_train_seconds_incl_gate": seconds,
-                             "adapter_train_seconds": result.card["train_seconds"], "train_examples": result.card["train_examples"],
-                             "documents_encoded_by_base_after_training": reencoded, "gate": result.card["gate"],
-                             "epochs": result.card["validation_per_epoch"][-1]["epoch"] if result.card["validation_per_epoch"] else None}
+                             "adapter_train_seconds": result.card.train_seconds, "train_examples": result.card.train_examples,
+                             "documents_encoded_by_base_after_training": reencoded, "gate": result.card.gate,
+                             "epochs": result.card.details["validation_per_epoch"][-1]["epoch"] if result.card.details["validation_per_epoch"] else None}
         save(f"adapter-{name}", data)
         (RESULTS / f"adapter-{name}.md").write_text(markdown_report(data) + f"\n\n{data['benchmark']}\n")
         print(name, data["benchmark"], {k: round(v["ndcg@10"], 4) for k, v in data["overall"].items()}, flush=True)

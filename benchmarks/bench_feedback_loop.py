@@ -128,8 +128,8 @@ def run(name: str, method: str) -> dict:
     for arm, examples in (("from-log", from_log), ("from-qrels", from_qrels)):
         result, seconds = train_arm(examples, work / arm, method, corpus, base)
         arms[arm] = {"examples": len(examples), "train_seconds": seconds, "promoted": result.promoted,
-                     "verdict": (result.card.get("gate") or {}).get("verdict"),
-                     "serving": result.serving, "method": result.card.get("chosen", result.card.get("method")),
+                     "verdict": result.card.gate.get("verdict"),
+                     "serving": result.serving, "method": result.card.method_name,
                      "feedback_negatives": sum(s == "feedback" for e in examples
                                                for s in e.metadata.get("negative_sources", []))}
 

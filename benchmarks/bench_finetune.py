@@ -109,7 +109,7 @@ def main() -> None:
     data["benchmark"] = {"dataset": args.dataset, "quick": args.quick, "epochs": args.epochs, "batch_size": args.batch_size,
                          "negatives": args.negatives, "learning_rate": args.learning_rate, "miner": args.miner,
                          "train_max_seq_length": seq, "engine": args.engine, "our_examples": len(examples), "st_examples": n_st,
-                         "fusion": fusion.to_dict(), "training_card": result.card, "timings_seconds": timings}
+                         "fusion": fusion.to_dict(), "training_card": result.card.to_dict(), "timings_seconds": timings}
     save(tag, data)
     (RESULTS / f"{tag}.md").write_text(markdown_report(data) + "\n### Wall clock (s)\n\n" +
                                        "\n".join(f"- {k}: {v}" for k, v in timings.items()) + "\n")

@@ -69,8 +69,8 @@ def drop_in(train_path: Path, val_path: Path, out: Path) -> dict:
     engine.get_finetuned_model()  # what the script does next; must work
     card = engine.card
     serving = engine.result.serving if engine.result.promoted else {"model": MODEL_ID, "adapter": None, "reindex": False}
-    return {"serving": serving, "method": card.get("chosen", card.get("method")), "promoted": engine.result.promoted,
-            "gate": card.get("gate"), "candidates": card.get("candidates")}
+    return {"serving": serving, "method": card.method_name, "promoted": engine.result.promoted,
+            "gate": card.gate, "candidates": card.candidates}
 
 
 SIDES = {"li-engine": li_engine, "ace-drop-in": drop_in}

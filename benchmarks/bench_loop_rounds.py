@@ -158,7 +158,7 @@ def main() -> None:
             if candidate is None:
                 decision = {"allowed": False, "reason": "nothing written"}
             elif key == "a":  # today's rollout: the card's gate against the base decides
-                verdict = result.card["gate"]["verdict"]
+                verdict = result.card.gate["verdict"]
                 decision = {"allowed": verdict == "better", "reason": f"gate vs the base: {verdict}"}
             else:
                 evidence = promotion_evidence(out, candidate, served, "docs")
@@ -169,7 +169,7 @@ def main() -> None:
             score = test_score(loop.serving, f"{key}{r}")
             score["vs_previous_round"] = paired(previous, loop.serving)
             loop.rows.append({"round": r, "seen_share": config.seen_share, "queries": len(batch), "unanswered": unanswered, "examples": len(examples),
-                              "chosen": result.card.get("chosen") or result.card.get("method"),
+                              "chosen": result.card.method_name,
                               "rolled_out": decision["allowed"], "reason": decision["reason"],
                               "serving": str(loop.serving.name) if loop.serving else "base", "test": score,
                               "seconds": round(time.perf_counter() - started, 1),

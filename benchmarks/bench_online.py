@@ -147,7 +147,7 @@ def train_adapter(train, base, out: Path, seed: int) -> dict:
     data = save_training_data(examples, out.parent / "training_data.json", source="train split")
     result = adapter_trainer(examples, out, TrainConfig(seed=seed), base_encoder=base, training_data=data,
                              corpus=train.corpus)
-    gate = result.card.get("gate") or {}
+    gate = result.card.gate or {}
     return {"examples": len(examples), "gate": {k: gate.get(k) for k in ("verdict", "delta", "ci95", "decided_by")},
             "seconds": round(time.perf_counter() - started, 1)}
 

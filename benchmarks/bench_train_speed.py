@@ -44,7 +44,7 @@ def plain(examples, out, batch_size, max_seq_length, seed) -> float:
 
 def ours(examples, out, batch_size, max_seq_length, seed) -> float:
     config = TrainConfig(epochs=1, batch_size=batch_size, max_seq_length=max_seq_length, val_fraction=0.0, seed=seed, device="cpu")
-    return train(examples, out, config).card["train_seconds"]
+    return train(examples, out, config).card.train_seconds
 
 
 def main() -> None:

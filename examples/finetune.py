@@ -19,7 +19,7 @@ def main() -> None:
     save_training_data(examples, f"{out}.training_data.json", source=dataset.source)
     result = train(examples, out, TrainConfig(epochs=3, batch_size=32, learning_rate=5e-5, val_fraction=0.15,
                                               early_stopping_patience=1))
-    print(f"model -> {result.model_dir}; best validation nDCG@10 {result.card['best_metric']}")
+    print(f"model -> {result.model_dir}; best validation nDCG@10 {result.card.details['best_metric']}")
 
 
 if __name__ == "__main__":

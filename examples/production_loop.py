@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = train_model(mined.path, args.out / "model", method=args.method, config=TrainConfig(seen_share=0.0),
                          collection="memories", index=retriever.index)
     card = result.card
-    happened["gate"] = card["gate"]["verdict"]
-    print(f"gate: {card['gate']['verdict']} (method {card.get('chosen', card.get('method'))})")
-    if card["gate"]["verdict"] != "better":
+    happened["gate"] = card.gate["verdict"]
+    print(f"gate: {card.gate['verdict']} (method {card.method_name})")
+    if card.gate["verdict"] != "better":
         print("nothing was better than the serving model: nothing to roll out")
         return happened
 

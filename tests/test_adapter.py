@@ -61,11 +61,11 @@ def test_adapter_learns_without_touching_documents(team_split, base_encoder, tmp
     result = adapter_trainer(examples, tmp_path / "adapter", TrainConfig(), base_encoder=base_encoder, corpus=train.corpus)
     assert base_encoder.encoded["document"] == before  # no document re-encoded
     card = result.card
-    assert (tmp_path / "adapter" / ADAPTER_CARD).exists() and card["gate"]["n_queries"] > 0
-    history = card["validation_per_epoch"]
+    assert (tmp_path / "adapter" / ADAPTER_CARD).exists() and card.gate["n_queries"] > 0
+    history = card.details["validation_per_epoch"]
     assert history[0]["epoch"] == 0  # the identity (the base) is measured first
     assert max(h["ndcg@10"] for h in history[1:]) > history[0]["ndcg@10"] + 0.05, history  # training moved it
-    assert result.promoted and card["gate"]["verdict"] == "better", card["gate"]
+    assert result.promoted and card.gate["verdict"] == "better", card.gate
     # the adapter it kept beats the identity on memories no training or validation query asked about
     adapter, _ = QueryAdapter.load(tmp_path / "adapter")
     held_out = gate(future, base_encoder, AdaptedEncoder(base_encoder, adapter))
@@ -94,7 +94,7 @@ def test_adapter_over_a_real_endpoint(embedding_server, examples, tmp_path, demo
     endpoint = OpenAICompatibleEmbedding(base_url=embedding_server, model_name="minilm")
     subset = examples[:80]
     result = adapter_trainer(subset, tmp_path / "adapter", TrainConfig(), base_encoder=LlamaIndexEncoder(endpoint, label="minilm"))
-    assert result.card["base"]["label"] == "minilm"
+    assert result.card.base["label"] == "minilm"
     indexed = HybridQdrantRetriever(endpoint, collection="ep", mode="dense")
     corpus = sorted(demo.corpus)[:30]
     indexed.add_nodes([TextNode(id_=k, text=demo.corpus[k]) for k in corpus], show_progress=False)

@@ -96,17 +96,17 @@ def test_training_against_the_serving_collection_records_the_champion_and_rollou
     rollout(team["v1"], "mem", index=retriever.index, show_progress=False)
     champion = champion_from_collection("mem", index=retriever.index)
     assert champion.identity == plan_identity(read_serving(team["v1"])) and champion.serving["adapter"]
-    assert champion.card is not None and champion.card["training_data"][0]["path"] == str(team["all"].resolve())
+    assert champion.card is not None and champion.card.training_data[0]["path"] == str(team["all"].resolve())
     result = adapter_trainer(team["examples"][: len(team["examples"]) // 4], tmp_path / "v2c", TrainConfig(),
                              base_encoder=base_encoder, training_data=team["quarter"], champion=champion)
     card = result.card
-    assert card["champion"]["identity"] == champion.identity
-    assert card["champion"]["gate"]["verdict"] != "better" and result.gate.verdict != "better"
+    assert card.champion["identity"] == champion.identity
+    assert card.champion["gate"]["verdict"] != "better" and result.gate.verdict != "better"
     # the continual candidate (v1's adapter continued on the new data + v1's replayed data) was trained and judged, on
     # validation queries that include v1's own
-    assert set(card["candidates"]) == {"adapter", "adapter (continued)"}
-    assert card["data_checks"]["champion validation queries added"] > 0
-    assert "replaying" in card["champion"]["history"]
+    assert set(card.candidates) == {"adapter", "adapter (continued)"}
+    assert card.data_checks["champion validation queries added"] > 0
+    assert "replaying" in card.champion["history"]
     with pytest.raises(OptionError, match="champion comparison|vs the champion"):
         rollout(tmp_path / "v2c", "mem", index=retriever.index, show_progress=False)
 
@@ -117,7 +117,7 @@ def test_a_challenger_better_than_the_serving_champion_rolls_out(tmp_path, team,
     champion = champion_from_collection("mem", index=retriever.index)
     result = adapter_trainer(team["examples"], tmp_path / "v3", TrainConfig(), base_encoder=base_encoder,
                              training_data=team["all"], champion=champion)
-    assert result.card["champion"]["gate"]["verdict"] == "better", result.card["champion"]["gate"]
+    assert result.card.champion["gate"]["verdict"] == "better", result.card.champion["gate"]
     report = rollout(tmp_path / "v3", "mem", index=retriever.index, show_progress=False)
     assert report.evidence["source"] == "the training card's champion comparison" and _serves(retriever, tmp_path / "v3")
 
@@ -133,7 +133,7 @@ def test_a_champion_whose_training_data_is_gone_is_a_note_not_a_failure(tmp_path
     card_path.write_text(json.dumps(card))
     result = adapter_trainer(team["examples"][:200], tmp_path / "out", TrainConfig(), base_encoder=base_encoder,
                              champion=champion_from_folder(copy))
-    assert "gone.json is missing: not replayed" in result.card["champion"]["history"]
+    assert "gone.json is missing: not replayed" in result.card.champion["history"]
 
 
 def test_the_seen_share_is_measured_from_the_log_and_used_by_ace_train(tmp_path, team):
@@ -153,7 +153,7 @@ def test_the_seen_share_is_measured_from_the_log_and_used_by_ace_train(tmp_path,
     assert out.exit_code == 0, out.output
     assert "seen share 50%" in out.output and "2 of the 4 most recent" in out.output
     card = read_card(tmp_path / "m")
-    assert card["config"]["seen_share"] == 0.5 and "2 of the 4" in card["config"]["seen_share_source"]
+    assert card.config["seen_share"] == 0.5 and "2 of the 4" in card.config["seen_share_source"]
 
 
 def test_validation_is_held_out_among_queries_the_champion_did_not_train_on_and_its_own_validation_joins():

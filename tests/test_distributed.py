@@ -59,18 +59,18 @@ def test_torchrun_two_processes_train_one_model_as_one_process_does(tmp_path, da
     assert single.returncode == 0, single.stderr[-4000:]
     one, two = read_card(tmp_path / "one"), read_card(work / "model")
 
-    assert two["data_parallel"] == {"world_size": 2, "backend": "gloo", "per_device_batch_size": 4, "global_batch_size": 8,
+    assert two.data_parallel == {"world_size": 2, "backend": "gloo", "per_device_batch_size": 4, "global_batch_size": 8,
                                     "gather_across_devices": True, "written_by": "rank 0"}
     # The processes split each global batch of 8: 138 examples make 17 full steps (DDP drops the uneven last batch),
     # one process 18 (its last batch holds 2). Had every process gone through all the data, 34 steps.
-    n = one["train_examples"]
-    assert two["train_examples"] == n == 138
-    assert (two["optimizer_steps"], one["optimizer_steps"]) == (n // 8, math.ceil(n / 8))
+    n = one.train_examples
+    assert two.train_examples == n == 138
+    assert (two.details["optimizer_steps"], one.details["optimizer_steps"]) == (n // 8, math.ceil(n / 8))
     # the same validation queries and the same base score: only the training differs
-    assert two["validation_queries"] == one["validation_queries"]
-    before = two["validation_before"]["cosine_ndcg@10"]
-    assert before == pytest.approx(one["validation_before"]["cosine_ndcg@10"], abs=1e-6)
-    assert abs(two["best_metric"] - one["best_metric"]) <= TOLERANCE, (two["best_metric"], one["best_metric"], before)
+    assert two.validation_queries == one.validation_queries
+    before = two.details["validation_before"]["cosine_ndcg@10"]
+    assert before == pytest.approx(one.details["validation_before"]["cosine_ndcg@10"], abs=1e-6)
+    assert abs(two.details["best_metric"] - one.details["best_metric"]) <= TOLERANCE, (two.details["best_metric"], one.details["best_metric"], before)
     tuned, base = SentenceTransformer(str(work / "model")), open_model(None)
     query = ["which database do we use for the billing service?"]
     assert float(tuned.encode(query)[0] @ base.encode(query)[0]) < 0.9999  # the weights moved
@@ -95,8 +95,8 @@ def test_ace_train_nproc_launches_torchrun(tmp_path, data):
                           capture_output=True, text=True, timeout=600, cwd=ROOT, env=env())
     assert done.returncode == 0, done.stderr[-4000:]
     card = read_card(out)
-    assert card["data_parallel"]["world_size"] == 2 and card["data_parallel"]["global_batch_size"] == 16
-    assert card["optimizer_steps"] == 184 // 16
+    assert card.data_parallel["world_size"] == 2 and card.data_parallel["global_batch_size"] == 16
+    assert card.details["optimizer_steps"] == 184 // 16
     assert "rank 1 of 2: trained data-parallel and wrote nothing" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 

@@ -317,7 +317,7 @@ def test_negatives_equal_to_the_positive_are_dropped_and_counted(tmp_path):
 
     rows = [TrainingExample(f"question {i}", f"answer {i}", [f"answer  {i}", f"answer {i + 1}"]) for i in range(12)]
     card = adapter_trainer(rows, tmp_path / "a", TrainConfig(epochs=1, force=True)).card
-    assert card["data_checks"]["negatives_equal_to_positive"] == 12
+    assert card.data_checks["negatives_equal_to_positive"] == 12
 
 
 # ---- a full disk: refused before the work, or one line mid-write, the previous output intact ----------------------

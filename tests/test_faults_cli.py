@@ -212,7 +212,7 @@ def test_resume_skips_a_checkpoint_cut_short(tmp_path, checkpointed, few_example
     damage(last)  # the kill -9 landed while the last checkpoint was being written
     with caplog.at_level(logging.WARNING, logger="ace_llamaindex.train.training"):
         result = train(few_examples, out, TrainConfig(epochs=2, resume=True, **RESUME))
-    assert Path(result.card["resumed_from_checkpoint"]).name == first.name  # the last complete one
+    assert Path(result.card.resumed_from_checkpoint).name == first.name  # the last complete one
     warned = [r.getMessage() for r in caplog.records if "incomplete checkpoint" in r.getMessage()]
     assert len(warned) == 1 and last.name in warned[0] and f"resuming from {first.name}" in warned[0]
     assert (last / "trainer_state.json").is_file()  # the epoch it lost was trained again and checkpointed whole
@@ -236,13 +236,13 @@ def test_auto_exports_what_it_chose(tmp_path, few_examples, base_encoder, small,
         result = method_selection.select_method(few_examples, out, TrainConfig(epochs=1, batch_size=8, max_seq_length=64,
                                                                                exports=["onnx"]),
                                                 corpus=small.corpus, base_encoder=base_encoder)
-    assert result.card["chosen"] == pick and result.promoted
+    assert result.card.chosen == pick and result.promoted
     if pick == "full":
         manifest = json.loads((out / EXPORTS_DIR / MANIFEST).read_text())
         assert "onnx" in json.dumps(manifest) and (out / EXPORTS_DIR / "onnx" / "model.onnx").is_file()
-        assert "exports_skipped" not in result.card
+        assert result.card.exports_skipped is None
     else:
         assert not (out / EXPORTS_DIR).exists()
-        note = result.card["exports_skipped"]
+        note = result.card.exports_skipped
         assert note.startswith("--export onnx: nothing exported: the chosen 'adapter' is a query adapter over the base")
         assert [r.getMessage() for r in caplog.records if "nothing exported" in r.getMessage()] == [note]

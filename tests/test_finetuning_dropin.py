@@ -55,7 +55,7 @@ from ace_llamaindex import FineTunedEmbedding
 
 query = "kraken is 503ing again"
 base = FineTunedEmbedding()
-print("chosen", finetune_engine.card["chosen"], finetune_engine.card["promoted"])
+print("chosen", finetune_engine.card.chosen, finetune_engine.card.promoted)
 print("differs", not np.allclose(embed_model.get_query_embedding(query), base.get_query_embedding(query), atol=1e-4))
 """
 
@@ -79,8 +79,8 @@ def test_the_adapter_engine_gives_the_trained_adapter(li_files, tmp_path):
     engine = EmbeddingAdapterFinetuneEngine(EmbeddingQAFinetuneDataset.from_json(li_files / "train_dataset.json"), base,
                                             model_output_path=str(tmp_path / "adapter"), dim=384)
     engine.finetune()
-    assert engine.card["method"] == "adapter" and "subsets" in engine.card["gate"]
-    assert engine.result.promoted and engine.card["gate"]["verdict"] == "better", engine.card["gate"]
+    assert engine.card.method == "adapter" and "subsets" in engine.card.gate
+    assert engine.result.promoted and engine.card.gate["verdict"] == "better", engine.card.gate
     model = engine.get_finetuned_model()
     assert isinstance(model, AdapterEmbedding) and model is not base
     query, text = "kraken is 503ing again", "rotate the signing key"

@@ -137,12 +137,12 @@ def test_auto_on_too_few_validation_queries_keeps_the_base_and_writes_nothing(tm
     result = select_method(examples, out, TrainConfig(epochs=1, batch_size=8, max_seq_length=64), corpus=small.corpus,
                            base_encoder=base_encoder)
     card = result.card
-    assert list(card["candidates"]) == ["adapter", "interpolate(0.5)", "interpolate(0.75)", "full", "full+adapter"]
-    for c in card["candidates"].values():
+    assert list(card.candidates) == ["adapter", "interpolate(0.5)", "interpolate(0.75)", "full", "full+adapter"]
+    for c in card.candidates.values():
         assert set(c["gate"]["subsets"]) == {"unseen documents", "seen documents"}
         assert c["gate"]["verdict"] == "can't tell" and c["gate"]["subsets"]["unseen documents"]["n"] < MIN_UNSEEN
-    assert card["peak_memory"]["rss_gb"] > 0 and card["memory_plan"]["loss"]
-    assert result.serving is None and not result.promoted and card["serving"] is None and card["chosen"] == "base"
+    assert card.peak_memory["rss_gb"] > 0 and card.memory_plan["loss"]
+    assert result.serving is None and not result.promoted and card.serving is None and card.chosen == "base"
     assert not out.exists() and json.loads((tmp_path / "auto.not-promoted.json").read_text())["chosen"] == "base"
 
 
@@ -167,16 +167,16 @@ def promoted(tmp_path_factory, base_encoder, team_split):
 def test_auto_promotes_and_writes_what_serving_needs(promoted):
     out, result = promoted
     card = result.card
-    assert result.promoted and card["promoted"] and card["chosen"] in card["candidates"], card["choice"]
-    assert card["gate"]["verdict"] == "better" and card["gate"]["decided_by"] == "unseen documents", card["gate"]
-    assert card["gate"]["subsets"]["unseen documents"]["n"] >= MIN_UNSEEN
-    assert card["candidates"][card["chosen"]]["gate"]["verdict"] == "better"
-    chosen_reindexes = card["candidates"][card["chosen"]]["reindex"]
-    adapter = card["chosen"] in ("adapter", "full+adapter")
-    assert card["serving"] == {"model": "." if chosen_reindexes else card["base_model"], "adapter": "." if adapter else None,
+    assert result.promoted and card.promoted and card.chosen in card.candidates, card.choice
+    assert card.gate["verdict"] == "better" and card.gate["decided_by"] == "unseen documents", card.gate
+    assert card.gate["subsets"]["unseen documents"]["n"] >= MIN_UNSEEN
+    assert card.candidates[card.chosen]["gate"]["verdict"] == "better"
+    chosen_reindexes = card.candidates[card.chosen]["reindex"]
+    adapter = card.chosen in ("adapter", "full+adapter")
+    assert card.serving == {"model": "." if chosen_reindexes else card.base_model, "adapter": "." if adapter else None,
                                "reindex": chosen_reindexes}
     plan = read_serving(out)  # what `ace eval/index/search --model OUT` and a rollout serve
-    assert plan == result.serving == resolve_serving(card["serving"], out)
+    assert plan == result.serving == resolve_serving(card.serving, out)
     assert (out / ADAPTER_CARD).exists() == adapter and (out / CARD_NAME).exists() == chosen_reindexes
     assert not out.with_name(out.name + ".not-promoted.json").exists()
 
@@ -209,10 +209,10 @@ def test_the_adapter_honours_the_options_it_can_use(examples, tmp_path, base_enc
     result = adapter_trainer(examples, tmp_path / "a", TrainConfig(epochs=3, batch_size=16, learning_rate=3e-4,
                                                                     early_stopping_patience=1, num_negatives=1),
                              base_encoder=base_encoder)
-    config = result.card["config"]
+    config = result.card.config
     assert (config["epochs"], config["batch_size"], config["learning_rate"], config["patience"], config["num_negatives"]) \
         == (3, 16, 3e-4, 1, 1)
-    assert len(result.card["validation_per_epoch"]) <= 4
+    assert len(result.card.details["validation_per_epoch"]) <= 4
 
 
 def test_documents_with_the_same_text_are_told_apart_by_id_in_the_split_and_the_gate():

@@ -149,7 +149,7 @@ def sandbox(tmp_path_factory):
     base = CachedEncoder(cache_dir=folder / ".cache", show_progress=False)
     examples = HardNegativeMiner("dense", base, options=MiningOptions(num_negatives=2), show_progress=False).mine(small)
     card = train_adapter(examples, base, folder / "runs" / "demo" / "model", AdapterConfig(epochs=3, force=True))
-    assert card["promoted"]
+    assert card.promoted
     return folder
 
 

@@ -24,16 +24,16 @@ def test_tuned_model_is_a_full_sentence_transformers_model(tuned_model_dir, base
     base = base_encoder.encode_queries(["roll back a deploy"])
     assert abs(float(vec[0] @ base[0])) < 0.99999  # the weights moved
     card = read_card(tuned_model_dir)
-    assert card["base_model"] == "bundled:all-MiniLM-L6-v2" and card["train_examples"] > 0
+    assert card.base_model == "bundled:all-MiniLM-L6-v2" and card.train_examples > 0
 
 
 def test_validation_each_epoch_and_best_kept(tmp_path, examples):
     result = train(examples, tmp_path / "m", TrainConfig(epochs=2, batch_size=8, val_fraction=0.2))
     card = result.card
-    assert [round(h["epoch"]) for h in card["validation_per_epoch"]] == [1, 2]
-    best = max(h["cosine_ndcg@10"] for h in card["validation_per_epoch"])
-    assert card["best_metric"] == pytest.approx(best)
-    assert "cosine_ndcg@10" in card["validation_before"]
+    assert [round(h["epoch"]) for h in card.details["validation_per_epoch"]] == [1, 2]
+    best = max(h["cosine_ndcg@10"] for h in card.details["validation_per_epoch"])
+    assert card.details["best_metric"] == pytest.approx(best)
+    assert "cosine_ndcg@10" in card.details["validation_before"]
     assert (tmp_path / "m" / CARD_NAME).exists()
 
 
@@ -76,10 +76,10 @@ def test_interrupted_training_leaves_previous_model_intact(tmp_path, examples, t
 def test_resume_from_checkpoint(tmp_path, examples):
     out = tmp_path / "r"
     first = train(examples, out, TrainConfig(epochs=1, batch_size=8, val_fraction=0.0, keep_checkpoints=True))
-    assert not first.card["resumed_from_checkpoint"]
+    assert not first.card.resumed_from_checkpoint
     assert list((tmp_path / "r.checkpoints").glob("checkpoint-*"))
     second = train(examples, out, TrainConfig(epochs=2, batch_size=8, val_fraction=0.0, resume=True, keep_checkpoints=True))
-    assert "checkpoint-" in second.card["resumed_from_checkpoint"]  # says which checkpoint (and so which step)
+    assert "checkpoint-" in second.card.resumed_from_checkpoint  # says which checkpoint (and so which step)
     SentenceTransformer(str(out))
     # Checkpoints of another run (other data) are refused, not revived.
     with pytest.raises(OptionError, match="belong to another run"):

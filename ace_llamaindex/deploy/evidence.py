@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.dataset import QADataset
-from ..embeddings.card import deciding_subset, read_card
+from ..embeddings.card import TrainingCard, deciding_subset, read_card
 from ..evaluate.stats import Verdict, interval
 from ..serve.serving_record import describe_plan, plan_identity
 
@@ -52,11 +52,10 @@ def _evidence_line(gate: dict[str, Any]) -> str:
             f"queries ({gate.get('decided_by', 'all queries')}): {gate.get('verdict')}")
 
 
-def _card_base_identity(card: dict[str, Any]) -> dict[str, str | None] | None:
-    base = card.get("base_model")
-    if base:
-        return plan_identity({"model": base, "adapter": None})
-    fingerprint = (card.get("base") or {}).get("fingerprint")  # an adapter's card
+def _card_base_identity(card: TrainingCard) -> dict[str, str | None] | None:
+    if card.base_model:
+        return plan_identity({"model": card.base_model, "adapter": None})
+    fingerprint = card.base_fingerprint  # an adapter's card
     return {"model": fingerprint, "adapter": None} if fingerprint else None
 
 
@@ -93,14 +92,14 @@ def promotion_evidence(model: str | Path, candidate: dict[str, Any], serving: di
     card = read_card(model) if Path(model).is_dir() else None
     if card is None:
         return Evidence(now, "none", None, True, f"{model} has no training card: nothing to check it by")
-    champion = card.get("champion")
+    champion = card.champion
     if champion and champion.get("identity") == current:
         gate = champion.get("gate") or {}
         return Evidence(f"the champion {describe_plan(serving)}", "the training card's champion comparison", gate,
                         _verdict_allows(gate), f"{model} vs the champion {describe_plan(serving)} that {collection!r} "
                         f"serves, on its validation queries: {_evidence_line(gate)}")
     if _card_base_identity(card) == current:
-        gate = card.get("gate") or {}
+        gate = card.gate
         return Evidence(f"its base {describe_plan(serving)}", "the training card's gate against its base", gate,
                         _verdict_allows(gate), f"{model} vs its base {describe_plan(serving)} that {collection!r} serves, "
                         f"on its validation queries: {_evidence_line(gate)}")

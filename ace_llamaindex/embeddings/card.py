@@ -1,28 +1,227 @@
-"""A trained model's card (what it was trained on, how, and the gate's verdict), read by serving and evaluation."""
+"""A trained model's card (what it was trained on, how, and the gate's verdict), read by serving and evaluation.
+
+:class:`TrainingCard` is the one place a card is written and read: every trainer builds one, ``ace train`` saves it
+beside the model (``ace_training_card.json``, or ``ace_adapter.json`` for a query adapter) and everything downstream
+(evaluation, serving, the champion of a later round, rollout's evidence) reads its fields. The file is flat JSON with a
+``schema_version``; cards written before it was recorded (ace-llamaindex 0.1, version 1) still load."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import types
+import typing
+import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import OptionError
-from .query_adapter import ADAPTER_CARD
+from ..errors import AceDeprecationWarning, OptionError
 
 CARD_NAME = "ace_training_card.json"
+ADAPTER_CARD = "ace_adapter.json"  # a query adapter's card, beside its weights
+CARD_SCHEMA = 2  # 1: cards of ace-llamaindex 0.1, without "schema_version"; 2: this class
 
 
-def read_card(model_dir: str | Path) -> dict[str, Any] | None:
+@dataclass
+class TrainingCard:
+    """What a training run did, in one record. The nested entries are plain data as the gate writes them:
+    ``gate`` / ``champion["gate"]`` / ``candidates[name]["gate"]`` are ``GateResult.as_dict()``, ``serving`` a
+    ``ServingPlan.to_dict()`` (``"."`` meaning the card's own folder), ``fusion`` a ``FusionChoice.to_dict()``."""
+
+    method: str                                  # the trainer: full, adapter, auto (or a trainer plugin's name)
+    gate: dict[str, Any] = field(default_factory=dict)  # the new model against its base
+    promoted: bool = True                        # whether the new model was written
+    chosen: str | None = None                    # auto / adapter: the candidate written ("base": none was)
+    choice: dict[str, Any] | None = None         # auto: {"steps", "forced", "reason"}
+    candidates: dict[str, dict[str, Any]] | None = None  # {name: {"gate", "reindex", "against_base"?}}
+    gate_of: str | None = None                   # auto: the candidate ``gate`` is about (chosen, or the closest)
+    base_model: str | None = None                # the model a fine-tune started from
+    base: dict[str, Any] | None = None           # an adapter's base: {"label", "model", "fingerprint", ...}
+    config: dict[str, Any] = field(default_factory=dict)  # the options the run used
+    data_fingerprint: str | None = None
+    train_examples: int | None = None
+    val_examples: int | None = None
+    data_checks: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    precision: str | None = None
+    memory_plan: dict[str, Any] | None = None
+    negatives: dict[str, Any] | None = None      # hard negatives per example, padded, in-batch only
+    train_seconds: float | None = None
+    peak_memory: dict[str, Any] | None = None
+    resumed_from_checkpoint: str | None = None
+    data_parallel: dict[str, Any] | None = None  # world size, global batch... (one process: None)
+    serving: dict[str, Any] | None = None        # what the output folder serves (None: nothing, the base stays)
+    fusion: dict[str, Any] | None = None
+    champion: dict[str, Any] | None = None       # what served when it trained: {"source", "serving", "identity",
+    #                                              "method", "history", "gate" (the new model against it)}
+    training_queries: list[str] = field(default_factory=list)   # text_hash of each training query
+    validation_queries: list[str] = field(default_factory=list)
+    training_data: list[dict[str, str]] = field(default_factory=list)  # [{"path", "sha256"}] for replay
+    exports_skipped: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # what one trainer alone records (learning curve,
+    #                                                        the adapter's kind...), flat in the file
+    schema_version: int = CARD_SCHEMA
+
+    # -- reading ---------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "training card") -> TrainingCard:
+        """A card from its JSON object (any schema up to :data:`CARD_SCHEMA`); a key no field has goes to
+        ``details``. A bad card is one :class:`~ace_llamaindex.errors.OptionError` line naming ``where``."""
+        if isinstance(data, TrainingCard):
+            return data
+        if not isinstance(data, Mapping):
+            raise OptionError(f"{where}: a training card is a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version", 1)
+        if not isinstance(version, int) or version < 1:
+            raise OptionError(f"{where}: schema_version must be a positive integer, got {version!r}")
+        if version > CARD_SCHEMA:
+            raise OptionError(f"{where}: card schema {version} is newer than this ace-llamaindex reads (up to "
+                              f"{CARD_SCHEMA}); upgrade ace-llamaindex")
+        data = dict(data)
+        if "method" not in data:  # 0.1: an adapter's card had no method, a fine-tune's had its base model
+            data["method"] = "full" if "base_model" in data else "adapter"
+        known = {f.name for f in fields(cls)} - {"details", "schema_version"}
+        values = {k: v for k, v in data.items() if k in known}
+        details = {k: v for k, v in data.items() if k not in known and k != "schema_version"}
+        if isinstance(values.get("training_data"), Mapping):  # one reference, as some 0.x cards wrote it
+            values["training_data"] = [dict(values["training_data"])]
+        for name, kind in _KINDS.items():
+            value = values.get(name)
+            if value is not None and not isinstance(value, kind):
+                raise OptionError(f"{where}: field {name!r} must be {_KIND_WORDS[kind]}, got {type(value).__name__}")
+        for name in ("gate", "config", "data_checks", "training_queries", "validation_queries"):
+            if values.get(name) is None:
+                values.pop(name, None)  # an old card's null: the default
+        return cls(**values, details=details, schema_version=CARD_SCHEMA)
+
+    @classmethod
+    def read(cls, path: str | Path) -> TrainingCard:
+        """The card in the file ``path``."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise OptionError(f"{path}: unreadable card ({exc}); train again or delete the folder") from None
+        return cls.from_dict(data, where=str(path))
+
+    # -- writing ---------------------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card as its file holds it: flat, ``schema_version`` first, optional fields left out when empty."""
+        out: dict[str, Any] = {"schema_version": self.schema_version}
+        for f in fields(self):
+            if f.name in ("details", "schema_version"):
+                continue
+            value = getattr(self, f.name)
+            if value is not None or f.name in _ALWAYS_WRITTEN:
+                out[f.name] = value
+        clash = sorted(set(self.details) & set(out))
+        if clash:
+            raise ValueError(f"card details {clash} shadow card fields")
+        return {**out, **self.details}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the card to ``path`` atomically."""
+        from ..atomic import write_json
+
+        return write_json(path, self.to_dict())
+
+    # -- what readers ask ------------------------------------------------------------------------------------------
+
+    @property
+    def method_name(self) -> str:
+        """The method that produced the model: the candidate chosen, else the trainer."""
+        return self.chosen or self.method
+
+    @property
+    def deciding_gate(self) -> dict[str, Any]:
+        """The comparison promotion was decided by: against the champion when there was one, else the base."""
+        return (self.champion or {}).get("gate") or self.gate
+
+    @property
+    def seen_queries(self) -> set[str]:
+        """Hashes (:func:`text_hash`) of every query the model trained or validated on."""
+        return set(self.training_queries) | set(self.validation_queries)
+
+    @property
+    def base_fingerprint(self) -> str | None:
+        """An adapter's base weights fingerprint (None for a fine-tune's card, or a base that has none)."""
+        return (self.base or {}).get("fingerprint")
+
+    @property
+    def adapter_kind(self) -> str:
+        """A query adapter's transform: ``linear`` or ``mlp``."""
+        return self.details.get("kind", "linear")
+
+    def with_serving(self, serving: dict[str, Any] | None) -> TrainingCard:
+        """This card serving ``serving``."""
+        from dataclasses import replace
+
+        return replace(self, serving=serving)
+
+    # -- the dict API of 0.1 cards, kept for callers that index a card ----------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        warnings.warn("indexing a training card (card[key]) is deprecated: use its attributes (card.gate, "
+                      "card.chosen, card.details[...])", AceDeprecationWarning, stacklevel=2)
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Deprecated: ``card.get(key)``; use the attribute."""
+        warnings.warn("card.get(key) is deprecated: use the card's attributes", AceDeprecationWarning, stacklevel=2)
+        return self.to_dict().get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.to_dict()
+
+    def as_json(self) -> dict[str, Any]:
+        """A deep copy of :meth:`to_dict` (safe to change)."""
+        return json.loads(json.dumps(self.to_dict()))
+
+
+_ALWAYS_WRITTEN = {"serving", "fusion"}  # None says something there: nothing serves / no fusion was chosen
+_KIND_WORDS = {dict: "an object", list: "a list", str: "a string", int: "an integer", bool: "true or false",
+               float: "a number"}
+
+
+def _field_kinds() -> dict[str, type | tuple[type, ...]]:
+    hints = typing.get_type_hints(TrainingCard)
+    kinds: dict[str, Any] = {}
+    for name, hint in hints.items():
+        if name in ("details", "schema_version"):
+            continue
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        for arg in (typing.get_args(hint) if union else (hint,)):
+            origin = typing.get_origin(arg) or arg
+            if origin in _KIND_WORDS:
+                kinds[name] = origin
+                break
+    if "train_seconds" in kinds:
+        kinds["train_seconds"] = (int, float)
+    return kinds
+
+
+_KINDS = _field_kinds()
+_KIND_WORDS[(int, float)] = "a number"
+
+
+def run_fields(info: Mapping[str, Any]) -> dict[str, Any]:
+    """A trainer's measurements (device, seconds, learning curve...) as :class:`TrainingCard` keyword arguments:
+    those the card has a field for, the rest as its ``details``."""
+    names = {f.name for f in fields(TrainingCard)} - {"details", "schema_version"}
+    return {**{k: v for k, v in info.items() if k in names},
+            "details": {k: v for k, v in info.items() if k not in names}}
+
+
+def read_card(model_dir: str | Path) -> TrainingCard | None:
     """The training card of a model (or adapter) we trained, or None."""
     for name in (CARD_NAME, ADAPTER_CARD):
         path = Path(model_dir) / name
         if path.is_file():
-            try:
-                return json.loads(path.read_text(encoding="utf-8"))
-            except ValueError as exc:
-                raise OptionError(f"{path}: unreadable card ({exc}); train again or delete the folder") from None
+            return TrainingCard.read(path)
     return None
 
 

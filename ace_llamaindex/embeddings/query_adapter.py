@@ -3,7 +3,6 @@ vectors, documents untouched; :mod:`~ace_llamaindex.train.adapter` trains it."""
 
 from __future__ import annotations
 
-import json
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,10 +11,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import OptionError
+from .card import ADAPTER_CARD, TrainingCard
 from .encoding import Encoder
 from .models import DEFAULT_MODEL, content_fingerprint
 
-ADAPTER_FILE, ADAPTER_CARD = "adapter.npz", "ace_adapter.json"
+ADAPTER_FILE = "adapter.npz"
 
 
 class QueryAdapter:
@@ -40,15 +40,18 @@ class QueryAdapter:
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
     @classmethod
-    def load(cls, folder: str | Path) -> tuple[QueryAdapter, dict[str, Any]]:
+    def load(cls, folder: str | Path) -> tuple[QueryAdapter, TrainingCard]:
+        """The adapter in ``folder`` and its card."""
         folder = Path(folder)
         card_path = folder / ADAPTER_CARD
         if not card_path.is_file():
             raise OptionError(f"{folder}: not an adapter folder (no {ADAPTER_CARD}); train one with `ace train --method adapter`")
         try:
-            card = json.loads(card_path.read_text(encoding="utf-8"))
+            card = TrainingCard.read(card_path)
             with np.load(folder / ADAPTER_FILE) as data:
-                adapter = cls({k: data[k] for k in data.files}, card.get("kind", "linear"))
+                adapter = cls({k: data[k] for k in data.files}, card.adapter_kind)
+        except OptionError as exc:  # the card: its file and what is wrong with it
+            raise OptionError(f"{folder}: the adapter is unreadable: {exc}") from None
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
             raise OptionError(f"{folder}: the adapter is unreadable ({type(exc).__name__}: {exc}); train it again "
                               "(ace train --method adapter)") from None
@@ -70,14 +73,14 @@ def base_identity(base: Any) -> dict[str, Any]:
     return identity
 
 
-def check_base(card: dict[str, Any], base: Any, folder: str | Path) -> None:
+def check_base(card: TrainingCard, base: Any, folder: str | Path) -> None:
     """Refuse to apply an adapter over a base other than the one it was trained on (same weights fingerprint)."""
-    trained_on = (card.get("base") or {}).get("fingerprint")
+    trained_on = card.base_fingerprint
     if not trained_on:
         return
     now = base_identity(base).get("fingerprint")
     if now and now != trained_on:
-        raise OptionError(f"{folder}: this adapter was trained over the model {card['base'].get('model')!r} (weights "
+        raise OptionError(f"{folder}: this adapter was trained over the model {card.base.get('model')!r} (weights "
                           f"{trained_on}), not over {base_identity(base).get('model')!r} (weights {now}); serve it over "
                           "its own base, or train an adapter for this one")
 

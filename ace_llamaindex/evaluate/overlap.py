@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..data.dataset import QADataset
-from ..embeddings.card import text_hash
+from ..embeddings.card import TrainingCard, text_hash
 from ..errors import OptionError
 
 
-def training_overlap(dataset: QADataset, card: dict[str, Any]) -> set[str]:
+def training_overlap(dataset: QADataset, card: TrainingCard) -> set[str]:
     """Query ids of ``dataset`` whose text was among the model's training or validation queries."""
-    seen = set(card.get("training_queries") or []) | set(card.get("validation_queries") or [])
+    seen = card.seen_queries
     return {qid for qid, text in dataset.queries.items() if text_hash(text) in seen}
 
 

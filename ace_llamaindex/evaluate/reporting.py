@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json, write_text
-from ..embeddings.card import deciding_subset
+from ..embeddings.card import TrainingCard, deciding_subset
 from ..plugins.manager import components, get
 from .stats import ci_text, interval
 
@@ -51,7 +51,9 @@ def markdown_report(report: dict[str, Any], breakdown_metric: str = "ndcg@10") -
 def _training_section(report: dict[str, Any]) -> list[str]:
     """The promotion gate's verdict and the fusion chosen on validation, with its evidence."""
     out: list[str] = []
-    gate = (report.get("training_card") or {}).get("gate") or {}
+    card = TrainingCard.from_dict(report["training_card"], "the report's training_card") \
+        if report.get("training_card") else None
+    gate = card.gate if card else {}
     if gate.get("delta") is not None:
         out += ["", "### Promotion gate (validation queries, before this evaluation)", "",
                 f"{gate['metric']} base {gate['base']:.3f} -> fine-tuned {gate['finetuned']:.3f}: {interval(gate['delta'], gate['ci95'])} "
@@ -62,15 +64,14 @@ def _training_section(report: dict[str, Any]) -> list[str]:
             out += ["", "| validation queries | n | delta | 95% CI | verdict |", "|---|---:|---:|---|---|"]
             out += [f"| {k} | {v['n']} | {v['delta']:+.3f} | {ci_text(v['ci95'])} | {v['verdict']} |"
                     for k, v in subsets.items()]
-    card = report.get("training_card") or {}
-    if card.get("candidates"):
-        serving = card.get("serving") or {}
-        out += ["", f"### Method chosen: {card['chosen']}", "", card["choice"]["reason"] + ".",
+    if card and card.candidates:
+        serving = card.serving or {}
+        out += ["", f"### Method chosen: {card.chosen}", "", (card.choice or {}).get("reason", "") + ".",
                 "Serving: " + ("the base model (nothing was written)" if not serving else
                               ("re-index the documents" if serving.get("reindex") else "the base's index as it is")
                               + (", queries through the adapter" if serving.get("adapter") else "")) + ".", "",
                 "| candidate | re-index | decided by | delta | 95% CI | verdict |", "|---|:---:|---|---:|---|---|"]
-        for name, c in card["candidates"].items():
+        for name, c in card.candidates.items():
             g = c["gate"]
             d = deciding_subset(g)
             ci = ci_text(d["ci95"]) if d.get("ci95") else "–"

@@ -8,7 +8,6 @@ those (duplicated memories). Margins against the positive's score and ``max_scor
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from collections import defaultdict
@@ -29,49 +28,48 @@ from ..embeddings.models import vector_name
 from ..errors import DatasetError, OptionError
 from ..index.engines import open_index
 from ..index.store import MODES, CorpusIndex, HybridParams, point_id
+from ..options import check, documented, option
 
 
+@documented
 @dataclass
 class MiningOptions:
-    """Knobs of the miner (names as in sentence-transformers' ``mine_hard_negatives``)."""
+    """Knobs of the miner (names as in sentence-transformers' ``mine_hard_negatives``), each declared once here: its
+    help, its ``ace mine`` flag and its range (the command's options and :meth:`validate` are made from them)."""
 
-    num_negatives: int = 5
-    range_min: int = 0          # skip this many top-ranked non-positive candidates (likely unlabelled positives)
-    range_max: int = 50         # look at most this deep into the ranking
-    absolute_margin: float | None = None   # keep a negative only if score <= positive_score - margin
-    relative_margin: float | None = None   # keep a negative only if score <= positive_score * (1 - margin)
-    max_score: float | None = None         # drop candidates scoring above this (too close to be wrong)
-    min_score: float | None = None         # drop candidates scoring below this (too easy to teach anything)
-    sampling_strategy: str = "top"         # "top": the highest-ranked survivors; "random": a random sample of them
-    min_difficulty: str | None = None      # keep only queries at least this hard (easy < medium < hard)
-    skip_categories: list[str] = field(default_factory=list)
-    fill_random: bool = True               # top up short lists with random non-positive documents
-    seed: int = 42
-    hybrid: HybridParams = field(default_factory=HybridParams)
+    num_negatives: int = field(default=5, metadata=option("Hard negatives kept per query.", minimum=1))
+    # skip this many top-ranked non-positive candidates (likely unlabelled positives)
+    range_min: int = field(default=0, metadata=option("Skip this many top wrong results.", minimum=0))
+    range_max: int = field(default=50, metadata=option("Look this deep into the ranking.", minimum=1))
+    absolute_margin: float | None = field(default=None, metadata=option(
+        "Negative score <= positive score - margin.", minimum=0))
+    relative_margin: float | None = field(default=None, metadata=option(
+        "Negative score <= positive score * (1 - margin).", minimum=0, maximum=1, max_open=True))
+    # drop candidates scoring above max_score (too close to be wrong), below min_score (too easy to teach anything)
+    max_score: float | None = field(default=None, metadata=option("Drop candidates scoring above this."))
+    min_score: float | None = field(default=None, metadata=option("Drop candidates scoring below this."))
+    # "top": the highest-ranked survivors; "random": a random sample of them
+    sampling_strategy: str = field(default="top", metadata=option(choices=("top", "random")))
+    min_difficulty: str | None = field(default=None, metadata=option(
+        "Only queries at least this hard.", choices=DIFFICULTIES))  # easy < medium < hard
+    skip_categories: list[str] = field(default_factory=list, metadata=option(
+        "Skip queries of this category (repeatable).", flag="--skip-category"))
+    fill_random: bool = field(default=True, metadata=option(
+        "Top up short lists with random non-positive documents.", no_flag="Python API only"))
+    seed: int = field(default=42, metadata=option(no_flag="--seed is the command's own (`ace pipeline`'s seeds the "
+                                                          "training too)"))
+    hybrid: HybridParams = field(default_factory=HybridParams, metadata=option(
+        "The hybrid miner's fusion of dense and sparse scores.", no_flag="Python API only"))
 
     def validate(self) -> None:
-        if self.num_negatives < 1:
-            raise OptionError(f"num_negatives must be at least 1, got {self.num_negatives}")
-        if self.range_min < 0 or self.range_max <= self.range_min:
+        """Each option within its declared range (one line naming it), then what the options ask of each other."""
+        check(self)
+        if self.range_max <= self.range_min:
             raise OptionError(f"need 0 <= range_min < range_max, got range_min={self.range_min}, range_max={self.range_max}")
         if self.range_max - self.range_min < self.num_negatives:
             raise OptionError(f"range_max - range_min ({self.range_max - self.range_min}) must be at least num_negatives ({self.num_negatives})")
-        for name in ("absolute_margin", "relative_margin", "max_score", "min_score"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise OptionError(f"{name} must be a finite number, got {value}")
-        for name in ("absolute_margin", "relative_margin"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise OptionError(f"{name} must be >= 0, got {value}")
         if self.min_score is not None and self.max_score is not None and self.min_score >= self.max_score:
             raise OptionError(f"min_score ({self.min_score}) must be below max_score ({self.max_score})")
-        if self.relative_margin is not None and self.relative_margin >= 1:
-            raise OptionError(f"relative_margin must be < 1, got {self.relative_margin}")
-        if self.sampling_strategy not in ("top", "random"):
-            raise OptionError(f"sampling_strategy must be 'top' or 'random', got {self.sampling_strategy!r}")
-        if self.min_difficulty is not None and self.min_difficulty not in DIFFICULTIES:
-            raise OptionError(f"min_difficulty must be one of {DIFFICULTIES}, got {self.min_difficulty!r}")
 
 
 def _normalise(text: str) -> str:

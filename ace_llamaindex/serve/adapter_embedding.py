@@ -15,6 +15,7 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import Field, PrivateAttr
 
+from ..embeddings.card import TrainingCard
 from ..embeddings.query_adapter import QueryAdapter, check_base
 from .embedding import space_label
 from .spaces import embedding_spaces, named_vector, query_with_space
@@ -26,7 +27,7 @@ class AdapterEmbedding(BaseEmbedding):
     adapter_path: str = Field(description="Folder written by `ace train --method adapter`")
     _base: BaseEmbedding = PrivateAttr()
     _adapter: QueryAdapter = PrivateAttr()
-    _card: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _card: TrainingCard | None = PrivateAttr(default=None)
 
     def __init__(self, base: BaseEmbedding, adapter_path: str, **kwargs: Any) -> None:
         super().__init__(adapter_path=str(adapter_path), model_name=space_label(base),

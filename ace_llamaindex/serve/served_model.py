@@ -25,12 +25,12 @@ def read_serving(folder: str | Path) -> dict[str, Any]:
     from ..embeddings.card import CARD_NAME, read_card
 
     folder = Path(folder)
-    card = read_card(folder) or {}
-    if card.get("serving"):
-        return resolve_serving(card["serving"], folder)
-    if (folder / ADAPTER_CARD).is_file() and not (folder / CARD_NAME).is_file():
+    card = read_card(folder)
+    if card and card.serving:
+        return resolve_serving(card.serving, folder)
+    if card and (folder / ADAPTER_CARD).is_file() and not (folder / CARD_NAME).is_file():
         # an adapter trained before cards said how to serve it: over its base
-        base = (card.get("base") or {}).get("model")
+        base = (card.base or {}).get("model")
         return ServingPlan(here(base, folder), str(folder), base == HERE).to_dict()
     return ServingPlan(str(folder)).to_dict()
 

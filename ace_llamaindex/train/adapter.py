@@ -19,11 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_directory, write_json
+from ..atomic import atomic_directory
 from ..data.examples import TrainingExample
+from ..embeddings.card import TrainingCard
 from ..embeddings.encoding import Encoder
 from ..embeddings.query_adapter import ADAPTER_CARD, ADAPTER_FILE, AdaptedEncoder, QueryAdapter, base_identity
 from ..errors import OptionError
+from ..options import declared, default, label
+from .common import BASE_ENCODER, REFUSED, TrainConfig
 
 
 @dataclass
@@ -193,24 +196,24 @@ def fit_adapter(split, examples: list[TrainingExample], base: Encoder, config: A
     return FittedAdapter(QueryAdapter(best, config.kind), info)
 
 
-def save_adapter(adapter: QueryAdapter, folder: Path, card: dict[str, Any]) -> None:
+def save_adapter(adapter: QueryAdapter, folder: Path, card: TrainingCard) -> None:
     """Write the adapter's weights and card into ``folder`` (a folder of its own, or beside a model's files)."""
     np.savez(folder / ADAPTER_FILE, **adapter.weights)
-    write_json(folder / ADAPTER_CARD, card)
+    card.save(folder / ADAPTER_CARD)
 
 
 def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: str | Path, config: AdapterConfig | None = None,
                   base_info: dict[str, Any] | None = None, engine: str = "auto", corpus: dict[str, str] | None = None,
                   validation: list[TrainingExample] | None = None, champion=None,
-                  training_data: str | Path | None = None) -> dict[str, Any]:
+                  training_data: str | Path | None = None) -> TrainingCard:
     """Train a query adapter for ``base`` on ``examples``; gate it on held-out queries; write it atomically.
 
     ``champion`` (:class:`~ace_llamaindex.train.champion.Champion`, the model serving now): the adapter must be better
     than it, not only than the base; when the champion is itself an adapter over this base, a second candidate
     continues it on the new examples plus the champion's replayed ones, and the better of the two by the same rule
     is kept. ``training_data``: the file ``examples`` came from, named in the card so a later round can replay it.
-    Returns the adapter card (with ``promoted``: whether the folder was written)."""
-    from ..embeddings.card import text_hash
+    Returns the adapter's card (``promoted``: whether the folder was written)."""
+    from ..embeddings.card import run_fields, text_hash
     from ..evaluate.stats import Verdict
     from .champion import (
         champion_history,
@@ -251,20 +254,20 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
     output_dir = Path(output_dir)
     promoted = deciding is None or deciding.verdict == Verdict.BETTER or config.force or not (output_dir / ADAPTER_CARD).exists()
     not_measured = unmeasured_gate()
-    card = {"method": "adapter", "chosen": name, **fitted[name].info, "base": base_info or {"label": base.label},
-            "data_checks": split.checks,
-            "gate": selection.against_base[name].as_dict() if selection else not_measured, "promoted": promoted,
-            "training_queries": sorted({text_hash(e.query) for e in trained_on[name]}),
-            "validation_queries": sorted({text_hash(e.query) for e in split.val}),
-            "training_data": ([data_reference(training_data)] if training_data else [])
-            + (history_refs(champion) if name == "adapter (continued)" else [])}
-    if selection and len(fitted) > 1:
-        card["candidates"] = {n: {"gate": selection.deciding(n).as_dict(), "reindex": False} for n in fitted}
-        card["choice"] = {"steps": selection.steps, "reason": "; ".join(selection.steps) or "none better than the champion"}
-    if champion is not None:
-        card["champion"] = {**champion.to_dict(), "history": history.note,
-                            "gate": (selection.against_champion or selection.against_base)[name].as_dict() if selection
-                            else not_measured}
+    several = selection is not None and len(fitted) > 1
+    card = TrainingCard(
+        method="adapter", chosen=name, **run_fields(fitted[name].info), base=base_info or {"label": base.label},
+        data_checks=split.checks, gate=selection.against_base[name].as_dict() if selection else not_measured,
+        promoted=promoted, training_queries=sorted({text_hash(e.query) for e in trained_on[name]}),
+        validation_queries=sorted({text_hash(e.query) for e in split.val}),
+        training_data=([data_reference(training_data)] if training_data else [])
+        + (history_refs(champion) if name == "adapter (continued)" else []),
+        candidates={n: {"gate": selection.deciding(n).as_dict(), "reindex": False} for n in fitted} if several else None,
+        choice={"steps": selection.steps, "reason": "; ".join(selection.steps) or "none better than the champion"}
+        if several else None,
+        champion={**champion.to_dict(), "history": history.note,
+                  "gate": (selection.against_champion or selection.against_base)[name].as_dict() if selection
+                  else not_measured} if champion is not None else None)
     if promoted:
         with atomic_directory(output_dir) as scratch:
             save_adapter(fitted[name].adapter, scratch, card)
@@ -280,24 +283,32 @@ def _base_model(base: Encoder) -> str | None:
     return base_identity(base).get("model")
 
 
-# Options of TrainConfig an adapter has no use for (it trains a small map on frozen vectors, in fp32, in seconds).
-ADAPTER_REFUSES = {"warmup_ratio": "--warmup-ratio", "cached_loss": "--cached-loss", "mini_batch_size": "--mini-batch-size",
-                   "device": "--device", "exports": "--export", "resume": "--resume", "keep_checkpoints": "--keep-checkpoints",
-                   "extra": "extra trainer arguments"}
+# How the adapter takes each TrainConfig option is declared on its field (its "adapter" role, train.common): the
+# AdapterConfig field it becomes, the base encoder's (base_model, max_seq_length, trust_remote_code), or refused: an
+# adapter trains a small map on frozen vectors, in fp32, in seconds, and has no use for the rest.
+# (An option declared without a role is refused: never silently ignored.)
+ADAPTER_ROLES = {name: spec.roles.get("adapter", REFUSED) for name, spec in declared(TrainConfig).items()}
+ADAPTER_FIELDS = {name: role for name, role in ADAPTER_ROLES.items() if role not in (REFUSED, BASE_ENCODER)}
+ADAPTER_REFUSES = {name: label(name, spec) for name, spec in declared(TrainConfig).items() if ADAPTER_ROLES[name] == REFUSED}
+ADAPTER_ACCEPTS = {"precision": ("fp32",)}  # a refused option's values the adapter honours besides its default
+
+
+def _given(config: Any, name: str) -> bool:
+    """Was the refused option ``name`` given (not its default, nor ``False``: --no-cached-loss asks nothing)?"""
+    value = getattr(config, name)
+    return value != default(TrainConfig, name) and value is not False and value not in ADAPTER_ACCEPTS.get(name, ())
 
 
 def adapter_config(config: Any) -> AdapterConfig:
-    """The adapter's options from a ``TrainConfig``: what both understand is honoured, the rest refused."""
-    unusable = [flag for name, flag in ADAPTER_REFUSES.items() if getattr(config, name, None) not in (None, False, [], {})]
-    if config.precision not in ("auto", "fp32"):
-        unusable.append("--precision")
+    """The adapter's options from a ``TrainConfig``: what both understand is honoured (:data:`ADAPTER_FIELDS`), the
+    rest refused (:data:`ADAPTER_REFUSES`) in one line naming the flags."""
+    config.validate()
+    unusable = [flag for name, flag in ADAPTER_REFUSES.items() if _given(config, name)]
     if unusable:
         raise OptionError(f"--method adapter cannot use {', '.join(unusable)}: it trains a small map on frozen vectors "
                           "(fp32, seconds, nothing to checkpoint or export); drop them or use --method full")
-    given = {"epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
-             "patience": config.early_stopping_patience, "num_negatives": config.num_negatives}
-    return AdapterConfig(val_fraction=config.val_fraction, seed=config.seed, force=config.force, seen_share=config.seen_share or 0.0,
-                         seen_share_source=config.seen_share_source, continual=config.continual, **{k: v for k, v in given.items() if v is not None})
+    return AdapterConfig(**{target: getattr(config, name) for name, target in ADAPTER_FIELDS.items()
+                            if getattr(config, name) is not None})
 
 
 def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, config: Any = None, data_fingerprint: str | None = None,
@@ -318,6 +329,6 @@ def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, con
                          base_info={**base_identity(base), "data_fingerprint": data_fingerprint}, engine=engine, corpus=corpus,
                          validation=validation, champion=champion, training_data=training_data)
     serving = ServingPlan(getattr(base, "model_name", None) or config.base_model, str(output_dir), reindex=False).to_dict()
-    card["serving"] = serving
+    card = card.with_serving(serving)
     return TrainResult(model_dir=Path(output_dir), card=card, gate=deciding_gate(card), fusion=None,
-                       promoted=card["promoted"], serving=serving)
+                       promoted=card.promoted, serving=serving)

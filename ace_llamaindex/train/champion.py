@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.examples import TrainingExample
-from ..embeddings.card import read_card, text_hash
+from ..embeddings.card import TrainingCard, read_card, text_hash
 from ..errors import OptionError
 from ..serve.served_model import read_serving, serving_encoder
 from ..serve.serving_record import SERVING_KEY, ServingPlan, describe_plan, plan_identity, serving_target
@@ -36,7 +36,7 @@ class Champion:
 
     serving: dict[str, Any]
     source: str
-    card: dict[str, Any] | None = None
+    card: TrainingCard | None = None
     folder: Path | None = None
     identity: dict[str, str | None] = field(init=False)
 
@@ -52,7 +52,7 @@ class Champion:
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "serving": self.serving, "identity": self.identity,
-                "method": (self.card or {}).get("chosen") or (self.card or {}).get("method")}
+                "method": self.card.method_name if self.card else None}
 
     def encoder(self, base, max_seq_length: int | None = None):
         """The champion's encoder for the gate: its document model (``base`` when it keeps the base's documents),
@@ -115,8 +115,8 @@ def champion_history(champion: Champion | None) -> History:
     """The champion's training and validation examples, from the data its card names (path + hash)."""
     from ..mine.mining import load_training_data
 
-    card = (champion.card if champion else None) or {}
-    trained_on = set(card.get("training_queries") or [])
+    card = (champion.card if champion else None) or TrainingCard(method="none")
+    trained_on = set(card.training_queries)
     refs = history_refs(champion)
     if not refs:
         return History(trained_on=trained_on, note="the champion's card names no training data: nothing to replay")
@@ -129,7 +129,7 @@ def champion_history(champion: Champion | None) -> History:
             notes.append(f"the champion's training data {path} changed since it was trained (hash differs): not replayed")
         else:
             examples += load_training_data(path)
-    validated = set(card.get("validation_queries") or [])
+    validated = set(card.validation_queries)
     unique = {(e.query, e.positive): e for e in examples}.values()
     replay = [e for e in unique if text_hash(e.query) in trained_on]
     validation = [e for e in unique if text_hash(e.query) in validated]
@@ -194,7 +194,7 @@ def continuable_adapter(champion: Champion | None, base):
     if champion is None or not champion.serving.get("adapter") or champion.serving.get("reindex"):
         return None
     adapter, card = QueryAdapter.load(champion.serving["adapter"])
-    trained_on = (card.get("base") or {}).get("fingerprint")
+    trained_on = card.base_fingerprint
     return adapter if trained_on and trained_on == base_identity(base).get("fingerprint") else None
 
 
@@ -208,5 +208,4 @@ def continuable_model(champion: Champion | None) -> str | None:
 
 def history_refs(champion: Champion | None) -> list[dict[str, str]]:
     """The training data the champion's card names (a continual candidate's card names them too, and its own)."""
-    refs = (champion.card or {}).get("training_data") if champion is not None else None
-    return list(refs) if isinstance(refs, list) else [refs] if refs else []
+    return list(champion.card.training_data) if champion is not None and champion.card else []

@@ -10,73 +10,112 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_directory, write_json
+from ..atomic import atomic_directory
 from ..data.examples import TrainingExample
-from ..embeddings.card import CARD_NAME
+from ..embeddings.card import CARD_NAME, TrainingCard
 from ..embeddings.models import DEFAULT_MODEL
 from ..errors import OptionError
+from ..options import check, documented, option
 
 log = logging.getLogger(__name__)
 MIN_VAL_QUERIES = 100   # validation queries wanted for the gate (a quarter of the queries on small sets)
 PRECISIONS = ("auto", "fp32", "bf16")
+EXPORT_TARGETS = ("onnx", "onnx-int8", "openvino", "openvino-int8")
 
 
+# How each trainer takes a TrainConfig option (its field's roles; tests/test_train_options.py checks the code agrees):
+# "adapter": the AdapterConfig field it becomes, BASE_ENCODER (the adapter's frozen base encoder uses it) or REFUSED
+# (the adapter refuses it when given: train.adapter.ADAPTER_REFUSES); "full": USED (train.training reads it), CARD
+# (recorded in the card's config) or why the full fine-tune has no use for it; "auto": EVERY (every candidate: the
+# split, the gate, the base, the writing), FINE_TUNES (the fine-tune candidates; the adapter candidates keep their
+# own defaults, as --method's help says), WINNER (done to the chosen candidate where it can be) or CARD.
+BASE_ENCODER, REFUSED, USED, CARD, EVERY, FINE_TUNES, WINNER = (
+    "base encoder", "refused", "used", "card", "every candidate", "fine-tunes", "winner")
+
+
+def _option(help: str = "", *, adapter: str, full: str = USED, auto: str = EVERY, **declared: Any) -> dict:
+    """A TrainConfig field's metadata: the option (:func:`~ace_llamaindex.options.option`) and how each trainer takes it."""
+    return option(help, roles={"adapter": adapter, "full": full, "auto": auto}, **declared)
+
+
+@documented
 @dataclass
 class TrainConfig:
-    """Training options. ``None`` means the method's own default (the full fine-tune's are ``FULL_DEFAULTS``;
-    the adapter's are :class:`~ace_llamaindex.train.adapter.AdapterConfig`'s). ``cached_loss=None`` picks CachedMNRL
-    when the plain loss would not fit the memory budget (see :func:`plan_memory`)."""
+    """Training options, each declared once here: its help, its ``ace train`` flag and its range (the command's options
+    and :meth:`validate` are made from them). ``None`` means the method's own default (the full fine-tune's are
+    ``train.training.FULL_DEFAULTS``; the adapter's :class:`~ace_llamaindex.train.adapter.AdapterConfig`'s).
+    ``cached_loss=None`` picks CachedMNRL when the plain loss would not fit the memory budget (see ``plan_memory``)."""
 
-    base_model: str = DEFAULT_MODEL
-    epochs: int | None = None               # None: enough epochs for MIN_STEPS optimizer steps (see module doc)
-    batch_size: int | None = None           # full fine-tune: 32
-    learning_rate: float | None = None      # full fine-tune: 5e-5
-    warmup_ratio: float | None = None       # full fine-tune: 0.1
-    max_seq_length: int | None = None
-    num_negatives: int | None = None       # use at most this many hard negatives per example (None: all)
-    val_fraction: float | None = None       # queries held out for validation and the gate (None: auto; 0: none)
-    # The share of future queries expected to ask about documents training queries had. None (0): new documents,
-    # the unseen-document validation queries decide. `ace pipeline` sets it to its test queries' share.
-    seen_share: float | None = None
-    seen_share_source: str | None = None    # where seen_share came from (e.g. measured in a feedback log), for the card
-    early_stopping_patience: int | None = None  # None: AUTO_PATIENCE when epochs are automatic
-    force: bool = False                     # write the model even when the gate does not call it better
-    continual: bool = True                  # with a champion: also candidates that continue it on new + replayed data
-    cached_loss: bool | None = None
-    mini_batch_size: int | None = None      # None: as large as the memory budget allows (see plan_memory)
-    seed: int = 42
-    device: str | None = None               # None: CUDA, then MPS, then CPU
-    trust_remote_code: bool = False         # run code shipped with the base model, wherever it is opened
-    precision: str = "auto"                 # auto | fp32 | bf16 (auto: bf16 where the hardware has it, see choose_precision)
-    resume: bool = False                    # continue from the last checkpoint in <output>.checkpoints (same run only)
-    keep_checkpoints: bool = False          # keep <output>.checkpoints after a finished run
-    exports: list[str] = field(default_factory=list)  # after promotion: onnx, onnx-int8, openvino, openvino-int8
-    extra: dict[str, Any] = field(default_factory=dict)  # passed through to SentenceTransformerTrainingArguments
+    base_model: str = field(default=DEFAULT_MODEL, metadata=_option(
+        "Model to fine-tune (default: bundled all-MiniLM-L6-v2); folder or HF id.", show_default=False, adapter=BASE_ENCODER))
+    epochs: int | None = field(default=None, metadata=_option(
+        "Default: enough epochs for at least 25 optimizer steps (1 to 10), validated each epoch, best kept, stopping "
+        "after 2 epochs without gain", minimum=1, adapter="epochs", auto=FINE_TUNES))
+    batch_size: int | None = field(default=None, metadata=_option(
+        "Examples per optimizer step (per process when data-parallel).", minimum=2,
+        reason="MNRL needs in-batch negatives", adapter="batch_size", auto=FINE_TUNES))
+    learning_rate: float | None = field(default=None, metadata=_option(
+        "The optimizer's learning rate.", minimum=0, maximum=1, min_open=True, max_open=True, adapter="learning_rate",
+        auto=FINE_TUNES))
+    warmup_ratio: float | None = field(default=None, metadata=_option(
+        "Share of the steps over which the learning rate warms up.", minimum=0, maximum=1, max_open=True,
+        adapter=REFUSED, auto=FINE_TUNES))
+    max_seq_length: int | None = field(default=None, metadata=_option(
+        "Tokens per text; longer texts are cut (default: the model's).", minimum=1, adapter=BASE_ENCODER))
+    num_negatives: int | None = field(default=None, metadata=_option(
+        "Use at most this many hard negatives per example.", flag="--train-negatives", minimum=0, adapter="num_negatives"))
+    val_fraction: float | None = field(default=None, metadata=_option(
+        "Queries held out for validation and the promotion gate (default: 10%, but at least 100 or a quarter of the "
+        "queries), three quarters of them about documents no training query has.", minimum=0, maximum=1, max_open=True,
+        adapter="val_fraction"))
+    seen_share: float | None = field(default=None, metadata=_option(
+        "Share of future queries expected to ask about documents training queries had: the gate weighs "
+        "seen/unseen-document validation queries so (default: 0, new documents decide; `ace pipeline`: its test "
+        "queries' share).", minimum=0, maximum=1, adapter="seen_share"))
+    seen_share_source: str | None = field(default=None, metadata=_option(
+        "Where seen_share came from (e.g. measured in a feedback log), for the card.",
+        no_flag="set with seen_share by `ace pipeline` and the loop, where it was measured", adapter="seen_share_source",
+        full=CARD, auto=CARD))
+    early_stopping_patience: int | None = field(default=None, metadata=_option(
+        "Patience in epochs", flag="--early-stopping", minimum=1, adapter="patience", auto=FINE_TUNES))
+    cached_loss: bool | None = field(default=None, metadata=_option(
+        "CachedMNRL (GradCache): the same loss in bounded memory (default: when the plain loss would not fit "
+        "ACE_TRAIN_MEMORY_GB, 6 GB of activations on a CPU).", negatable=True, adapter=REFUSED, auto=FINE_TUNES))
+    mini_batch_size: int | None = field(default=None, metadata=_option(
+        "Rows per forward pass with the cached loss (default: the most that fit the budget).", minimum=1,
+        adapter=REFUSED, auto=FINE_TUNES))
+    device: str | None = field(default=None, metadata=_option(
+        "cpu, cuda, mps (default: auto).", adapter=REFUSED, auto=FINE_TUNES))
+    precision: str = field(default="auto", metadata=_option(
+        "auto: bf16 mixed precision where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), "
+        "else fp32.", choices=PRECISIONS, adapter=REFUSED, auto=FINE_TUNES))
+    exports: list[str] = field(default_factory=list, metadata=_option(
+        "After training, export for fast CPU inference (checked on the validation queries); repeatable.", flag="--export",
+        choices=EXPORT_TARGETS, adapter=REFUSED, auto=WINNER))
+    resume: bool = field(default=False, metadata=_option(
+        "Continue from the last checkpoint of this same run (same data, options, base model).", adapter=REFUSED,
+        auto=FINE_TUNES))
+    keep_checkpoints: bool = field(default=False, metadata=_option(
+        "Keep OUTPUT.checkpoints after a finished run (removed by default).", adapter=REFUSED, auto=FINE_TUNES))
+    force: bool = field(default=False, metadata=_option(
+        "Replace an existing model even when the gate does not call the new one better.", adapter="force"))
+    continual: bool = field(default=True, metadata=_option(
+        "With a champion (--champion/--collection): also train candidates that continue it (its adapter or weights) on "
+        "the new data plus the data it was trained on (replay), judged by the same rule.", negatable=True,
+        adapter="continual", full="not used: --method full trains one model, from the base (continual candidates are "
+        "--method auto's and adapter's)"))
+    seed: int = field(default=42, metadata=_option(
+        no_flag="--seed is the command's own (`ace train`; `ace pipeline`'s seeds the mining too)", adapter="seed"))
+    trust_remote_code: bool = field(default=False, metadata=_option(
+        "Run code shipped with the base model, wherever it is opened.",
+        no_flag="Python API only: the command line never runs code a model ships", adapter=BASE_ENCODER))
+    extra: dict[str, Any] = field(default_factory=dict, metadata=_option(
+        "Passed through to SentenceTransformerTrainingArguments.", no_flag="Python API only", adapter=REFUSED,
+        auto=FINE_TUNES))
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "mini_batch_size", "max_seq_length"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise OptionError(f"{name} must be at least 1, got {value}")
-        if self.batch_size is not None and self.batch_size < 2:
-            raise OptionError("batch_size must be at least 2: MNRL needs in-batch negatives")
-        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
-            raise OptionError(f"learning_rate must be between 0 and 1, got {self.learning_rate}")
-        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
-            raise OptionError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        for name in ("num_negatives", "early_stopping_patience"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise OptionError(f"{name} must be at least 0, got {value}")
-        if self.seen_share is not None and not 0 <= self.seen_share <= 1:
-            raise OptionError(f"seen_share must be in [0, 1], got {self.seen_share}")
-        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
-            raise OptionError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        bad = sorted(set(self.exports) - {"onnx", "onnx-int8", "openvino", "openvino-int8"})
-        if bad:
-            raise OptionError(f"exports must be among onnx, onnx-int8, openvino, openvino-int8; got {bad}")
-        if self.precision not in PRECISIONS:
-            raise OptionError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        """Each option within its declared range (one line naming it), then what the options ask of each other."""
+        check(self)
         if self.early_stopping_patience is not None and self.val_fraction == 0:
             raise OptionError("early stopping needs a validation split (val_fraction > 0)")
 
@@ -136,7 +175,7 @@ class TrainResult:
     """Where the model went (``promoted``: whether it was written) and what the validation said."""
 
     model_dir: Path
-    card: dict[str, Any]
+    card: TrainingCard    # a trainer plugin may give its card as a dict: it is read as a TrainingCard
     gate: Any = None      # promotion.GateResult, or None without validation queries
     fusion: Any = None    # fusion_selection.FusionChoice, or None without validation queries
     promoted: bool = True
@@ -144,6 +183,9 @@ class TrainResult:
     # adapter or None, "reindex": whether the documents must be embedded again} (a serve.serving_record.ServingPlan
     # as a dict); None: the base model stays.
     serving: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.card = TrainingCard.from_dict(self.card, f"the training card of {self.model_dir}")
 
     @property
     def outcome(self):
@@ -183,11 +225,11 @@ def ensure_room_to_train(config: TrainConfig, output_dir: Path) -> None:
     ensure_free_space(output_dir, weights * 4 + 16 * 2**20, "training (the new model and a checkpoint)")
 
 
-def save_model(model, output_dir: Path, card: dict[str, Any], fusion=None, extra=None) -> None:
+def save_model(model, output_dir: Path, card: TrainingCard, fusion=None, extra=None) -> None:
     """Write the model, its card, its fusion and ``extra(folder)``'s files into ``output_dir``, atomically."""
     with atomic_directory(output_dir) as scratch:
         model.save(str(scratch))
-        write_json(scratch / CARD_NAME, card)
+        card.save(scratch / CARD_NAME)
         if fusion:
             fusion.save(scratch)
         if extra:

@@ -16,11 +16,11 @@ import logging
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from ..atomic import atomic_directory, write_json
+from ..atomic import atomic_directory
 from ..data.examples import TrainingExample
-from ..embeddings.card import text_hash
+from ..embeddings.card import TrainingCard, run_fields, text_hash
 from ..embeddings.encoding import CachedEncoder, Encoder
 from ..embeddings.models import open_model
 from ..embeddings.query_adapter import AdaptedEncoder, base_identity
@@ -82,16 +82,20 @@ def interpolate(base_model: str, tuned, alpha: float, trust_remote_code: bool = 
 
 
 def _model_writer(model, adapter=None, adapter_info=None):
-    def write(folder: Path, card: dict[str, Any], fusion=None) -> None:
-        extra = (lambda d: save_adapter(adapter, d, {**adapter_info, "base": {"model": "."}})) if adapter else None
+    def write(folder: Path, card: TrainingCard, fusion=None) -> None:
+        # the adapter over this folder's own model ("."): its card is the adapter's own run
+        adapter_card = TrainingCard(method="adapter", base={"model": "."}, **run_fields(adapter_info or {}))
+        extra = (lambda d: save_adapter(adapter, d, adapter_card)) if adapter else None
         save_model(model, folder, card, fusion, extra=extra)
     return write
 
 
 def _adapter_writer(adapter, info, base):
-    def write(folder: Path, card: dict[str, Any], fusion=None) -> None:
+    def write(folder: Path, card: TrainingCard, fusion=None) -> None:
+        # the run's card, over the adapter's base, with what the adapter's own run recorded (kind, learning curve)
+        adapter_card = replace(card, base=base, details={**run_fields(info)["details"], **card.details})
         with atomic_directory(folder) as scratch:
-            save_adapter(adapter, scratch, {**info, **card, "base": base})
+            save_adapter(adapter, scratch, adapter_card)
             if fusion:
                 fusion.save(scratch)
     return write
@@ -188,48 +192,37 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
             plan = ServingPlan(HERE if chosen.reindex else (getattr(base, "model_name", None) or config.base_model),
                                HERE if chosen.adapter else None, chosen.reindex)
         device = tuned.info["device"]
-        card = {
-            "method": "auto",
-            "chosen": chosen.name if chosen else "base",
-            "choice": {"steps": steps, "forced": forced,
-                       "reason": "; ".join(steps) if chosen and not forced else
-                       ("--force: the largest gain on the deciding queries, not better with confidence" if forced else
-                        f"no candidate is better than the {'champion' if champion_encoder is not None else 'base'} with "
-                        f"confidence: {stays}")},
-            "candidates": {c.name: {"gate": verdicts[c.name].as_dict(), "reindex": c.reindex,
-                                    **({"against_base": selection.against_base[c.name].as_dict()} if champion_encoder is not None
-                                       else {})} for c in candidates},
-            "base_model": config.base_model,
-            "config": {**asdict(full_config), "epochs": tuned.info["epochs"]},
-            "data_fingerprint": data_fingerprint,
-            "train_examples": len(split.train),
-            "val_examples": len(split.val),
-            "data_checks": split.checks,
-            "device": device,
-            "precision": tuned.info["precision"],
-            "memory_plan": tuned.info["memory_plan"],
-            "train_seconds": round(tuned.info["train_seconds"] + on_base.info["train_seconds"]
-                                   + on_full.info["train_seconds"], 1),
-            "full_fine_tune": {k: tuned.info[k] for k in ("validation_before", "validation_per_epoch", "best_metric",
-                                                          "negatives", "optimizer_steps")},
-            **({"data_parallel": tuned.info["data_parallel"]} if "data_parallel" in tuned.info else {}),
-            "peak_memory": peak_memory(device),
-            "gate": selection.against_base[gate_of].as_dict(),
-            "gate_of": gate_of,  # the chosen candidate, or (none chosen) the one that came closest
-            "promoted": chosen is not None,
-            "serving": plan.to_dict() if plan else None,
-            "fusion": fusion.to_dict() if fusion else None,
-            "training_queries": sorted({text_hash(e.query) for e in trained_on.get(gate_of, split.train)}),
-            "validation_queries": sorted({text_hash(e.query) for e in split.val}),
-            "training_data": ([data_reference(training_data)] if training_data else [])
+        card = TrainingCard(
+            method="auto", chosen=chosen.name if chosen else "base",
+            choice={"steps": steps, "forced": forced,
+                    "reason": "; ".join(steps) if chosen and not forced else
+                    ("--force: the largest gain on the deciding queries, not better with confidence" if forced else
+                     f"no candidate is better than the {'champion' if champion_encoder is not None else 'base'} with "
+                     f"confidence: {stays}")},
+            candidates={c.name: {"gate": verdicts[c.name].as_dict(), "reindex": c.reindex,
+                                 **({"against_base": selection.against_base[c.name].as_dict()} if champion_encoder is not None
+                                    else {})} for c in candidates},
+            base_model=config.base_model, config={**asdict(full_config), "epochs": tuned.info["epochs"]},
+            data_fingerprint=data_fingerprint, train_examples=len(split.train), val_examples=len(split.val),
+            data_checks=split.checks, device=device, precision=tuned.info["precision"], memory_plan=tuned.info["memory_plan"],
+            train_seconds=round(tuned.info["train_seconds"] + on_base.info["train_seconds"] + on_full.info["train_seconds"], 1),
+            details={"full_fine_tune": {k: tuned.info[k] for k in ("validation_before", "validation_per_epoch",
+                                                                   "best_metric", "negatives", "optimizer_steps")}},
+            data_parallel=tuned.info.get("data_parallel"), peak_memory=peak_memory(device),
+            gate=selection.against_base[gate_of].as_dict(),
+            gate_of=gate_of,  # the chosen candidate, or (none chosen) the one that came closest
+            promoted=chosen is not None, serving=plan.to_dict() if plan else None,
+            fusion=fusion.to_dict() if fusion else None,
+            training_queries=sorted({text_hash(e.query) for e in trained_on.get(gate_of, split.train)}),
+            validation_queries=sorted({text_hash(e.query) for e in split.val}),
+            training_data=([data_reference(training_data)] if training_data else [])
             + (history_refs(champion) if gate_of in trained_on and gate_of != "adapter" else []),
-        }
-        if champion is not None:
-            card["champion"] = {**champion.to_dict(), "history": history.note, "gate": verdicts[gate_of].as_dict()}
+            champion={**champion.to_dict(), "history": history.note, "gate": verdicts[gate_of].as_dict()}
+            if champion is not None else None)
         if chosen:
             chosen.write(output_dir, card, fusion)
         else:
-            write_json(output_dir.with_name(output_dir.name + ".not-promoted.json"), card)
+            card.save(output_dir.with_name(output_dir.name + ".not-promoted.json"))
         if not config.keep_checkpoints:
             shutil.rmtree(checkpoints, ignore_errors=True)
             shutil.rmtree(checkpoints.with_name(checkpoints.name + "-continued"), ignore_errors=True)
@@ -238,12 +231,12 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
 
             export_all(output_dir, config.exports, val_set)
         elif chosen and config.exports:  # an adapter over the base: the folder holds the adapter, no model to export
-            card["exports_skipped"] = (
+            card.exports_skipped = (
                 f"--export {', '.join(config.exports)}: nothing exported: the chosen {chosen.name!r} is a query adapter over "
                 f"the base model {config.base_model}, so {output_dir} holds no model to export (export the base model's "
                 "folder with `ace export`, or train with --method full)")
-            log.warning(card["exports_skipped"])
-        log.info("method auto: %s", card["choice"]["reason"])
+            log.warning(card.exports_skipped)
+        log.info("method auto: %s", card.choice["reason"])
         return TrainResult(model_dir=output_dir, card=card, gate=gate_result, fusion=fusion, promoted=chosen is not None,
                            serving=plan.resolved(output_dir).to_dict() if plan else None)
 

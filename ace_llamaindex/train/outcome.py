@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
+from ..embeddings.card import TrainingCard
+
 
 class Outcome(StrEnum):
     PROMOTED = "promoted"
@@ -23,12 +25,11 @@ class Outcome(StrEnum):
 
 
 def outcome(result: Any) -> Outcome:
-    """The outcome of a ``TrainResult`` or of a training card (a dict: ``promoted`` missing means promoted, as in
-    cards written before it was recorded)."""
+    """The outcome of a ``TrainResult`` or of a training card (a :class:`~ace_llamaindex.embeddings.card.TrainingCard`
+    or its dict; a card without ``promoted``, written before it was recorded, was promoted)."""
     if isinstance(result, Mapping):
-        promoted, serving = result.get("promoted", True), result.get("serving")
-    else:
-        promoted, serving = result.promoted, result.serving
+        result = TrainingCard.from_dict(result)
+    promoted, serving = result.promoted, result.serving
     if promoted:
         return Outcome.PROMOTED
     return Outcome.BASE_STAYS if serving is None else Outcome.KEPT

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..data.dataset import QADataset
 from ..data.examples import TrainingExample
+from ..embeddings.card import TrainingCard
 from ..embeddings.encoding import Encoder
 from ..evaluate.evaluate import System, evaluate
 from ..evaluate.stats import Verdict, interval, paired_bootstrap, weighted_paired_bootstrap
@@ -257,6 +258,6 @@ def select(val: QADataset, unseen: set[str] | None, base: Encoder, candidates: M
     return Selection(choice.name, against_base, choice.verdicts, choice.steps)
 
 
-def deciding_gate(card: Mapping[str, Any]) -> GateResult | None:
+def deciding_gate(card: TrainingCard) -> GateResult | None:
     """The comparison a card's promotion was decided by: against the champion when it had one, else its base."""
-    return GateResult.from_dict(((card.get("champion") or {}).get("gate")) or card.get("gate") or {})
+    return GateResult.from_dict(card.deciding_gate)

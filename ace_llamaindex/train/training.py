@@ -362,7 +362,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     it too, judged on the same queries (its own validation queries included); ``training_data``: the file
     ``examples`` came from, named in the card so a later round can replay it.
     """
-    from ..embeddings.card import text_hash
+    from ..embeddings.card import TrainingCard, run_fields, text_hash
     from ..embeddings.encoding import CachedEncoder
     from ..evaluate.fusion_selection import select_fusion
     from ..evaluate.stats import Verdict
@@ -402,28 +402,20 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
             log.info("%s", verdict.sentence())
         promoted = verdict is None or verdict.verdict == Verdict.BETTER or config.force or not _holds_model(output_dir)
         info = dict(tuned.info)
-        card = {
-            "method": "full",
-            "base_model": config.base_model,
-            "config": {**asdict(config), "epochs": info.pop("epochs"),
-                       "early_stopping_patience": info.pop("early_stopping_patience")},
-            "data_fingerprint": data_fingerprint,
-            "train_examples": len(split.train),
-            "val_examples": len(split.val),
-            "data_checks": split.checks,
-            **info,
-            "peak_memory": peak_memory(info["device"]),
-            "gate": against_base.as_dict() if against_base else unmeasured_gate(),
-            "promoted": promoted,
-            "serving": ServingPlan(HERE).to_dict(),  # HERE: this folder
-            "fusion": fusion.to_dict() if fusion else None,
-            "training_queries": sorted({text_hash(e.query) for e in split.train}),
-            "validation_queries": sorted({text_hash(e.query) for e in split.val}),
-            "training_data": [data_reference(training_data)] if training_data else [],
-        }
-        if champion is not None:
-            card["champion"] = {**champion.to_dict(), "history": history.note,
-                                "gate": verdict.as_dict() if verdict else unmeasured_gate()}
+        epochs, patience = info.pop("epochs"), info.pop("early_stopping_patience")
+        card = TrainingCard(
+            method="full", base_model=config.base_model,
+            config={**asdict(config), "epochs": epochs, "early_stopping_patience": patience},
+            data_fingerprint=data_fingerprint, train_examples=len(split.train), val_examples=len(split.val),
+            data_checks=split.checks, **run_fields(info), peak_memory=peak_memory(info["device"]),
+            gate=against_base.as_dict() if against_base else unmeasured_gate(), promoted=promoted,
+            serving=ServingPlan(HERE).to_dict(),  # HERE: this folder
+            fusion=fusion.to_dict() if fusion else None,
+            training_queries=sorted({text_hash(e.query) for e in split.train}),
+            validation_queries=sorted({text_hash(e.query) for e in split.val}),
+            training_data=[data_reference(training_data)] if training_data else [],
+            champion={**champion.to_dict(), "history": history.note,
+                      "gate": verdict.as_dict() if verdict else unmeasured_gate()} if champion is not None else None)
         if promoted:
             save_model(tuned.model, output_dir, card, fusion)
         if not config.keep_checkpoints:
@@ -431,7 +423,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
         if promoted:
             export_all(output_dir, config.exports, val_set)
         return TrainResult(model_dir=output_dir, card=card, gate=verdict, fusion=fusion, promoted=promoted,
-                           serving=ServingPlan.from_dict(card["serving"]).resolved(output_dir).to_dict())
+                           serving=ServingPlan.from_dict(card.serving).resolved(output_dir).to_dict())
 
     return distributed.on_main(judge_and_write, "judging and writing the model", shared=shared_result)
 
