@@ -625,6 +625,7 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
     if card.resumed_from_checkpoint:
         console.print(f"resumed from {card.resumed_from_checkpoint}", highlight=False)
     from .evaluate.stats import Verdict
+    from .serve.serving_record import ServingPlan
     from .train.outcome import Outcome, outcome
 
     serving, done = result.serving, outcome(result)
@@ -636,11 +637,12 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
             against = "the champion" if card.champion else "its base"
             console.print(f"[yellow]written, but not shown better than {against}:[/yellow] `ace rollout` will refuse it "
                           "(nothing was at OUTPUT to keep; --force to roll it out anyway)", highlight=False)
-        if serving and serving.get("adapter"):
-            base = "FineTunedEmbedding(model_name=OUT)" if serving["reindex"] else f"FineTunedEmbedding(model_name={serving['model']!r})"
+        plan = ServingPlan.from_dict(serving) if serving else None
+        if plan and plan.adapter:
+            base = "FineTunedEmbedding(model_name=OUT)" if plan.reindex else f"FineTunedEmbedding(model_name={plan.model!r})"
             console.print(f"serve: AdapterEmbedding({base}, OUT) with OUT = {result.model_dir}"
-                          + ("; re-index the documents" if serving["reindex"] else "; the base's index is used as is"), highlight=False)
-        elif serving and serving.get("reindex"):
+                          + ("; re-index the documents" if plan.reindex else "; the base's index is used as is"), highlight=False)
+        elif plan and plan.reindex:
             console.print("serve: FineTunedEmbedding(model_name=OUT); index the documents again (ace index --model OUT)",
                           highlight=False)
     elif done is Outcome.BASE_STAYS:

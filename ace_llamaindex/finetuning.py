@@ -164,6 +164,7 @@ class SentenceTransformersFinetuneEngine(_Engine):
         the base model when no method was better (and a warning says so)."""
         from .serve.embedding import FineTunedEmbedding
         from .serve.served_model import serving_embedding
+        from .serve.serving_record import ServingPlan
 
         if self.result is None:
             raise OptionError(f"{self.name}: call finetune() first")
@@ -172,7 +173,7 @@ class SentenceTransformersFinetuneEngine(_Engine):
         serving = self.result.serving
         if serving is None or outcome(self.result) is not Outcome.PROMOTED:
             log.warning("%s: no method was better than %s on validation; returning the base model", self.name, self.model_id)
-            serving = {"model": self.model_id, "adapter": None}
+            serving = ServingPlan(self.model_id).to_dict()
         return serving_embedding(serving, lambda name: FineTunedEmbedding(
             name, trust_remote_code=self.config.trust_remote_code, **model_kwargs))
 

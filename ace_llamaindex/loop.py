@@ -102,7 +102,7 @@ def mine_training_data(dataset: QADataset | str | Path | None = None, output: st
     if collection:
         from .index.engines import open_index
         from .index.store import shown_url
-        from .serve.serving_record import SERVING_KEY, serving_target
+        from .serve.serving_record import SERVING_KEY, ServingPlan, serving_target
 
         if index is None:
             if not qdrant_url and not qdrant_path:
@@ -118,12 +118,13 @@ def mine_training_data(dataset: QADataset | str | Path | None = None, output: st
         if serving and model is None:  # the collection's documents and queries are that model's, not the base's
             from .serve.served_model import serving_encoder
 
-            recorded = str(serving.get("model"))
+            recorded = str(ServingPlan.from_dict(serving).model)
             if Path(recorded).is_absolute() and not Path(recorded).exists():
                 raise OptionError(f"collection {collection!r} is served by {recorded} (its {SERVING_KEY} record), which "
                                   "is not here; pass --model with that model (a copy of it) to mine with it")
             encoder = serving_encoder(serving, CachedEncoder(recorded, show_progress=show_progress))
-            adapter = f" with the query adapter {serving['adapter']}" if serving.get("adapter") else ""
+            adapter = ServingPlan.from_dict(serving).adapter
+            adapter = f" with the query adapter {adapter}" if adapter else ""
             _say(notify, f"mining with {recorded}{adapter}: what collection {collection!r} is served by (its "
                          f"{SERVING_KEY} record; --model to choose another)")
         using = vector_name or (None if miner == "bm25" else _collection_vector(index, encoder, collection, model, serving))
@@ -257,14 +258,14 @@ def _collection_vector(index, encoder, collection: str, model: str | None, servi
     record, names, else the base model). A collection whose vectors another model made is refused in one line:
     searching them with these queries would mine wrong negatives without a sound."""
     from .embeddings.models import DEFAULT_MODEL, vector_name
-    from .serve.serving_record import SERVING_KEY, VECTOR_KEY, model_embedding, serving_target
+    from .serve.serving_record import SERVING_KEY, VECTOR_KEY, ServingPlan, model_embedding, serving_target
     from .serve.spaces import embedding_spaces, named_vector
 
     target = index.sibling(serving_target(index, collection))
     have, recorded = target.dense_vectors(), target.metadata().get(VECTOR_KEY)
     if not have:
         return None  # the miner's default; a dense miner that finds no such vector says which the collection has
-    plan = serving if serving and model is None else {"model": model or DEFAULT_MODEL, "adapter": None}
+    plan = serving if serving and model is None else ServingPlan(model or DEFAULT_MODEL).to_dict()
     embed = model_embedding(plan)
     own = named_vector(embed, embedding_spaces(embed)[0][0])
     if serving and model is None:
@@ -272,16 +273,18 @@ def _collection_vector(index, encoder, collection: str, model: str | None, servi
             return recorded
         if own in have:
             return own
-        raise OptionError(f"collection {collection!r} is served by {serving.get('model')} (its {SERVING_KEY} record) but "
+        raise OptionError(f"collection {collection!r} is served by {ServingPlan.from_dict(serving).model} (its "
+                          f"{SERVING_KEY} record) but "
                           f"holds no vector of it ({own}; it has {sorted(have)}); pass --vector-name to search one anyway")
     if own in have:
         return own
     if vector_name(encoder.label) in have:  # the name the miner's own index gives the model
         return vector_name(encoder.label)
     if serving:  # --model given, and the collection is served by another model: its vectors are that model's
-        raise OptionError(f"collection {collection!r} is served by {serving.get('model')} (its {SERVING_KEY} record), "
+        served = ServingPlan.from_dict(serving).model
+        raise OptionError(f"collection {collection!r} is served by {served} (its {SERVING_KEY} record), "
                           f"not by --model {model}: its vectors {sorted(have)} are not that model's; mine with --model "
-                          f"{serving.get('model')} (or without --model)")
+                          f"{served} (or without --model)")
     if model is not None and len(have) == 1:  # a collection another tool wrote: --model says what made its vectors
         return next(iter(have))
     if model is None:

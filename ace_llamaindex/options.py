@@ -144,6 +144,6 @@ def documented(cls: type) -> type:
         accepts = range_text(spec) or (f"one of {', '.join(spec.choices)}" if spec.choices else "")
         where = ", ".join(part for part in (f"``{flag(name, spec)}``" if flag(name, spec) else "", accepts) if part)
         text = " ".join(part for part in (spec.help, f"(No flag: {spec.no_flag}.)" if spec.no_flag else "") if part)
-        lines.append(f"    ``{name}``{f' ({where})' if where else ''}: {text or '-'}")
+        lines.append(f"    - ``{name}``{f' ({where})' if where else ''}: {text or '-'}")  # a list in the docs
     cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n\n    Options:\n\n" + "\n".join(lines) + "\n"
     return cls

@@ -237,9 +237,23 @@ def test_docs_build_strict(tmp_path):
         if os.environ.get("ACE_REQUIRE_EXTRAS") == "1":
             pytest.fail("mkdocs is not installed: `make docs` installs the [docs] extra")
         pytest.skip("the [docs] extra is not installed (make docs installs it)")
-    done = subprocess.run([str(mkdocs), "build", "--strict", "-q", "-d", str(tmp_path / "site")], cwd=ROOT,
+    site = tmp_path / "site"
+    done = subprocess.run([str(mkdocs), "build", "--strict", "-q", "-d", str(site)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
+    # the docstrings' reST roles became code or links (docs/griffe_sphinx_roles.py; tests/test_docs_roles.py)
+    pages = {page.relative_to(site).as_posix(): page.read_text() for page in (site / "api").rglob("*.html")}
+    assert pages
+    leftovers = {name: ROLE_TEXT.findall(html) for name, html in pages.items() if ROLE_TEXT.search(html)}
+    assert not leftovers, f"role text left on the API pages: {leftovers}"
+    assert not [name for name, html in pages.items() if "<autoref" in html]  # every autoref was fixed up
+    # A role that resolved to a rendered object is a link to its heading (the tooltip names the object's path).
+    links = re.findall(r'<a class="autorefs autorefs-internal" title="[^"]*\(ace_llamaindex\.[\w.]+\)"[^>]*><code>',
+                       "".join(pages.values()))
+    assert len(links) >= 5, f"only {len(links)} links to API objects"
+
+
+ROLE_TEXT = re.compile(r":(?:py:)?(?:class|func|function|meth|method|attr|attribute|mod|module|data|obj|exc|const):")
 
 
 # ---- what the docs say about the code ----

@@ -180,6 +180,54 @@ WRITTEN_PLANS = {
 }
 
 
+SERVING_RECORD = PACKAGE / "serve" / "serving_record.py"
+PLAN_KEYS = {"model", "adapter", "reindex"}
+
+
+def _plan_receiver(node: ast.AST) -> bool:
+    name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+    return "serving" in name.lower() or "plan" in name.lower() or name == "candidate"
+
+
+def plan_literals(source: str) -> list[tuple[int, str]]:
+    """A serving plan written by hand (a dict literal with two of its keys) or read by key (``serving["adapter"]``,
+    ``plan.get("reindex")``) instead of through ``ServingPlan``."""
+    hits = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Dict):
+            keys = {k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+            if len(keys & PLAN_KEYS) >= 2:
+                hits.append((node.lineno, "a plan as a dict literal"))
+        elif (isinstance(node, ast.Subscript) and _plan_receiver(node.value) and isinstance(node.slice, ast.Constant)
+              and node.slice.value in PLAN_KEYS):
+            hits.append((node.lineno, f"[{node.slice.value!r}]"))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+              and _plan_receiver(node.func.value) and node.args and isinstance(node.args[0], ast.Constant)
+              and node.args[0].value in PLAN_KEYS):
+            hits.append((node.lineno, f".get({node.args[0].value!r})"))
+    return hits
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES + [STATS] if p != SERVING_RECORD],
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_serving_plan_literal_outside_its_module(path):
+    assert plan_literals(path.read_text(encoding="utf-8")) == [], \
+        f"{path.relative_to(PACKAGE)}: write and read serving plans through serve.serving_record.ServingPlan"
+
+
+@pytest.mark.parametrize(("source", "found"), [
+    ('p = {"model": m, "adapter": None}', [(1, "a plan as a dict literal")]),
+    ('serving["reindex"]', [(1, "['reindex']")]),
+    ('champion.serving.get("adapter")', [(1, ".get('adapter')")]),
+    ('plan.get("model")', [(1, ".get('model')")]),
+    ('ServingPlan.from_dict(serving).adapter', []),
+    ('kw["model"]', []),                                              # an option, not a plan
+    ('identity = fingerprint_identity(fp)', []),
+])
+def test_plan_literal_check_itself(source, found):
+    assert plan_literals(source) == found
+
+
 @pytest.mark.parametrize("name", WRITTEN_PLANS)
 def test_serving_plan_round_trips_every_written_form(name):
     written = WRITTEN_PLANS[name]

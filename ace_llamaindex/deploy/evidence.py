@@ -21,7 +21,7 @@ from typing import Any
 from ..data.dataset import QADataset
 from ..embeddings.card import TrainingCard, deciding_subset, read_card
 from ..evaluate.stats import Verdict, interval
-from ..serve.serving_record import describe_plan, plan_identity
+from ..serve.serving_record import ServingPlan, describe_plan, fingerprint_identity, plan_identity
 
 
 @dataclass
@@ -54,9 +54,9 @@ def _evidence_line(gate: dict[str, Any]) -> str:
 
 def _card_base_identity(card: TrainingCard) -> dict[str, str | None] | None:
     if card.base_model:
-        return plan_identity({"model": card.base_model, "adapter": None})
+        return plan_identity(ServingPlan(card.base_model).to_dict())
     fingerprint = card.base_fingerprint  # an adapter's card
-    return {"model": fingerprint, "adapter": None} if fingerprint else None
+    return fingerprint_identity(fingerprint) if fingerprint else None
 
 
 def judge_on_heldout(candidate: dict[str, Any], serving: dict[str, Any], heldout: QADataset, engine: str = "auto") -> dict[str, Any]:
@@ -68,7 +68,7 @@ def judge_on_heldout(candidate: dict[str, Any], serving: dict[str, Any], heldout
     from ..train.promotion import judge
 
     def encoder(plan: dict[str, Any]):
-        return serving_encoder(plan, CachedEncoder(plan["model"], show_progress=False))
+        return serving_encoder(plan, CachedEncoder(ServingPlan.from_dict(plan).model, show_progress=False))
 
     systems = [System("serving", "dense", encoder(serving)), System("candidate", "dense", encoder(candidate))]
     per_query = evaluate(heldout, systems, comparisons=[], show_progress=False, engine=engine).data["per_query"]

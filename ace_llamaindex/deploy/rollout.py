@@ -238,7 +238,7 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     targets = {named_vector(embed, label): (i, m) for i, (label, m) in enumerate(spaces)}
     # the fallback's space (same model, same vectors) is copied; so are the documents' vectors of a plan that says the
     # documents do not change (a query adapter over the serving model)
-    copied = [n for n, (i, _) in targets.items() if n in have and (i > 0 or plan.get("reindex") is False)]
+    copied = [n for n, (i, _) in targets.items() if n in have and (i > 0 or not ServingPlan.from_dict(plan).reindex)]
     encoded = [n for n in targets if n not in copied]
     total = current.count()
     versions = _versions(location, collection)

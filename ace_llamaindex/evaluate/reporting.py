@@ -8,6 +8,7 @@ from typing import Any
 from ..atomic import write_json, write_text
 from ..embeddings.card import TrainingCard, deciding_subset
 from ..plugins.manager import components, get
+from ..serve.serving_record import ServingPlan
 from .stats import ci_text, interval
 
 HEADLINE = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "cosine")
@@ -65,11 +66,11 @@ def _training_section(report: dict[str, Any]) -> list[str]:
             out += [f"| {k} | {v['n']} | {v['delta']:+.3f} | {ci_text(v['ci95'])} | {v['verdict']} |"
                     for k, v in subsets.items()]
     if card and card.candidates:
-        serving = card.serving or {}
+        serving = ServingPlan.from_dict(card.serving) if card.serving else None
         out += ["", f"### Method chosen: {card.chosen}", "", (card.choice or {}).get("reason", "") + ".",
                 "Serving: " + ("the base model (nothing was written)" if not serving else
-                              ("re-index the documents" if serving.get("reindex") else "the base's index as it is")
-                              + (", queries through the adapter" if serving.get("adapter") else "")) + ".", "",
+                              ("re-index the documents" if serving.reindex else "the base's index as it is")
+                              + (", queries through the adapter" if serving.adapter else "")) + ".", "",
                 "| candidate | re-index | decided by | delta | 95% CI | verdict |", "|---|:---:|---|---:|---|---|"]
         for name, c in card.candidates.items():
             g = c["gate"]

@@ -271,13 +271,15 @@ class HybridQdrantRetriever(BaseRetriever):
 def _serves(embed_model: BaseEmbedding, plan: dict) -> bool:
     """Whether ``embed_model`` is what a collection's serving plan describes (same model folder, same adapter)."""
     from ..embeddings.models import resolve_model
+    from .serving_record import ServingPlan
 
     folder = model_folder(getattr(embed_model, "base", None) or embed_model)
     path = getattr(embed_model, "model_path", None)
     name = folder or (resolve_model(path) if path else None)
     adapter = getattr(embed_model, "adapter_path", None)
     same = lambda a, b: (a is None and b is None) or (a and b and Path(a).resolve() == Path(b).resolve())  # noqa: E731
-    return bool(same(name, plan.get("model"))) and bool(same(adapter, plan.get("adapter")))
+    plan = ServingPlan.from_dict(plan)
+    return bool(same(name, plan.model)) and bool(same(adapter, plan.adapter))
 
 
 @dataclass(frozen=True)

@@ -38,23 +38,25 @@ def read_serving(folder: str | Path) -> dict[str, Any]:
 def serving_encoder(serving: dict[str, Any], base, max_seq_length: int | None = None, show_progress: bool = False):
     """The encoder a serving plan describes: the base's document vectors unless the documents must be embedded
     again (then the folder's model), queries through the adapter when there is one."""
-    encoder = base if not serving["reindex"] else CachedEncoder(serving["model"], max_seq_length=max_seq_length,
-                                                                show_progress=show_progress, cache_dir=False)
-    if serving.get("adapter"):
-        adapter, card = QueryAdapter.load(serving["adapter"])
-        if not serving["reindex"]:
-            check_base(card, base, serving["adapter"])
+    plan = ServingPlan.from_dict(serving)
+    encoder = base if not plan.reindex else CachedEncoder(plan.model, max_seq_length=max_seq_length,
+                                                          show_progress=show_progress, cache_dir=False)
+    if plan.adapter:
+        adapter, card = QueryAdapter.load(plan.adapter)
+        if not plan.reindex:
+            check_base(card, base, plan.adapter)
         # the adapter's folder in the label: two adapters over one base are two systems, never one cached entry
-        encoder = AdaptedEncoder(encoder, adapter, label=f"{encoder.label}+adapter:{serving['adapter']}")
+        encoder = AdaptedEncoder(encoder, adapter, label=f"{encoder.label}+adapter:{plan.adapter}")
     return encoder
 
 
 def serving_embedding(serving: dict[str, Any], embedding_factory):
     """A LlamaIndex embedding for a serving plan: ``embedding_factory(model)`` (e.g. a ``FineTunedEmbedding``),
     wrapped in an :class:`~ace_llamaindex.serve.adapter_embedding.AdapterEmbedding` when the plan has an adapter."""
-    embed = embedding_factory(serving["model"])
-    if serving.get("adapter"):
+    plan = ServingPlan.from_dict(serving)
+    embed = embedding_factory(plan.model)
+    if plan.adapter:
         from .adapter_embedding import AdapterEmbedding
 
-        embed = AdapterEmbedding(embed, serving["adapter"])
+        embed = AdapterEmbedding(embed, plan.adapter)
     return embed

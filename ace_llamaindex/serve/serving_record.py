@@ -51,8 +51,9 @@ class ServingPlan:
 
 def describe_plan(plan: Mapping[str, Any]) -> str:
     """A serving plan in words: the model folder's name, or ``adapter <folder> over <model>``."""
-    what = Path(str(plan.get("model"))).name
-    return f"adapter {plan['adapter']} over {what}" if plan.get("adapter") else what
+    plan = ServingPlan.from_dict(plan)
+    what = Path(str(plan.model)).name
+    return f"adapter {plan.adapter} over {what}" if plan.adapter else what
 
 
 def challenger_alias(collection: str) -> str:
@@ -90,4 +91,10 @@ def plan_identity(plan: dict[str, Any]) -> dict[str, str | None]:
     adapter's weights hash. Two plans with the same identity serve the same vectors."""
     from ..embeddings.models import content_fingerprint
 
-    return {"model": content_fingerprint(plan.get("model")), "adapter": adapter_fingerprint(plan.get("adapter"))}
+    return fingerprint_identity(content_fingerprint(plan.get("model")), adapter_fingerprint(plan.get("adapter")))
+
+
+def fingerprint_identity(model: str | None, adapter: str | None = None) -> dict[str, str | None]:
+    """The identity (as :func:`plan_identity` gives it) of a model known only by its weights fingerprint, and of the
+    adapter over it known by its hash (an adapter card records its base so)."""
+    return {"model": model, "adapter": adapter}

@@ -45,7 +45,7 @@ class Champion:
 
     def is_plain(self, model: str) -> bool:
         """Whether the champion is ``model`` itself (no adapter): then "better than the champion" is the base gate."""
-        return self.identity == plan_identity({"model": model, "adapter": None})
+        return self.identity == plan_identity(ServingPlan(model).to_dict())
 
     def describe(self) -> str:
         return f"{describe_plan(self.serving)} ({self.source})"
@@ -89,8 +89,9 @@ def champion_from_collection(collection: str, *, index=None, path: str | Path | 
     where = f"collection {collection!r}" + (f" -> {target!r}" if target != collection else "")
     if not plan:
         return Champion(ServingPlan(resolve_model(previous_model or DEFAULT_MODEL)).to_dict(), where)
-    folder = next((Path(plan[k]) for k in ("adapter", "model") if plan.get(k) and Path(str(plan[k])).is_dir()
-                   and read_card(plan[k])), None)
+    recorded = ServingPlan.from_dict(plan)
+    folder = next((Path(p) for p in (recorded.adapter, recorded.model) if p and Path(str(p)).is_dir() and read_card(p)),
+                  None)
     return Champion(dict(plan), where, read_card(folder) if folder else None, folder)
 
 
@@ -191,18 +192,20 @@ def continuable_adapter(champion: Champion | None, base):
     adapter over this very base (same weights fingerprint), so a continual candidate can start from it; else None."""
     from ..embeddings.query_adapter import QueryAdapter, base_identity
 
-    if champion is None or not champion.serving.get("adapter") or champion.serving.get("reindex"):
+    plan = ServingPlan.from_dict(champion.serving) if champion is not None else None
+    if plan is None or not plan.adapter or plan.reindex:
         return None
-    adapter, card = QueryAdapter.load(champion.serving["adapter"])
+    adapter, card = QueryAdapter.load(plan.adapter)
     trained_on = card.base_fingerprint
     return adapter if trained_on and trained_on == base_identity(base).get("fingerprint") else None
 
 
 def continuable_model(champion: Champion | None) -> str | None:
     """The champion's fine-tuned weights (a model folder ``ace train`` wrote), which a continual fine-tune starts from."""
-    if champion is None or not champion.serving.get("reindex") or champion.card is None:
+    plan = ServingPlan.from_dict(champion.serving) if champion is not None else None
+    if plan is None or not plan.reindex or champion.card is None:
         return None
-    model = Path(str(champion.serving["model"]))
+    model = Path(str(plan.model))
     return str(model) if (model / "modules.json").is_file() else None
 
 
