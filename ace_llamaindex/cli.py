@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .cli_fields import AceGroup, FiniteFloat, field_options, from_options, generated_options, short_number
 from .errors import AceError, OptionError
 from .serve.feedback import QUERY_ID
 
@@ -21,21 +21,6 @@ EXPORTS = ["onnx", "onnx-int8", "openvino", "openvino-int8"]
 
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 140)  # tables stay readable in logs and CI
-
-
-class FiniteFloat(click.FloatRange):
-    """A float in a range, and finite: click's FloatRange lets NaN through (every comparison with NaN is False)."""
-
-    name = "finite float"
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
-
-    def _describe_range(self) -> str:
-        return super()._describe_range() if self.min is not None or self.max is not None else ""  # not "x<=None"
 
 
 def _disk_full(exc: BaseException) -> bool:
@@ -73,44 +58,6 @@ def friendly(fn):
             sys.exit(2)
 
     return wrapper
-
-
-class _Generated:
-    """Stands in a command's params for the options made from a dataclass's fields (:func:`field_options`) until the
-    command is first parsed or shown: the dataclasses live in stages (train, mine) that ``import ace_llamaindex.cli``
-    must not load (tests/test_imports.py)."""
-
-    def __init__(self, build) -> None:
-        self.build = build
-
-
-def generated_options(build):
-    """A decorator that gives a command the options ``build()`` makes, at ``build``'s place among its options."""
-
-    def apply(f):
-        f.__dict__.setdefault("__click_params__", []).append(_Generated(build))
-        return f
-
-    return apply
-
-
-class AceCommand(click.Command):
-    """A command whose generated options (:func:`generated_options`) are made when it is first parsed or shown."""
-
-    @property
-    def params(self) -> list[click.Parameter]:
-        if any(isinstance(p, _Generated) for p in self._params):
-            self._params = [q for p in self._params for q in (p.build() if isinstance(p, _Generated) else [p])]
-        return self._params
-
-    @params.setter
-    def params(self, value: list[click.Parameter]) -> None:
-        self._params = list(value)
-
-
-class AceGroup(click.Group):
-    command_class = AceCommand
-    group_class = type  # a subgroup is an AceGroup too
 
 
 @click.group(cls=AceGroup)
@@ -218,83 +165,6 @@ def _load_unseen(dataset, fmt, split, strict, model):
     return ds
 
 
-def _dest(flag: str) -> str:
-    """The Python name of a generated option: its flag's (``--train-negatives``: ``train_negatives``)."""
-    return flag.lstrip("-").replace("-", "_")
-
-
-def _kind(hint) -> type:
-    """The type of a field's values: ``int | None`` is ``int``, ``list[str]`` is ``list``."""
-    import types
-    import typing
-
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-    return typing.get_origin(hint) or hint
-
-
-def field_options(cls, help_text=None) -> list[click.Option]:
-    """The click options of the dataclass ``cls``, in field order, each made from its field's declaration
-    (:mod:`ace_llamaindex.options`): flag, help (``help_text(name, spec)`` when given), range or choices, default. A
-    field whose declaration gives no flag has no option (its ``no_flag`` says why)."""
-    import typing
-
-    from .options import declared, default, flag
-
-    hints = typing.get_type_hints(cls)
-    made = []
-    for name, spec in declared(cls).items():
-        opt = flag(name, spec)
-        if opt is None:
-            continue
-        kind, value = _kind(hints[name]), default(cls, name)
-        attrs = {"help": (help_text(name, spec) if help_text else spec.help) or None}
-        choice = click.Choice(list(spec.choices)) if spec.choices else None
-        if kind is bool:
-            if not spec.negatable and value is not False:
-                raise TypeError(f"{cls.__name__}.{name}: a flag that is on by default needs negatable=True")
-            if spec.negatable:
-                decls, attrs["default"], attrs["show_default"] = [f"{opt}/--no-{opt[2:]}"], value, value is not None
-            else:
-                decls, attrs["is_flag"] = [opt], True
-        elif kind is list:
-            decls, attrs["multiple"], attrs["type"] = [opt], True, choice
-        else:
-            decls = [opt]
-            if kind is int:
-                attrs["type"] = click.IntRange(spec.minimum, spec.maximum, spec.min_open, spec.max_open) \
-                    if spec.bounded else click.INT
-            elif kind is float:
-                attrs["type"] = FiniteFloat(spec.minimum, spec.maximum, spec.min_open, spec.max_open)
-            else:
-                attrs["type"] = choice
-            shown = value is not None and spec.show_default
-            attrs.update(default=value if shown else None, show_default=shown)
-        made.append(click.Option([*decls, _dest(opt)], **attrs))
-    return made
-
-
-def from_options(cls, kw: dict, **given):
-    """``cls`` made from a command's generated options (:func:`field_options`): every field with a flag from its
-    option (not given: the field's default), ``given`` for the others; the fields with no flag keep their defaults."""
-    from .options import declared, flag
-
-    values = {}
-    for name, spec in declared(cls).items():
-        opt = flag(name, spec)
-        if opt is not None and (value := kw[_dest(opt)]) is not None:
-            values[name] = list(value) if isinstance(value, tuple) else value
-    return cls(**values, **given)
-
-
-def _short(value) -> str:
-    """A default as people write it: ``5e-5``, ``1e-4``, ``0.1``, ``32``."""
-    if isinstance(value, float) and 0 < abs(value) < 1e-3:
-        mantissa, exponent = f"{value:e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def _training_help(name: str, spec) -> str:
     """A training option's help; where its ``None`` means each method's own default (the options the fine-tunes take
     and the adapters replace by theirs), those defaults, read where they are written: the full fine-tune's in
@@ -312,9 +182,9 @@ def _training_help(name: str, spec) -> str:
         return spec.help
     text = spec.help.rstrip(".")
     if full is not None:
-        text = f"{text}. Default: {_short(full)}" if text else f"Default: {_short(full)}"
+        text = f"{text}. Default: {short_number(full)}" if text else f"Default: {short_number(full)}"
     if adapter is not None:
-        text += f" (adapter: {_short(adapter)})"
+        text += f" (adapter: {short_number(adapter)})"
     elif spec.roles.get("adapter") == REFUSED:
         text += " (full fine-tune only)"
     return text + "."

@@ -138,9 +138,15 @@ def _old_trainer_name(monkeypatch, tmp_path):
     from ace_llamaindex.plugins import get
     from ace_llamaindex.plugins.builtin import trainers
 
+    from ace_llamaindex.plugins.manager import plugin_state
+
     calls = []
     monkeypatch.setattr(trainers, "train", lambda *args, **kwargs: calls.append((args, kwargs)) or "trained")
-    assert get("trainers", "sentence-transformers")(["example"], tmp_path, None, corpus={"d": "t"}) == "trained"
+    plugin_state.cache_clear()  # the registry made now holds the stand-in: made again once the test is over
+    try:
+        assert get("trainers", "sentence-transformers")(["example"], tmp_path, None, corpus={"d": "t"}) == "trained"
+    finally:
+        plugin_state.cache_clear()
     return calls
 
 
