@@ -258,7 +258,8 @@ def _collection_vector(index, encoder, collection: str, model: str | None, servi
     record, names, else the base model). A collection whose vectors another model made is refused in one line:
     searching them with these queries would mine wrong negatives without a sound."""
     from .embeddings.models import DEFAULT_MODEL, vector_name
-    from .serve.serving_record import SERVING_KEY, VECTOR_KEY, ServingPlan, model_embedding, serving_target
+    from .serve.served_model import model_embedding
+    from .serve.serving_record import SERVING_KEY, VECTOR_KEY, ServingPlan, serving_target
     from .serve.spaces import embedding_spaces, named_vector
 
     target = index.sibling(serving_target(index, collection))

@@ -137,7 +137,6 @@ def _old_hookspecs_module():
 def _old_trainer_name(monkeypatch, tmp_path):
     from ace_llamaindex.plugins import get
     from ace_llamaindex.plugins.builtin import trainers
-
     from ace_llamaindex.plugins.manager import plugin_state
 
     calls = []

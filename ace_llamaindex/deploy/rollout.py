@@ -56,6 +56,7 @@ from ..data.dataset import QADataset
 from ..data.loading import load_dataset
 from ..errors import OptionError
 from ..index.store import VERSION_OF_KEY, CorpusIndex, cluster_options
+from ..serve.served_model import model_embedding
 from ..serve.serving_record import (
     EXPERIMENT_KEY,
     PREVIOUS_KEY,
@@ -63,7 +64,6 @@ from ..serve.serving_record import (
     VECTOR_KEY,
     ServingPlan,
     challenger_alias,
-    model_embedding,
     plan_identity,
     serving_target,
 )

@@ -120,7 +120,8 @@ class HybridQdrantRetriever(BaseRetriever):
         return served
 
     def _open_target(self, target: str) -> _Served:
-        from .serving_record import SERVING_KEY, model_embedding
+        from .served_model import model_embedding
+        from .serving_record import SERVING_KEY
 
         index = self.index.sibling(target)
         plan = index.metadata().get(SERVING_KEY)

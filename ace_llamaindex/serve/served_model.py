@@ -60,3 +60,10 @@ def serving_embedding(serving: dict[str, Any], embedding_factory):
 
         embed = AdapterEmbedding(embed, plan.adapter)
     return embed
+
+
+def model_embedding(serving: dict[str, Any], fallback=None):
+    """The LlamaIndex embedding a serving plan describes (with ``fallback`` when given)."""
+    from .embedding import FineTunedEmbedding
+
+    return serving_embedding(serving, lambda name: FineTunedEmbedding(name, fallback=fallback))

@@ -66,14 +66,6 @@ def serving_target(index, alias: str) -> str:
     return index.alias_target(alias) or alias
 
 
-def model_embedding(serving: dict[str, Any], fallback=None):
-    """The LlamaIndex embedding a serving plan describes (with ``fallback`` when given)."""
-    from .embedding import FineTunedEmbedding
-    from .served_model import serving_embedding
-
-    return serving_embedding(serving, lambda name: FineTunedEmbedding(name, fallback=fallback))
-
-
 def adapter_fingerprint(folder: str | Path | None) -> str | None:
     """A stable id for a query adapter's weights (the hash of its weights file), or None without an adapter."""
     from ..embeddings.query_adapter import ADAPTER_FILE

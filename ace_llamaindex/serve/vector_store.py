@@ -208,7 +208,8 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
                          limit: int, qfilter: models.Filter | None) -> tuple[list[Hit], float]:
         """The challenger's results: LlamaIndex embedded the query with the champion's model, so the challenger's own
         model (its collection's serving plan) embeds the query text here."""
-        from .serving_record import SERVING_KEY, VECTOR_KEY, model_embedding
+        from .served_model import model_embedding
+        from .serving_record import SERVING_KEY, VECTOR_KEY
 
         started = time.perf_counter()
         meta = challenger.metadata
