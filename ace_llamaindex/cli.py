@@ -447,8 +447,7 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
     a query adapter, a fine-tuned model, or both; nothing when no candidate is better).
 
     \b
-    Budget (defaults): lr 5e-5; epochs for at least 25 optimizer steps (1-10), validated each epoch, best epoch
-    kept, early stop after 2 epochs without gain; validation on 10% of the queries, but at least 100 (or a quarter).
+    Budget: each option's default is in its help below (learning rate, epochs, validation share...).
     Promotion gate: the new model is compared with its base on the validation queries (paired bootstrap, nDCG@10);
     unless it is better, an existing model at OUTPUT is kept (--force replaces it). With a champion (--champion or
     --collection: the model serving now) every candidate must also beat the champion on the same queries, and

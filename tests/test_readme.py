@@ -247,6 +247,8 @@ def test_docs_build_strict(tmp_path):
     leftovers = {name: ROLE_TEXT.findall(html) for name, html in pages.items() if ROLE_TEXT.search(html)}
     assert not leftovers, f"role text left on the API pages: {leftovers}"
     assert not [name for name, html in pages.items() if "<autoref" in html]  # every autoref was fixed up
+    # the option lists made from the fields' declarations (docs/griffe_options.py), as `ace train --help` shows them
+    assert "<li><code>num_negatives</code> (<code>--train-negatives</code>" in pages["api/training/index.html"]
     # A role that resolved to a rendered object is a link to its heading (the tooltip names the object's path).
     links = re.findall(r'<a class="autorefs autorefs-internal" title="[^"]*\(ace_llamaindex\.[\w.]+\)"[^>]*><code>',
                        "".join(pages.values()))
