@@ -67,23 +67,13 @@ def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
-def _kind(hint) -> type:
-    """The type of a field's values: ``int | None`` is ``int``, ``list[str]`` is ``list``."""
-    import types
-    import typing
-
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-    return typing.get_origin(hint) or hint
-
-
 def field_options(cls, help_text=None) -> list[click.Option]:
     """The click options of the dataclass ``cls``, in field order, each made from its field's declaration
     (:mod:`ace_llamaindex.options`): flag, help (``help_text(name, spec)`` when given), range or choices, default. A
     field whose declaration gives no flag has no option (its ``no_flag`` says why)."""
     import typing
 
-    from .options import declared, default, flag
+    from .options import declared, default, flag, value_type
 
     hints = typing.get_type_hints(cls)
     made = []
@@ -91,7 +81,7 @@ def field_options(cls, help_text=None) -> list[click.Option]:
         opt = flag(name, spec)
         if opt is None:
             continue
-        kind, value = _kind(hints[name]), default(cls, name)
+        kind, value = value_type(hints[name]), default(cls, name)
         attrs = {"help": (help_text(name, spec) if help_text else spec.help) or None}
         choice = click.Choice(list(spec.choices)) if spec.choices else None
         if kind is bool:

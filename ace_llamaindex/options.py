@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +65,13 @@ def declared(cls: Any) -> dict[str, Option]:
 def undeclared(cls: Any) -> list[str]:
     """The fields of ``cls`` declared without :func:`option` metadata."""
     return [f.name for f in dataclasses.fields(cls) if KEY not in f.metadata]
+
+
+def value_type(hint: Any) -> Any:
+    """The type of a field's values from its annotation: ``int | None`` is ``int``, ``list[str]`` is ``list``."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return typing.get_origin(hint) or hint
 
 
 def flag(name: str, spec: Option) -> str | None:

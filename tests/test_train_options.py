@@ -11,7 +11,6 @@ import inspect
 import math
 import re
 import textwrap
-import types
 import typing
 
 import pytest
@@ -21,7 +20,7 @@ from ace_llamaindex import cli as cli_module
 from ace_llamaindex.cli import _training_help, cli
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.mine.mining import MiningOptions
-from ace_llamaindex.options import declared, default, flag, label, undeclared
+from ace_llamaindex.options import declared, default, flag, label, undeclared, value_type
 from ace_llamaindex.train import method_selection, training
 from ace_llamaindex.train.adapter import (
     ADAPTER_ACCEPTS,
@@ -50,10 +49,7 @@ ROLE_WORDS = {BASE_ENCODER, REFUSED, USED, CARD, EVERY, FINE_TUNES, WINNER}
 
 
 def _kind(cls, name: str) -> type:
-    hint = typing.get_type_hints(cls)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    hint = args[0] if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
-    return typing.get_origin(hint) or hint
+    return value_type(typing.get_type_hints(cls)[name])
 
 
 def _other_values(cls, name: str) -> list:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import types
 import typing
 import warnings
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AceDeprecationWarning, OptionError
+from ..options import value_type
 
 CARD_NAME = "ace_training_card.json"
 ADAPTER_CARD = "ace_adapter.json"  # a query adapter's card, beside its weights
@@ -83,19 +83,18 @@ class TrainingCard:
         data = dict(data)
         if "method" not in data:  # 0.1: an adapter's card had no method, a fine-tune's had its base model
             data["method"] = "full" if "base_model" in data else "adapter"
-        known = {f.name for f in fields(cls)} - {"details", "schema_version"}
-        values = {k: v for k, v in data.items() if k in known}
-        details = {k: v for k, v in data.items() if k not in known and k != "schema_version"}
+        data.pop("schema_version", None)
+        values = run_fields(data)
         if isinstance(values.get("training_data"), Mapping):  # one reference, as some 0.x cards wrote it
             values["training_data"] = [dict(values["training_data"])]
         for name, kind in _KINDS.items():
             value = values.get(name)
-            if value is not None and not isinstance(value, kind):
+            if value is not None and not isinstance(value, _JSON_TYPES[kind]):
                 raise OptionError(f"{where}: field {name!r} must be {_KIND_WORDS[kind]}, got {type(value).__name__}")
         for name in ("gate", "config", "data_checks", "training_queries", "validation_queries"):
             if values.get(name) is None:
                 values.pop(name, None)  # an old card's null: the default
-        return cls(**values, details=details, schema_version=CARD_SCHEMA)
+        return cls(**values, schema_version=CARD_SCHEMA)
 
     @classmethod
     def read(cls, path: str | Path) -> TrainingCard:
@@ -112,12 +111,10 @@ class TrainingCard:
     def to_dict(self) -> dict[str, Any]:
         """The card as its file holds it: flat, ``schema_version`` first, optional fields left out when empty."""
         out: dict[str, Any] = {"schema_version": self.schema_version}
-        for f in fields(self):
-            if f.name in ("details", "schema_version"):
-                continue
-            value = getattr(self, f.name)
-            if value is not None or f.name in _ALWAYS_WRITTEN:
-                out[f.name] = value
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if value is not None or name in _ALWAYS_WRITTEN:
+                out[name] = value
         clash = sorted(set(self.details) & set(out))
         if clash:
             raise ValueError(f"card details {clash} shadow card fields")
@@ -156,12 +153,6 @@ class TrainingCard:
         """A query adapter's transform: ``linear`` or ``mlp``."""
         return self.details.get("kind", "linear")
 
-    def with_serving(self, serving: dict[str, Any] | None) -> TrainingCard:
-        """This card serving ``serving``."""
-        from dataclasses import replace
-
-        return replace(self, serving=serving)
-
     # -- the dict API of 0.1 cards, kept for callers that index a card ----------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
@@ -177,43 +168,21 @@ class TrainingCard:
     def __contains__(self, key: str) -> bool:
         return key in self.to_dict()
 
-    def as_json(self) -> dict[str, Any]:
-        """A deep copy of :meth:`to_dict` (safe to change)."""
-        return json.loads(json.dumps(self.to_dict()))
-
 
 _ALWAYS_WRITTEN = {"serving", "fusion"}  # None says something there: nothing serves / no fusion was chosen
+_FIELDS = [f.name for f in fields(TrainingCard) if f.name not in ("details", "schema_version")]  # flat in the file
 _KIND_WORDS = {dict: "an object", list: "a list", str: "a string", int: "an integer", bool: "true or false",
                float: "a number"}
-
-
-def _field_kinds() -> dict[str, type | tuple[type, ...]]:
-    hints = typing.get_type_hints(TrainingCard)
-    kinds: dict[str, Any] = {}
-    for name, hint in hints.items():
-        if name in ("details", "schema_version"):
-            continue
-        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        for arg in (typing.get_args(hint) if union else (hint,)):
-            origin = typing.get_origin(arg) or arg
-            if origin in _KIND_WORDS:
-                kinds[name] = origin
-                break
-    if "train_seconds" in kinds:
-        kinds["train_seconds"] = (int, float)
-    return kinds
-
-
-_KINDS = _field_kinds()
-_KIND_WORDS[(int, float)] = "a number"
+_JSON_TYPES = {**{kind: kind for kind in _KIND_WORDS}, float: (int, float)}  # JSON writes 12.0 as 12
+# each field's type of value, from its annotation (every field's is one of _KIND_WORDS)
+_KINDS = {name: value_type(hint) for name, hint in typing.get_type_hints(TrainingCard).items() if name in _FIELDS}
 
 
 def run_fields(info: Mapping[str, Any]) -> dict[str, Any]:
     """A trainer's measurements (device, seconds, learning curve...) as :class:`TrainingCard` keyword arguments:
     those the card has a field for, the rest as its ``details``."""
-    names = {f.name for f in fields(TrainingCard)} - {"details", "schema_version"}
-    return {**{k: v for k, v in info.items() if k in names},
-            "details": {k: v for k, v in info.items() if k not in names}}
+    return {**{k: v for k, v in info.items() if k in _FIELDS},
+            "details": {k: v for k, v in info.items() if k not in _FIELDS}}
 
 
 def read_card(model_dir: str | Path) -> TrainingCard | None:

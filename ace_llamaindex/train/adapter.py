@@ -13,7 +13,7 @@ deprecated and no longer imports with current llama-index-core, and it trained w
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +329,6 @@ def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, con
                          base_info={**base_identity(base), "data_fingerprint": data_fingerprint}, engine=engine, corpus=corpus,
                          validation=validation, champion=champion, training_data=training_data)
     serving = ServingPlan(getattr(base, "model_name", None) or config.base_model, str(output_dir), reindex=False).to_dict()
-    card = card.with_serving(serving)
+    card = replace(card, serving=serving)
     return TrainResult(model_dir=Path(output_dir), card=card, gate=deciding_gate(card), fusion=None,
                        promoted=card.promoted, serving=serving)

@@ -116,9 +116,9 @@ def champion_history(champion: Champion | None) -> History:
     """The champion's training and validation examples, from the data its card names (path + hash)."""
     from ..mine.mining import load_training_data
 
-    card = (champion.card if champion else None) or TrainingCard(method="none")
-    trained_on = set(card.training_queries)
-    refs = history_refs(champion)
+    card = champion.card if champion else None
+    trained_on = set(card.training_queries) if card else set()
+    refs = history_refs(champion)  # named by the card: with refs there is a card
     if not refs:
         return History(trained_on=trained_on, note="the champion's card names no training data: nothing to replay")
     examples, notes = [], []

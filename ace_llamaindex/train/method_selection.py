@@ -84,8 +84,8 @@ def interpolate(base_model: str, tuned, alpha: float, trust_remote_code: bool = 
 def _model_writer(model, adapter=None, adapter_info=None):
     def write(folder: Path, card: TrainingCard, fusion=None) -> None:
         # the adapter over this folder's own model ("."): its card is the adapter's own run
-        adapter_card = TrainingCard(method="adapter", base={"model": "."}, **run_fields(adapter_info or {}))
-        extra = (lambda d: save_adapter(adapter, d, adapter_card)) if adapter else None
+        extra = (lambda d: save_adapter(adapter, d, TrainingCard(method="adapter", base={"model": "."},
+                                                                 **run_fields(adapter_info)))) if adapter else None
         save_model(model, folder, card, fusion, extra=extra)
     return write
 
