@@ -168,6 +168,17 @@ def team_draft(champion: Sequence[str], challenger: Sequence[str], k: int, seed:
     return shown
 
 
+def shared_prefix(champion: Sequence[str], challenger: Sequence[str], k: int) -> int:
+    """How many of the first ``k`` results both rankings share in the same order: a team draft shows exactly these
+    first, each credited to a team by a coin flip (clicks on them say nothing about which model is better)."""
+    n = 0
+    for a, b in zip(champion[:k], challenger[:k], strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
 def experiment_fields(record: ExperimentRecord, *, arm: str | None, latency_ms: dict[str, float],
                       error: str | None = None) -> dict[str, Any]:
     """What a served record carries about the experiment (``"experiment"`` in :mod:`~ace_llamaindex.serve.feedback`):
