@@ -35,6 +35,19 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ACE_CACHE_DIR", Path.home() / ".cache" / "ace-llamaindex")) / "embeddings"
 
 
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc's ``malloc_trim``), so a model or a
+    trainer let go lowers the process's resident memory instead of staying in the allocator's free lists."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): the allocator keeps its own counsel
+        pass
+
+
 def _key(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
@@ -81,9 +94,21 @@ class CachedEncoder:
         encoder.label, encoder._model, encoder._fingerprint = label, model, f"in-memory-{id(model)}"
         return encoder
 
+    @classmethod
+    def from_factory(cls, factory, label: str, **kwargs) -> CachedEncoder:
+        """An encoder over a model built by ``factory()`` when texts must be encoded and let go right after, so it
+        holds only its vectors between calls (in memory only): many candidates can be judged with one model resident."""
+        encoder = cls(None, cache_dir=False, show_progress=False, **kwargs)
+        encoder.label, encoder._factory, encoder._fingerprint = label, factory, f"in-memory-factory-{id(encoder)}"
+        return encoder
+
+    _factory = None
+
     @property
     def model(self):
         """The loaded SentenceTransformer (loaded on first use)."""
+        if self._model is None and self._factory is not None:
+            self._model = self._factory()
         if self._model is None:
             self._model = load_model(resolve_model(self.model_name), self.device, self.max_seq_length,
                                      trust_remote_code=self.trust_remote_code, backend=self.backend)
@@ -148,6 +173,10 @@ class CachedEncoder:
             table.update(zip(missing, vectors.astype(np.float32), strict=True))
             self.encoded[kind] += len(missing)
             self._persist(space)
+            if self._factory is not None:  # built for this call: let it go (from_factory)
+                del model, encode
+                self._model = None
+                release_memory()
         if not keys:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return np.stack([table[k] for k in keys])

@@ -80,9 +80,13 @@ class TrainConfig:
         "Patience in epochs", flag="--early-stopping", minimum=1, adapter="patience", auto=FINE_TUNES))
     cached_loss: bool | None = field(default=None, metadata=_option(
         "CachedMNRL (GradCache): the same loss in bounded memory (default: when the plain loss would not fit "
-        "ACE_TRAIN_MEMORY_GB, 6 GB of activations on a CPU).", negatable=True, adapter=REFUSED, auto=FINE_TUNES))
+        "--max-memory).", negatable=True, adapter=REFUSED, auto=FINE_TUNES))
     mini_batch_size: int | None = field(default=None, metadata=_option(
         "Rows per forward pass with the cached loss (default: the most that fit the budget).", minimum=1,
+        adapter=REFUSED, auto=FINE_TUNES))
+    max_memory: float | None = field(default=None, metadata=_option(
+        "Peak memory of a training process in GB: the loss and its mini-batch are fitted to it, and training says "
+        "what it chose (default: 2 on a CPU, less when less is free; half the GPU on CUDA).", minimum=0, min_open=True,
         adapter=REFUSED, auto=FINE_TUNES))
     device: str | None = field(default=None, metadata=_option(
         "cpu, cuda, mps (default: auto).", adapter=REFUSED, auto=FINE_TUNES))

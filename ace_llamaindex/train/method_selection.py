@@ -82,11 +82,13 @@ def interpolate(base_model: str, tuned, alpha: float, trust_remote_code: bool = 
 
 
 def _model_writer(model, adapter=None, adapter_info=None):
+    """``model``: a SentenceTransformer, or a function that builds it (an interpolation, built again to be written)."""
     def write(folder: Path, card: TrainingCard, fusion=None) -> None:
+        built = model if hasattr(model, "save") else model()
         # the adapter over this folder's own model ("."): its card is the adapter's own run
         extra = (lambda d: save_adapter(adapter, d, TrainingCard(method="adapter", base={"model": "."},
                                                                  **run_fields(adapter_info)))) if adapter else None
-        save_model(model, folder, card, fusion, extra=extra)
+        save_model(built, folder, card, fusion, extra=extra)
     return write
 
 
@@ -159,9 +161,10 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
                                         False, _adapter_writer(cont.adapter, cont.info, base_identity(base)), adapter=True))
             trained_on["adapter (continued)"] = continual.train
         full = CachedEncoder.from_model(tuned.model, label="full")
-        for alpha in ALPHAS:
-            merged = interpolate(config.base_model, tuned.model, alpha, config.trust_remote_code)
-            candidates.append(Candidate(f"interpolate({alpha})", CachedEncoder.from_model(merged, label=f"interpolate({alpha})"),
+        for alpha in ALPHAS:  # built when encoding (and again if written), never held beside the others (issue #40)
+            def merged(alpha=alpha):
+                return interpolate(config.base_model, tuned.model, alpha, config.trust_remote_code)
+            candidates.append(Candidate(f"interpolate({alpha})", CachedEncoder.from_factory(merged, label=f"interpolate({alpha})"),
                                         True, _model_writer(merged)))
         candidates.append(Candidate("full", full, True, _model_writer(tuned.model)))
         if resumed is not None:

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..atomic import write_json
 from ..data.examples import TrainingExample
+from ..embeddings.encoding import release_memory
 from ..embeddings.models import open_model
 from ..errors import OptionError
 from . import distributed
@@ -151,19 +152,47 @@ def _warmup(ratio: float) -> dict[str, float]:
 # here: MNRL at batch 32 with 5 hard negatives on 256-token SciFact abstracts (224 MiniLM sequences: 6 layers,
 # 384 hidden, 12 heads) peaked at 20.6 GB RSS on a CPU.
 ACTIVATION_BYTES = 18
-CPU_BUDGET_GB = 6.0   # activations; with the process itself the peak stays under 8 GB (ACE_TRAIN_MEMORY_GB)
+DEFAULT_MAX_MEMORY_GB = 2.0  # the peak a default CPU run aims at (--max-memory; issue #40)
+FREE_SHARE = 0.8             # the default budget never exceeds this share of the memory free when training starts
+HEADROOM_GB = 0.3            # besides the step: tokenized batches, the evaluator's encoding, allocator slack
+OPTIMIZER_COPIES = 3         # gradients and AdamW's two moments, each the size of the weights (fp32)
 
 
-def memory_budget(device: str) -> float:
-    """Bytes a training step's activations may take: ``ACE_TRAIN_MEMORY_GB`` (default 6) on a CPU or MPS, shared by
-    the training processes on this machine; half the GPU's memory on CUDA (one GPU per process)."""
+def memory_budget(device: str, max_memory: float | None = None, model=None) -> dict[str, Any]:
+    """What a training step's activations may take, in bytes (``activations``), and where that came from.
+
+    On a CPU or MPS the whole process counts: ``max_memory`` GB (``--max-memory``; default
+    :data:`DEFAULT_MAX_MEMORY_GB`, or :data:`FREE_SHARE` of the free memory when less is free, shared by the training
+    processes on this machine) less what the process holds already (its RSS, the model loaded), the optimizer state
+    to come (gradients and AdamW moments: 3x the weights) and :data:`HEADROOM_GB`. ``ACE_TRAIN_MEMORY_GB``, when set
+    and no ``max_memory`` is given, is the activations' budget itself (the rule before ``--max-memory``). On CUDA:
+    ``max_memory`` GB of the GPU, default half of it (one GPU per process)."""
     import os
 
     if device.startswith("cuda"):
         import torch
 
-        return 0.5 * torch.cuda.get_device_properties(torch.device(device)).total_memory
-    return float(os.environ.get("ACE_TRAIN_MEMORY_GB", CPU_BUDGET_GB)) * 1e9 / distributed.local_world_size()
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        budget = max_memory * 1e9 if max_memory else 0.5 * total
+        return {"activations": budget, "max_memory_gb": round(budget / 1e9, 2),
+                "source": "--max-memory" if max_memory else "half the GPU"}
+    processes = distributed.local_world_size()
+    if max_memory is None and os.environ.get("ACE_TRAIN_MEMORY_GB"):
+        return {"activations": float(os.environ["ACE_TRAIN_MEMORY_GB"]) * 1e9 / processes,
+                "source": "ACE_TRAIN_MEMORY_GB (activations)", "max_memory_gb": None}
+    import psutil
+
+    if max_memory is not None:
+        limit, source = max_memory * 1e9, "--max-memory"
+    else:
+        free = FREE_SHARE * psutil.virtual_memory().available / processes
+        limit, source = (DEFAULT_MAX_MEMORY_GB * 1e9, "default") if free >= DEFAULT_MAX_MEMORY_GB * 1e9 else \
+            (free, f"{FREE_SHARE:.0%} of the free memory")
+    resident = psutil.Process().memory_info().rss
+    weights = sum(p.numel() * 4 for p in model.parameters()) if model is not None else 0
+    activations = limit - resident - OPTIMIZER_COPIES * weights - HEADROOM_GB * 1e9
+    return {"activations": max(0.0, activations), "max_memory_gb": round(limit / 1e9, 2), "source": source,
+            "resident_gb": round(resident / 1e9, 2), "optimizer_gb": round(OPTIMIZER_COPIES * weights / 1e9, 2)}
 
 
 def _typical_tokens(model, texts: list[str]) -> int:
@@ -195,14 +224,30 @@ def plan_memory(model, rows: list[TrainingExample], config: TrainConfig, negativ
     q_len = _typical_tokens(model, [e.query for e in rows])
     d_len = _typical_tokens(model, [e.positive for e in rows])
     plain = config.batch_size * (per_sequence(q_len) + (1 + negatives) * per_sequence(d_len))
-    budget = memory_budget(device)
+    limits = memory_budget(device, config.max_memory, model)
+    budget = limits["activations"]
     cached = config.cached_loss if config.cached_loss is not None else plain > budget
     mini = config.mini_batch_size or max(1, min(config.batch_size, int(budget // per_sequence(d_len))))
-    return {"loss": "CachedMultipleNegativesRankingLoss" if cached else "MultipleNegativesRankingLoss",
+    step = mini * per_sequence(d_len) if cached else plain
+    plan = {"loss": "CachedMultipleNegativesRankingLoss" if cached else "MultipleNegativesRankingLoss",
             "cached": bool(cached), "mini_batch_size": mini if cached else None,
-            "estimated_step_gb": round((mini * per_sequence(d_len) if cached else plain) / 1e9, 2),
-            "plain_step_gb": round(plain / 1e9, 2), "budget_gb": round(budget / 1e9, 2),
-            "typical_tokens": {"query": q_len, "document": d_len}}
+            "estimated_step_gb": round(step / 1e9, 2), "plain_step_gb": round(plain / 1e9, 2),
+            "budget_gb": round(budget / 1e9, 2), "typical_tokens": {"query": q_len, "document": d_len},
+            **{k: v for k, v in limits.items() if k != "activations"}}
+    plan["fits"] = step <= budget
+    return plan
+
+
+def describe_plan(plan: dict[str, Any]) -> str:
+    """One line saying what the memory plan chose and why (``ace train`` logs it; the card keeps the plan)."""
+    limit = f"{plan['max_memory_gb']} GB ({plan['source']})" if plan.get("max_memory_gb") else plan["source"]
+    held = f", {plan['resident_gb']} GB held + {plan['optimizer_gb']} GB optimizer state" if "resident_gb" in plan else ""
+    loss = (f"CachedMNRL, mini-batch {plan['mini_batch_size']}" if plan["cached"] else "MNRL (plain)")
+    line = (f"memory: budget {limit}{held}: {plan['budget_gb']} GB for a step's activations; {loss} "
+            f"(estimated step {plan['estimated_step_gb']} GB, plain MNRL {plan['plain_step_gb']} GB)")
+    if not plan["fits"]:
+        line += ": even this exceeds the budget; expect a higher peak (raise --max-memory or lower --max-seq-length)"
+    return line
 
 
 def _loss(model, plan: dict[str, Any], gather: bool = False):
@@ -260,10 +305,7 @@ def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -
         raise OptionError(f"only {len(train_rows)} training example(s) after the validation split; need at least 2")
     processes = distributed.world_size()
     global_batch = config.batch_size * processes
-    if processes > 1 and len(train_rows) < global_batch:
-        # several processes drop the last, incomplete global batch: the split must hold one full global batch
-        raise OptionError(f"{len(train_rows)} training examples cannot fill one batch of {config.batch_size} on each of "
-                          f"{processes} processes ({global_batch} in all): lower --batch-size or the number of processes")
+    distributed.check_global_batch(len(train_rows), config.batch_size, processes)  # (ace train --nproc: checked before)
     device = distributed.start(detect_device(config.device))
     distributed.same_everywhere(fingerprint, "the training data, options and base model")
     precision = choose_precision(config.precision, device)
@@ -285,7 +327,7 @@ def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -
                     "negatives only)", negatives_info["padded"], negatives_info["negatives_per_example"],
                     negatives_info["in_batch_only"])
     memory = plan_memory(model, train_rows, config, negatives_info["negatives_per_example"], device)
-    log.info("loss: %s (estimated step %.1f GB, budget %.1f GB)", memory["loss"], memory["estimated_step_gb"], memory["budget_gb"])
+    log.warning("%s", describe_plan(memory))
     # Several processes: the sampler draws each global batch without duplicates (a text twice in a batch is a false
     # negative) and accelerate splits it among the processes (split_batches: every process holds a part of the same
     # batch, of the same dataset); the loss gathers every process's embeddings, so it sees the whole global batch.
@@ -341,7 +383,10 @@ def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -
             "best_metric": trainer.state.best_metric, "optimizer_steps": trainer.state.global_step}
     if processes > 1:
         info["data_parallel"] = distributed.note(config.batch_size, gather)
-    return FineTuned(trainer.model, info)
+    model = trainer.model
+    del trainer, evaluator, train_dataset  # the optimizer state, the loss's caches, the data: before the candidates
+    release_memory()
+    return FineTuned(model, info)
 
 
 def train(examples: list[TrainingExample], output_dir: str | Path, config: TrainConfig | None = None,
