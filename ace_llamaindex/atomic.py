@@ -12,9 +12,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+# Called with the target before a finished directory is swapped in; one that raises abandons the write (the scratch
+# directory is removed). A data-parallel worker adds one: no writing once its launcher is gone (train.distributed).
+BEFORE_SWAP: list[Callable[[Path], None]] = []
 
 
 def _umask() -> int:
@@ -105,6 +109,8 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     honour_umask(scratch, directory=True)
     try:
         yield scratch
+        for check in BEFORE_SWAP:
+            check(target)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise

@@ -457,7 +457,6 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
 
     check_output(output, "dir")
     from .loop import train_model
-    from .mine.mining import load_training_data
     from .plugins.manager import get
     from .train import distributed
     from .train.training import detect_device
@@ -468,7 +467,9 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
     distributed.check_trainer(trainer, kw["trainer"], nproc)
     if nproc is not None and nproc > 1:  # refused here, before any process starts, what the processes would refuse
         distributed.check_device(detect_device(kw["device"]), nproc)
-        load_training_data(training_data)  # a missing or malformed file: one line here, not one per process
+        # a missing or malformed file, bad options, a global batch the data cannot fill: one line here, no process
+        distributed.check_before_launch(training_data, _training(kw, seed), nproc, kw["trainer"],
+                                        champion=bool(champion_dir or collection))
         sys.exit(distributed.launch(nproc, _command_line(click.get_current_context(), drop={"nproc"})))
     main_rank = distributed.is_main()  # under a launcher rank 0 alone prints, judges and writes
     distributed.start(detect_device(kw["device"]))  # joins the other processes (one process: nothing)

@@ -6,7 +6,13 @@ draws global batches that the processes split among them, and MNRL gathers the i
 (``gather_across_devices``; see :func:`~ace_llamaindex.train.training.fine_tune`). Afterwards exactly one process,
 rank 0, judges the candidates, trains what trains in one process (``--method auto``'s query adapters), and writes
 the output folder; the others wait for it and write nothing (:func:`on_main`). What cannot run so is refused
-(:func:`check_trainer`, :func:`start`) with one line.
+(:func:`check_trainer`, :func:`start`) with one line, and what can be known before any process starts is refused by
+the launcher (:func:`check_before_launch`: ``ace train --nproc`` starts no process for a run the processes would refuse).
+
+The processes die with their launcher (:func:`die_with_launcher`): torchrun starts each in a session of its own, so
+a ``kill -9`` of ``ace train --nproc`` (or of torchrun) reaches none of them; each asks the kernel for SIGKILL when its
+parent dies (Linux's parent-death signal), and rank 0 checks that its launcher is still there before it swaps a
+finished folder into place (:func:`check_launcher`), so a killed run leaves no model that looks complete.
 
 The launcher's environment says where a process stands (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
 ``LOCAL_WORLD_SIZE``); without it everything here is a no-op for one process. The backend follows the device:
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from datetime import timedelta
 from typing import Any, Callable
 
@@ -32,11 +39,20 @@ WAIT_TIMEOUT = timedelta(days=7)
 # The trainers that run data-parallel (the built-in full fine-tune and auto); a plugin opts in with this attribute.
 ATTRIBUTE = "data_parallel"
 
+# Set by launch() for the processes it starts: the launcher's process id, their parent (torchrun's agent runs in it).
+LAUNCHER_ENV = "ACE_LAUNCHER_PID"
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
 _control = None  # the gloo group rank 0's results travel on
+_launcher: int | None = None  # the parent this process must die with (a launcher's process), once known
 
 
 class RankZeroFailed(AceError):
     """Rank 0 failed after training: the other ranks stop too, having written nothing."""
+
+
+class LauncherGone(AceError):
+    """The launcher that started this process is gone (killed): the process stops without writing."""
 
 
 def _env(name: str, default: int) -> int:
@@ -112,6 +128,82 @@ def check_device(device: str, processes: int) -> None:
                               "(or fewer), or --device cpu")
 
 
+def die_with_launcher() -> None:
+    """Under a launcher: have this process killed (SIGKILL) when its parent, the launcher, dies, however it dies
+    (``kill -9`` included), and stop now if it died already. Linux's parent-death signal (``prctl``); elsewhere only
+    :func:`check_launcher` guards the writing. One process, or called again: nothing."""
+    global _launcher
+    if world_size() <= 1 or _launcher is not None:
+        return
+    _launcher = _env(LAUNCHER_ENV, 0) or os.getppid()
+    from .. import atomic
+
+    atomic.BEFORE_SWAP.append(check_launcher)
+    _ask_to_die_with_parent()
+    check_launcher()  # it may have died before the request: this process has been handed to another parent then
+
+
+def _ask_to_die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        log.warning("rank %d: cannot ask to die with the launcher (prctl: errno %d)", rank(), ctypes.get_errno())
+
+
+def check_launcher(writing: object = None) -> None:
+    """Raise :class:`LauncherGone` when the launcher this process started under is no longer its parent (it died:
+    the process was handed to init or a subreaper). Called before a finished folder is swapped in (``writing``)."""
+    if _launcher is None or os.getppid() == _launcher:
+        return
+    doing = f"before writing {writing}" if writing is not None else "before training"
+    raise LauncherGone(f"the launcher of rank {rank()} (process {_launcher}) is gone: rank {rank()} stops {doing}")
+
+
+def check_global_batch(train_examples: int, batch_size: int, processes: int) -> None:
+    """Several processes drop the last, incomplete global batch: the training split must hold one full global batch."""
+    if processes > 1 and train_examples < batch_size * processes:
+        raise OptionError(f"{train_examples} training examples cannot fill one batch of {batch_size} on each of "
+                          f"{processes} processes ({batch_size * processes} in all): lower --batch-size or the number "
+                          "of processes")
+
+
+def check_before_launch(training_data: Any, config: Any, processes: int, method: str, champion: bool = False) -> None:
+    """What the ``processes`` would refuse before training, refused by the launcher before it starts any: the
+    training data file, the options (``config.validate``), too few examples, a global batch (``config.batch_size`` x
+    processes, the full fine-tune's default batch where it is None) larger than the training split, ``--method auto``
+    without validation queries. The split is the one every process makes (the same function, seed and seen share);
+    with a champion (``champion``, read by rank 0 once the processes run) the training split holds at most every
+    example, and the processes check the exact count again."""
+    from ..mine.mining import load_training_data, training_metadata
+    from .common import plan_validation
+    from .training import full_defaults
+
+    examples = load_training_data(training_data)
+    config.validate()
+    if not examples:
+        raise OptionError("no training examples")
+    full = full_defaults(config)
+    if champion:
+        n_train, n_val = len(examples), None
+    else:
+        measured = training_metadata(training_data).get("seen_share")  # as ace train's processes take it (loop.py)
+        share = config.seen_share if config.seen_share is not None else \
+            (measured or {}).get("value") if isinstance(measured, dict) else None
+        split = plan_validation(examples, config.val_fraction, config.seed, float(share or 0.0))
+        n_train, n_val = len(split.train), len(split.val)
+        if n_train < 2:
+            raise OptionError(f"only {n_train} training example(s) after the validation split; need at least 2")
+        if method == "auto" and not n_val:
+            raise OptionError("--method auto chooses on validation queries and this data leaves none (val_fraction 0, "
+                              "or fewer than 4 queries); use --method full or --method adapter")
+    check_global_batch(n_train, full.batch_size, processes)
+
+
 def start(device: str) -> str:
     """Join the other processes (one call per process, before training; later calls return at once) and return the
     device this process trains on (``cuda:LOCAL_RANK`` on GPUs). One process: ``device`` as is, nothing started."""
@@ -119,6 +211,7 @@ def start(device: str) -> str:
     n = world_size()
     if n <= 1:
         return device
+    die_with_launcher()
     check_device(device, n)
     if device.startswith("cuda"):
         import torch
@@ -227,6 +320,7 @@ def launch(nproc: int, module_args: list[str]) -> int:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
+    os.environ[LAUNCHER_ENV] = str(os.getpid())  # torchrun's agent runs here: this process is the workers' parent
     try:
         run(get_args_parser().parse_args(launch_arguments(nproc, module_args)))
     except ChildFailedError as exc:
