@@ -289,6 +289,7 @@ def simulate(mode: str, champion: Arm, challenger: Arm, queries: dict[str, str],
     """One simulated experiment until the status is not ``continue``: its verdict, units and served queries.
     ``check_reads``: the first reads also judged by ``judge_experiment`` on the whole log (they must agree)."""
     from ace_llamaindex.deploy import experiment as dx
+    from ace_llamaindex.evaluate.interleaving import team_draft_credit
     from ace_llamaindex.serve.experiment_arms import CHALLENGER, CHAMPION, ExperimentRecord, experiment_session, serve_query
     from ace_llamaindex.serve.feedback import record_feedback, served_record
 
@@ -320,9 +321,16 @@ def simulate(mode: str, champion: Arm, challenger: Arm, queries: dict[str, str],
             record_feedback(records.append, query_id, doc, True)
         lines.extend(json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in records)
         served += 1
-        pending += 1 if (mode == "split" or clicked) else 0
-        if pending < read_every:
+        if mode == "split":
+            pending += 1
+        else:  # a unit when the product's credit counts a click (below the rankings' shared prefix)
+            pending += team_draft_credit(teams, [d in clicked for d, _ in shown], info.get("shared_prefix", 0)) is not None
+        if pending < read_every and served < 20 * horizon:
             continue
+        if pending < read_every:  # identical rankings: the product's credit never counts a click (no units ever)
+            return {"decision": "end", "reason": f"no judged query in {served} served queries", "units": len(units),
+                    "served": served, "delta": 0.0, "disagreements": disagreements,
+                    "checked_reads": min(reads, check_reads)}
         text = "\n".join(lines) + "\n"
         chunk.write_text(text)
         with log.open("a") as f:
@@ -368,7 +376,7 @@ def screen(record, units: list, by_arm: dict, stats: dict, guardrail: bool = Tru
     if record.mode == "interleave":
         enough = n >= dx.MIN_UNITS
     else:
-        enough = min(sum(1 for a, _ in units if a == arm) for arm in (CHAMPION, CHALLENGER)) >= dx.MIN_UNITS
+        enough = min(sum(1 for u in units if u.arm == arm) for arm in (CHAMPION, CHALLENGER)) >= dx.MIN_UNITS
     if enough and delta.decided:
         return "promote" if delta.delta > 0 else "end"
     if n >= record.max_queries:
@@ -525,13 +533,6 @@ def team_drafts(champion: list[str], challenger: list[str]) -> list[list[tuple[s
     return out
 
 
-def shared_prefix(a: list[str], b: list[str]) -> int:
-    n = 0
-    while n < min(len(a), len(b), K) and a[n] == b[n]:
-        n += 1
-    return n
-
-
 def old_credit(teams: list[str | None], clicks: np.ndarray) -> np.ndarray:
     """The credit of main before issue #37 (27e94da, ``_observations``): judged when anything shown was accepted,
     sign(challenger's accepted - champion's accepted) over all ranks; NaN = not judged. ``clicks``: (2^K, K)."""
@@ -561,12 +562,14 @@ def interleave_distribution(champion: dict[str, list[str]], challenger: dict[str
     """The exact distribution of one served query's credit (+1, 0, -1, or not judged), over the queries (uniform),
     the 32 team drafts (uniform) and the click vectors (the click model): the product's team draft and credit.
     ``swap``: a label-shuffled A/A — each served query's arms are the two rankings in a random order."""
+    from ace_llamaindex.serve.experiment_arms import shared_prefix
+
     cache: dict = {}
     probs = np.zeros(4)  # not judged, -1, 0, +1
     pairs = [(champion, challenger)] + ([(challenger, champion)] if swap else [])
     for a, b in pairs:
         for q in qids:
-            prefix = shared_prefix(a[q], b[q]) if credit == "shared prefix" else 0
+            prefix = shared_prefix(a[q], b[q], K) if credit == "shared prefix" else 0
             drafts = team_drafts(a[q], b[q])
             rel = np.array([[d in relevant[q] for d, _ in draft] + [False] * (K - len(draft)) for draft in drafts])
             pc = click_vector_probabilities(model, rel)  # (32, 2^K)
@@ -676,7 +679,7 @@ def srm_twin(parts, alpha):
         a, b = SRM_CONCENTRATION * share, SRM_CONCENTRATION * (1 - share)
         log_factor = betaln(x + a, n - x + b) - betaln(a, b) - x * math.log(share) - (n - x) * math.log1p(-share)
         total = total + np.where(n > 0, np.maximum(np.minimum(log_factor, 700.0), math.log(1e-300)), 0.0)
-    return np.exp(np.minimum(total, 700.0)) >= 1 / alpha
+    return np.exp(np.minimum(total, 700.0)) >= 1 / alpha, np.minimum(total, 700.0)
 
 
 def arm_cumsums(values, mask):
@@ -864,7 +867,7 @@ def srm_of_units(share: float, alpha: float, n_users: int = 0):
             x, n = first[0], first[0] + first[1]
         else:
             x, n = np.cumsum(g["arm"], -1).astype(float), np.cumsum(np.ones_like(g["arm"]), -1).astype(float)
-        return srm_twin([(x, n, share)], alpha)
+        return srm_twin([(x, n, share)], alpha)[0]
     return check
 
 
@@ -873,7 +876,7 @@ def srm_of_phases(shares: tuple[float, float], alpha: float):
         parts = []
         for phase, share in zip((g["phase1"], ~g["phase1"]), shares, strict=True):
             parts.append((np.cumsum(g["arm"] & phase, -1).astype(float), np.cumsum(phase, -1).astype(float), share))
-        return srm_twin(parts, alpha)
+        return srm_twin(parts, alpha)[0]
     return check
 
 
@@ -935,6 +938,7 @@ def check_twins(gens: dict, inputs_tau: float, alpha: float, horizon: int, limit
     prefixes = sorted({p for p in (31, 100, 777, 4001, 4500, horizon // 2, horizon) if p <= horizon})
     worst = {"delta": 0.0, "variance": 0.0, "log_ratio": 0.0}
     checks = same = srm_checks = srm_same = 0
+    srm_worst = 0.0
 
     def compare(twin, product: sq.SequentialDelta, i: int, t: int):
         nonlocal checks, same
@@ -972,9 +976,16 @@ def check_twins(gens: dict, inputs_tau: float, alpha: float, horizon: int, limit
                     parts = [sq.two_sample(value[i, :p][~arm[i, :p] & m], value[i, :p][arm[i, :p] & m], inputs_tau,
                                            alpha) for m in (ph, ~ph)]
                     compare(twins["stratified"], sq.combine_strata(parts, inputs_tau, alpha), i, p - 1)
-        srm_check = (srm_of_phases(RAMP_SHARES, srm_alpha) if "phase1" in g
-                     else srm_of_units(0.5, srm_alpha, n_users if "users" in g else 0))
-        alarm = srm_check(g)
+        if "phase1" in g:
+            alarm, srm_log = srm_twin([(np.cumsum(arm & m, -1).astype(float), np.cumsum(m, -1).astype(float), share)
+                                       for m, share in zip((g["phase1"], ~g["phase1"]), RAMP_SHARES, strict=True)],
+                                      srm_alpha)
+        elif "users" in g:
+            first = [user_cumsums(value, g["users"], m, n_users)[5] for m in (arm, ~arm)]
+            alarm, srm_log = srm_twin([(first[0], first[0] + first[1], 0.5)], srm_alpha)
+        else:
+            alarm, srm_log = srm_twin([(np.cumsum(arm, -1).astype(float),
+                                        np.cumsum(np.ones_like(arm), -1).astype(float), 0.5)], srm_alpha)
         for i in range(2):
             for p in prefixes:
                 arm_i = arm[i, :p]
@@ -991,7 +1002,9 @@ def check_twins(gens: dict, inputs_tau: float, alpha: float, horizon: int, limit
                 else:
                     parts = [(int(arm_i.sum()), p, 0.5)]
                 srm_checks += 1
-                srm_same += sq.sample_ratio_mismatch_phases(parts, srm_alpha).decided == bool(alarm[i, p - 1])
+                product = sq.sample_ratio_mismatch_phases(parts, srm_alpha)
+                srm_same += product.decided == bool(alarm[i, p - 1])
+                srm_worst = max(srm_worst, abs(math.log(max(product.ratio, 1e-300)) - srm_log[i, p - 1]))
     credit = rng.choice(np.array([-1.0, 0.0, 1.0]), size=(2, horizon))
     count = np.broadcast_to(np.arange(1, horizon + 1, dtype=float), credit.shape)
     twin = one_sample_twin(np.cumsum(credit, -1), np.cumsum(credit**2, -1), count, 0.1, alpha)
@@ -1016,7 +1029,15 @@ def check_twins(gens: dict, inputs_tau: float, alpha: float, horizon: int, limit
                                    "log statistic (absolute)": float(f"{worst['log_ratio']:.3g}")},
             "error_guardrail_compared": guard_checks, "error_guardrail_same": int(guard_same),
             "srm_compared": srm_checks, "srm_same": int(srm_same),
+            "srm_largest_log_factor_difference": float(f"{srm_worst:.3g}"),
             "prefixes": prefixes}
+
+
+_GROUP_RUNNER: list = [None]  # the scenario groups of run_scenarios, for forked workers
+
+
+def _run_group(i: int) -> list[dict]:
+    return _GROUP_RUNNER[0](i)
 
 
 def run_scenarios(args, inputs: Inputs) -> None:
@@ -1057,7 +1078,7 @@ def run_scenarios(args, inputs: Inputs) -> None:
     # 1. returning users: lognormal activity, own queries, per-user click propensity, a sticky arm per user
     n_users, sigma, own_queries = args.users, args.activity_sigma, 3
 
-    def returning(rng, n):
+    def returning(rng, n, challenger="base"):
         activity = rng.lognormal(0.0, sigma, (n, n_users))
         cdf = np.cumsum(activity, -1)
         cdf /= cdf[:, -1:]
@@ -1067,7 +1088,7 @@ def run_scenarios(args, inputs: Inputs) -> None:
         qi = own[rows_, users, rng.integers(own_queries, size=(n, horizon))]
         propensity = rng.beta(2.0, 2.0, (n, n_users))[rows_, users]
         arm = (rng.random((n, n_users)) < 0.5)[rows_, users]
-        shown = rel["base"][qi]
+        shown = np.where(arm[..., None], rel[challenger][qi], rel["base"][qi])
         return {"arm": arm, "value": clicks_to_values(simulate_clicks(pbm, shown, propensity, rng), table),
                 "users": users}
 
@@ -1098,24 +1119,52 @@ def run_scenarios(args, inputs: Inputs) -> None:
                                          "ci95": clopper_pearson(int((alarms >= 0).sum()), len(alarms)),
                                          "alpha": srm_alpha}
         for analysis, (at, sign) in found.items():
+            more = dict(extra)
+            if "ramp" in extra:  # where the wrong verdicts fell: the 5% phase or the 50% one
+                more["verdicts_before_the_switch"] = int(((at >= 0) & (at < RAMP_SWITCH)).sum())
             log(summarise(name, "split", analysis, expected, at, sign, at + 1.0, horizon, "served queries", tau,
-                          seconds, **extra))
+                          seconds, **more))
 
-    if "returning" not in args.skip_scenarios:
+    # 4. a small effect: the blended challenger whose offline nDCG@10 gain is closest to 0.03 (within 0.02-0.04)
+    base_ndcg = ndcg_offline(inputs, "base")
+    blends = {name: ndcg_offline(inputs, name) - base_ndcg for name in inputs.rankings if name.startswith("blend")
+              and name not in ("blend 0.0", "blend 1.0")}
+    small = min(blends, key=lambda b: abs(blends[b] - 0.03))
+    notes["small_effect"] = {"offline_ndcg10_gain_by_blend": {k: round(v, 4) for k, v in blends.items()},
+                             "chosen": small, "offline_gain": round(blends[small], 4),
+                             "within_0.02_0.04": 0.02 <= blends[small] <= 0.04}
+    # the effect each mode measures, exactly (click vector probabilities over the queries)
+    pc_a = click_vector_probabilities(pbm, rel["base"])
+    pc_b = click_vector_probabilities(pbm, rel[small])
+    split_effect = float((pc_b @ table).mean() - (pc_a @ table).mean())
+    dists = {c: interleave_distribution(inputs.rankings["base"], inputs.rankings[small], inputs.relevant,
+                                        inputs.qids, pbm, c) for c in ("shared prefix", "all clicks")}
+    notes["small_effect"].update({"split_effect_ndcg_of_clicks": round(split_effect, 5),
+                                  "interleave": {c: {k: round(float(v), 5) for k, v in d.items()}
+                                                 for c, d in dists.items()}})
+    matched = {c: abs(d["mean_credit"]) for c, d in dists.items()}
+    small_name = f"small effect ({small}: +{blends[small]:.3f} nDCG@10 offline)"
+
+    def returning_users():
         split_rows("A/A, returning users", returning,
                    {"per user (the product)": per_user(tau_split, alpha, n_users),
                     "per query (main before #37)": per_query(tau_split, alpha)}, "none", tau_split,
                    srm=srm_of_units(0.5, srm_alpha, n_users),
                    population={"users": n_users, "activity": f"lognormal(0, {sigma})", "own_queries": own_queries,
                                "click_propensity": "beta(2, 2) per user", "arm": "per user, share 0.5"})
-    if "ramp" not in args.skip_scenarios:
-        for drift in args.drifts:
-            split_rows(f"A/A, canary ramp, propensity drift {drift:.0%}", ramp(drift),
-                       {"phases stratified (the product)": stratified(tau_split, alpha),
-                        "phases pooled (main before #37)": per_query(tau_split, alpha)}, "none", tau_split,
-                       srm=srm_of_phases(RAMP_SHARES, srm_alpha),
-                       ramp={"shares": RAMP_SHARES, "switch_at": RAMP_SWITCH,
-                             "propensity": f"{1 - drift:g} -> 1 linearly over the horizon"})
+
+    def returning_better():
+        split_rows("better (adapter), returning users", lambda rng, n: returning(rng, n, "adapter"),
+                   {"per user (the product)": per_user(tau_split, alpha, n_users),
+                    "per query (main before #37)": per_query(tau_split, alpha)}, "promote", tau_split)
+
+    def ramp_rows(drift):
+        split_rows(f"A/A, canary ramp, propensity drift {drift:.0%}", ramp(drift),
+                   {"phases stratified (the product)": stratified(tau_split, alpha),
+                    "phases pooled (main before #37)": per_query(tau_split, alpha)}, "none", tau_split,
+                   srm=srm_of_phases(RAMP_SHARES, srm_alpha),
+                   ramp={"shares": RAMP_SHARES, "switch_at": RAMP_SWITCH,
+                         "propensity": f"{1 - drift:g} -> 1 linearly over the horizon"})
 
     def interleave_rows(name, champion, challenger, model, expected, swap=False, taus=None):
         for credit in ("shared prefix", "all clicks"):
@@ -1130,48 +1179,29 @@ def run_scenarios(args, inputs: Inputs) -> None:
                           time.perf_counter() - t0,
                           credit_distribution={k: round(float(v), 5) for k, v in dist.items()}))
 
-    if "cascade" not in args.skip_scenarios:
+    def cascade_interleave():
         interleave_rows("A/A, cascade clicks, same rankings", "base", "base", cascade, "none")
         interleave_rows("A/A, cascade clicks, base and adapter in random order", "base", "adapter", cascade, "none",
                         swap=True)
+        interleave_rows("better (adapter), cascade clicks", "base", "adapter", cascade, "promote")
+
+    def cascade_split():
         split_rows("A/A, cascade clicks", iid_split(rel["base"], rel["base"], cascade),
                    {"per query": per_query(tau_split, alpha)}, "none", tau_split, srm=srm_of_units(0.5, srm_alpha))
-        interleave_rows("better (adapter), cascade clicks", "base", "adapter", cascade, "promote")
         split_rows("better (adapter), cascade clicks", iid_split(rel["base"], rel["adapter"], cascade),
                    {"per query": per_query(tau_split, alpha)}, "promote", tau_split)
 
-    # 4. a small effect: the blended challenger whose offline nDCG@10 gain is closest to 0.03 (within 0.02-0.04)
-    base_ndcg = ndcg_offline(inputs, "base")
-    blends = {name: ndcg_offline(inputs, name) - base_ndcg for name in inputs.rankings if name.startswith("blend")
-              and name not in ("blend 0.0", "blend 1.0")}
-    small = min(blends, key=lambda b: abs(blends[b] - 0.03))
-    notes["small_effect"] = {"offline_ndcg10_gain_by_blend": {k: round(v, 4) for k, v in blends.items()},
-                             "chosen": small, "offline_gain": round(blends[small], 4),
-                             "within_0.02_0.04": 0.02 <= blends[small] <= 0.04}
-    if "small" not in args.skip_scenarios:
-        # the effect each mode measures, exactly (click vector probabilities over the queries)
-        pc_a = click_vector_probabilities(pbm, rel["base"])
-        pc_b = click_vector_probabilities(pbm, rel[small])
-        split_effect = float((pc_b @ table).mean() - (pc_a @ table).mean())
-        split_sd = float(np.sqrt(((pc_a @ table**2).mean() - (pc_a @ table).mean() ** 2
-                                  + (pc_b @ table**2).mean() - (pc_b @ table).mean() ** 2) / 2))
-        dists = {c: interleave_distribution(inputs.rankings["base"], inputs.rankings[small], inputs.relevant,
-                                            inputs.qids, pbm, c) for c in ("shared prefix", "all clicks")}
-        notes["small_effect"].update({"split_effect_ndcg_of_clicks": round(split_effect, 5),
-                                      "split_value_sd": round(split_sd, 4),
-                                      "interleave": {c: {k: round(float(v), 5) for k, v in d.items()}
-                                                     for c, d in dists.items()}})
-        matched = {"shared prefix": abs(dists["shared prefix"]["mean_credit"]),
-                   "all clicks": abs(dists["all clicks"]["mean_credit"])}
-        name = f"small effect ({small}: +{blends[small]:.3f} nDCG@10 offline)"
-        interleave_rows(name + ", min-effect = the effect", "base", small, pbm, "promote", taus=matched)
-        split_rows(name + ", min-effect = the effect", iid_split(rel["base"], rel[small], pbm),
+    def small_interleave():
+        interleave_rows(small_name + ", min-effect = the effect", "base", small, pbm, "promote", taus=matched)
+        interleave_rows(small_name + ", default min-effect", "base", small, pbm, "promote")
+
+    def small_split():
+        split_rows(small_name + ", min-effect = the effect", iid_split(rel["base"], rel[small], pbm),
                    {"per query": per_query(abs(split_effect), alpha)}, "promote", abs(split_effect))
-        interleave_rows(name + ", default min-effect", "base", small, pbm, "promote")
-        split_rows(name + ", default min-effect", iid_split(rel["base"], rel[small], pbm),
+        split_rows(small_name + ", default min-effect", iid_split(rel["base"], rel[small], pbm),
                    {"per query": per_query(tau_split, alpha)}, "promote", tau_split)
 
-    if "guardrail" not in args.skip_scenarios:
+    def guardrails():
         for rate in (0.002, 0.005):
             t0 = time.perf_counter()
             old, new = guardrail_runs(rate, runs, horizon, rng, limit, g_alpha, g_min)
@@ -1181,6 +1211,31 @@ def run_scenarios(args, inputs: Inputs) -> None:
                               at, np.ones_like(at), at + 1.0, horizon, "queries asked", 0.0, seconds,
                               guardrail={"limit": limit, "alpha": g_alpha if "sequential" in analysis else None,
                                          "min_count": g_min if "sequential" in analysis else OLD_MIN_ERRORS}))
+
+    groups = [("returning", returning_users), ("returning", returning_better),
+              *[("ramp", lambda d=d: ramp_rows(d)) for d in args.drifts],
+              ("cascade", cascade_split), ("small", small_split), ("cascade", cascade_interleave),
+              ("small", small_interleave), ("guardrail", guardrails)]
+    groups = [fn for key, fn in groups if key not in args.skip_scenarios]
+
+    def run_group(i: int) -> list[dict]:  # in a worker: its own random stream (seed, group)
+        nonlocal rng
+        rng = np.random.default_rng([args.seed, i])
+        rows.clear()
+        groups[i]()
+        return list(rows)
+
+    _GROUP_RUNNER[0] = run_group
+    if args.jobs > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+            for found in pool.map(_run_group, range(len(groups)), chunksize=1):
+                rows.extend(found)
+    else:
+        found = [row for i in range(len(groups)) for row in run_group(i)]
+        rows.clear()
+        rows.extend(found)
 
     notes["interleave_vs_split"] = matched_comparison(rows)
     result = {"issue": 37, "command": command_line(), "rankings": inputs.source, "seed": args.seed,
@@ -1322,6 +1377,8 @@ def main() -> None:
                         "propensity drifts of the canary ramp")
     parser.add_argument("--skip-scenarios", nargs="*", default=[],
                         choices=("returning", "ramp", "cascade", "small", "guardrail"))
+    parser.add_argument("--jobs", type=int, default=1, help="with --scenarios: worker processes (scenario groups run "
+                        "in parallel, each with its own random stream)")
     parser.add_argument("--results-dir", default=None, help="with --scenarios: where the results go "
                         "(default benchmarks/results)")
     args = parser.parse_args()

@@ -35,6 +35,8 @@ def test_online_scenarios_tiny(tmp_path):
     assert check["same_decision"] == check["statistics_compared"]
     assert max(check["largest_difference"].values()) < 1e-9
     assert check["error_guardrail_same"] == check["error_guardrail_compared"] > 0
+    assert check["srm_same"] == check["srm_compared"] > 0
+    assert check["srm_largest_log_factor_difference"] < 1e-6
     rows = {(r["scenario"], r["analysis"]): r for r in result["scenarios"]}
     same = [r for (name, _), r in rows.items() if name == "A/A, cascade clicks, same rankings"]
     old = next(r for r in same if "all clicks" in r["analysis"])["credit_distribution"]
