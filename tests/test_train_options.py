@@ -5,7 +5,6 @@ read, not run)."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import inspect
 import math
@@ -21,7 +20,7 @@ from ace_llamaindex.cli import _training_help, cli
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.mine.mining import MiningOptions
 from ace_llamaindex.options import declared, default, flag, label, undeclared, value_type
-from ace_llamaindex.train import method_selection, training
+from ace_llamaindex.train import method_selection
 from ace_llamaindex.train.adapter import (
     ADAPTER_ACCEPTS,
     ADAPTER_FIELDS,
@@ -88,17 +87,6 @@ def _bad_values(cls, name: str) -> list:
     return [int(b) if kind is int else float(b) for b in bad] if kind in (int, float) else bad
 
 
-def _reads(source: str, names=("config",)) -> set[str]:
-    """The attributes of ``names`` that ``source`` reads (``config.epochs``: ``epochs``)."""
-    return {node.attr for node in ast.walk(ast.parse(source))
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in names}
-
-
-def _calls(source: str, function: str) -> list[ast.Call]:
-    return [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name) and node.func.id == function]
-
-
 def _dedented(obj) -> str:
     return textwrap.dedent(inspect.getsource(obj))
 
@@ -129,7 +117,7 @@ def test_the_flags_are_the_ones_the_command_always_had():
     flags = {flag(n, s) for n, s in TRAIN.items()} - {None}
     assert flags == {"--base-model", "--epochs", "--batch-size", "--learning-rate", "--warmup-ratio", "--max-seq-length",
                      "--train-negatives", "--val-fraction", "--seen-share", "--early-stopping", "--cached-loss",
-                     "--mini-batch-size", "--device", "--precision", "--export", "--resume", "--keep-checkpoints",
+                     "--mini-batch-size", "--max-memory", "--device", "--precision", "--export", "--resume", "--keep-checkpoints",
                      "--force", "--continual"}
     assert {n for n, s in TRAIN.items() if flag(n, s) is None} == {"seen_share_source", "seed", "trust_remote_code", "extra"}
     assert cli_module.EXPORTS == list(EXPORT_TARGETS)  # `ace export --backend` offers what `ace train --export` does
@@ -148,11 +136,29 @@ def test_the_adapter_carries_or_refuses_every_option(name, value):
         with pytest.raises(OptionError, match=f"--method adapter cannot use {re.escape(label(name, TRAIN[name]))}"):
             adapter_config(config)
     elif role in (REFUSED, BASE_ENCODER):  # a value the adapter honours as it is (fp32, no cached loss), or the base's
-        adapter_config(config)
-        if role == BASE_ENCODER:
-            assert name in _reads(_dedented(adapter_trainer)), f"adapter_trainer does not use config.{name}"
+        adapter_config(config)  # (what the base encoder does with it: test_the_adapter_trains_over_the_base_asked_for)
     else:
         assert getattr(adapter_config(config), role) == value, f"{name} is not carried into AdapterConfig.{role}"
+
+
+def test_the_adapter_trains_over_the_base_asked_for(tiny_rows, tmp_path, tuned_model_dir):
+    """The options the adapter's frozen base encoder takes (BASE_ENCODER) change the vectors it trains on."""
+    import numpy as np
+
+    from ace_llamaindex.embeddings.query_adapter import ADAPTER_FILE
+
+    assert {n for n in TRAIN if _role(n, "adapter") == BASE_ENCODER} == {"base_model", "max_seq_length", "trust_remote_code"}
+
+    def weights(**options):
+        out = tmp_path / f"a{len(list(tmp_path.iterdir()))}"
+        result = adapter_trainer(tiny_rows, out, TrainConfig(epochs=2, val_fraction=0.0, **options))
+        return result.card, np.load(out / ADAPTER_FILE)["W"]
+
+    card, default = weights()
+    short_card, short = weights(max_seq_length=4)  # queries cut to 4 tokens: other vectors, another map
+    other_card, other = weights(base_model=str(tuned_model_dir))
+    assert not np.allclose(default, short) and not np.allclose(default, other)
+    assert other_card.base["model"] == str(tuned_model_dir) and card.base["model"] != str(tuned_model_dir)
 
 
 def test_the_adapter_tables_follow_the_declarations():
@@ -171,57 +177,255 @@ def test_several_refused_options_are_one_line():
     assert "--device, --precision, --export" in str(err.value) and "\n" not in str(err.value)
 
 
-# ---- (b) the full fine-tune uses every option (train.training reads it), or the declaration says why not -----------
+# ---- (b) the full fine-tune does what each option says: trained at two values on tiny data, the run differs so --------
+# (a trainer that reads an option and ignores it fails its row). Shared settings keep each run to a few steps.
 
-def test_the_full_fine_tune_uses_every_option():
-    source = inspect.getsource(training)
-    reads = _reads(source)
-    for name in TRAIN:
-        role = _role(name, "full")
-        if role == USED:
-            assert name in reads, f"train.training never reads config.{name}: use it, or declare full=<why not>"
-        elif role == CARD:  # recorded in the card: the whole config is
-            assert any(c.args and isinstance(c.args[0], ast.Name) and c.args[0].id == "config"
-                       for c in _calls(_dedented(training.train), "asdict"))
-    assert reads <= set(TRAIN) | {"validate"}, f"unknown options read: {reads - set(TRAIN)}"
+TINY = {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "max_seq_length": 16, "val_fraction": 0.0, "seed": 1,
+        "precision": "fp32", "cached_loss": False}
 
 
-def test_the_full_defaults_are_options_whose_none_means_the_methods_own():
-    for name, value in FULL_DEFAULTS.items():
-        assert default(TrainConfig, name) is None and _role(name, "auto") == FINE_TUNES, name
-        TrainConfig(**{name: value}).validate()
+@pytest.fixture(scope="module")
+def tiny_rows():
+    """16 (query, memory, another memory) rows of the shipped team memories, two queries per memory (so validation
+    can hold out queries about documents a training query has): 4 steps an epoch at batch 4."""
+    import json as _json
+
+    from ace_llamaindex.data.examples import TrainingExample
+    from ace_llamaindex.data.loading import DEMO_DATASET
+
+    raw = _json.loads(DEMO_DATASET.read_text())
+    text = {m["id"]: m["text"] for m in raw["memories"]}
+    ids = list(text)[::37][:8]
+    tests = [t for i in ids for t in [t for t in raw["tests"] if t["expected_memory_id"] == i][:2]]
+    return [TrainingExample(t["query"], text[t["expected_memory_id"]],
+                            [text[ids[(ids.index(t["expected_memory_id"]) + 1) % len(ids)]]]) for t in tests]
 
 
-# ---- (c) --method auto honours or refuses every option of its candidates -------------------------------------------
-
-def test_auto_honours_every_option_of_its_candidates():
-    source = _dedented(method_selection.select_method)
-    reads = _reads(source, ("config",))
-    adapters = _calls(source, "AdapterConfig")
-    assert adapters, "select_method no longer makes its adapters' AdapterConfig here: update this test"
-    to_adapters = {kw.value.attr: kw.arg for c in adapters for kw in c.keywords
-                   if isinstance(kw.value, ast.Attribute) and isinstance(kw.value.value, ast.Name)
-                   and kw.value.value.id == "config"}
-    assert any(isinstance(a, ast.Name) and a.id == "full_config" for c in _calls(source, "fine_tune") for a in c.args), \
-        "the fine-tune candidates no longer get full_config (every option, the full fine-tune's defaults filled in)"
-    for name in TRAIN:
-        role = _role(name, "auto")
-        if role in (EVERY, WINNER):
-            assert name in reads, f"--method auto never reads config.{name}"
-        if role == FINE_TUNES:  # the fine-tunes take it (test_the_full_fine_tune_uses_every_option); the adapters not
-            assert _role(name, "full") == USED and name not in to_adapters, name
-        if role == CARD:
-            assert any(c.args and isinstance(c.args[0], ast.Name) and c.args[0].id == "full_config"
-                       for c in _calls(source, "asdict"))
-        if _role(name, "adapter") == REFUSED:  # what the adapter refuses, auto gives to the fine-tunes (or the winner)
-            assert role in (FINE_TUNES, WINNER), name
-    for option_name, adapter_name in to_adapters.items():  # what auto passes its adapters is theirs to take
-        assert ADAPTER_FIELDS.get(option_name) == adapter_name and _role(option_name, "auto") == EVERY, option_name
-    assert reads <= set(TRAIN) | {"validate"}, f"unknown options read: {reads - set(TRAIN)}"
+@dataclasses.dataclass
+class Run:
+    info: dict
+    model: object
+    delta: float      # sum |weight - bundled base weight| over every parameter
+    forwards: int     # forward passes of the transformer during training
+    checkpoints: list
 
 
-def test_auto_says_why_an_export_was_not_done():
-    assert "exports_skipped" in _dedented(method_selection.select_method)  # an adapter over the base: no model folder
+@pytest.fixture(scope="module")
+def fine_tuned(tiny_rows, tmp_path_factory):
+    """``fine_tuned(**options)``: the full fine-tune of the tiny rows with TINY + options (cached per options)."""
+    import torch
+
+    from ace_llamaindex.embeddings.models import DEFAULT_MODEL, open_model
+    from ace_llamaindex.train.training import fine_tune, full_defaults, plan_validation, run_fingerprint
+
+    bundled = {k: v.clone() for k, v in open_model(DEFAULT_MODEL, device="cpu").state_dict().items()}
+    runs: dict = {}
+
+    def run(folder=None, **options) -> Run:
+        key = (str(folder), tuple(sorted((k, repr(v)) for k, v in options.items())))
+        if key not in runs:
+            config = full_defaults(TrainConfig(**{**TINY, **options}))
+            split = plan_validation(tiny_rows, config.val_fraction, config.seed)
+            checkpoints = folder or tmp_path_factory.mktemp("run") / "out.checkpoints"
+            counter = {"n": 0}
+            original = torch.nn.Module.__call__
+
+            def counting(module, *args, **kwargs):
+                if type(module).__name__ == "Transformer" and module.training:
+                    counter["n"] += 1
+                return original(module, *args, **kwargs)
+
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(torch.nn.Module, "__call__", counting)
+                tuned = fine_tune(split, config, checkpoints, run_fingerprint(tiny_rows, config))
+            state = tuned.model.state_dict()
+            delta = float(sum((state[k].float().cpu() - v.float()).abs().sum() for k, v in bundled.items()
+                              if v.is_floating_point()))
+            runs[key] = Run(tuned.info, tuned.model, delta, counter["n"],
+                            sorted(p.name for p in checkpoints.glob("checkpoint-*")) if checkpoints.exists() else [])
+        return runs[key]
+
+    return run
+
+
+def _steps(run: Run) -> int:
+    return run.info["optimizer_steps"]
+
+
+# (option, value, the options both runs share besides TINY, what must differ from the run without the option)
+FULL_ROWS = [
+    ("epochs", 2, {}, lambda run, base: _steps(run) == 2 * _steps(base)),
+    ("batch_size", 2, {}, lambda run, base: _steps(run) == 2 * _steps(base)),
+    ("learning_rate", 1e-9, {}, lambda run, base: run.delta < base.delta / 100),
+    ("warmup_ratio", 0.9, {}, lambda run, base: run.delta < 0.9 * base.delta),
+    ("max_seq_length", 8, {}, lambda run, base: run.model.max_seq_length == 8 and base.model.max_seq_length == 16
+     and run.info["memory_plan"]["typical_tokens"]["document"] <= 8),
+    ("num_negatives", 0, {}, lambda run, base: run.info["negatives"]["negatives_per_example"] == 0
+     and run.forwards < base.forwards),
+    ("cached_loss", True, {}, lambda run, base: run.forwards > base.forwards),      # GradCache: mini-batches, twice
+    ("mini_batch_size", 1, {"cached_loss": True}, lambda run, base: run.forwards > base.forwards),
+    ("max_memory", 0.001, {"cached_loss": None}, lambda run, base: run.forwards > base.forwards),  # 1 MB: CachedMNRL
+    ("precision", "bf16", {}, lambda run, base: run.info["precision"] == "bf16" and run.delta != base.delta),
+    ("seed", 2, {}, lambda run, base: run.delta != base.delta),
+    ("keep_checkpoints", True, {}, lambda run, base: run.checkpoints and not base.checkpoints),
+    ("early_stopping_patience", 1, {"val_fraction": 0.25, "epochs": 4, "learning_rate": 1e-12},
+     lambda run, base: _steps(run) < _steps(base)),  # nothing improves: stops after 2 of 4 epochs
+    ("extra", {"max_steps": 1}, {}, lambda run, base: _steps(run) == 1 and _steps(base) > 1),
+]
+
+
+def test_every_option_the_full_fine_tune_uses_has_a_behaviour_row():
+    rows = {name for name, *_ in FULL_ROWS} | {name for name, *_ in TRAIN_ROWS} | {"base_model", "resume", "device",
+                                                                                   "trust_remote_code"}
+    assert rows == {name for name in TRAIN if _role(name, "full") == USED}, "an option the full fine-tune uses, untested"
+
+
+@pytest.mark.parametrize(("name", "value", "shared", "differs"), FULL_ROWS, ids=[r[0] for r in FULL_ROWS])
+def test_the_full_fine_tune_does_what_the_option_says(fine_tuned, name, value, shared, differs):
+    base, run = fine_tuned(**shared), fine_tuned(**{**shared, name: value})
+    assert differs(run, base), (name, value, run.info, run.delta, run.forwards, base.delta, base.forwards)
+
+
+def test_the_base_model_is_the_one_trained(fine_tuned, tuned_model_dir):
+    # at a learning rate of 1e-9 the weights stay where they started: the bundled model's, or the given folder's
+    assert fine_tuned(learning_rate=1e-9, base_model=str(tuned_model_dir)).delta > 1000 * fine_tuned(learning_rate=1e-9).delta
+
+
+def test_resume_continues_the_runs_checkpoint(fine_tuned, tmp_path):
+    folder = tmp_path / "out.checkpoints"
+    first = fine_tuned(folder, epochs=2, keep_checkpoints=True)
+    assert first.checkpoints
+    resumed = fine_tuned(folder, epochs=3, keep_checkpoints=True, resume=True)
+    assert resumed.info["resumed_from_checkpoint"] and resumed.info["resumed_from_checkpoint"].endswith(first.checkpoints[-1])
+    assert _steps(resumed) == 3 * _steps(first) // 2  # epoch 3 on top of the two it resumed
+
+
+def test_the_device_asked_for_is_the_one_used(tiny_rows, tmp_path):
+    import torch
+
+    from ace_llamaindex.train.training import fine_tune, full_defaults, plan_validation
+
+    if torch.cuda.is_available():
+        pytest.skip("this row asks for CUDA where there is none")
+    config = full_defaults(TrainConfig(**{**TINY, "device": "cuda"}))
+    with pytest.raises((RuntimeError, AssertionError, ValueError), match="(?i)cuda|gpu|nvidia"):
+        fine_tune(plan_validation(tiny_rows, 0.0, 1), config, tmp_path / "c", "fingerprint")
+
+
+def test_trust_remote_code_reaches_every_model_opened(tiny_rows, tmp_path, monkeypatch):
+    from ace_llamaindex.train import training as full
+
+    opened = []
+    real = full.open_model
+    monkeypatch.setattr(full, "open_model", lambda *a, **k: opened.append(k.get("trust_remote_code")) or real(*a, **k))
+    config = full_defaults_of(trust_remote_code=True, max_steps=1)
+    full.fine_tune(full.plan_validation(tiny_rows, 0.0, 1), config, tmp_path / "c", "fingerprint")
+    assert opened == [True]
+
+
+def full_defaults_of(max_steps: int | None = None, **options) -> TrainConfig:
+    from ace_llamaindex.train.training import full_defaults
+
+    return full_defaults(TrainConfig(**{**TINY, **options, **({"extra": {"max_steps": max_steps}} if max_steps else {})}))
+
+
+# the options `train` (not the fine-tune itself) takes: the split, the gate, what is written; tiny runs of train()
+TRAIN_ROWS = [
+    ("val_fraction", 0.25, {}, lambda card, base: card.val_examples > 0 and base.val_examples == 0),
+    ("seen_share", 0.75, {"val_fraction": 0.25},  # validation holds out 3 of 4 queries about seen documents, not 1
+     lambda card, base: card.gate["seen_documents"] > base.gate["seen_documents"]),
+    ("force", True, {"learning_rate": 1e-12, "val_fraction": 0.25}, lambda card, base: card.promoted and not base.promoted),
+    ("exports", ["onnx"], {}, lambda card, base: card.exported == ["onnx"] and base.exported == []),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "shared", "differs"), TRAIN_ROWS, ids=[r[0] for r in TRAIN_ROWS])
+def test_train_does_what_the_option_says(tiny_rows, tmp_path, tuned_model_dir, monkeypatch, name, value, shared, differs):
+    import shutil
+
+    from ace_llamaindex.train import training as full
+
+    exported: list = []
+    monkeypatch.setattr(full, "export_all", lambda folder, targets, check=None: exported.extend(targets))
+    cards = []
+    for options in (shared, {**shared, name: value}):
+        out = tmp_path / f"m{len(cards)}"
+        if name == "force":  # a model already there: only a better one, or --force, replaces it
+            shutil.copytree(tuned_model_dir, out)
+        exported.clear()
+        result = full.train(tiny_rows, out, TrainConfig(**{**TINY, **options}))
+        result.card.exported = list(exported)
+        cards.append(result.card)
+    assert differs(cards[1], cards[0]), (name, value, cards[1].gate, cards[0].gate)
+
+
+# ---- (c) --method auto hands every option to what it trains: its fine-tunes get them (and (b) shows the fine-tune
+# does what each says); the split and the adapters get theirs. Run up to the fine-tune, which records and stops.
+
+class _Stop(Exception):
+    pass
+
+
+def _auto_until_the_fine_tune(rows, tmp_path, monkeypatch, config: TrainConfig, base_encoder=None) -> dict:
+    seen: dict = {}
+
+    def recording(split, full_config, checkpoints, fingerprint):
+        seen.update(split=split, config=full_config)
+        raise _Stop
+
+    monkeypatch.setattr(method_selection, "fine_tune", recording)
+    with pytest.raises(_Stop):
+        method_selection.select_method(rows, tmp_path / "auto", config, base_encoder=base_encoder)
+    return seen
+
+
+AUTO_OPTIONS = [(n, v) for n in TRAIN if _role(n, "auto") in (FINE_TUNES, EVERY) and _role(n, "full") == USED
+                and n != "base_model" for v in _other_values(TrainConfig, n)]
+
+
+@pytest.mark.parametrize(("name", "value"), AUTO_OPTIONS, ids=[f"{n}={v}" for n, v in AUTO_OPTIONS])
+def test_auto_hands_every_option_to_its_fine_tunes(tiny_rows, tmp_path, monkeypatch, name, value):
+    options = {"val_fraction": 0.25, name: value}
+    seen = _auto_until_the_fine_tune(tiny_rows, tmp_path, monkeypatch, TrainConfig(**options))
+    assert getattr(seen["config"], name) == value, f"--method auto does not give its fine-tunes {name}={value!r}"
+    for other in FULL_DEFAULTS:  # the full fine-tune's own defaults filled in where the option says None
+        assert getattr(seen["config"], other) == (value if other == name else FULL_DEFAULTS[other]), other
+
+
+def test_auto_splits_as_the_options_say(tiny_rows, tmp_path, monkeypatch):
+    def split(**options):
+        return _auto_until_the_fine_tune(tiny_rows, tmp_path, monkeypatch, TrainConfig(**options))["split"]
+
+    assert len(split(val_fraction=0.25).val) == 4 and len(split(val_fraction=0.5).val) == 8
+    seen_docs = lambda s: sum(e.positive in {t.positive for t in s.train} for e in s.val)  # noqa: E731
+    assert seen_docs(split(val_fraction=0.25, seen_share=0.75)) > seen_docs(split(val_fraction=0.25, seen_share=0.0))
+    assert {e.query for e in split(val_fraction=0.25, seed=1).val} != {e.query for e in split(val_fraction=0.25, seed=2).val}
+
+
+def test_auto_trains_its_fine_tunes_from_the_base_model_asked_for(tiny_rows, tmp_path, monkeypatch, tuned_model_dir):
+    seen = _auto_until_the_fine_tune(tiny_rows, tmp_path, monkeypatch,
+                                     TrainConfig(val_fraction=0.25, base_model=str(tuned_model_dir)))
+    assert seen["config"].base_model == str(tuned_model_dir)
+
+
+def test_auto_hands_its_adapters_their_options(tiny_rows, tmp_path, monkeypatch):
+    """The adapter candidates get what the adapter takes (AdapterConfig fields auto passes them), read where they train."""
+    from ace_llamaindex.train.training import FineTuned
+
+    given: list = []
+
+    def fine_tune(split, full_config, checkpoints, fingerprint):  # no training: the adapters come first after it
+        return FineTuned(None, {"device": "cpu", "train_seconds": 0.0})
+
+    def fit_adapter(split, examples, base, config, init=None, corpus=None):
+        given.append(config)
+        raise _Stop
+
+    monkeypatch.setattr(method_selection, "fine_tune", fine_tune)
+    monkeypatch.setattr(method_selection, "fit_adapter", fit_adapter)
+    with pytest.raises(_Stop):
+        method_selection.select_method(tiny_rows, tmp_path / "auto", TrainConfig(val_fraction=0.25, seed=7, num_negatives=0))
+    assert (given[0].seed, given[0].num_negatives, given[0].val_fraction) == (7, 0, 0.25)
 
 
 # ---- (d) the command: one option per flagged field, mapped to its field; a bad value is one clear line -------------

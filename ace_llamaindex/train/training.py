@@ -158,6 +158,18 @@ HEADROOM_GB = 0.3            # besides the step: tokenized batches, the evaluato
 OPTIMIZER_COPIES = 3         # gradients and AdamW's two moments, each the size of the weights (fp32)
 
 
+def _resident_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _free_bytes() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
 def memory_budget(device: str, max_memory: float | None = None, model=None) -> dict[str, Any]:
     """What a training step's activations may take, in bytes (``activations``), and where that came from.
 
@@ -180,15 +192,13 @@ def memory_budget(device: str, max_memory: float | None = None, model=None) -> d
     if max_memory is None and os.environ.get("ACE_TRAIN_MEMORY_GB"):
         return {"activations": float(os.environ["ACE_TRAIN_MEMORY_GB"]) * 1e9 / processes,
                 "source": "ACE_TRAIN_MEMORY_GB (activations)", "max_memory_gb": None}
-    import psutil
-
     if max_memory is not None:
         limit, source = max_memory * 1e9, "--max-memory"
     else:
-        free = FREE_SHARE * psutil.virtual_memory().available / processes
+        free = FREE_SHARE * _free_bytes() / processes
         limit, source = (DEFAULT_MAX_MEMORY_GB * 1e9, "default") if free >= DEFAULT_MAX_MEMORY_GB * 1e9 else \
             (free, f"{FREE_SHARE:.0%} of the free memory")
-    resident = psutil.Process().memory_info().rss
+    resident = _resident_bytes()
     weights = sum(p.numel() * 4 for p in model.parameters()) if model is not None else 0
     activations = limit - resident - OPTIMIZER_COPIES * weights - HEADROOM_GB * 1e9
     return {"activations": max(0.0, activations), "max_memory_gb": round(limit / 1e9, 2), "source": source,

@@ -1,0 +1,102 @@
+"""Issue #40: training fits a memory budget (``--max-memory``), says what it chose, and judges candidates holding one
+model at a time. Cheap: no training here (benchmarks/bench_memory.py measures the peaks)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from ace_llamaindex.cli import cli
+from ace_llamaindex.data.loading import DEMO_DATASET
+from ace_llamaindex.embeddings.encoding import CachedEncoder
+from ace_llamaindex.embeddings.models import open_model
+from ace_llamaindex.mine.mining import TrainingExample
+from ace_llamaindex.train import training
+from ace_llamaindex.train.common import TrainConfig
+from ace_llamaindex.train.training import describe_plan, full_defaults, plan_memory
+
+GB = 1e9
+
+
+@pytest.fixture(scope="module")
+def model():
+    return open_model(None, device="cpu")
+
+
+def _rows(words: int) -> list[TrainingExample]:
+    return [TrainingExample(f"query {i}", " ".join(["word"] * words), []) for i in range(40)]
+
+
+# (max_memory, ACE_TRAIN_MEMORY_GB, free GB, document words, held GB) -> (source, limit GB, cached, mini-batch range)
+PLANS = [
+    pytest.param(None, None, 64, 50, 0.6, "default", 2.0, True, (32, 32), id="default-2GB-short-texts-cached-one-chunk"),
+    pytest.param(None, None, 64, 300, 0.6, "default", 2.0, True, (5, 12), id="default-2GB-abstracts-small-mini-batch"),
+    pytest.param(8.0, None, 64, 50, 0.6, "--max-memory", 8.0, False, None, id="roomy-budget-plain-loss"),
+    pytest.param(1.2, None, 64, 300, 0.6, "--max-memory", 1.2, True, (1, 1), id="tight-budget-mini-batch-1"),
+    pytest.param(2.0, None, 64, 300, 1.4, "--max-memory", 2.0, True, (1, 1), id="what-the-process-holds-counts"),
+    pytest.param(None, None, 1.5, 300, 0.6, "80% of the free memory", 1.2, True, (1, 1), id="less-free-than-2GB"),
+    pytest.param(None, 6, 64, 8, 0.6, "ACE_TRAIN_MEMORY_GB (activations)", None, False, None, id="env-budget-kept"),
+    pytest.param(4.0, 6, 64, 300, 0.6, "--max-memory", 4.0, True, (20, 32), id="max-memory-wins-over-env"),
+]
+
+
+@pytest.mark.parametrize("max_memory,env_gb,free_gb,words,held_gb,source,limit_gb,cached,mini", PLANS)
+def test_the_loss_and_mini_batch_fit_the_process_budget(monkeypatch, model, max_memory, env_gb, free_gb, words,
+                                                        held_gb, source, limit_gb, cached, mini):
+    monkeypatch.setattr(training, "_resident_bytes", lambda: int(held_gb * GB))
+    monkeypatch.setattr(training, "_free_bytes", lambda: int(free_gb * GB))
+    if env_gb is None:
+        monkeypatch.delenv("ACE_TRAIN_MEMORY_GB", raising=False)
+    else:
+        monkeypatch.setenv("ACE_TRAIN_MEMORY_GB", str(env_gb))
+    config = full_defaults(TrainConfig(max_memory=max_memory))
+    plan = plan_memory(model, _rows(words), config, 5, "cpu")
+    assert plan["source"] == source and plan["max_memory_gb"] == limit_gb
+    assert plan["cached"] is cached, plan
+    if cached:
+        assert mini[0] <= plan["mini_batch_size"] <= mini[1], plan
+    if limit_gb is not None:  # what is left for a step: the budget less what is held, the optimizer state, headroom
+        left = limit_gb - held_gb - plan["optimizer_gb"] - training.HEADROOM_GB
+        assert plan["budget_gb"] == pytest.approx(max(0.0, left), abs=0.011)
+        assert plan["fits"] is (plan["estimated_step_gb"] <= plan["budget_gb"] + 0.005)
+    line = describe_plan(plan)
+    assert source in line and ("CachedMNRL, mini-batch" in line) is cached and "\n" not in line
+    assert ("exceeds the budget" in line) is (not plan["fits"])
+
+
+def test_a_plan_that_cannot_fit_says_so_in_its_line(monkeypatch, model):
+    monkeypatch.setattr(training, "_resident_bytes", lambda: int(1.9 * GB))
+    plan = plan_memory(model, _rows(300), full_defaults(TrainConfig(max_memory=2.0)), 5, "cpu")
+    assert plan["budget_gb"] == 0 and plan["mini_batch_size"] == 1 and plan["fits"] is False
+    assert "exceeds the budget" in describe_plan(plan) and "--max-memory" in describe_plan(plan)
+
+
+@pytest.mark.parametrize("value,expected", [
+    pytest.param("0", "0.0 is not in the range x>0", id="zero"),
+    pytest.param("-1", "-1.0 is not in the range x>0", id="negative"),
+    pytest.param("nan", "'nan' is not a finite number", id="nan"),
+    pytest.param("lots", "'lots' is not a valid finite float", id="not-a-number"),
+])
+def test_a_bad_max_memory_is_one_line_naming_the_option(value, expected):
+    result = CliRunner().invoke(cli, ["train", str(DEMO_DATASET), "--max-memory", value])
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(error) == 1 and "--max-memory" in error[0] and expected in error[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_factory_encoder_holds_its_vectors_not_its_model(model):
+    builds = []
+
+    def build():
+        builds.append(1)
+        return model
+
+    lazy = CachedEncoder.from_factory(build, label="lazy")
+    held = CachedEncoder.from_model(model, label="held")
+    docs, queries = ["alpha beta", "gamma delta"], ["what is alpha"]
+    first = lazy.encode_documents(docs)
+    assert len(builds) == 1 and lazy._model is None  # built for the call, let go after it
+    assert (lazy.encode_documents(docs) == first).all() and len(builds) == 1  # cached: no model needed
+    assert lazy.encode_queries(queries).shape == (1, 384) and len(builds) == 2 and lazy._model is None
+    assert first == pytest.approx(held.encode_documents(docs), abs=1e-6)
