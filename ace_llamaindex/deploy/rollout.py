@@ -55,7 +55,7 @@ from ..atomic import disk_full
 from ..data.dataset import QADataset
 from ..data.loading import load_dataset
 from ..errors import OptionError
-from ..index.store import VERSION_OF_KEY, CorpusIndex, cluster_options
+from ..index.store import VERSION_MARK, VERSION_OF_KEY, CorpusIndex, cluster_options
 from ..serve.served_model import model_embedding
 from ..serve.serving_record import (
     EXPERIMENT_KEY,
@@ -142,11 +142,11 @@ class RolloutReport:
 
 
 def version_name(alias: str, n: int) -> str:
-    return f"{alias}__v{n}"
+    return f"{alias}{VERSION_MARK}{n}"
 
 
 def _versions(index, alias: str) -> dict[int, str]:
-    pattern = re.compile(rf"{re.escape(alias)}__v(\d+)")
+    pattern = re.compile(rf"{re.escape(alias)}{VERSION_MARK}(\d+)")
     return {int(m.group(1)): name for name in index.collection_names() if (m := pattern.fullmatch(name))}
 
 
@@ -220,13 +220,18 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     previous_serving = current.metadata().get(SERVING_KEY)
     if not previous_serving:  # an `ace index` collection: what serves it is previous_model, or assumed the base model
         previous_serving = _serving_plan(previous_model or DEFAULT_MODEL)
-        assumed = model_embedding(previous_serving) if previous_model is None else None
-        assumed_vector = named_vector(assumed, embedding_spaces(assumed)[0][0]) if assumed is not None else None
-        if assumed_vector and current.dense_vectors() and assumed_vector not in current.dense_vectors():
-            raise OptionError(f"collection {collection!r} records no model serving it, and its dense vectors "
-                              f"{sorted(current.dense_vectors())} are not the base model's ({assumed_vector}): pass "
-                              "--previous-model (previous_model=) with the model that indexed it, so a rollback can "
-                              "serve it again")
+        said = model_embedding(previous_serving)  # its vectors' name, without loading it
+        said_vector = named_vector(said, embedding_spaces(said)[0][0])
+        if current.dense_vectors() and said_vector not in current.dense_vectors():
+            if previous_model is None:
+                raise OptionError(f"collection {collection!r} records no model serving it, and its dense vectors "
+                                  f"{sorted(current.dense_vectors())} are not the base model's ({said_vector}): pass "
+                                  "--previous-model (previous_model=) with the model that indexed it, so a rollback "
+                                  "can serve it again")
+            # it would be recorded as what serves the collection, and served by a rollback: it must be what indexed it
+            raise OptionError(f"--previous-model (previous_model=) {previous_model}: collection {collection!r} holds no "
+                              f"vectors of it ({said_vector}; it has {sorted(current.dense_vectors())}); pass the model "
+                              "that indexed it")
     if heldout is not None and not isinstance(heldout, QADataset):
         heldout = load_dataset(heldout)
     evidence = promotion_evidence(model, plan, previous_serving, collection, heldout, engine)
@@ -278,10 +283,13 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
             if pool is not None:
                 report.notes.append(f"starting {workers} worker processes took {starting:.0f} s (counted in the estimate)")
             return report
+        # the new model loads and embeds a document before anything is written (its vectors' sizes): a model that
+        # cannot load is refused with every collection, and its metadata, as it was
+        sizes = _vector_sizes(current, targets, copied, encoded, have)
         build = RolloutBuild(location=location, alias=collection, current=current, current_name=current_name,
                              previous_serving=previous_serving, plain=plain, plan=plan, embed=embed, spaces=spaces,
                              targets=targets, copied=copied, encoded=encoded, have=have, identity=identity,
-                             versions=versions, keep=keep, checkpoint=checkpoint)
+                             versions=versions, keep=keep, checkpoint=checkpoint, sizes=sizes)
         _build(build, report, batch_size=batch_size, show_progress=show_progress, on_batch=on_batch)
     step("checked")
     if switch:
@@ -315,6 +323,19 @@ class RolloutBuild:
     versions: dict[int, str]  # the alias's versions here: number -> collection name
     keep: set[str | None]  # versions not removed (what serves, and what it replaced)
     checkpoint: dict[str, Any] | None  # where an earlier run of this build stopped (``_resumable``); None: from the start
+    sizes: dict[str, int]  # the new version's dense vectors' sizes (the encoded ones measured by embedding a document)
+
+
+def _vector_sizes(current, targets: dict[str, tuple[int, Any]], copied: list[str], encoded: list[str],
+                  have: dict[str, int]) -> dict[str, int]:
+    """The size of each dense vector of the new version: a copied one's as ``current`` has it, an encoded one's by
+    embedding ``current``'s first document with its model (which loads it: a model that cannot load fails here)."""
+    sizes = {n: int(have[n]) for n in copied}
+    first = list(islice(current.iter_points(1), 1))
+    text = _embed_text(first[0][1], current.text_field) if first else ""
+    for name in encoded:
+        sizes[name] = len(targets[name][1].get_text_embedding_batch([text])[0])
+    return sizes
 
 
 def _build(build: RolloutBuild, report: RolloutReport, *, batch_size: int, show_progress: bool,
@@ -358,15 +379,11 @@ def _build(build: RolloutBuild, report: RolloutReport, *, batch_size: int, show_
               PREVIOUS_KEY: current_name, "ace_rolled_out_at": time.time()}
     with _removed_on_full_disk(location, new_name, current_name):
         if checkpoint is None:
-            sizes = {n: int(build.have[n]) for n in copied}
-            first = list(islice(current.iter_points(1), 1))
-            for name in encoded:
-                sizes[name] = len(targets[name][1].get_text_embedding_batch([_embed_text(first[0][1], current.text_field)])[0])
             checkpoint = {"written": 0, "last_id": None, "chain": ""}
             new.cluster = dict(identity["cluster"])  # a server's shards and replicas: given, or the serving collection's
             new.on_step = step  # an engine whose create is more than one write (Edge: the shard, then its metadata) says so
             try:
-                new.create(sizes, {**{k: v for k, v in current.metadata().items() if k.startswith("bm25")}, **header,
+                new.create(build.sizes, {**{k: v for k, v in current.metadata().items() if k.startswith("bm25")}, **header,
                                    RESUME_KEY: {**identity, **_progress(checkpoint)}})
             finally:
                 new.on_step = None

@@ -87,10 +87,8 @@ class TrainingCard:
         values = run_fields(data)
         if isinstance(values.get("training_data"), Mapping):  # one reference, as some 0.x cards wrote it
             values["training_data"] = [dict(values["training_data"])]
-        for name, kind in _KINDS.items():
-            value = values.get(name)
-            if value is not None and not isinstance(value, _JSON_TYPES[kind]):
-                raise OptionError(f"{where}: field {name!r} must be {_KIND_WORDS[kind]}, got {type(value).__name__}")
+        check_fields(values, _KINDS, where)
+        check_fields(values, _NESTED, where)
         for name in ("gate", "config", "data_checks", "training_queries", "validation_queries"):
             if values.get(name) is None:
                 values.pop(name, None)  # an old card's null: the default
@@ -176,6 +174,53 @@ _KIND_WORDS = {dict: "an object", list: "a list", str: "a string", int: "an inte
 _JSON_TYPES = {**{kind: kind for kind in _KIND_WORDS}, float: (int, float)}  # JSON writes 12.0 as 12
 # each field's type of value, from its annotation (every field's is one of _KIND_WORDS)
 _KINDS = {name: value_type(hint) for name, hint in typing.get_type_hints(TrainingCard).items() if name in _FIELDS}
+
+
+@dataclass(frozen=True)
+class PlanFields:
+    """A serving plan's fields, declared here, in the lowest layer that holds a plan (a card's ``serving`` and
+    ``champion["serving"]``), so a card is checked when it is read; :class:`~ace_llamaindex.serve.serving_record.ServingPlan`
+    is this record with its methods (its docstring says what each field means)."""
+
+    model: str | None
+    adapter: str | None = None
+    reindex: bool = True
+
+
+# each plan field's type of value, from its annotation (what a card's plans and a collection's ``ace_serving`` hold)
+PLAN_KINDS = {name: value_type(hint) for name, hint in typing.get_type_hints(PlanFields).items()}
+# A gate's comparison as the card holds it (train.promotion.GateResult.as_dict()): the entries readers format
+GATE_KINDS = {"verdict": str, "metric": str, "base": float, "finetuned": float, "delta": float, "ci95": list,
+              "n_queries": int, "subsets": dict, "decided_by": str}
+# Inside the card's objects: the entries its readers (rollout's evidence, eval --finetuned, serving) take values from
+_NESTED = {"serving": PLAN_KINDS, "gate": GATE_KINDS, "base": {"label": str, "model": str, "fingerprint": str},
+           "champion": {"source": str, "serving": PLAN_KINDS, "gate": GATE_KINDS}}
+
+
+def check_fields(values: Mapping[str, Any], kinds: Mapping[str, Any], where: str, prefix: str = "") -> None:
+    """Each of ``values``' entries named in ``kinds`` is null or of its kind (a kind that is a mapping: an object whose
+    entries are checked the same way); else one :class:`~ace_llamaindex.errors.OptionError` line naming ``where`` and
+    the field (``serving.model``)."""
+    for name, kind in kinds.items():
+        value = values.get(name)
+        if value is None:
+            continue
+        field_name = f"{prefix}{name}"
+        expected = dict if isinstance(kind, Mapping) else kind
+        if not isinstance(value, _JSON_TYPES[expected]) or (isinstance(value, bool) and expected is not bool):
+            raise OptionError(f"{where}: field {field_name!r} must be {_KIND_WORDS[expected]}, got "
+                              f"{type(value).__name__} {json.dumps(value, default=str)[:40]}")
+        if isinstance(kind, Mapping):
+            check_fields(value, kind, where, f"{field_name}.")
+
+
+def check_plan(plan: Any, where: str = "a serving plan") -> Mapping[str, Any]:
+    """``plan`` if it is a serving plan object whose fields have their kinds (:data:`PLAN_KINDS`); else one
+    :class:`~ace_llamaindex.errors.OptionError` line naming ``where`` and the field."""
+    if not isinstance(plan, Mapping):
+        raise OptionError(f"{where}: a serving plan is an object ({', '.join(PLAN_KINDS)}), got {type(plan).__name__}")
+    check_fields(plan, PLAN_KINDS, where)
+    return plan
 
 
 def run_fields(info: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,12 +26,13 @@ from qdrant_client import models
 from ..atomic import write_json
 from ..errors import OptionError
 from .bm25 import BM25Encoder
-from .store import SPARSE_NAME, CorpusIndex
+from .store import POINTER_SUFFIX, SPARSE_NAME, VERSION_MARK, CorpusIndex, check_collection_name
 
 log = logging.getLogger(__name__)
 
 META_FILE = "ace_collection.json"
-POINTER_SUFFIX = ".alias.json"  # <path>/<alias>.alias.json: {"collection": the shard folder the alias serves}
+# POINTER_SUFFIX: <path>/<alias>.alias.json: {"collection": the shard folder the alias serves} (in store.py: the
+# collection name's length limit counts it)
 # Held (flock) inside a shard folder while a process creates the shard, until its META_FILE is written: a folder without
 # META_FILE whose lock nobody holds is a creation killed midway, removed by the next create. (The kernel drops the lock
 # when its process dies, kill -9 included.)
@@ -105,6 +106,7 @@ def open_edge(collection: str, *, path: str | None = None, url: str | None = Non
               **kwargs: Any) -> EdgeCorpusIndex:
     """The ``edge`` engine (see :mod:`~ace_llamaindex.index.engines`): a shard folder per collection under ``path``. A
     shard this process already has open is shared (Edge lets one opener hold a shard)."""
+    check_collection_name(collection)
     if path and kwargs.get("bm25") is None and kwargs.get("text_field", "text") == "text" \
             and kwargs.get("id_field", "doc_id") == "doc_id":
         target = _read_pointer(Path(path) / f"{collection}{POINTER_SUFFIX}") or collection
@@ -123,6 +125,7 @@ class EdgeCorpusIndex(CorpusIndex):
     def __init__(self, path: str | Path | None = None, collection: str = "ace_memories", bm25: BM25Encoder | None = None,
                  text_field: str = "text", id_field: str = "doc_id", follow_alias: bool = True) -> None:
         """``collection`` may be an alias written by a rollout: the shard it points at is opened."""
+        check_collection_name(collection, made=True)  # before its pointer file's name is made
         if path and follow_alias:
             collection = _read_pointer(Path(path) / f"{collection}{POINTER_SUFFIX}") or collection
         super().__init__(client=None, collection=collection, bm25=bm25, text_field=text_field, id_field=id_field)
@@ -258,7 +261,7 @@ class EdgeCorpusIndex(CorpusIndex):
         was written, and return their names; one being created by a live process (it holds the lock) is left alone.
         (They are not collections, so a rollout's stale versions do not include them.)"""
         base = self.root.parent
-        version = re.compile(rf"{re.escape(alias)}__v\d+")
+        version = re.compile(rf"{re.escape(alias)}{VERSION_MARK}\d+")
         removed = []
         for folder in sorted(base.iterdir()) if base.is_dir() else []:
             if not (folder.is_dir() and version.fullmatch(folder.name)) or (folder / META_FILE).exists():

@@ -194,15 +194,48 @@ def _reason(exc: BaseException, url: str, api_key: str | None) -> str:
     return " ".join(text.split())
 
 
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+# The names made from a collection name: a rollout's versions <name>__v<N> (collections: a folder on every engine),
+# an online experiment's alias <name>__challenger, and the Qdrant Edge engine's alias pointer file <alias>.alias.json
+# (an alias of either name), which is written atomically through a temporary copy beside it (atomic.write_bytes:
+# mkstemp's ".<file>." prefix, 8 random characters, ".tmp").
+VERSION_MARK = "__v"
+CHALLENGER_SUFFIX = "__challenger"
+POINTER_SUFFIX = ".alias.json"
+MAX_FILE_NAME = 255  # bytes in one file or folder name (NAME_MAX on Linux and macOS); a Qdrant server's names too
+_LAST_VERSION = 10**9 - 1  # room kept for a rollout's version number (a billion rollouts of one collection)
 
 
-def check_collection_name(name: str) -> str:
+def derived_names(name: str) -> list[str]:
+    """Every collection, folder and file name the code makes of the collection name ``name`` (rollouts,
+    experiments, each engine's files), the longest last."""
+    aliases = [name, f"{name}{CHALLENGER_SUFFIX}"]
+    pointers = [f"{alias}{POINTER_SUFFIX}" for alias in aliases]
+    made = [*aliases, f"{name}{VERSION_MARK}{_LAST_VERSION}", *pointers, *(f".{p}.{'x' * 8}.tmp" for p in pointers)]
+    return sorted(made, key=len)
+
+
+# The longest collection name whose every derived name fits in one file name: what `ace index`, `ace rollout` and
+# `ace experiment start` need on every engine (Edge's temporary challenger pointer is the longest: 37 more characters)
+MAX_COLLECTION_NAME = MAX_FILE_NAME - len(derived_names("")[-1])
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_MADE = re.compile(rf"(.+?)(?:{VERSION_MARK}\d+|{CHALLENGER_SUFFIX})")
+
+
+def check_collection_name(name: str, *, made: bool = False) -> str:
     """A collection name that is safe as a folder name: letters, digits, ``_ . -``, no ``..`` and no separators
-    (embedded engines store a collection in a folder of that name, so ``../x`` would write outside the path)."""
+    (embedded engines store a collection in a folder of that name, so ``../x`` would write outside the path), and
+    short enough for every name made of it (:data:`MAX_COLLECTION_NAME`, :func:`derived_names`). ``made``: a name
+    the code may have made of one (a rollout's version, an experiment's alias: what an index opens beside another)
+    passes when the name it was made of does."""
     if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
-        raise OptionError(f"collection name {name!r}: use letters, digits, '_', '.' and '-' (starting with a letter or "
-                          "digit, no '..', at most 255 characters)")
+        raise OptionError(f"collection name {name!r} (--collection): use letters, digits, '_', '.' and '-' (starting "
+                          f"with a letter or digit, no '..', at most {MAX_COLLECTION_NAME} characters)")
+    made_of = _MADE.fullmatch(name) if made else None
+    given = made_of.group(1) if made_of else name  # the name a version or an experiment's alias was made of
+    if len(given) > MAX_COLLECTION_NAME:
+        raise OptionError(f"collection name {given[:24]!r}... (--collection) has {len(given)} characters; at most "
+                          f"{MAX_COLLECTION_NAME}: the names made of it (its rollout versions, its experiment alias and "
+                          f"their files, e.g. {derived_names('<name>')[-1]!r}) must fit in {MAX_FILE_NAME} bytes")
     return name
 
 
@@ -266,7 +299,7 @@ def local_holds(path: Path, collection: str) -> bool:
         aliases = json.loads((path / "meta.json").read_text()).get("aliases") or {}
     except (OSError, ValueError, AttributeError):
         return False
-    version = re.compile(rf"{re.escape(collection)}__v\d+")
+    version = re.compile(rf"{re.escape(collection)}{VERSION_MARK}\d+")
     return collection in aliases or ((path / "collection").is_dir()
                                      and any(version.fullmatch(p.name) for p in (path / "collection").iterdir()))
 
@@ -281,7 +314,7 @@ class CorpusIndex:
         """``text_field``/``id_field`` name the payload keys holding a point's text and document id, so an
         existing collection written by another tool can be searched (and mined) as it is."""
         self.client = client
-        self.collection = check_collection_name(collection)
+        self.collection = check_collection_name(collection, made=True)  # opened by a user's name, or beside it
         self.bm25 = bm25 or BM25Encoder()
         self.text_field, self.id_field = text_field, id_field
         self.cluster: dict[str, int] = {}  # shard_number, replication_factor, write_consistency_factor for _create
@@ -381,7 +414,7 @@ class CorpusIndex:
         ``VERSION_OF_KEY``, which a rollout writes before the drop) and return that version; else None, changing nothing."""
         if self.alias_target(name) is not None or self.client.collection_exists(name):
             return None
-        pattern = re.compile(rf"{re.escape(name)}__v(\d+)")
+        pattern = re.compile(rf"{re.escape(name)}{VERSION_MARK}(\d+)")
         versions = sorted(((int(m.group(1)), c) for c in self.collection_names() if (m := pattern.fullmatch(c))),
                           reverse=True)
         for _, version in versions:

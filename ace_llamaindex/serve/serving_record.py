@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..embeddings.card import PlanFields, check_plan
+from ..index.store import CHALLENGER_SUFFIX
+
 SERVING_KEY, VECTOR_KEY, PREVIOUS_KEY = "ace_serving", "ace_vector", "ace_previous"
 EXPERIMENT_KEY = "ace_experiment"
 HERE = "."  # in a card's plan: the folder the card is in (so a moved folder still serves itself)
@@ -26,22 +29,24 @@ def here(value: Any, folder: str | Path) -> Any:
 
 
 @dataclass(frozen=True)
-class ServingPlan:
+class ServingPlan(PlanFields):
     """What serves a collection: ``model`` (a folder or id: the document vectors searched), ``adapter`` (a query
     adapter's folder, or None) and ``reindex`` (whether the documents must be embedded again with ``model``; False:
     the base's vectors are used as they are). As a dict, ``{"model", "adapter", "reindex"}``: in a training card
     (where :data:`HERE` is the card's folder), in ``TrainResult.serving`` and in a collection's ``ace_serving``."""
 
-    model: str | None
-    adapter: str | None = None
-    reindex: bool = True
+    # model: str | None; adapter: str | None = None; reindex: bool = True (declared in embeddings.card.PlanFields, so
+    # a training card's plans are checked when it is read)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "adapter": self.adapter, "reindex": self.reindex}
 
     @classmethod
-    def from_dict(cls, plan: Mapping[str, Any]) -> ServingPlan:
-        """Any plan dict written before: ``reindex`` missing (a plain model's plan) means True; paths stay as written."""
+    def from_dict(cls, plan: Mapping[str, Any], where: str = "a serving plan") -> ServingPlan:
+        """Any plan dict written before: ``reindex`` missing (a plain model's plan) means True; paths stay as written.
+        A field of the wrong kind (``{"model": 42}``) is one :class:`~ace_llamaindex.errors.OptionError` line naming
+        ``where`` and the field (the training card checks its own plans the same way when it is read)."""
+        check_plan(plan, where)
         return cls(plan.get("model"), plan.get("adapter"), plan.get("reindex", True))
 
     def resolved(self, folder: str | Path) -> ServingPlan:
@@ -58,7 +63,7 @@ def describe_plan(plan: Mapping[str, Any]) -> str:
 
 def challenger_alias(collection: str) -> str:
     """The alias that points at the challenger's collection while an online experiment runs on ``collection``."""
-    return f"{collection}__challenger"
+    return f"{collection}{CHALLENGER_SUFFIX}"
 
 
 def serving_target(index, alias: str) -> str:
