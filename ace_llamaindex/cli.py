@@ -977,38 +977,29 @@ def experiment() -> None:
     ace experiment stop --promote | --end           promote the challenger, or remove it (the champion untouched)"""
 
 
+def _experiment_fields() -> list[click.Option]:
+    from .serve.experiment_arms import ExperimentRecord
+
+    return field_options(ExperimentRecord)
+
+
 @experiment.command(name="start")
 @click.argument("model")
 @location_options
-@click.option("--mode", type=click.Choice(["interleave", "split"]), default="interleave", show_default=True,
-              help="interleave: each result list mixes both models (team draft; far fewer queries to a verdict); "
-                   "split: each session sees one model.")
-@click.option("--share", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Units taking part (interleave; default 1) or served by the challenger (split; default 0.5).")
-@click.option("--feedback-log", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="The log the application writes (feedback_log=); `status` reads it.")
-@click.option("--auto", is_flag=True, help="Promote or end by itself when the status is read and the verdict is clear.")
-@click.option("--alpha", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=0.05, show_default=True,
-              help="The highest rate of wrong verdicts, however often the status is read.")
-@click.option("--min-effect", type=click.FloatRange(0, min_open=True), default=None,
-              help="The smallest effect worth detecting (default 0.1 interleaving credit, 0.02 nDCG@10 in a split).")
-@click.option("--horizon", "max_queries", type=click.IntRange(min=1), default=20_000, show_default=True,
-              help="Judged (interleave) or served (split) queries before 'no clear difference' ends it.")
-@click.option("--latency-ratio", type=click.FloatRange(min=1), default=2.0, show_default=True,
-              help="Guardrail: the challenger's p99 latency at most this times the champion's.")
-@click.option("--max-error-rate", type=click.FloatRange(0, 1, max_open=True), default=0.01, show_default=True,
-              help="Guardrail: the share of queries where the challenger may fail.")
+@generated_options(_experiment_fields)
 @click.option("--previous-model", default=None,
               help="What serves the collection now, if it does not say (default: the bundled all-MiniLM-L6-v2).")
 @friendly
-def experiment_start(model, collection, qdrant_path, qdrant_url, engine, as_json, mode, share, feedback_log, auto, alpha,
-                     min_effect, max_queries, latency_ratio, max_error_rate, previous_model):
-    """Start an online experiment on COLLECTION between what serves it and MODEL."""
+def experiment_start(model, collection, qdrant_path, qdrant_url, engine, as_json, previous_model, **kw):
+    """Start an online experiment on COLLECTION between what serves it and MODEL (the options: each one declared
+    on :class:`~ace_llamaindex.serve.experiment_arms.ExperimentRecord`)."""
     from .deploy.experiment import start_experiment
+    from .options import declared, flag
+    from .serve.experiment_arms import ExperimentRecord
 
-    record = start_experiment(model, collection, mode=mode, share=share, alpha=alpha, min_effect=min_effect,
-                              max_queries=max_queries, auto=auto, latency_ratio=latency_ratio,
-                              max_error_rate=max_error_rate, feedback_log=feedback_log, previous_model=previous_model,
+    given = {name: kw[opt.lstrip("-").replace("-", "_")] for name, spec in declared(ExperimentRecord).items()
+             if (opt := flag(name, spec)) is not None and kw[opt.lstrip("-").replace("-", "_")] is not None}
+    record = start_experiment(model, collection, **given, previous_model=previous_model,
                               index=rollout_location(collection, qdrant_path, qdrant_url, engine), show_progress=not as_json)
     if as_json:
         out.print_json(json.dumps(record.to_dict()))
@@ -1016,6 +1007,9 @@ def experiment_start(model, collection, qdrant_path, qdrant_url, engine, as_json
     console.print(f"experiment {record.id} on {collection!r}: {record.champion!r} (champion) vs {record.challenger!r} "
                   f"(challenger), {record.mode}, share {record.share:g}; retrievers and vector stores opened on "
                   f"{collection!r} take part from their next query", highlight=False)
+    if record.mode == "split":
+        console.print("split: the unit is the user (experiment_session(...) or user_id= in the application); a query "
+                      "served without one is its own unit", highlight=False)
 
 
 @experiment.command(name="status")
@@ -1045,6 +1039,8 @@ def experiment_status_cmd(collection, qdrant_path, qdrant_url, engine, as_json, 
         table.add_row(arm, name, str(a.served), str(a.accepted),
                       "-" if a.latency_p99_ms is None else f"{a.latency_p99_ms:.1f}", str(a.errors))
     out.print(table)
+    for note in status.notes:
+        console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     colour = {"promote": "green", "end": "red"}.get(status.decision, "yellow")
     console.print(f"[{colour}]{status.decision}[/{colour}]: {escape(status.reason)}", highlight=False, soft_wrap=True)
     if status.acted:
@@ -1054,14 +1050,18 @@ def experiment_status_cmd(collection, qdrant_path, qdrant_url, engine, as_json, 
 
 
 @experiment.command(name="ramp")
-@click.argument("share", type=click.FloatRange(0, 1, min_open=True))
+@click.argument("share", type=FiniteFloat(0, 1, min_open=True))
 @location_options
+@click.option("--allow-lower", is_flag=True,
+              help="Allow a share below the running one (it moves users from the challenger back to the champion).")
 @friendly
-def experiment_ramp(share, collection, qdrant_path, qdrant_url, engine, as_json):
-    """Set the running experiment's SHARE (a canary's next step); sessions keep their arm as it grows."""
+def experiment_ramp(share, collection, qdrant_path, qdrant_url, engine, as_json, allow_lower):
+    """Set the running experiment's SHARE (a canary's next step); sessions keep their arm as it grows, and the status
+    compares the arms within each phase of the ramp."""
     from .deploy.experiment import set_share
 
-    record = set_share(collection, share, index=rollout_location(collection, qdrant_path, qdrant_url, engine))
+    record = set_share(collection, share, allow_lower=allow_lower,
+                       index=rollout_location(collection, qdrant_path, qdrant_url, engine))
     if as_json:
         out.print_json(json.dumps(record.to_dict()))
         return

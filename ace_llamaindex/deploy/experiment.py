@@ -9,12 +9,17 @@ the experiment in its metadata and points the alias ``<collection>__challenger``
 
 ``experiment_status(collection)`` reads the feedback log and judges with the mixture sequential test
 (:mod:`~ace_llamaindex.evaluate.sequential`), which keeps wrong verdicts at or below ``alpha`` however often it is
-read: interleaving credits each judged query to the team whose results users accepted more often (+1 challenger, -1
-champion, 0 a tie); a split compares the nDCG@10 of what each arm showed against what users accepted (0 when nothing
-was), over every query it served. Guardrails: the challenger's p99 latency and error rate beside the champion's.
-With ``auto`` (or ``act=True``) a clear verdict acts: a better challenger is promoted (the alias switch of a rollout;
-the champion's collection is kept for :func:`~ace_llamaindex.deploy.rollout.rollback`), a worse one, one that
-tripped a guardrail, or one still level after ``max_queries`` is removed, the champion untouched.
+read: interleaving credits each judged query to the team whose results users accepted more often below the
+rankings' shared prefix (+1 challenger, -1 champion, 0 a tie; the query is the unit); a split compares the nDCG@10 of
+what each arm showed against what users accepted (0 when nothing was), over every query it served (a failed
+challenger query included: intention to treat), per user (a cluster-robust variance) within each ramp phase (the
+phases combined by inverse variance). A sample-ratio check (is the challenger's share of units the share asked for?)
+and two guardrails (the challenger's error rate; its typical latency beside the champion's) are sequential tests with
+their own alpha and minimum counts (:mod:`~ace_llamaindex.evaluate.sequential`). With ``auto`` (or ``act=True``) a
+clear verdict acts: a better challenger is promoted (the alias switch of a rollout; the champion's collection is kept
+for :func:`~ace_llamaindex.deploy.rollout.rollback`), a worse one, one that tripped a guardrail or the sample-ratio
+check, or one still level after ``max_queries`` is removed, the champion untouched. No verdict on the effect comes
+before ``min_runtime`` seconds of logged traffic.
 
 Kill safety: starting, promoting and ending are each one atomic alias operation followed by cleanup; a query reads
 both aliases once and is served by one vector space per arm. Killed after a promotion's switch, the challenger alias
@@ -27,21 +32,37 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..errors import OptionError
+from ..evaluate.interleaving import team_draft_credit
 from ..evaluate.metrics import ndcg_at
-from ..evaluate.sequential import SequentialDelta, one_sample, queries_needed, two_sample
+from ..evaluate.sequential import (
+    SequentialDelta,
+    clustered_two_sample,
+    combine_strata,
+    error_rate_exceeds,
+    exceeds,
+    latency_exceeds,
+    one_sample,
+    queries_needed,
+    sample_ratio_mismatch,
+    sample_ratio_mismatch_phases,
+)
 from ..evaluate.stats import Verdict, interval
 from ..serve.experiment_arms import CHALLENGER, CHAMPION, ExperimentRecord, check_options, running_challenger
 from ..serve.feedback import judgements, read_log
 from ..serve.serving_record import EXPERIMENT_KEY, SERVING_KEY, challenger_alias, serving_target
 from .rollout import rollout, step, switch_to
 
+# the steps an experiment passes besides a rollout's (deploy.rollout.STEPS): kill tests name each
+EXPERIMENT_STEPS = ("experiment-recorded", "experiment-started", "experiment-ramped", "experiment-ended",
+                    "removed-challenger")
 MIN_UNITS = 30  # judged queries (interleave) or served queries per arm (split) before any verdict
 MIN_ERRORS = 50  # queries the challenger was asked before its error rate can stop an experiment
 MIN_LATENCIES = 200  # latencies per arm before p99s are compared (p99 of fewer is about one measurement: one hiccup)
@@ -78,6 +99,8 @@ class ExperimentStatus:
     ties: int = 0
     acted: str | None = None
     trajectory: list[tuple[int, float, float, float]] = field(default_factory=list)  # (units, delta, low, high)
+    srm: dict[str, Any] = field(default_factory=dict)  # the sample-ratio check (a SequentialDelta; decided: mismatch)
+    notes: list[str] = field(default_factory=list)  # what the reader should know (units without a session, phases)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -107,23 +130,30 @@ def _running(location, collection: str) -> ExperimentRecord:
 def start_experiment(model: str | Path, collection: str = "ace_memories", *, mode: str = "interleave",
                      share: float | None = None, alpha: float = 0.05, min_effect: float | None = None,
                      max_queries: int = 20_000, auto: bool = False, latency_ratio: float = 2.0,
-                     max_error_rate: float = 0.01, feedback_log: str | Path | None = None, index=None,
+                     max_error_rate: float = 0.01, min_runtime: float = 0.0, guardrail_alpha: float = 0.01,
+                     srm_alpha: float = 0.001, feedback_log: str | Path | None = None, index=None,
                      path: str | Path | None = None, url: str | None = None, api_key: str | None = None,
                      engine: str = "auto", previous_model: str | Path | None = None, fallback=None, batch_size: int = 64,
                      show_progress: bool = True) -> ExperimentRecord:
     """Start an online experiment on ``collection`` between what serves it and ``model`` (a folder ``ace train``
     wrote, or any model name). ``share``: the units taking part (interleave, default all) or served by the challenger
     (split, default half; a canary starts lower and :func:`set_share` raises it). ``auto``: a clear verdict acts
-    when the status is read. The other options: :class:`~ace_llamaindex.serve.experiment_arms.ExperimentRecord`."""
+    when the status is read. The other options: :class:`~ace_llamaindex.serve.experiment_arms.ExperimentRecord`.
+
+    A split's unit is the user: the session/user id of
+    :func:`~ace_llamaindex.serve.experiment_arms.experiment_session` or ``user_id=`` (retriever, vector store); a
+    query served without one is its own unit (the log says so, and so does the status)."""
     share = share if share is not None else (1.0 if mode == "interleave" else 0.5)
-    check_options(mode, share, alpha, min_effect, max_queries, latency_ratio, max_error_rate)
+    options = dict(mode=mode, share=share, alpha=alpha, min_effect=min_effect, max_queries=max_queries, auto=auto,
+                   latency_ratio=latency_ratio, max_error_rate=max_error_rate, min_runtime=min_runtime,
+                   guardrail_alpha=guardrail_alpha, srm_alpha=srm_alpha)
+    check_options(**options)
     location = _location(collection, index, path, url, api_key, engine)
     report = rollout(model, collection, index=location, switch=False, force=True, previous_model=previous_model,
                      fallback=fallback, batch_size=batch_size, show_progress=show_progress)
     champion = serving_target(location, collection)
     record = ExperimentRecord(
-        collection, champion, report.collection, mode=mode, share=share, alpha=alpha, min_effect=min_effect,
-        max_queries=max_queries, auto=auto, latency_ratio=latency_ratio, max_error_rate=max_error_rate,
+        collection, champion, report.collection, **options,
         feedback_log=str(Path(feedback_log).resolve()) if feedback_log else None,
         champion_plan=location.sibling(report.previous).metadata().get(SERVING_KEY) or {},
         challenger_plan=location.sibling(report.collection).metadata().get(SERVING_KEY) or {},
@@ -135,12 +165,22 @@ def start_experiment(model: str | Path, collection: str = "ace_memories", *, mod
     return record
 
 
-def set_share(collection: str, share: float, *, index=None, path=None, url=None, api_key=None,
-              engine: str = "auto") -> ExperimentRecord:
-    """Change the share of a running experiment (a canary's 5% -> 25% -> 50%); units keep their arm when it grows."""
+def set_share(collection: str, share: float, *, allow_lower: bool = False, index=None, path=None, url=None,
+              api_key=None, engine: str = "auto") -> ExperimentRecord:
+    """Change the share of a running experiment (a canary's 5% -> 25% -> 50%); units keep their arm when it grows.
+    Each change starts a ramp phase (recorded with its time): the status compares the arms within each phase, so
+    traffic that drifts while the share changes cannot bias it. Lowering the share moves users back to the champion
+    and is refused unless ``allow_lower=True``."""
     location = _location(collection, index, path, url, api_key, engine)
-    record = dataclasses.replace(_running(location, collection), share=share)  # checked as a new record is
+    running = _running(location, collection)
+    if share < running.share and not allow_lower:
+        raise OptionError(f"share {share:g} is below the running share {running.share:g}: lowering it moves users "
+                          "from the challenger back to the champion; pass --allow-lower (allow_lower=True) to do it")
+    if share == running.share:
+        return running
+    record = dataclasses.replace(running, share=share, phases=[*running.phases, [time.time(), share]])  # checked
     location.sibling(record.challenger).set_metadata({EXPERIMENT_KEY: record.to_dict()})
+    step("experiment-ramped")
     return record
 
 
@@ -163,73 +203,147 @@ def stop_experiment(collection: str, *, promote: bool, index=None, path=None, ur
 
 
 # ---- the verdict --------------------------------------------------------------------------------------------------
-def _observations(record: ExperimentRecord, log_path: Path):
-    """Per unit, in the order served: (arm or None, value, ts); per arm, the served records (for guardrails)."""
+class Observation(NamedTuple):
+    """One analysed unit of the test: a query (split: its arm and nDCG@10; interleave: arm None and its credit), the
+    randomisation unit it belongs to (the logged session, else the query) and its ramp phase."""
+
+    arm: str | None
+    value: float
+    unit: str
+    phase: int
+
+
+@dataclass
+class Observed:
+    """What the log says about one experiment: the analysed queries, the served records per arm (latencies), each
+    arm's counts, the sample-ratio check, the queries a split served without a session, the last query's time."""
+
+    units: list[Observation]
+    by_arm: dict[str, list[dict]]
+    stats: dict[str, ArmStats]
+    srm: SequentialDelta
+    no_session: int = 0
+    asked: int = 0  # queries the challenger was asked (its error rate's denominator)
+    last_ts: float | None = None
+
+
+def _rows(record: ExperimentRecord, log_path: Path):
     served, judged = judgements(read_log(log_path))
     rows = sorted((r for r in served.values() if (r.get("experiment") or {}).get("id") == record.id),
                   key=lambda r: r["ts"])
-    units: list[tuple[str | None, float]] = []
+    return rows, judged
+
+
+def _read(record: ExperimentRecord, log_path: Path) -> Observed:
+    rows, judged = _rows(record, log_path)
+    units: list[Observation] = []
     by_arm: dict[str, list[dict]] = {CHAMPION: [], CHALLENGER: []}
     stats = {CHAMPION: ArmStats(), CHALLENGER: ArmStats()}
+    first_seen: dict[str, tuple[int, str | None]] = {}  # unit -> (phase, arm) when first served (split)
+    first_team = [0, 0]  # interleaved lists whose first result is the challenger's, of all interleaved lists
+    no_session = asked = 0
     for r in rows:
         info = r["experiment"]
         for arm in info.get("latency_ms") or {}:
             by_arm.setdefault(arm, []).append(info)
-        if info.get("error"):
-            stats[CHALLENGER].errors += 1
-            continue
+        unit = info.get("session") or f"query:{r['query_id']}"
+        phase = record.phase_of(r["ts"])
         shown = [x["doc_id"] for x in r["results"]]
         accepted = {d for d, ok in judged.get(r["query_id"], {}).items() if ok}
+        failed = bool(info.get("error"))
+        stats[CHALLENGER].errors += int(failed)
         if record.mode == "interleave":
-            teams = {x["doc_id"]: x.get("team") for x in r["results"]}
-            got = [teams[d] for d in accepted if d in teams]
+            asked += 1
+            # intention to treat: a list the challenger failed to take part in showed the champion's results only
+            teams = [CHAMPION if failed else x.get("team") for x in r["results"]]
+            if teams and not failed:
+                first_team[0] += int(teams[0] == CHALLENGER)
+                first_team[1] += 1
             for arm in (CHAMPION, CHALLENGER):
                 stats[arm].served += 1
-                stats[arm].accepted += int(arm in got)
-            if got:
-                units.append((None, float(np.sign(got.count(CHALLENGER) - got.count(CHAMPION)))))
-        else:
-            arm = info.get("arm")
-            if arm not in stats:
-                continue
-            stats[arm].served += 1
-            stats[arm].accepted += int(bool(accepted & set(shown)))
-            units.append((arm, _NDCG10(shown, accepted)))
-    return units, by_arm, stats
+                stats[arm].accepted += int(any(t == arm and d in accepted for d, t in zip(shown, teams, strict=True)))
+            credit = team_draft_credit(teams, [d in accepted for d in shown], 0 if failed else info.get("shared_prefix", 0))
+            if credit is not None:
+                units.append(Observation(None, float(credit), unit, phase))
+            continue
+        arm = info.get("arm")
+        if arm not in stats:
+            continue
+        asked += int(arm == CHALLENGER)
+        no_session += int(not info.get("session"))
+        first_seen.setdefault(unit, (phase, arm))
+        # intention to treat: a challenger query the champion answered after a failure stays in the challenger's arm
+        stats[arm].served += 1
+        stats[arm].accepted += int(bool(accepted & set(shown)))
+        units.append(Observation(arm, _NDCG10(shown, accepted), unit, phase))
+    if record.mode == "interleave":
+        srm = sample_ratio_mismatch(first_team[0], first_team[1], 0.5, record.srm_alpha)
+    else:
+        counts = [[0, 0, share] for _, share in record.phases]
+        for phase, arm in first_seen.values():
+            counts[phase][0] += int(arm == CHALLENGER)
+            counts[phase][1] += 1
+        srm = sample_ratio_mismatch_phases([tuple(c) for c in counts], record.srm_alpha)
+    return Observed(units, by_arm, stats, srm, no_session, asked, rows[-1]["ts"] if rows else None)
 
 
-def _test(record: ExperimentRecord, units: list[tuple[str | None, float]]) -> tuple[SequentialDelta, float]:
-    """The sequential test on these units, and one unit's variance (for the queries still needed)."""
+def _observations(record: ExperimentRecord, log_path: Path):
+    """(analysed queries in the order served, served records' experiment fields per arm, each arm's counts)."""
+    seen = _read(record, log_path)
+    return seen.units, seen.by_arm, seen.stats
+
+
+def _test(record: ExperimentRecord, units: list[Observation]) -> tuple[SequentialDelta, float]:
+    """The sequential test on these units, and one query's share of the estimate's variance (for the queries still
+    needed). Interleaving: the mean credit per judged query (the query is the unit). A split: per ramp phase, the
+    difference of the arms' per-query nDCG@10 with a variance clustered by user (:func:`clustered_two_sample`), the
+    phases combined by inverse variance (:func:`combine_strata`)."""
     tau, alpha = record.effect, record.alpha
     if record.mode == "interleave":
-        values = np.asarray([v for _, v in units])
+        values = np.asarray([u.value for u in units])
         return one_sample(values, tau, alpha), float(values.var(ddof=1)) if values.size > 1 else 1.0
-    a = np.asarray([v for arm, v in units if arm == CHAMPION])
-    b = np.asarray([v for arm, v in units if arm == CHALLENGER])
-    var = lambda x: float(x.var(ddof=1)) if x.size > 1 else 0.25  # noqa: E731 - a bounded metric's largest variance
-    # one served query's share of the estimate's variance, the traffic split as it is
-    unit_var = var(a) / max(1 - record.share, 1e-9) + var(b) / record.share
-    return two_sample(a, b, tau, alpha), unit_var
+    phases: dict[int, dict[str, dict[str, list[float]]]] = {}
+    for u in units:
+        phases.setdefault(u.phase, {CHAMPION: {}, CHALLENGER: {}})[u.arm].setdefault(u.unit, []).append(u.value)
+    parts = [clustered_two_sample([np.asarray(v) for v in arms[CHAMPION].values()],
+                                  [np.asarray(v) for v in arms[CHALLENGER].values()], tau, alpha)
+             for _, arms in sorted(phases.items())]
+    delta = combine_strata(parts, tau, alpha)
+    # one served query's share of the estimate's variance (0.25: a bounded metric's largest, before there is data)
+    unit_var = delta.variance * len(units) if math.isfinite(delta.variance) else 0.25 / min(record.share, 1 - record.share)
+    return delta, unit_var
 
 
-def _guardrail(record: ExperimentRecord, by_arm: dict[str, list[dict]], stats: dict[str, ArmStats]) -> str | None:
+def _guardrail(record: ExperimentRecord, by_arm: dict[str, list[dict]], stats: dict[str, ArmStats],
+               asked: int | None = None) -> str | None:
+    """The guardrail that tripped, in words, or None: the challenger's error rate over ``max_error_rate``, or its
+    typical latency over ``latency_ratio`` times the champion's, each by a sequential test at ``guardrail_alpha``
+    (:func:`~ace_llamaindex.evaluate.sequential.error_rate_exceeds`, :func:`~ace_llamaindex.evaluate.sequential.latency_exceeds`)."""
+    latencies = {}
     for arm, infos in by_arm.items():
         lat = [i["latency_ms"][arm] for i in infos if arm in (i.get("latency_ms") or {})]
+        latencies[arm] = lat
         stats.setdefault(arm, ArmStats()).latency_p99_ms = round(float(np.percentile(lat, 99)), 3) if lat else None
-    champion, challenger = stats[CHAMPION], stats[CHALLENGER]
-    measured = min(len(by_arm.get(CHAMPION, [])), len(by_arm.get(CHALLENGER, [])))
-    if measured >= MIN_LATENCIES and champion.latency_p99_ms and challenger.latency_p99_ms \
-            and challenger.latency_p99_ms > record.latency_ratio * champion.latency_p99_ms:
-        return (f"guardrail: the challenger's p99 latency {challenger.latency_p99_ms:.1f} ms is over {record.latency_ratio}x "
-                f"the champion's {champion.latency_p99_ms:.1f} ms")
-    asked = len(by_arm.get(CHALLENGER, [])) + challenger.errors
-    if asked >= MIN_ERRORS and challenger.errors / asked > record.max_error_rate:
+    challenger = stats[CHALLENGER]
+    if asked is None:
+        asked = len(by_arm.get(CHALLENGER, [])) + challenger.errors
+    errors = error_rate_exceeds(challenger.errors, asked, record.max_error_rate, record.guardrail_alpha, MIN_ERRORS)
+    if exceeds(errors):
         return (f"guardrail: the challenger failed on {challenger.errors} of {asked} queries "
-                f"({challenger.errors / asked:.1%} > {record.max_error_rate:.1%})")
+                f"({challenger.errors / asked:.1%}; its rate is above {record.max_error_rate:.1%} at "
+                f"alpha {record.guardrail_alpha:g}, always-valid interval "
+                f"[{errors.ci_low + record.max_error_rate:.2%}, {errors.ci_high + record.max_error_rate:.2%}])")
+    slow = latency_exceeds(latencies.get(CHAMPION, []), latencies.get(CHALLENGER, []), record.latency_ratio,
+                           record.guardrail_alpha, MIN_LATENCIES)
+    if exceeds(slow):
+        times = math.exp(slow.delta) * record.latency_ratio
+        return (f"guardrail: the challenger's typical latency is {times:.2f}x the champion's, over "
+                f"{record.latency_ratio:g}x at alpha {record.guardrail_alpha:g} (p99 {challenger.latency_p99_ms:.1f} "
+                f"vs {stats[CHAMPION].latency_p99_ms:.1f} ms)")
     return None
 
 
-def _trajectory(record: ExperimentRecord, units: list[tuple[str | None, float]], points: int = 100):
+def _trajectory(record: ExperimentRecord, units: list[Observation], points: int = 100):
     marks = sorted({max(1, round(len(units) * (i + 1) / points)) for i in range(points)}) if units else []
     return [(n, round(d.delta, 5), round(d.ci_low, 5), round(d.ci_high, 5))
             for n in marks if n >= 2 and math.isfinite((d := _test(record, units[:n])[0]).ci_low)]
@@ -237,18 +351,37 @@ def _trajectory(record: ExperimentRecord, units: list[tuple[str | None, float]],
 
 def judge_experiment(record: ExperimentRecord, log_path: str | Path) -> ExperimentStatus:
     """The status of ``record`` from the feedback log at ``log_path`` (nothing changed)."""
-    units, by_arm, stats = _observations(record, Path(log_path))
+    seen = _read(record, Path(log_path))
+    units, stats = seen.units, seen.stats
     delta, unit_var = _test(record, units)
     n = len(units)
-    per_arm = [sum(1 for arm, _ in units if arm == a) for a in (CHAMPION, CHALLENGER)]
+    per_arm = [sum(1 for u in units if u.arm == a) for a in (CHAMPION, CHALLENGER)]
     enough = n >= MIN_UNITS if record.mode == "interleave" else min(per_arm) >= MIN_UNITS
     unit_name = "judged queries" if record.mode == "interleave" else "served queries"
     shown = interval(delta.delta, (delta.ci_low, delta.ci_high))
     what = "interleaving credit" if record.mode == "interleave" else "nDCG@10 of accepted results"
+    ran = (seen.last_ts - record.started) if seen.last_ts is not None else 0.0
+    notes = []
+    if record.mode == "split" and seen.no_session:
+        notes.append(f"{seen.no_session} of {n} served queries carried no session (experiment_session or user_id=): "
+                     "each of them is its own unit")
+    if len(record.phases) > 1:
+        notes.append(f"{len(record.phases)} ramp phases (shares {', '.join(f'{s:g}' for _, s in record.phases)}), "
+                     "compared within each phase")
     needed = None
-    guard = _guardrail(record, by_arm, stats)
-    if guard:
+    guard = _guardrail(record, seen.by_arm, stats, seen.asked)
+    if seen.srm.decided:
+        expected = "first picks by the challenger (a fair coin)" if record.mode == "interleave" else "challenger units"
+        observed = seen.srm.delta + (0.5 if record.mode == "interleave" else record.share)
+        decision, reason = "end", (f"sample ratio mismatch: the share of {expected} is {observed:.1%}, not what the "
+                                   f"assignment gives (always-valid test at alpha {record.srm_alpha:g}); the log "
+                                   "cannot be trusted: find what drops or duplicates served records")
+    elif guard:
         decision, reason = "end", guard
+    elif ran < record.min_runtime and (n >= record.max_queries or (enough and delta.decided)):
+        decision = "continue"
+        reason = (f"no verdict before the minimum run time ({ran:.0f} of {record.min_runtime:g} s): {what} {shown} on "
+                  f"{n} {unit_name}")
     elif enough and delta.decided:
         better = delta.delta > 0
         decision = "promote" if better else "end"
@@ -262,11 +395,13 @@ def judge_experiment(record: ExperimentRecord, log_path: str | Path) -> Experime
                      - n, MIN_UNITS - min(per_arm) if record.mode == "split" else MIN_UNITS - n, 1)
         needed = min(needed, max(record.max_queries - n, 1))
         reason = f"no verdict yet: {what} {shown} on {n} {unit_name}; about {needed} more expected"
-    wins = sum(1 for _, v in units if v > 0) if record.mode == "interleave" else 0
-    losses = sum(1 for _, v in units if v < 0) if record.mode == "interleave" else 0
+        if ran < record.min_runtime:
+            reason += f" (and no verdict before {record.min_runtime:g} s of run time; {ran:.0f} s so far)"
+    wins = sum(1 for u in units if u.value > 0) if record.mode == "interleave" else 0
+    losses = sum(1 for u in units if u.value < 0) if record.mode == "interleave" else 0
     return ExperimentStatus(record, decision, reason, n, unit_name, asdict(delta), needed, stats, wins, losses,
                             n - wins - losses if record.mode == "interleave" else 0,
-                            trajectory=_trajectory(record, units))
+                            trajectory=_trajectory(record, units), srm=asdict(seen.srm), notes=notes)
 
 
 def experiment_status(collection: str = "ace_memories", *, feedback_log: str | Path | None = None,

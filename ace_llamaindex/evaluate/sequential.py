@@ -209,7 +209,7 @@ def _rate_interval(x: int, n: int, a: float, b: float, alpha: float) -> tuple[fl
     def end(inside: float, outside: float) -> float:
         if _beta_binomial_log_factor(x, n, outside, a, b) < bound:
             return outside
-        for _ in range(60):
+        for _ in range(45):
             mid = (inside + outside) / 2
             inside, outside = (mid, outside) if _beta_binomial_log_factor(x, n, mid, a, b) < bound else (inside, mid)
         return inside

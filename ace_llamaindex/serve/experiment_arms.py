@@ -2,11 +2,15 @@
 or split, and what the feedback log records so the experiment can be judged (:mod:`ace_llamaindex.deploy.experiment`).
 
 - **interleave** — team-draft interleaving (Radlinski, Kurup & Joachims, 2008): the two rankings take turns, the team
-  with fewer picks (a coin flip on a tie) adding its best result not yet shown; each shown result records its team,
-  and a query's credit goes to the team whose results users accepted more often.
-- **split** — each unit (the session id of :func:`experiment_session`, else the query) is served by one model, the
-  challenger for a sticky share of units: a hash of the unit and the experiment id, so a session keeps its model and
-  raising the share (5% -> 25% -> 50%) only moves units to the challenger.
+  with fewer picks (a coin flip on a tie) adding its best result not yet shown; each shown result records its team
+  and the record how many first results both rankings share (``shared_prefix``); a query's credit goes to the team
+  whose results below that prefix users accepted more often (:mod:`ace_llamaindex.evaluate.interleaving`).
+- **split** — each unit (the user or session: :func:`experiment_session`, or ``user_id=`` on the retriever or the
+  vector store; else the query) is served by one model, the challenger for a sticky share of units: a hash of the
+  unit and the experiment id, so a user keeps its model and raising the share (5% -> 25% -> 50%) only moves units to
+  the challenger. The record logs the unit (``session``, hashed) so the split is analysed per user.
+
+A challenger that fails is never shown and its query stays in its arm (intention to treat, ``served_by``).
 
 In both modes only a ``share`` of units takes part (interleave: the rest sees the champion alone). The experiment
 lives in the challenger collection's metadata (``ace_experiment``) and the alias ``<collection>__challenger``; a
@@ -28,6 +32,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NamedTuple, TypeVar
 
 from ..errors import OptionError
+from ..options import check, documented, option
 from .serving_record import EXPERIMENT_KEY, challenger_alias
 
 log = logging.getLogger(__name__)
@@ -37,37 +42,84 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 _SESSION: contextvars.ContextVar[str | None] = contextvars.ContextVar("ace_experiment_session", default=None)
 
 
+_BUILT = "set by `ace experiment start`"
+
+
+@documented
 @dataclass
 class ExperimentRecord:
-    """An online experiment between the model serving a collection (the champion) and a challenger."""
+    """An online experiment between the model serving a collection (the champion) and a challenger. Each option is
+    declared once, here: its check (one line naming it), its ``ace experiment start`` flag and help."""
 
-    collection: str
-    champion: str  # the collection that served when the experiment started
-    challenger: str  # the challenger's collection (built by a rollout that did not switch)
-    mode: str = "interleave"
-    share: float = 1.0  # units taking part (interleave) or served by the challenger (split)
-    alpha: float = 0.05  # the highest rate of wrong verdicts, however often the status is read
-    min_effect: float | None = None  # the smallest effect worth detecting (None: the mode's default)
-    max_queries: int = 20_000  # judged queries (interleave) or served queries (split) before "no clear difference"
-    auto: bool = False  # promote or end by itself when the status is read and the verdict is clear
-    latency_ratio: float = 2.0  # guardrail: the challenger's p99 latency at most this times the champion's
-    max_error_rate: float = 0.01  # guardrail: the challenger's error rate at most the champion's plus this
-    feedback_log: str | None = None
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    started: float = field(default_factory=time.time)
-    champion_plan: dict[str, Any] = field(default_factory=dict)
-    challenger_plan: dict[str, Any] = field(default_factory=dict)
-    offline_evidence: dict[str, Any] = field(default_factory=dict)
+    collection: str = field(metadata=option("The collection served.", no_flag="given by --collection"))
+    champion: str = field(metadata=option("The collection that served when the experiment started.", no_flag=_BUILT))
+    challenger: str = field(metadata=option("The challenger's collection (built by a rollout that did not switch).",
+                                            no_flag=_BUILT))
+    mode: str = field(default="interleave", metadata=option(
+        "interleave: each result list mixes both models (team draft; each query is a unit); split: each user (or "
+        "query without one) sees one model.", choices=MODES))
+    share: float = field(default=1.0, metadata=option(
+        "Units taking part (interleave; default 1) or served by the challenger (split; default 0.5).", minimum=0,
+        maximum=1, min_open=True, show_default=False))
+    alpha: float = field(default=0.05, metadata=option(
+        "The highest rate of wrong verdicts, however often the status is read.", minimum=0, maximum=0.5, min_open=True,
+        max_open=True))
+    min_effect: float | None = field(default=None, metadata=option(
+        "The smallest effect worth detecting (default 0.1 interleaving credit, 0.02 nDCG@10 in a split).", minimum=0,
+        min_open=True))
+    max_queries: int = field(default=20_000, metadata=option(
+        "Judged (interleave) or served (split) queries before 'no clear difference' ends it.", flag="--horizon",
+        minimum=1))
+    min_runtime: float = field(default=0.0, metadata=option(
+        "Seconds from the start (to the last served query in the log) before any verdict on the effect or the "
+        "horizon: a whole day or week of traffic, not only its first hours. Guardrails and the sample-ratio check "
+        "act before it.", minimum=0))
+    auto: bool = field(default=False, metadata=option(
+        "Promote or end by itself when the status is read and the verdict is clear."))
+    latency_ratio: float = field(default=2.0, metadata=option(
+        "Guardrail: the challenger's typical latency (geometric mean, embedding + search) at most this times the "
+        "champion's, by a sequential test at --guardrail-alpha.", minimum=1))
+    max_error_rate: float = field(default=0.01, metadata=option(
+        "Guardrail: the share of queries where the challenger may fail, by a sequential test at --guardrail-alpha.",
+        minimum=0, maximum=1, max_open=True))
+    guardrail_alpha: float = field(default=0.01, metadata=option(
+        "The highest rate at which a guardrail ends a challenger that is within its limits.", minimum=0, maximum=0.5,
+        min_open=True, max_open=True))
+    srm_alpha: float = field(default=0.001, metadata=option(
+        "The sample-ratio check's alpha: how rarely it may end an experiment whose assignment is sound.", minimum=0,
+        maximum=0.5, min_open=True, max_open=True))
+    feedback_log: str | None = field(default=None, metadata=option(
+        "The log the application writes (feedback_log=); `status` reads it."))
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12], metadata=option("The experiment's id.",
+                                                                                     no_flag=_BUILT))
+    started: float = field(default_factory=time.time, metadata=option("When it started (seconds since 1970).",
+                                                                         no_flag=_BUILT))
+    champion_plan: dict[str, Any] = field(default_factory=dict, metadata=option("The champion's serving plan.",
+                                                                                no_flag=_BUILT))
+    challenger_plan: dict[str, Any] = field(default_factory=dict, metadata=option("The challenger's serving plan.",
+                                                                                  no_flag=_BUILT))
+    offline_evidence: dict[str, Any] = field(default_factory=dict, metadata=option(
+        "The rollout's offline evidence.", no_flag=_BUILT))
+    phases: list[list[float]] = field(default_factory=list, metadata=option(
+        "The ramp's phases, [start time, share] each: the status compares arms within a phase.",
+        no_flag="set by `ace experiment ramp`"))
 
     def __post_init__(self) -> None:
-        check_options(self.mode, self.share, self.alpha, self.min_effect, self.max_queries, self.latency_ratio,
-                      self.max_error_rate)
+        check(self)
+        if self.mode == "split" and self.share >= 1:
+            raise OptionError(f"share must be below 1 in a split (the champion's arm needs queries too), got {self.share}")
+        if not self.phases:
+            self.phases = [[self.started, self.share]]
 
     @property
     def effect(self) -> float:
         """The smallest effect worth detecting: 0.1 of interleaving credit (55% of decided queries won), or 0.02
         nDCG@10 of what users accepted in a split (as large as the gains fine-tuning brings on held-out queries)."""
         return self.min_effect if self.min_effect is not None else (0.1 if self.mode == "interleave" else 0.02)
+
+    def phase_of(self, ts: float) -> int:
+        """The ramp phase a query served at ``ts`` belongs to (0: before the first change of the share)."""
+        return max(0, sum(1 for start, _ in self.phases[1:] if ts >= start))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,23 +130,10 @@ class ExperimentRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def check_options(mode: str, share: float, alpha: float, min_effect: float | None, max_queries: int,
-                  latency_ratio: float, max_error_rate: float) -> None:
-    """One line naming the option and what was expected."""
-    problems = [
-        (mode not in MODES, f"mode must be one of {MODES}, got {mode!r}"),
-        (not 0 < share <= 1, f"share must be in (0, 1], got {share}"),
-        (mode == "split" and share >= 1, "share must be below 1 in a split (the champion's arm needs queries too), "
-                                         f"got {share}"),
-        (not 0 < alpha < 0.5, f"alpha must be in (0, 0.5), got {alpha}"),
-        (min_effect is not None and min_effect <= 0, f"min_effect must be positive, got {min_effect}"),
-        (max_queries < 1, f"max_queries must be at least 1, got {max_queries}"),
-        (latency_ratio < 1, f"latency_ratio must be at least 1, got {latency_ratio}"),
-        (not 0 <= max_error_rate < 1, f"max_error_rate must be in [0, 1), got {max_error_rate}"),
-    ]
-    for bad, message in problems:
-        if bad:
-            raise OptionError(message)
+def check_options(**options: Any) -> None:
+    """Check experiment options (``mode``, ``share``, ``alpha``...) as a record would: one line naming the option
+    and what was expected."""
+    ExperimentRecord("-", "-", "-", **options)
 
 
 class Challenger(NamedTuple):
@@ -179,29 +218,58 @@ def shared_prefix(champion: Sequence[str], challenger: Sequence[str], k: int) ->
     return n
 
 
+def session_key(session_id: str | None, experiment_id: str) -> str | None:
+    """What a served record logs of the session/user id: a hash within the experiment (the analysis only needs to
+    tell users apart; the log never holds the application's own user ids)."""
+    if session_id is None:
+        return None
+    return hashlib.sha256(f"{experiment_id}:session:{session_id}".encode()).hexdigest()[:16]
+
+
 def experiment_fields(record: ExperimentRecord, *, arm: str | None, latency_ms: dict[str, float],
-                      error: str | None = None) -> dict[str, Any]:
+                      error: str | None = None, session: str | None = None, shared: int | None = None,
+                      served_by: str | None = None) -> dict[str, Any]:
     """What a served record carries about the experiment (``"experiment"`` in :mod:`~ace_llamaindex.serve.feedback`):
-    its id and mode, the arm that served (split; None when interleaved), each arm's latency, and an arm's error."""
-    fields_ = {"id": record.id, "mode": record.mode, "arm": arm,
+    its id and mode, the arm the unit was assigned (split; None when interleaved), the unit's ``session`` (a hash of
+    the session/user id; None: the query is its own unit), each arm's latency, ``shared_prefix`` (interleaved: how
+    many first results both rankings share) and, when the challenger failed, the ``error`` and ``served_by`` (the
+    champion, whose results were shown)."""
+    fields_ = {"id": record.id, "mode": record.mode, "arm": arm, "session": session,
                "latency_ms": {k: round(v, 3) for k, v in latency_ms.items()}}
+    if shared is not None:
+        fields_["shared_prefix"] = shared
     if error:
         fields_["error"] = error
+        fields_["served_by"] = served_by or CHAMPION
     return fields_
+
+
+def answered_by(experiment: dict[str, Any] | None) -> str | None:
+    """The arm whose collection answered a served query: ``served_by`` when the challenger failed, else its arm."""
+    if not experiment:
+        return None
+    return experiment.get("served_by") or experiment.get("arm")
 
 
 def serve_query(record: ExperimentRecord, query_id: str, champion: Callable[[], tuple[list[T], float]],
                 challenger: Callable[[], tuple[list[T], float]], key: Callable[[T], str],
-                k: int) -> tuple[list[T], list[str] | None, dict[str, Any] | None]:
+                k: int, session: str | None = None) -> tuple[list[T], list[str] | None, dict[str, Any] | None]:
     """Serve one query of the experiment: (results shown, each result's team when interleaved, the served record's
     ``experiment`` fields; None when the query is not part of the experiment). ``champion``/``challenger`` rank the
-    query with their model and return (results best first, milliseconds); ``key`` gives a result's document id.
+    query with their model and return (results best first, milliseconds, each timed the same way: embedding and
+    search); ``key`` gives a result's document id. ``session``: the user or session id (default: the one of
+    :func:`experiment_session`; none: the query is its own unit).
 
-    A challenger that fails is not shown: the champion answers and the failure is recorded (a guardrail)."""
-    inside = takes_part(record, current_session() or query_id)
+    A challenger that fails is not shown: the champion answers and the failure is recorded (a guardrail). The query
+    stays in the arm it was assigned (intention to treat): a split's challenger query served by the champion's
+    fallback still counts for the challenger, and an interleaved one credits what users accepted to the champion."""
+    session = session if session is not None else current_session()
+    inside = takes_part(record, session or query_id)
     if not inside and record.mode == "interleave":
         return champion()[0], None, None
-    wanted = [CHAMPION, CHALLENGER] if record.mode == "interleave" else [CHALLENGER if inside else CHAMPION]
+    unit = session_key(session, record.id)
+    assigned = None if record.mode == "interleave" else (CHALLENGER if inside else CHAMPION)
+    wanted = [CHAMPION, CHALLENGER] if record.mode == "interleave" else [assigned]
     ranked: dict[str, list[T]] = {}
     latency: dict[str, float] = {}
     for arm in wanted:
@@ -212,12 +280,15 @@ def serve_query(record: ExperimentRecord, query_id: str, champion: Callable[[], 
                 raise
             log.warning("online experiment %s: the challenger failed (%s); the champion answers", record.id, exc)
             if CHAMPION not in ranked:
-                ranked[CHAMPION], latency[CHAMPION] = champion()
+                ranked[CHAMPION], _ = champion()  # the fallback's time is not the champion arm's latency
             error = f"challenger: {' '.join(str(exc).split())[:200]}"
-            return ranked[CHAMPION], None, experiment_fields(record, arm=CHAMPION, latency_ms=latency, error=error)
+            return ranked[CHAMPION], None, experiment_fields(record, arm=assigned, latency_ms=latency, error=error,
+                                                             session=unit)
     if record.mode == "split":
-        return ranked[wanted[0]], None, experiment_fields(record, arm=wanted[0], latency_ms=latency)
+        return ranked[assigned], None, experiment_fields(record, arm=assigned, latency_ms=latency, session=unit)
     by_id = {arm: {key(r): r for r in results} for arm, results in ranked.items()}
-    shown = team_draft([key(r) for r in ranked[CHAMPION]], [key(r) for r in ranked[CHALLENGER]], k, query_id)
+    champion_ids, challenger_ids = [key(r) for r in ranked[CHAMPION]], [key(r) for r in ranked[CHALLENGER]]
+    shown = team_draft(champion_ids, challenger_ids, k, query_id)
     return ([by_id[team][doc] for doc, team in shown], [team for _, team in shown],
-            experiment_fields(record, arm=None, latency_ms=latency))
+            experiment_fields(record, arm=None, latency_ms=latency, session=unit,
+                              shared=shared_prefix(champion_ids, challenger_ids, k)))

@@ -24,7 +24,7 @@ from ..index.engines import open_index
 from ..index.filters import to_qdrant_filter
 from ..index.fusion_choice import FusionChoice
 from ..index.store import MODES, CorpusIndex, Hit, HybridParams
-from .experiment_arms import CHALLENGER, ExperimentRecord, running_challenger, serve_query
+from .experiment_arms import CHALLENGER, ExperimentRecord, answered_by, running_challenger, serve_query
 from .feedback import QUERY_ID, as_sink, new_query_id, record_feedback, served_record
 from .spaces import aquery_with_space, embedding_spaces, model_folder, named_vector, query_with_space, resolve_fusion
 
@@ -46,6 +46,10 @@ class HybridQdrantRetriever(BaseRetriever):
     :mod:`~ace_llamaindex.index.engines`); ``url=`` for a server or cluster. Each result's metadata says which embedding
     model served the query
     (``ace_served_by``): after a fallback, the baseline's named vector is searched, never the fine-tuned one.
+
+    ``user_id=``: the user (or session) this retriever serves, as LlamaIndex's chat engines keep one per user: while
+    an online experiment runs, a split keeps the user on one model and analyses by user (also
+    ``batch_retrieve(queries, user_id=...)`` or :func:`~ace_llamaindex.serve.experiment_arms.experiment_session`).
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class HybridQdrantRetriever(BaseRetriever):
         engine: str = "auto",
         feedback_log: str | Path | Callable[[dict], None] | None = None,
         follow_rollouts: bool = True,
+        user_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         if mode is not None and mode not in MODES:
@@ -98,6 +103,7 @@ class HybridQdrantRetriever(BaseRetriever):
             self.fusion = FusionChoice(self.hybrid.describe() if mode == "hybrid" else mode, mode, self.hybrid,
                                        reason="set explicitly")
         self.collection_name, self.follow_rollouts = collection, follow_rollouts
+        self.user_id = None if user_id is None else str(user_id)  # an online experiment's unit (experiment_arms)
         self.feedback_log = as_sink(feedback_log)
         self._served = _Served(None, self.index, self.embed_model, self.mode, self.hybrid, self.fusion)  # the last one used
         self._by_target: dict[str, _Served] = {}
@@ -214,16 +220,16 @@ class HybridQdrantRetriever(BaseRetriever):
         return results, (time.perf_counter() - started) * 1000
 
     def _experiment(self, champion: _Served, challenger: _Served | Exception, record: ExperimentRecord,
-                    queries: Sequence[str]) -> list[list[NodeWithScore]]:
+                    queries: Sequence[str], user_id: str | None = None) -> list[list[NodeWithScore]]:
         results = []
         for query in queries:  # one at a time: each query has its own unit, arm and coin flips
             query_id = new_query_id()
             nodes, teams, info = serve_query(record, query_id, lambda q=query: self._ranked(champion, q),
                                              lambda q=query: self._ranked(challenger, q), lambda n: n.node.node_id,
-                                             self.similarity_top_k)
+                                             self.similarity_top_k, session=user_id or self.user_id)
             if self.feedback_log is not None:
                 label = "interleaved" if teams else (nodes[0].node.metadata.get(SERVED_BY) if nodes else None)
-                served = challenger if info and info["arm"] == CHALLENGER else champion  # split: the arm's collection
+                served = challenger if answered_by(info) == CHALLENGER else champion  # split: the arm's collection
                 self._log_served(served, query, nodes, None, label, query_id,
                                  **({"teams": teams, "experiment": info} if info else {}))
             results.append(nodes)
@@ -248,13 +254,15 @@ class HybridQdrantRetriever(BaseRetriever):
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return self.batch_retrieve([query_bundle.query_str])[0]
 
-    def batch_retrieve(self, queries: Sequence[str]) -> list[list[NodeWithScore]]:
+    def batch_retrieve(self, queries: Sequence[str], user_id: str | None = None) -> list[list[NodeWithScore]]:
         """Retrieve for many queries; Qdrant receives them as batched requests. While an online experiment runs on
-        the collection, the challenger takes part as the experiment says (:mod:`~ace_llamaindex.serve.experiment_arms`)."""
+        the collection, the challenger takes part as the experiment says (:mod:`~ace_llamaindex.serve.experiment_arms`);
+        ``user_id`` (else the retriever's ``user_id=``, else :func:`~ace_llamaindex.serve.experiment_arms.experiment_session`'s)
+        is the unit a split keeps on one model and analyses by."""
         served = self._current()
         trial = self._trial(served)
         if trial is not None:
-            return self._experiment(served, *trial, queries)
+            return self._experiment(served, *trial, queries, user_id)
         return self._answer(served, queries)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:

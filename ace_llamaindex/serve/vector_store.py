@@ -40,7 +40,7 @@ from ..index.filters import to_qdrant_filter
 from ..index.fusion_choice import DENSE_DEFAULT, FusionChoice
 from ..index.store import CorpusIndex, Hit, HybridParams
 from .embedding import space_label
-from .experiment_arms import CHALLENGER, Challenger, running_challenger, serve_query
+from .experiment_arms import CHALLENGER, Challenger, answered_by, running_challenger, serve_query
 from .feedback import QUERY_ID, as_sink, new_query_id, record_feedback, served_record
 from .spaces import embedding_spaces, named_vector, query_with_space, resolve_fusion
 
@@ -158,9 +158,11 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
             return self._fusion.mode, dataclasses.replace(self._fusion.params, prefetch_limit=self.prefetch_limit)
         raise OptionError(f"query mode {mode!r} is not supported; use default, sparse or hybrid")
 
-    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+    def query(self, query: VectorStoreQuery, user_id: str | None = None, **kwargs: Any) -> VectorStoreQueryResult:
         """Search by the query's own embedding (``QueryBundle.embedding`` and custom embedding strings included)
-        and its text for BM25."""
+        and its text for BM25. ``user_id``: the user (or session) asking, the unit an online experiment's split keeps
+        on one model and analyses by (LlamaIndex passes it from ``as_retriever(vector_store_kwargs={"user_id": ...})``;
+        default: :func:`~ace_llamaindex.serve.experiment_arms.experiment_session`'s)."""
         mode, params = self._plan(query)
         if mode != "bm25" and query.query_embedding is None:
             raise OptionError(f"{mode} search needs a query embedding")
@@ -177,8 +179,13 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
                       if c is not None]
         qfilter = models.Filter(must=conditions) if conditions else None
 
+        # during an experiment both arms are timed the same way: embedding the query text, then searching
+        timed_embedding = self._embed_model is not None and mode != "bm25" and bool(query.query_str)
+
         def champion() -> tuple[list[Hit], float]:
             started = time.perf_counter()
+            if timed_embedding:  # LlamaIndex embedded it before the store saw it: embedded again, for the clock only
+                query_with_space(self._embed_model, query.query_str)
             hits = self._index.search(
                 mode, vectors=None if mode == "bm25" else np.asarray([query.query_embedding], dtype=np.float32),
                 texts=[query.query_str or ""], using=None if mode == "bm25" else self._primary_vector(), limit=limit,
@@ -193,10 +200,11 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
         if found is None:
             hits = champion()[0]
         else:
-            hits, teams, experiment = serve_query(found.record, query_id, champion,
-                                                  lambda: self._challenger_hits(found, query, mode, params, limit, qfilter),
-                                                  lambda h: h.doc_id, limit)
-            if experiment and experiment["arm"] == CHALLENGER:  # split: the challenger's collection answered
+            hits, teams, experiment = serve_query(
+                found.record, query_id, champion,
+                lambda: self._challenger_hits(found, query, mode, params, limit, qfilter, timed_embedding),
+                lambda h: h.doc_id, limit, session=user_id)
+            if answered_by(experiment) == CHALLENGER:  # split: the challenger's collection answered
                 collection = found.collection
         nodes = [_to_node(h.payload, h.text) for h in hits]
         if self.feedback_log is not None:
@@ -205,22 +213,26 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
 
     # ---- online experiments (ace_llamaindex.serve.experiment_arms) ----------------------------------------------
     def _challenger_hits(self, challenger: Challenger, query: VectorStoreQuery, mode: str, params: HybridParams,
-                         limit: int, qfilter: models.Filter | None) -> tuple[list[Hit], float]:
+                         limit: int, qfilter: models.Filter | None,
+                         timed_embedding: bool = True) -> tuple[list[Hit], float]:
         """The challenger's results: LlamaIndex embedded the query with the champion's model, so the challenger's own
-        model (its collection's serving plan) embeds the query text here."""
+        model (its collection's serving plan) embeds the query text here. Its time includes that embedding when the
+        champion's does (``timed_embedding``: the store has the champion's model to time), else only the search."""
         from .served_model import model_embedding
         from .serving_record import SERVING_KEY, VECTOR_KEY
 
-        started = time.perf_counter()
         meta = challenger.metadata
         key = (challenger.collection, str(meta.get(SERVING_KEY)))
         if key not in self._challengers:  # a model that cannot load raises here: measured, the champion answers
             self._challengers[key] = model_embedding(meta[SERVING_KEY])
+        started = time.perf_counter()  # loading the model once is not a query's latency (as in the retriever)
         vector = None
         if mode != "bm25":
             if not query.query_str:
                 raise OptionError("an online experiment needs the query text to embed it with the challenger's model")
             vector, _ = query_with_space(self._challengers[key], query.query_str)
+        if not timed_embedding:
+            started = time.perf_counter()
         hits = self._index.sibling(challenger.collection).search(mode, vectors=None if vector is None else np.asarray([vector], dtype=np.float32),
                                  texts=[query.query_str or ""], using=None if mode == "bm25" else meta.get(VECTOR_KEY),
                                  limit=limit, query_filter=qfilter, hybrid=params)[0]
