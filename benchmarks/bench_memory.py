@@ -110,6 +110,8 @@ def _profile(argv: list[str], out: Path) -> None:
     train = SentenceTransformerTrainer.train
 
     def timed_train(self, *a, **k):
+        if os.environ.get("BENCH_MAX_STEPS"):  # --max-steps: a short run, every stage still run once
+            self.args.max_steps = int(os.environ["BENCH_MAX_STEPS"])
         sampler.enter("fine-tune: trainer.train")
         started = time.perf_counter()
         try:
@@ -118,6 +120,8 @@ def _profile(argv: list[str], out: Path) -> None:
             speed["train_seconds"] = time.perf_counter() - started
             speed["examples"] = len(self.train_dataset)
             speed["epochs_run"] = float(self.state.epoch or 0)
+            speed["optimizer_steps"] = self.state.global_step
+            speed["batch_size"] = self.args.per_device_train_batch_size
             sampler.leave("fine-tune: trainer.train")
 
     SentenceTransformerTrainer.train = timed_train
@@ -169,6 +173,13 @@ def _peak(log: Path) -> dict:
     seconds = sum(float(x) * 60 ** i for i, x in enumerate(reversed(wall.group(1).split(":")))) if wall else None
     return {"rc": int(status.group(1)) if status else None, "wall_s": round(seconds, 1) if seconds else None,
             "peak_rss_gb": round(int(peak.group(1)) / 1e6, 3) if peak else None}
+
+
+def _examples_trained(speed: dict) -> float:
+    """Examples the fine-tune went through: its steps x the batch (a full last batch assumed), else epochs x rows."""
+    if speed.get("optimizer_steps") and speed.get("batch_size"):
+        return min(speed["optimizer_steps"] * speed["batch_size"], speed["examples"] * max(1.0, speed["epochs_run"]))
+    return speed["examples"] * speed["epochs_run"]
 
 
 def _env(tree: Path) -> dict:
@@ -282,6 +293,8 @@ def main() -> None:
     p.add_argument("--name", default=None, help="result name (default memory-<dataset>)")
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--skip-plain", action="store_true", help="skip the plain sentence-transformers reference")
+    p.add_argument("--max-steps", type=int, default=None, help="stop each fine-tune after this many optimizer steps "
+                   "(a memory profile of every stage in less time; test scores then say little)")
     p.add_argument("--only", choices=("before", "after"), help="measure one side now (the other later, same --work)")
     p.add_argument("train_args", nargs="*", help="extra `ace train` options, for both runs")
     a = p.parse_args()
@@ -291,6 +304,8 @@ def main() -> None:
 
     work = a.work or Path(tempfile.mkdtemp(prefix=f"bench-memory-{a.dataset}-"))
     work.mkdir(parents=True, exist_ok=True)
+    if a.max_steps:
+        os.environ["BENCH_MAX_STEPS"] = str(a.max_steps)
     data = _data(a.dataset)
     train_file = work / "training_data.json"
     result: dict = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "dataset": a.dataset,
@@ -322,8 +337,9 @@ def main() -> None:
         sp = prof.get("speed", {})
         run.update(chosen=card.get("chosen"), memory_plan=card.get("memory_plan"), stages=prof.get("stages"),
                    train_seconds=round(sp.get("train_seconds", 0), 1),
-                   examples_per_s=round(sp["examples"] * sp["epochs_run"] / sp["train_seconds"], 3)
-                   if sp.get("train_seconds") else None, epochs_run=sp.get("epochs_run"))
+                   examples_per_s=round(_examples_trained(sp) / sp["train_seconds"], 3)
+                   if sp.get("train_seconds") else None, epochs_run=sp.get("epochs_run"),
+                   optimizer_steps=sp.get("optimizer_steps"), max_steps=a.max_steps)
         scores[label] = _test_scores(model, data, work, label)
         run["test_ndcg@10"] = round(scores[label]["ndcg@10"], 4)
         result["runs"][label] = run
