@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from qdrant_client import QdrantClient
 
 from ace_llamaindex.cli import cli
+from ace_llamaindex.deploy.rollout import rollout
 from ace_llamaindex.embeddings.card import CARD_NAME, PLAN_KINDS, TrainingCard
 from ace_llamaindex.embeddings.models import resolve_model
 from ace_llamaindex.errors import OptionError
@@ -83,6 +84,12 @@ def _state(where: Path, engine: str) -> dict:
             c.close()
 
 
+def _closed(index):
+    """An Edge index at a folder (its own collection not created: nothing written), for an API call to be given."""
+    index.close()
+    return index
+
+
 # ---- 1. collection names: one limit, from the longest name made of one ------------------------------------------
 def test_the_limit_is_what_the_longest_made_name_leaves():
     longest = derived_names("n" * MAX_COLLECTION_NAME)
@@ -105,6 +112,8 @@ NAME_CASES = [
     pytest.param(lambda tmp: CorpusIndex(QdrantClient(":memory:"), LONG), id="CorpusIndex"),
     pytest.param(lambda tmp: EdgeCorpusIndex(tmp / "q", LONG), id="EdgeCorpusIndex"),
     pytest.param(lambda tmp: EdgeCorpusIndex(tmp / "q", LONG + "__v1"), id="EdgeCorpusIndex-version-of-a-long-name"),
+    pytest.param(lambda tmp: rollout(BASE, LONG, index=_closed(EdgeCorpusIndex(tmp / "q", "mem"))),
+                 id="rollout-with-an-open-index"),
 ]
 
 

@@ -55,7 +55,7 @@ from ..atomic import disk_full
 from ..data.dataset import QADataset
 from ..data.loading import load_dataset
 from ..errors import OptionError
-from ..index.store import VERSION_MARK, VERSION_OF_KEY, CorpusIndex, cluster_options
+from ..index.store import VERSION_MARK, VERSION_OF_KEY, CorpusIndex, check_collection_name, cluster_options
 from ..serve.served_model import model_embedding
 from ..serve.serving_record import (
     EXPERIMENT_KEY,
@@ -206,6 +206,7 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
 
     if batch_size < 1:
         raise OptionError(f"batch_size must be at least 1, got {batch_size}")
+    check_collection_name(collection)  # before any name is made of it (an open index may be given)
     worker_devices(workers)  # a number of workers this machine cannot run: one line, before anything
     location = index or open_index(collection, path=path, url=url, api_key=api_key, engine=engine)
     cluster = cluster_options(location, shard_number=shard_number, replication_factor=replication_factor,
@@ -283,9 +284,10 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
             if pool is not None:
                 report.notes.append(f"starting {workers} worker processes took {starting:.0f} s (counted in the estimate)")
             return report
-        # the new model loads and embeds a document before anything is written (its vectors' sizes): a model that
-        # cannot load is refused with every collection, and its metadata, as it was
-        sizes = _vector_sizes(current, targets, copied, encoded, have)
+        # a new version's model loads and embeds a document before anything is written (its vectors' sizes): a model
+        # that cannot load is refused with every collection, and its metadata, as it was (a resumed version's model
+        # is the one that built its first part: its sizes are in it already)
+        sizes = _vector_sizes(current, targets, copied, encoded, have) if checkpoint is None else {}
         build = RolloutBuild(location=location, alias=collection, current=current, current_name=current_name,
                              previous_serving=previous_serving, plain=plain, plan=plan, embed=embed, spaces=spaces,
                              targets=targets, copied=copied, encoded=encoded, have=have, identity=identity,
@@ -323,7 +325,7 @@ class RolloutBuild:
     versions: dict[int, str]  # the alias's versions here: number -> collection name
     keep: set[str | None]  # versions not removed (what serves, and what it replaced)
     checkpoint: dict[str, Any] | None  # where an earlier run of this build stopped (``_resumable``); None: from the start
-    sizes: dict[str, int]  # the new version's dense vectors' sizes (the encoded ones measured by embedding a document)
+    sizes: dict[str, int]  # a new version's dense vectors' sizes (encoded ones measured by embedding a document); {}: resumed
 
 
 def _vector_sizes(current, targets: dict[str, tuple[int, Any]], copied: list[str], encoded: list[str],
