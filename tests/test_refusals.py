@@ -85,7 +85,7 @@ def _state(where: Path, engine: str) -> dict:
 
 
 def _closed(index):
-    """An Edge index at a folder (its own collection not created: nothing written), for an API call to be given."""
+    """An Edge index at an existing folder (its own collection not created: nothing written), for an API call."""
     index.close()
     return index
 
@@ -112,7 +112,7 @@ NAME_CASES = [
     pytest.param(lambda tmp: CorpusIndex(QdrantClient(":memory:"), LONG), id="CorpusIndex"),
     pytest.param(lambda tmp: EdgeCorpusIndex(tmp / "q", LONG), id="EdgeCorpusIndex"),
     pytest.param(lambda tmp: EdgeCorpusIndex(tmp / "q", LONG + "__v1"), id="EdgeCorpusIndex-version-of-a-long-name"),
-    pytest.param(lambda tmp: rollout(BASE, LONG, index=_closed(EdgeCorpusIndex(tmp / "q", "mem"))),
+    pytest.param(lambda tmp: rollout(BASE, LONG, index=_closed(EdgeCorpusIndex(tmp, "mem"))),
                  id="rollout-with-an-open-index"),
 ]
 

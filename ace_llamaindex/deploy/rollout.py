@@ -55,7 +55,7 @@ from ..atomic import disk_full
 from ..data.dataset import QADataset
 from ..data.loading import load_dataset
 from ..errors import OptionError
-from ..index.store import VERSION_MARK, VERSION_OF_KEY, CorpusIndex, check_collection_name, cluster_options
+from ..index.store import VERSION_MARK, VERSION_OF_KEY, CorpusIndex, cluster_options
 from ..serve.served_model import model_embedding
 from ..serve.serving_record import (
     EXPERIMENT_KEY,
@@ -206,7 +206,6 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
 
     if batch_size < 1:
         raise OptionError(f"batch_size must be at least 1, got {batch_size}")
-    check_collection_name(collection)  # before any name is made of it (an open index may be given)
     worker_devices(workers)  # a number of workers this machine cannot run: one line, before anything
     location = index or open_index(collection, path=path, url=url, api_key=api_key, engine=engine)
     cluster = cluster_options(location, shard_number=shard_number, replication_factor=replication_factor,
