@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from common import CACHE, RESULTS, save
 
@@ -78,7 +79,10 @@ def main() -> None:
         return round(statistics.mean(r[key] for r in runs if r["processes"] == nproc), 4)
 
     diffs = [two["validation_ndcg10_after"] - one["validation_ndcg10_after"] for one, two in zip(runs[::2], runs[1::2])]
+    import ace_llamaindex
+
     result = {"command": "python benchmarks/bench_ddp.py " + " ".join(sys.argv[1:]),
+              "package": str(Path(ace_llamaindex.__file__).parent), "package_commit": os.environ.get("ACE_BENCH_COMMIT"),
               "data": "ace_llamaindex/data/agent_memories.json mined with 2 hard negatives (dense, all-MiniLM-L6-v2)",
               "examples": len(examples), "global_batch": args.batch_size, "learning_rate": args.learning_rate,
               "epochs": 1, "seeds": args.seeds, "runs": runs,

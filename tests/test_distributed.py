@@ -228,6 +228,7 @@ def test_what_cannot_run_on_several_processes_is_refused(case, args, environ, gp
 # One optimizer step through the full fine-tune's own setup (train.training.fine_tune: its sampler, split batches,
 # gathered MNRL, DDP), fp32, a base model without dropout, no warmup (the step takes the whole learning rate), no
 # validation split. Each process records its loss, a hash of its weights and (rank 0) the weights.
+STEP_SEED = 1  # its first global batch of 8 is not the first two batches of 4 (see the test: seed 42's is)
 STEP_SCRIPT = """
 import sys
 
@@ -261,7 +262,7 @@ def one_step(data: str, base: str, batch_size: str, out: str) -> None:
     try:
         examples = load_training_data(data)
         config = full_defaults(TrainConfig(base_model=base, batch_size=int(batch_size), epochs=1, warmup_ratio=0.0,
-                                           val_fraction=0, precision="fp32", device="cpu", seed=42,
+                                           val_fraction=0, precision="fp32", device="cpu", seed=STEP_SEED,
                                            extra={"max_steps": 1}))
         split = plan_validation(examples, config.val_fraction, config.seed)
         tuned = fine_tune(split, config, Path(f"{out}.checkpoints"), run_fingerprint(examples, config))
@@ -296,6 +297,20 @@ def test_one_step_of_two_processes_is_one_process_step(tmp_path, data, base_with
     """2 gloo processes x batch 4 (the global batch drawn whole and split, negatives gathered) take exactly the step
     of 1 process x batch 8: the same loss and weights to 1e-5, the same weights on both processes."""
     import torch
+    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+
+    from ace_llamaindex.mine.mining import load_training_data
+    from ace_llamaindex.train.training import training_datasets
+
+    # The data must tell global sampling from per-process sampling: the sampler's first batch of 8 (no text twice in
+    # it) differs from its first two batches of 4 (each process drawing its own: a text may be in both halves).
+    rows, _ = training_datasets(load_training_data(data))
+
+    def first(size, batches):
+        drawn = iter(NoDuplicatesBatchSampler(rows, size, True, generator=torch.Generator(), seed=STEP_SEED))
+        return sorted(i for _ in range(batches) for i in next(drawn))
+
+    assert first(8, 1) != first(4, 2)
 
     script = tmp_path / "step.py"
     script.write_text(STEP_SCRIPT.format(tests=str(Path(__file__).parent)))
@@ -340,37 +355,40 @@ def _processes_with(marker: str) -> list[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the parent-death signal is Linux's")
 def test_a_killed_launcher_leaves_no_process_and_no_model(tmp_path, data):
-    """kill -9 of ``ace train --nproc 2`` once training started: its processes die with it (torchrun starts each in
-    a session of its own, out of reach of the launcher's signals) and no model folder is written."""
-    marker, out = uuid.uuid4().hex, tmp_path / "model"
-    launcher = subprocess.Popen([sys.executable, "-m", "ace_llamaindex.cli", "train", str(data), "-o", str(out),
-                                 "--nproc", "2", "--method", "full", "--epochs", "1", "--batch-size", "4"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env(ACE_TEST_MARKER=marker))
+    """kill -9 of ``ace train --nproc 2`` once training started: its processes die with it, killed by the kernel
+    (torchrun starts each in a session of its own, out of reach of the launcher's signals), and write nothing."""
+    marker, out, log = uuid.uuid4().hex, tmp_path / "model", tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        launcher = subprocess.Popen([sys.executable, "-m", "ace_llamaindex.cli", "train", str(data), "-o", str(out),
+                                     "--nproc", "2", "--method", "full", "--epochs", "1", "--batch-size", "4"],
+                                    stdout=subprocess.DEVNULL, stderr=stderr, cwd=ROOT, env=env(ACE_TEST_MARKER=marker))
     started = out.with_name("model.checkpoints") / "ace_run.json"  # rank 0 writes it as training starts
-    workers: list[int] = []
     try:
-        for _ in range(600):
+        for _ in range(1200):
             if started.exists() or launcher.poll() is not None:
                 break
             time.sleep(0.5)
-        assert started.exists(), launcher.stderr.read().decode()[-3000:] if launcher.poll() is not None else "not started"
+        assert started.exists(), log.read_text()[-3000:]
         workers = [pid for pid in _processes_with(marker) if pid != launcher.pid]
-        assert len(workers) == 2  # the two ranks, children of the launcher
+        assert len(workers) == 2, log.read_text()[-3000:]  # the two ranks, children of the launcher
+        before = log.stat().st_size
         launcher.kill()
         launcher.wait()
-        for _ in range(120):  # they go at once; a minute for a loaded machine
+        for _ in range(240):  # they go at once (a loaded machine: give it time)
             if not _processes_with(marker):
                 break
             time.sleep(0.5)
         assert _processes_with(marker) == []
+        # killed, not ended by a later check of their own (rank 0's, before it writes: the second line of defence)
+        after = log.read_text()[before:]
+        assert "is gone" not in after and "rank 1 of 2" not in after, after[-3000:]
         # nothing that looks like a model: no folder at OUTPUT, no card anywhere (the checkpoints folder stays for
-        # --resume; it holds no finished checkpoint of a one-epoch run)
+        # --resume; a one-epoch run writes no checkpoint in it)
         assert not out.exists()
         assert list(tmp_path.rglob(CARD_NAME)) == []
     finally:
         for pid in _processes_with(marker):  # only when the test failed: what it started
             os.kill(pid, signal.SIGKILL)
-        launcher.stderr.close()
 
 
 GONE = 4_000_000  # a process id above Linux's limit: nobody's parent
