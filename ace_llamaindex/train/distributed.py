@@ -312,8 +312,8 @@ def launch_arguments(nproc: int, module_args: list[str]) -> list[str]:
 def launch(nproc: int, module_args: list[str]) -> int:
     """Run ``ace ARGS`` on ``nproc`` processes with torch's own launcher (``torch.distributed.run``, torchrun) and
     wait; returns the exit status: 0, the first failed process's (it stops the others), or 128 + a signal that
-    ended the run (SIGTERM, Ctrl-C: torchrun stops its processes first). On a CPU each process gets its share of the
-    cores (``OMP_NUM_THREADS``, unless set)."""
+    ended the run (SIGTERM, Ctrl-C: torchrun stops its processes first; SIGKILL: each process dies with this one,
+    :func:`die_with_launcher`). On a CPU each process gets its share of the cores (``OMP_NUM_THREADS``, unless set)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
