@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "benchmarks" / "results"
 PY = sys.executable
 
 
@@ -330,21 +331,29 @@ def main() -> None:
                      *a.train_args], _env(tree), work / f"train-{label}.log")
         run = _peak(work / f"train-{label}.log")
         prof = json.loads(profile.read_text()) if profile.exists() else {}
-        card_file = model / "training_card.json"
-        if not card_file.exists():
-            card_file = model.with_name(model.name + ".not-promoted.json")
-        card = json.loads(card_file.read_text()) if card_file.exists() else {}
+        card_file = next((f for f in (model / "ace_training_card.json", model / "ace_adapter.json",
+                                      model.with_name(model.name + ".not-promoted.json")) if f.exists()), None)
+        card = json.loads(card_file.read_text()) if card_file else {}
         sp = prof.get("speed", {})
         run.update(chosen=card.get("chosen"), memory_plan=card.get("memory_plan"), stages=prof.get("stages"),
                    train_seconds=round(sp.get("train_seconds", 0), 1),
                    examples_per_s=round(_examples_trained(sp) / sp["train_seconds"], 3)
                    if sp.get("train_seconds") else None, epochs_run=sp.get("epochs_run"),
                    optimizer_steps=sp.get("optimizer_steps"), max_steps=a.max_steps)
+        run["complete"] = prof.get("status") == 0 and bool(card)
+        if not run["complete"]:  # stopped before its end (killed, failed): its peaks so far, no model to score
+            run["note"] = (f"incomplete: exit status {prof.get('status')}; the stages and peak up to where it stopped "
+                           "(the peak of the stages it never reached is not measured)")
+            run["test_ndcg@10"] = None
+            result["runs"][label] = run
+            continue
         scores[label] = _test_scores(model, data, work, label)
         run["test_ndcg@10"] = round(scores[label]["ndcg@10"], 4)
         result["runs"][label] = run
         save(a.name or f"memory-{a.dataset}", result)  # as it goes: a long run keeps what it measured
-    if set(result["runs"]) != {"before", "after"}:
+    if set(scores) != {"before", "after"}:
+        save(a.name or f"memory-{a.dataset}", result)
+        _markdown(RESULTS_DIR / f"{a.name or f'memory-{a.dataset}'}.md", result)
         print(json.dumps(result["runs"], indent=1))
         return
     import numpy as np
@@ -354,7 +363,8 @@ def main() -> None:
     c = np.array([scores["after"]["per_query"][q] for q in qids])
     boot = paired_bootstrap(b, c)
     result["test_after_vs_before"] = {"queries": len(qids), "delta": round(float(boot.delta), 4),
-                                      "ci95": [round(float(x), 4) for x in boot.ci], "verdict": str(boot.verdict)}
+                                      "ci95": [round(boot.ci_low, 4), round(boot.ci_high, 4)],
+                                      "verdict": boot.verdict.value if hasattr(boot.verdict, "value") else str(boot.verdict)}
     before, after = result["runs"]["before"], result["runs"]["after"]
     if before.get("examples_per_s") and after.get("examples_per_s"):
         result["speed_after_over_before"] = round(after["examples_per_s"] / before["examples_per_s"], 3)
@@ -376,11 +386,16 @@ def _markdown(path: Path, r: dict) -> None:
              "| run | peak RSS (GB, time -v) | wall (s) | method chosen | test nDCG@10 | fine-tune examples/s |",
              "|---|---|---|---|---|---|"]
     for label, run in r["runs"].items():
-        lines.append(f"| {label} | {run['peak_rss_gb']} | {run['wall_s']} | {run['chosen']} | {run['test_ndcg@10']} | "
-                     f"{run['examples_per_s']} |")
-    t = r.get("test_after_vs_before", {})
-    lines += ["", f"After vs before on {t.get('queries')} test queries: delta {t.get('delta')}, 95% CI {t.get('ci95')} "
-              f"({t.get('verdict')}).", ""]
+        lines.append(f"| {label}{' (incomplete)' if not run.get('complete', True) else ''} | {run['peak_rss_gb']} | "
+                     f"{run['wall_s']} | {run['chosen']} | {run['test_ndcg@10']} | {run['examples_per_s']} |")
+    lines += [f"- {label}: {run['note']}" for label, run in r["runs"].items() if run.get("note")]
+    if any(run.get("max_steps") for run in r["runs"].values()):
+        lines.append("- each fine-tune stopped after --max-steps optimizer steps: a memory profile of every stage; the "
+                     "test scores are of those short runs")
+    lines.append("- plan: " + "; ".join(f"{label}: {run.get('memory_plan')}" for label, run in r["runs"].items()))
+    t = r.get("test_after_vs_before")
+    lines += ["", f"After vs before on {t['queries']} test queries (paired bootstrap): delta {t['delta']}, 95% CI "
+              f"{t['ci95']} ({t['verdict']})." if t else "No paired test comparison (a run is incomplete).", ""]
     if "speed_after_over_before" in r:
         lines.append(f"Examples/s after / before: {r['speed_after_over_before']}.")
     if "plain_sentence_transformers" in r:
