@@ -655,17 +655,17 @@ def clustered_twin(arm_sums, tau, alpha):
 
 
 def combine_twin(parts, tau, alpha):
-    """``sequential.combine_strata`` of parts given as (delta, variance, has data) arrays: the variance floored as
-    ``msprt`` records it, strata without data left out."""
+    """``sequential.combine_strata`` of parts given as (delta, variance, weight) arrays: the weights the product's
+    ``stratum_weight`` gives (0 for a phase where an arm has no query: left out), the variances floored as it does."""
     from ace_llamaindex.evaluate.sequential import VARIANCE_FLOOR
 
-    num = den = 0.0
-    for delta, var, ok in parts:
-        w = np.where(ok, 1.0 / np.maximum(var, VARIANCE_FLOOR), 0.0)
-        num = num + w * np.where(ok, delta, 0.0)
+    num = den = spread = 0.0
+    for delta, var, w in parts:
+        num = num + w * np.where(w > 0, delta, 0.0)
+        spread = spread + w * w * np.where(w > 0, np.maximum(var, VARIANCE_FLOOR), 0.0)
         den = den + w
     with np.errstate(invalid="ignore", divide="ignore"):
-        delta, var = num / den, 1.0 / den
+        delta, var = num / den, spread / (den * den)
     decided, ratio = msprt_twin(delta, var, tau, alpha)
     ok = den > 0
     return delta, var, decided & ok, np.where(ok, ratio, 1.0)
@@ -883,7 +883,9 @@ def stratified(tau, alpha):
             d, v, _, _ = two_sample_twin(arm_cumsums(g["value"], ~g["arm"] & phase),
                                          arm_cumsums(g["value"], g["arm"] & phase), tau, alpha)
             ca, cb = np.cumsum(~g["arm"] & phase, -1), np.cumsum(g["arm"] & phase, -1)
-            parts.append((d, v, (ca > 0) & (cb > 0)))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                w = np.where((ca > 0) & (cb > 0), ca * cb / np.maximum(ca + cb, 1), 0.0)
+            parts.append((d, v, w))
         return combine_twin(parts, tau, alpha)
     return analyse
 
@@ -1005,7 +1007,9 @@ def check_twins(gens: dict, inputs_tau: float, alpha: float, horizon: int, limit
                     ph = g["phase1"][i, :p]
                     parts = [sq.two_sample(value[i, :p][~arm[i, :p] & m], value[i, :p][arm[i, :p] & m], inputs_tau,
                                            alpha) for m in (ph, ~ph)]
-                    compare(twins["stratified"], sq.combine_strata(parts, inputs_tau, alpha), i, p - 1)
+                    weights = [sq.stratum_weight(int((~arm[i, :p] & m).sum()), int((arm[i, :p] & m).sum()))
+                               for m in (ph, ~ph)]
+                    compare(twins["stratified"], sq.combine_strata(parts, weights, inputs_tau, alpha), i, p - 1)
         if "phase1" in g:
             alarm, srm_log = srm_twin([(np.cumsum(arm & m, -1).astype(float), np.cumsum(m, -1).astype(float), share)
                                        for m, share in zip((g["phase1"], ~g["phase1"]), RAMP_SHARES, strict=True)],

@@ -32,6 +32,7 @@ from ace_llamaindex.evaluate.sequential import (
     one_sample,
     sample_ratio_mismatch,
     sample_ratio_mismatch_phases,
+    stratum_weight,
     two_sample,
 )
 from ace_llamaindex.serve.experiment_arms import (
@@ -229,16 +230,22 @@ def test_a_ramp_over_drifting_traffic_is_compared_within_its_phases(tmp_path):
 
 
 @pytest.mark.parametrize("parts", [
-    pytest.param([(0.1, 0.01), (0.3, 0.04)], id="two"),
-    pytest.param([(0.1, 0.01)], id="one"),
-    pytest.param([(-0.2, 0.5), (0.1, 0.01), (0.0, 0.02)], id="three"),
+    pytest.param([(0.1, 0.01, 40.0), (0.3, 0.04, 10.0)], id="two"),
+    pytest.param([(0.1, 0.01, 5.0)], id="one"),
+    pytest.param([(-0.2, 0.5, 2.0), (0.1, 0.01, 100.0), (0.0, 0.02, 50.0)], id="three"),
+    # a new phase of a few queries whose spread is estimated as ~0 weighs by its size, not by 1 / its variance
+    pytest.param([(0.0, 0.002, 500.0), (0.4, 1e-12, 1.0)], id="tiny-new-phase"),
 ])
-def test_combine_strata_weighs_each_phase_by_its_inverse_variance(parts):
-    strata = [msprt(d, v, tau=0.1) for d, v in parts]
-    combined = combine_strata([*strata, one_sample(np.asarray([]), tau=0.1)], tau=0.1)  # an empty phase counts nothing
-    weights = [1 / v for _, v in parts]
-    assert combined.delta == pytest.approx(sum(w * d for w, (d, _) in zip(weights, parts, strict=True)) / sum(weights))
-    assert combined.variance == pytest.approx(1 / sum(weights))
+def test_combine_strata_weighs_each_phase_by_its_size(parts):
+    strata = [msprt(d, v, tau=0.1) for d, v, _ in parts]
+    weights = [w for _, _, w in parts]
+    # an empty phase and one where an arm served nothing count nothing
+    combined = combine_strata([*strata, one_sample(np.asarray([]), tau=0.1), msprt(0.9, 0.01, tau=0.1)],
+                              [*weights, 3.0, stratum_weight(7, 0)], tau=0.1)
+    total = sum(weights)
+    assert combined.delta == pytest.approx(sum(w * d for d, _, w in parts) / total)
+    assert combined.variance == pytest.approx(sum(w * w * max(v, 1e-9) for _, v, w in parts) / total ** 2)
+    assert stratum_weight(30, 10) == pytest.approx(7.5)
 
 
 # ---- the sample-ratio check ----------------------------------------------------------------------------------------
@@ -413,14 +420,20 @@ def test_when_a_split_may_give_its_verdict(tmp_path, per_arm, options, decision,
     assert status.decision == decision and status.reason.startswith(reason), status.reason
 
 
-def test_no_difference_at_the_horizon_ends_it(tmp_path):
+@pytest.mark.parametrize("challenger,judged", [
+    pytest.param(DOCS[1:11], True, id="rankings-differ"),
+    # equal rankings share their whole list: no click is credited, and the horizon (served queries) still ends it
+    pytest.param(DOCS[:10], False, id="rankings-equal"),
+])
+def test_no_difference_at_the_horizon_ends_it(tmp_path, challenger, judged):
     traffic = _Traffic(tmp_path / "log.jsonl", _record("interleave", max_queries=60))
     rng = random.Random(0)
     for _ in range(150):
-        traffic.serve(_click_top(0.6), challenger=DOCS[1:11], rng=rng)
+        traffic.serve(_click_top(0.6), challenger=challenger, rng=rng)
     status = traffic.status()
-    assert status.units >= 60
-    assert status.decision == "end" and status.reason.startswith(f"no clear difference after {status.units}")
+    assert (status.units > 0) == judged
+    assert status.decision == "end" and status.reason.startswith("no clear difference after 150 served queries"), \
+        status.reason
 
 
 # ---- the A/A property of the test read after every query ----------------------------------------------------------

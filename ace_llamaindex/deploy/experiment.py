@@ -53,6 +53,7 @@ from ..evaluate.sequential import (
     queries_needed,
     sample_ratio_mismatch,
     sample_ratio_mismatch_phases,
+    stratum_weight,
 )
 from ..evaluate.stats import Verdict, interval
 from ..serve.experiment_arms import CHALLENGER, CHAMPION, ExperimentRecord, check_options, running_challenger
@@ -297,7 +298,7 @@ def _test(record: ExperimentRecord, units: list[Observation]) -> tuple[Sequentia
     """The sequential test on these units, and one query's share of the estimate's variance (for the queries still
     needed). Interleaving: the mean credit per judged query (the query is the unit). A split: per ramp phase, the
     difference of the arms' per-query nDCG@10 with a variance clustered by user (:func:`clustered_two_sample`), the
-    phases combined by inverse variance (:func:`combine_strata`)."""
+    phases combined by their sizes (:func:`combine_strata`)."""
     tau, alpha = record.effect, record.alpha
     if record.mode == "interleave":
         values = np.asarray([u.value for u in units])
@@ -305,10 +306,11 @@ def _test(record: ExperimentRecord, units: list[Observation]) -> tuple[Sequentia
     phases: dict[int, dict[str, dict[str, list[float]]]] = {}
     for u in units:
         phases.setdefault(u.phase, {CHAMPION: {}, CHALLENGER: {}})[u.arm].setdefault(u.unit, []).append(u.value)
+    strata = [arms for _, arms in sorted(phases.items())]
     parts = [clustered_two_sample([np.asarray(v) for v in arms[CHAMPION].values()],
-                                  [np.asarray(v) for v in arms[CHALLENGER].values()], tau, alpha)
-             for _, arms in sorted(phases.items())]
-    delta = combine_strata(parts, tau, alpha)
+                                  [np.asarray(v) for v in arms[CHALLENGER].values()], tau, alpha) for arms in strata]
+    weights = [stratum_weight(*(sum(map(len, arms[a].values())) for a in (CHAMPION, CHALLENGER))) for arms in strata]
+    delta = combine_strata(parts, weights, tau, alpha)
     # one served query's share of the estimate's variance (0.25: a bounded metric's largest, before there is data)
     unit_var = delta.variance * len(units) if math.isfinite(delta.variance) else 0.25 / min(record.share, 1 - record.share)
     return delta, unit_var
@@ -361,6 +363,9 @@ def judge_experiment(record: ExperimentRecord, log_path: str | Path) -> Experime
     shown = interval(delta.delta, (delta.ci_low, delta.ci_high))
     what = "interleaving credit" if record.mode == "interleave" else "nDCG@10 of accepted results"
     ran = (seen.last_ts - record.started) if seen.last_ts is not None else 0.0
+    # the horizon counts served queries: interleaved lists where nothing below the shared prefix was accepted (two
+    # rankings that agree) judge nothing, and an experiment between equal rankings must still end
+    served = seen.asked if record.mode == "interleave" else n
     notes = []
     if record.mode == "split" and seen.no_session:
         notes.append(f"{seen.no_session} of {n} served queries carried no session (experiment_session or user_id=): "
@@ -378,7 +383,7 @@ def judge_experiment(record: ExperimentRecord, log_path: str | Path) -> Experime
                                    "cannot be trusted: find what drops or duplicates served records")
     elif guard:
         decision, reason = "end", guard
-    elif ran < record.min_runtime and (n >= record.max_queries or (enough and delta.decided)):
+    elif ran < record.min_runtime and (served >= record.max_queries or (enough and delta.decided)):
         decision = "continue"
         reason = (f"no verdict before the minimum run time ({ran:.0f} of {record.min_runtime:g} s): {what} {shown} on "
                   f"{n} {unit_name}")
@@ -387,13 +392,14 @@ def judge_experiment(record: ExperimentRecord, log_path: str | Path) -> Experime
         decision = "promote" if better else "end"
         reason = (f"the challenger is {Verdict.BETTER if better else Verdict.WORSE}: {what} {shown} on {n} {unit_name} "
                   f"(always-valid {1 - record.alpha:.0%} interval)")
-    elif n >= record.max_queries:
-        decision, reason = "end", (f"no clear difference after {n} {unit_name} ({what} {shown}); the champion stays")
+    elif served >= record.max_queries:
+        decision, reason = "end", (f"no clear difference after {served} served queries ({n} {unit_name}; {what} "
+                                   f"{shown}); the champion stays")
     else:
         decision = "continue"
         needed = max(queries_needed(unit_var, max(abs(delta.delta), record.effect), record.effect, record.alpha)
                      - n, MIN_UNITS - min(per_arm) if record.mode == "split" else MIN_UNITS - n, 1)
-        needed = min(needed, max(record.max_queries - n, 1))
+        needed = min(needed, max(record.max_queries - served, 1))
         reason = f"no verdict yet: {what} {shown} on {n} {unit_name}; about {needed} more expected"
         if ran < record.min_runtime:
             reason += f" (and no verdict before {record.min_runtime:g} s of run time; {ran:.0f} s so far)"

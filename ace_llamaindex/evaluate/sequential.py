@@ -21,13 +21,15 @@ What an online experiment (:mod:`~ace_llamaindex.deploy.experiment`) reads, each
   one query per user it is exactly :func:`two_sample`. Analysing such a split per query treats a returning user's
   correlated queries as independent and understates the variance (A/A wrong verdicts far above ``alpha``).
 - :func:`combine_strata` — one estimate from independent strata (the phases of a ramp): each phase's difference
-  weighted by the inverse of its variance, ``sum(d_i / v_i) / sum(1 / v_i)`` with variance ``1 / sum(1 / v_i)``.
-  Differences are taken within a phase, so a baseline that drifts between phases while the share changes cannot
-  leak into the estimate (pooling phases does: Simpson's paradox). Inverse-variance weights give the
-  smallest-variance unbiased combination when the effect is the same in every phase; under "no difference" every
-  phase's effect is 0, so the test stays valid whatever the weights. When the effect differs by phase, it estimates
-  a precision-weighted average (the larger, later phases weigh most). A user seen in two phases counts in both (an
-  approximation: its two phases are taken as independent).
+  weighted by its size, ``w_i = n_a n_b / (n_a + n_b)`` (the queries each arm served in it), with variance
+  ``sum(w_i^2 v_i) / sum(w_i)^2``. Differences are taken within a phase, so a baseline that drifts between phases
+  while the share changes cannot leak into the estimate (pooling phases does: Simpson's paradox). The weights are the
+  inverse variances the phases would have with the same per-query spread (Cochran-Mantel-Haenszel weights), fixed by
+  the design rather than estimated: weights from each phase's *estimated* variance let a new phase of a few queries,
+  whose spread is estimated as nearly 0, outweigh everything else (measured: 5.8-6.1% wrong verdicts in an A/A ramp
+  just after the switch). Under "no difference" every phase's effect is 0, so the test stays valid whatever the
+  weights; when the effect differs by phase, it estimates a size-weighted average. A user seen in two phases counts
+  in both (an approximation: its two phases are taken as independent).
 - :func:`sample_ratio_mismatch` (and :func:`sample_ratio_mismatch_phases` over ramp phases) — is the challenger's
   share of randomisation units the share asked for? A Bayes factor of a beta-binomial mixture against the binomial
   at ``share`` (Lindon & Malek, "Anytime-valid inference for multinomial count data", 2022): a martingale under the
@@ -179,15 +181,26 @@ def clustered_two_sample(champion: Sequence[np.ndarray], challenger: Sequence[np
     return msprt(b[0] - a[0], a[1] + b[1], tau, alpha)
 
 
-def combine_strata(parts: Sequence[SequentialDelta], tau: float, alpha: float = 0.05) -> SequentialDelta:
-    """One estimate from independent strata (ramp phases), each weighted by the inverse of its variance (see the
-    module's docstring for why); strata without data (infinite variance) are left out."""
-    usable = [p for p in parts if math.isfinite(p.variance) and p.variance > 0]
+def combine_strata(parts: Sequence[SequentialDelta], weights: Sequence[float], tau: float,
+                   alpha: float = 0.05) -> SequentialDelta:
+    """One estimate from independent strata (ramp phases), ``parts[i]`` weighted by ``weights[i]`` (its size:
+    ``n_a n_b / (n_a + n_b)`` queries, see the module's docstring for why); strata without data (infinite variance)
+    or without weight are left out."""
+    if len(parts) != len(weights):
+        raise ValueError(f"{len(parts)} strata but {len(weights)} weights")
+    usable = [(w, p) for w, p in zip(weights, parts, strict=True) if w > 0 and math.isfinite(p.variance)]
     if not usable:
         return _empty(alpha)
-    weights = [1.0 / p.variance for p in usable]
-    total = math.fsum(weights)
-    return msprt(math.fsum(w * p.delta for w, p in zip(weights, usable, strict=True)) / total, 1.0 / total, tau, alpha)
+    total = math.fsum(w for w, _ in usable)
+    delta = math.fsum(w * p.delta for w, p in usable) / total
+    variance = math.fsum(w * w * max(p.variance, VARIANCE_FLOOR) for w, p in usable) / (total * total)
+    return msprt(delta, variance, tau, alpha)
+
+
+def stratum_weight(champion_queries: int, challenger_queries: int) -> float:
+    """A stratum's weight in :func:`combine_strata`: ``n_a n_b / (n_a + n_b)``, 0 when an arm has no query."""
+    n = champion_queries + challenger_queries
+    return champion_queries * challenger_queries / n if champion_queries and challenger_queries else 0.0
 
 
 SRM_CONCENTRATION = 100.0  # the beta prior's a + b around the expected share (Lindon & Malek's Dirichlet default)

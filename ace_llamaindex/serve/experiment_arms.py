@@ -68,7 +68,7 @@ class ExperimentRecord:
         "The smallest effect worth detecting (default 0.1 interleaving credit, 0.02 nDCG@10 in a split).", minimum=0,
         min_open=True))
     max_queries: int = field(default=20_000, metadata=option(
-        "Judged (interleave) or served (split) queries before 'no clear difference' ends it.", flag="--horizon",
+        "Served queries (interleaved lists, or split queries) before 'no clear difference' ends it.", flag="--horizon",
         minimum=1))
     min_runtime: float = field(default=0.0, metadata=option(
         "Seconds from the start (to the last served query in the log) before any verdict on the effect or the "
