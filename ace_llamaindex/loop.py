@@ -12,10 +12,11 @@ its own, ``retriever.index``). What the commands print as they go reaches ``noti
 refusals are :class:`~ace_llamaindex.errors.OptionError` (or another ``AceError``), raised before any work::
 
     from ace_llamaindex import mine_feedback, rollout, train_model
+    from ace_llamaindex.evaluate.stats import Verdict
 
     mined = mine_feedback("feedback.jsonl", "data.json", collection="memories", index=retriever.index)
     result = train_model(mined.path, "model", collection="memories", index=retriever.index, method="adapter")
-    if result.gate is not None and result.gate.verdict == "better":
+    if result.gate is not None and result.gate.verdict == Verdict.BETTER:
         rollout("model", "memories", index=retriever.index)
 """
 
@@ -127,7 +128,8 @@ def mine_training_data(dataset: QADataset | str | Path | None = None, output: st
             adapter = f" with the query adapter {adapter}" if adapter else ""
             _say(notify, f"mining with {recorded}{adapter}: what collection {collection!r} is served by (its "
                          f"{SERVING_KEY} record; --model to choose another)")
-        using = vector_name or (None if miner == "bm25" else _collection_vector(index, encoder, collection, model, serving))
+        searches_dense = getattr(get("miners", miner), "dense", True)  # a sparse-only miner needs no dense vector
+        using = vector_name or (_collection_vector(index, encoder, collection, model, serving) if searches_dense else None)
         extra = {"index": index, "using": using}
     if not show_progress:
         extra["show_progress"] = False

@@ -109,3 +109,27 @@ def test_rollout_and_rollback_are_the_deploy_functions():
 
     assert loop.rollout is deploy.rollout is ace_llamaindex.rollout
     assert loop.rollback is deploy.rollback is ace_llamaindex.rollback
+
+
+@pytest.mark.parametrize("dense,expect_vector", [
+    pytest.param(True, True, id="a dense miner gets the vector the collection serves"),
+    pytest.param(False, False, id="a sparse-only miner (dense = False) gets none"),
+])
+def test_a_miner_declares_whether_it_searches_dense_vectors(recorder, tmp_path, monkeypatch, dense, expect_vector):
+    """What a miner is handed over a collection follows what it declares, not its name (the built-in bm25 declares
+    ``dense = False``): no branch on a plugin's name."""
+    from click.testing import CliRunner
+
+    from ace_llamaindex import mine_training_data
+    from ace_llamaindex.cli import cli
+    from ace_llamaindex.data.loading import SMALL_DATASET
+    from ace_llamaindex.plugins.manager import get
+
+    where = ["--qdrant-path", str(tmp_path / "q"), "--collection", "mem"]
+    assert CliRunner().invoke(cli, ["index", str(SMALL_DATASET), *where]).exit_code == 0
+    if not dense:
+        monkeypatch.setattr(get("miners", "recorder"), "dense", False, raising=False)
+    mine_training_data(SMALL_DATASET, tmp_path / "data.json", miner="recorder", collection="mem",
+                       qdrant_path=tmp_path / "q", show_progress=False)
+    assert (recorder["miner"]["using"] is not None) == expect_vector, recorder["miner"]["using"]
+    assert getattr(get("miners", "bm25"), "dense", True) is False  # the built-in sparse miner says so itself

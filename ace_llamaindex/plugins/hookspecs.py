@@ -29,7 +29,9 @@ def register_loaders(register):
 def register_miners(register):
     """Register hard-negative miners: a factory ``(encoder, options: MiningOptions, index=None,
     show_progress=True, **kwargs) -> obj`` where ``obj.mine(dataset) -> list[TrainingExample]``. ``kwargs`` may
-    carry ``engine`` ("local" or "edge") and ``using`` (a named vector); ignore what you do not use."""
+    carry ``engine`` ("local" or "edge") and ``using`` (the named dense vector the collection serves: a factory
+    with the attribute ``dense = False``, one that searches sparse vectors alone, gets ``using=None``); ignore what you
+    do not use."""
 
 
 @hookspec
