@@ -35,6 +35,8 @@ PLANS = [
     pytest.param(1.2, None, 64, 300, 0.6, "--max-memory", 1.2, True, (1, 1), id="tight-budget-mini-batch-1"),
     pytest.param(2.0, None, 64, 300, 1.4, "--max-memory", 2.0, True, (1, 1), id="what-the-process-holds-counts"),
     pytest.param(None, None, 1.5, 300, 0.6, "80% of the free memory", 1.2, True, (1, 1), id="less-free-than-2GB"),
+    # the default budget spent already by the process (an in-process caller): a floor of 8, not one text per pass
+    pytest.param(None, None, 64, 300, 1.9, "default", 2.0, True, (8, 8), id="default-spent-already-mini-batch-floor"),
     pytest.param(None, 6, 64, 8, 0.6, "ACE_TRAIN_MEMORY_GB (activations)", None, False, None, id="env-budget-kept"),
     pytest.param(4.0, 6, 64, 300, 0.6, "--max-memory", 4.0, True, (20, 32), id="max-memory-wins-over-env"),
 ]

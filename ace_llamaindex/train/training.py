@@ -155,6 +155,10 @@ ACTIVATION_BYTES = 18
 DEFAULT_MAX_MEMORY_GB = 2.0  # the peak a default CPU run aims at (--max-memory; issue #40)
 FREE_SHARE = 0.8             # the default budget never exceeds this share of the memory free when training starts
 HEADROOM_GB = 0.3            # besides the step: tokenized batches, the evaluator's encoding, allocator slack
+# The default budget (not one asked for, nor one the free memory forces) never shrinks the cached loss's mini-batch
+# below this: a process that already holds the 2 GB (a notebook, a test run, a server training in-process) would
+# otherwise train one text per forward pass, many times slower, to save a few hundred MB it has spent already.
+DEFAULT_MIN_MINI_BATCH = 8
 OPTIMIZER_COPIES = 3         # gradients and AdamW's two moments, each the size of the weights (fp32)
 
 
@@ -237,7 +241,8 @@ def plan_memory(model, rows: list[TrainingExample], config: TrainConfig, negativ
     limits = memory_budget(device, config.max_memory, model)
     budget = limits["activations"]
     cached = config.cached_loss if config.cached_loss is not None else plain > budget
-    mini = config.mini_batch_size or max(1, min(config.batch_size, int(budget // per_sequence(d_len))))
+    floor = min(config.batch_size, DEFAULT_MIN_MINI_BATCH) if limits["source"] == "default" else 1
+    mini = config.mini_batch_size or max(floor, min(config.batch_size, int(budget // per_sequence(d_len))))
     step = mini * per_sequence(d_len) if cached else plain
     plan = {"loss": "CachedMultipleNegativesRankingLoss" if cached else "MultipleNegativesRankingLoss",
             "cached": bool(cached), "mini_batch_size": mini if cached else None,
