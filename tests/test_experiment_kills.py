@@ -15,20 +15,17 @@ tests/test_experiment.py's ramp test records every step a start, ramps and an en
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
+from test_experiment import _ace, _release_everything  # one way to run a command and let go of the folder
 
-from ace_llamaindex.cli import cli
 from ace_llamaindex.deploy.experiment import EXPERIMENT_STEPS, running_experiment
 from ace_llamaindex.deploy.rollout import KILL_AT_ENV
 from ace_llamaindex.embeddings.models import DEFAULT_MODEL
-from ace_llamaindex.index import edge_store, store
 from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.serve.feedback import judgements, read_log
 from ace_llamaindex.serve.retriever import HybridQdrantRetriever
@@ -44,19 +41,6 @@ PROMOTE = ["dropped-plain", "switched", "experiment-ended"]  # rows in tests/tes
 ROWS = [pytest.param("start", s, id=f"start-{s}") for s in START] + \
        [pytest.param("ramp", s, id=f"ramp-{s}") for s in RAMP] + [pytest.param("end", s, id=f"end-{s}") for s in END]
 STARTED = {"experiment-started"}  # killed at or after this step of a start, the experiment runs
-
-
-def _release_everything() -> None:
-    for index in list(edge_store._OPEN.values()):
-        index.close()
-    store._close_open_clients()
-    gc.collect()
-
-
-def _ace(*args: str):
-    result = CliRunner().invoke(cli, list(args))
-    _release_everything()
-    return result
 
 
 def _tuned(tmp_path):
