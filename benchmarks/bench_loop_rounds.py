@@ -298,8 +298,10 @@ def rotated_log(args, train_set, test_set, doc_ids, doc_vectors, base, miner, se
                         "test": on_topics(champion_dir, "champion") if rolled else None,
                         "seconds": round(time.perf_counter() - started, 1)}
     print(f"round 1 (A): {json.dumps(record['round1'])}", flush=True)
-    if not rolled:
-        raise SystemExit("round 1's model is not better than the base: no champion, no scenario")
+    if not rolled:  # recorded, not dropped: a collection where the scenario cannot arise is a result too
+        record["outcome"] = "round 1's model is not better than the base: no champion, so no round 2"
+        save(f"loop-rotated-{args.dataset}", record)
+        raise SystemExit(record["outcome"])
     champion_serving = read_serving(champion_dir)
     # round 2: only topic B's log remains, served by the champion
     log_b, _ = serve_and_judge(champion_dir, b_qids)

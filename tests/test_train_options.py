@@ -209,6 +209,7 @@ class Run:
     forwards: int     # forward passes of the transformer during training
     checkpoints: list
     texts: int = 0    # texts those passes encoded (sentence-transformers may encode every column in one pass)
+    autocast: int = 0  # of those passes, the ones run under bf16 autocast (mixed precision)
 
 
 @pytest.fixture(scope="module")
@@ -228,13 +229,14 @@ def fine_tuned(tiny_rows, tmp_path_factory):
             config = full_defaults(TrainConfig(**{**TINY, **options}))
             split = plan_validation(tiny_rows, config.val_fraction, config.seed)
             checkpoints = folder or tmp_path_factory.mktemp("run") / "out.checkpoints"
-            counter = {"n": 0, "texts": 0}
+            counter = {"n": 0, "texts": 0, "autocast": 0}
             original = torch.nn.Module.__call__
 
             def counting(module, *args, **kwargs):
                 if type(module).__name__ == "Transformer" and module.training:
                     counter["n"] += 1
                     counter["texts"] += len(args[0]["input_ids"]) if args and "input_ids" in args[0] else 0
+                    counter["autocast"] += torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
                 return original(module, *args, **kwargs)
 
             with pytest.MonkeyPatch.context() as mp:
@@ -245,7 +247,7 @@ def fine_tuned(tiny_rows, tmp_path_factory):
                               if v.is_floating_point()))
             runs[key] = Run(tuned.info, tuned.model, delta, counter["n"],
                             sorted(p.name for p in checkpoints.glob("checkpoint-*")) if checkpoints.exists() else [],
-                            counter["texts"])
+                            counter["texts"], counter["autocast"])
         return runs[key]
 
     return run
@@ -266,6 +268,15 @@ FULL_ROWS = [
     ("num_negatives", 0, {}, lambda run, base: run.info["negatives"]["negatives_per_example"] == 0
      and 0 < run.texts < base.texts),
     ("mini_batch_size", 1, {"cached_loss": True}, lambda run, base: run.forwards > base.forwards),
+    # the cached loss embeds every column twice (without, then with gradients): more forward passes than plain MNRL
+    ("cached_loss", True, {}, lambda run, base: run.info["memory_plan"]["cached"] and run.forwards > 2 * base.forwards),
+    # a budget too small for plain MNRL's step: the cached loss, one row per forward pass; a large one: plain MNRL
+    ("max_memory", 0.5, {"cached_loss": None, "max_memory": 64.0},
+     lambda run, base: run.info["memory_plan"]["cached"] and not base.info["memory_plan"]["cached"]
+     and run.forwards > 2 * base.forwards),
+    # bf16 mixed precision: the transformer's training passes run under bf16 autocast; fp32: none does
+    ("precision", "bf16", {}, lambda run, base: run.info["precision"] == "bf16" and run.autocast == run.forwards > 0
+     and base.autocast == 0),
     ("seed", 2, {}, lambda run, base: run.delta != base.delta),
     ("keep_checkpoints", True, {}, lambda run, base: run.checkpoints and not base.checkpoints),
     ("early_stopping_patience", 1, {"val_fraction": 0.25, "epochs": 4, "learning_rate": 1e-12},
@@ -275,11 +286,8 @@ FULL_ROWS = [
 
 
 def test_every_option_the_full_fine_tune_uses_has_a_behaviour_row():
-    # cached_loss, max_memory and precision: their rows (forward passes counted; bf16 weights against fp32) did not hold
-    # as written and are not replaced yet (tests/test_memory_budget.py checks the plan the first two make)
     rows = {name for name, *_ in FULL_ROWS} | {name for name, *_ in TRAIN_ROWS} | {"base_model", "resume", "device",
-                                                                                   "trust_remote_code", "cached_loss",
-                                                                                   "max_memory", "precision"}
+                                                                                   "trust_remote_code"}
     assert rows == {name for name in TRAIN if _role(name, "full") == USED}, "an option the full fine-tune uses, untested"
 
 
