@@ -35,8 +35,9 @@ PLANS = [
     pytest.param(1.2, None, 64, 300, 0.6, "--max-memory", 1.2, True, (1, 1), id="tight-budget-mini-batch-1"),
     pytest.param(2.0, None, 64, 300, 1.4, "--max-memory", 2.0, True, (1, 1), id="what-the-process-holds-counts"),
     pytest.param(None, None, 1.5, 300, 0.6, "80% of the free memory", 1.2, True, (1, 1), id="less-free-than-2GB"),
-    # the default budget spent already by the process (an in-process caller): a floor of 8, not one text per pass
-    pytest.param(None, None, 64, 300, 1.9, "default", 2.0, True, (8, 8), id="default-spent-already-mini-batch-floor"),
+    # the default budget spent already by the process (an in-process caller): the step a fresh process would get
+    pytest.param(None, None, 64, 300, 1.9, "default", 2.0, True, (5, 12), id="default-spent-already-fresh-process-step"),
+    pytest.param(None, None, 64, 50, 3.5, "default", 2.0, True, (32, 32), id="default-spent-already-short-texts"),
     pytest.param(None, 6, 64, 8, 0.6, "ACE_TRAIN_MEMORY_GB (activations)", None, False, None, id="env-budget-kept"),
     pytest.param(4.0, 6, 64, 300, 0.6, "--max-memory", 4.0, True, (20, 32), id="max-memory-wins-over-env"),
 ]
@@ -58,7 +59,8 @@ def test_the_loss_and_mini_batch_fit_the_process_budget(monkeypatch, model, max_
     if cached:
         assert mini[0] <= plan["mini_batch_size"] <= mini[1], plan
     if limit_gb is not None:  # what is left for a step: the budget less what is held, the optimizer state, headroom
-        left = limit_gb - held_gb - plan["optimizer_gb"] - training.HEADROOM_GB
+        held = min(held_gb, training.FRESH_PROCESS_GB) if source == "default" else held_gb
+        left = limit_gb - held - plan["optimizer_gb"] - training.HEADROOM_GB
         assert plan["budget_gb"] == pytest.approx(max(0.0, left), abs=0.011)
         assert plan["fits"] is (plan["estimated_step_gb"] <= plan["budget_gb"] + 0.005)
     line = describe_plan(plan)

@@ -155,10 +155,11 @@ ACTIVATION_BYTES = 18
 DEFAULT_MAX_MEMORY_GB = 2.0  # the peak a default CPU run aims at (--max-memory; issue #40)
 FREE_SHARE = 0.8             # the default budget never exceeds this share of the memory free when training starts
 HEADROOM_GB = 0.3            # besides the step: tokenized batches, the evaluator's encoding, allocator slack
-# The default budget (not one asked for, nor one the free memory forces) never shrinks the cached loss's mini-batch
-# below this: a process that already holds the 2 GB (a notebook, a test run, a server training in-process) would
-# otherwise train one text per forward pass, many times slower, to save a few hundred MB it has spent already.
-DEFAULT_MIN_MINI_BATCH = 8
+# What `ace train` holds when it plans its step (measured: 0.64-0.73 GB, the model and the tokenized data loaded).
+# The default budget gives a step at least what it gets in such a fresh process: a caller that already holds the
+# 2 GB (a notebook, a test run, a server training in-process) cannot be brought under it by training slower, and
+# shrinking the cached loss's mini-batch to a few texts per forward pass made its training 3-8x slower for nothing.
+FRESH_PROCESS_GB = 0.75
 OPTIMIZER_COPIES = 3         # gradients and AdamW's two moments, each the size of the weights (fp32)
 
 
@@ -180,7 +181,8 @@ def memory_budget(device: str, max_memory: float | None = None, model=None) -> d
     On a CPU or MPS the whole process counts: ``max_memory`` GB (``--max-memory``; default
     :data:`DEFAULT_MAX_MEMORY_GB`, or :data:`FREE_SHARE` of the free memory when less is free, shared by the training
     processes on this machine) less what the process holds already (its RSS, the model loaded), the optimizer state
-    to come (gradients and AdamW moments: 3x the weights) and :data:`HEADROOM_GB`. ``ACE_TRAIN_MEMORY_GB``, when set
+    to come (gradients and AdamW moments: 3x the weights) and :data:`HEADROOM_GB`; under the default, never less than
+    a fresh ``ace train`` process would get (:data:`FRESH_PROCESS_GB`). ``ACE_TRAIN_MEMORY_GB``, when set
     and no ``max_memory`` is given, is the activations' budget itself (the rule before ``--max-memory``). On CUDA:
     ``max_memory`` GB of the GPU, default half of it (one GPU per process)."""
     import os
@@ -205,6 +207,8 @@ def memory_budget(device: str, max_memory: float | None = None, model=None) -> d
     resident = _resident_bytes()
     weights = sum(p.numel() * 4 for p in model.parameters()) if model is not None else 0
     activations = limit - resident - OPTIMIZER_COPIES * weights - HEADROOM_GB * 1e9
+    if source == "default":  # what training adds, as in a fresh `ace train` process (FRESH_PROCESS_GB)
+        activations = max(activations, limit - FRESH_PROCESS_GB * 1e9 - OPTIMIZER_COPIES * weights - HEADROOM_GB * 1e9)
     return {"activations": max(0.0, activations), "max_memory_gb": round(limit / 1e9, 2), "source": source,
             "resident_gb": round(resident / 1e9, 2), "optimizer_gb": round(OPTIMIZER_COPIES * weights / 1e9, 2)}
 
@@ -241,8 +245,7 @@ def plan_memory(model, rows: list[TrainingExample], config: TrainConfig, negativ
     limits = memory_budget(device, config.max_memory, model)
     budget = limits["activations"]
     cached = config.cached_loss if config.cached_loss is not None else plain > budget
-    floor = min(config.batch_size, DEFAULT_MIN_MINI_BATCH) if limits["source"] == "default" else 1
-    mini = config.mini_batch_size or max(floor, min(config.batch_size, int(budget // per_sequence(d_len))))
+    mini = config.mini_batch_size or max(1, min(config.batch_size, int(budget // per_sequence(d_len))))
     step = mini * per_sequence(d_len) if cached else plain
     plan = {"loss": "CachedMultipleNegativesRankingLoss" if cached else "MultipleNegativesRankingLoss",
             "cached": bool(cached), "mini_batch_size": mini if cached else None,
