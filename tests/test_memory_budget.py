@@ -104,3 +104,50 @@ def test_a_factory_encoder_holds_its_vectors_not_its_model(model):
     assert (lazy.encode_documents(docs) == first).all() and len(builds) == 1  # cached: no model needed
     assert lazy.encode_queries(queries).shape == (1, 384) and len(builds) == 2 and lazy._model is None
     assert first == pytest.approx(held.encode_documents(docs), abs=1e-6)
+
+
+# ---- freed activations go back to the system (glibc's mmap threshold fixed; issue #40) ------------------------------
+# A block served from its own memory map is unmapped when freed; one served from the heap stays as a fragment. glibc
+# counts the mapped blocks (mallinfo2().hblks), which makes the allocator's choice visible without timing or RSS noise.
+
+_MAPPED = """
+import ctypes, sys, pathlib, torch
+from ace_llamaindex.train import training
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                                               "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "set":
+    assert training.return_freed_memory("cpu")
+elif sys.argv[1] == "fine-tune":  # the product's path: a one-step CPU fine-tune sets it
+    from ace_llamaindex.data.examples import TrainingExample
+    rows = [TrainingExample(f"query {i}", f"memory {i} about topic {i}", []) for i in range(4)]
+    config = training.full_defaults(training.TrainConfig(epochs=1, batch_size=2, val_fraction=0.0, precision="fp32",
+                                                         device="cpu", extra={"max_steps": 1}))
+    training.fine_tune(training.plan_validation(rows, 0.0, 1), config, pathlib.Path(sys.argv[2]), "f")
+x = torch.ones(2_000_000); del x   # freeing an 8 MB mapped block lifts glibc's default threshold above 4 MB
+before = libc.mallinfo2().hblks
+blocks = [torch.ones(1_000_000) for _ in range(100)]   # 100 tensors of 4 MB, as a step's activations
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.parametrize("how,mapped", [
+    pytest.param("nothing", (0, 10), id="glibc-default-serves-them-from-the-heap"),  # the data exercises the claim
+    pytest.param("set", (100, 100), id="fixed-threshold-maps-each"),
+    pytest.param("fine-tune", (100, 100), id="a-cpu-fine-tune-sets-it"),
+])
+def test_large_blocks_get_their_own_maps_which_go_back_when_freed(tmp_path, how, mapped):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _MAPPED, how, str(tmp_path / "c")], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    count = int(out.stdout.strip().splitlines()[-1])
+    assert mapped[0] <= count <= mapped[1], f"{how}: {count} of 100 blocks of 4 MB mapped"
+
+
+def test_only_a_cpu_process_changes_its_allocator():
+    assert training.return_freed_memory("cuda:0") is False and training.return_freed_memory("mps") is False

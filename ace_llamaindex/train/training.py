@@ -163,6 +163,28 @@ FRESH_PROCESS_GB = 0.75
 OPTIMIZER_COPIES = 3         # gradients and AdamW's two moments, each the size of the weights (fp32)
 
 
+MMAP_THRESHOLD_BYTES = 64 * 1024  # allocations from this size up are mapped, and unmapped when freed (glibc)
+
+
+def return_freed_memory(device: str) -> bool:
+    """On a CPU with glibc, serve large allocations (activations, their gradients) from their own memory maps, which
+    go back to the system when freed. glibc's default threshold climbs to the size of the largest block freed (up to
+    32 MB), after which freed activations stay in the heap as fragments the next step cannot always reuse: measured
+    on the demo's training step (CachedMNRL, mini-batch 32), peak RSS 1.64 GB with the default, 1.36 GB with a fixed
+    64 KiB threshold, no slower in that run. Process-wide, set once; a no-op (False) elsewhere."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not device.startswith("cpu") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, MMAP_THRESHOLD_BYTES))  # -3: M_MMAP_THRESHOLD (malloc.h)
+    except (OSError, AttributeError):  # not glibc (musl, another allocator): leave it as it is
+        return False
+
+
 def _resident_bytes() -> int:
     import psutil
 
@@ -326,6 +348,7 @@ def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -
     distributed.check_global_batch(len(train_rows), config.batch_size, processes)  # (ace train --nproc: checked before)
     device = distributed.start(detect_device(config.device))
     distributed.same_everywhere(fingerprint, "the training data, options and base model")
+    return_freed_memory(device)
     precision = choose_precision(config.precision, device)
     epochs = config.epochs or auto_epochs(len(train_rows), global_batch)
     checkpointing = epochs > 1 or config.keep_checkpoints or config.resume
