@@ -153,8 +153,8 @@ def _load(dataset, fmt, split, strict):
 
 def _load_unseen(dataset, fmt, split, strict, model):
     """Load a dataset without the queries ``model`` trained or validated on (its training card says which)."""
-    from .embeddings.card import read_card
     from .evaluate.overlap import training_overlap, without_queries
+    from .records.card import read_card
 
     ds = _load(dataset, fmt, split, strict)
     card = read_card(model)
@@ -277,24 +277,24 @@ def _training(kw: dict, seed: int):
 
 
 def _interval_line(s: dict) -> str:
-    from .evaluate.stats import interval
+    from .records.verdict import interval
 
     change = f"{s['base']:.3f} -> {s['finetuned']:.3f}, " if s.get("base") is not None else ""
     return change + interval(s["delta"], s["ci95"])
 
 
 def _verdict_colour(verdict: str | None) -> str:
-    from .evaluate.stats import Verdict
+    from .records.verdict import Verdict
 
     return {Verdict.BETTER: "green", Verdict.WORSE: "red"}.get(verdict, "yellow")
 
 
 def inconclusive_reason(g: dict) -> str:
     """Why a verdict is not "better", in words: too few queries for a gain of that size, or the base near the ceiling."""
-    from .embeddings.card import deciding_subset
+    from .records.gate import deciding_subset
 
     s = deciding_subset(g)
-    from .evaluate.stats import Verdict
+    from .records.verdict import Verdict
 
     s = {**s, "n": s.get("n", g.get("n_queries"))}
     if g.get("verdict") == Verdict.CANT_TELL:
@@ -313,9 +313,10 @@ def inconclusive_reason(g: dict) -> str:
 
 def print_training(card) -> None:
     """The promotion gate's verdict (and, for --method auto, every candidate's) and the fusion, for people
-    (``card``: a :class:`~ace_llamaindex.embeddings.card.TrainingCard` or its dict)."""
-    from .embeddings.card import TrainingCard, deciding_subset
-    from .evaluate.stats import Verdict, interval
+    (``card``: a :class:`~ace_llamaindex.records.card.TrainingCard` or its dict)."""
+    from .records.card import TrainingCard
+    from .records.gate import deciding_subset
+    from .records.verdict import Verdict, interval
 
     card = TrainingCard.from_dict(card)
     g = card.gate
@@ -359,7 +360,7 @@ def print_training(card) -> None:
 
 def print_report(report: dict, metric: str = "ndcg@10") -> None:
     """The overall table and the verdicts, for people."""
-    from .evaluate.stats import ci_text
+    from .records.verdict import ci_text
 
     metrics = [m for m in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "cosine") if m in report["metrics"]]
     metrics += [m for m in report["metrics"] if m not in metrics]
@@ -494,9 +495,9 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
     print_training(card)
     if card.resumed_from_checkpoint:
         console.print(f"resumed from {card.resumed_from_checkpoint}", highlight=False)
-    from .evaluate.stats import Verdict
-    from .serve.serving_record import ServingPlan
-    from .train.outcome import Outcome, outcome
+    from .records.outcome import Outcome, outcome
+    from .records.plan import ServingPlan
+    from .records.verdict import Verdict
 
     serving, done = result.serving, outcome(result)
     if done is Outcome.PROMOTED:
@@ -595,7 +596,6 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
             reason = None
         raise OptionError(f"nothing was promoted at {finetuned}: {reason or 'no method was better than the base'} (the "
                           f"evidence: {evidence}); evaluate the base alone (omit --finetuned) or train again")
-    from .embeddings.card import read_card
     from .embeddings.query_adapter import AdaptedEncoder, QueryAdapter
     from .evaluate.evaluate import compared_systems, evaluate
     from .evaluate.overlap import training_overlap, without_queries
@@ -603,6 +603,7 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
     from .index.fusion_choice import load_fusion
     from .index.store import HybridParams
     from .plugins.manager import components, get
+    from .records.card import read_card
     from .serve.served_model import read_serving, serving_encoder
 
     ds = _load(dataset, fmt, split, strict)
@@ -652,7 +653,7 @@ def pipeline(dataset, fmt, split, strict, out_dir, test_fraction, test_split, **
 
     check_output(out_dir, "dir")
     from .pipeline import run_pipeline
-    from .train.outcome import Outcome, outcome
+    from .records.outcome import Outcome, outcome
 
     if not 0 < test_fraction < 1:
         raise OptionError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}")
@@ -687,7 +688,7 @@ def tune_fusion_cmd(dataset, fmt, split, strict, model, max_queries, engine):
     from .embeddings.encoding import CachedEncoder
     from .evaluate.evaluate import sample_queries
     from .evaluate.fusion_selection import select_fusion
-    from .evaluate.stats import ci_text
+    from .records.verdict import ci_text
 
     ds = _load_unseen(dataset, fmt, split, strict, model)
     ds = ds.subset(sample_queries(list(ds.queries), max_queries))
@@ -978,7 +979,7 @@ def experiment() -> None:
 
 
 def _experiment_fields() -> list[click.Option]:
-    from .serve.experiment_arms import ExperimentRecord
+    from .records.experiment import ExperimentRecord
 
     return field_options(ExperimentRecord)
 
@@ -992,10 +993,10 @@ def _experiment_fields() -> list[click.Option]:
 @friendly
 def experiment_start(model, collection, qdrant_path, qdrant_url, engine, as_json, previous_model, **kw):
     """Start an online experiment on COLLECTION between what serves it and MODEL (the options: each one declared
-    on :class:`~ace_llamaindex.serve.experiment_arms.ExperimentRecord`)."""
+    on :class:`~ace_llamaindex.records.experiment.ExperimentRecord`)."""
     from .deploy.experiment import start_experiment
     from .options import declared, flag
-    from .serve.experiment_arms import ExperimentRecord
+    from .records.experiment import ExperimentRecord
 
     given = {name: kw[opt.lstrip("-").replace("-", "_")] for name, spec in declared(ExperimentRecord).items()
              if (opt := flag(name, spec)) is not None and kw[opt.lstrip("-").replace("-", "_")] is not None}

@@ -1,4 +1,4 @@
-"""The training card is one typed record (issue #30): written and read through ``embeddings.card.TrainingCard``,
+"""The training card is one typed record (issue #30): written and read through ``records.card.TrainingCard``,
 with a schema version; cards written by 0.1 still load; a bad card is one line; no module builds or indexes a card
 by hand. Fast: no model is loaded."""
 
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from ace_llamaindex.embeddings.card import ADAPTER_CARD, CARD_NAME, CARD_SCHEMA, TrainingCard, read_card
 from ace_llamaindex.errors import AceDeprecationWarning, OptionError
-from ace_llamaindex.train.outcome import Outcome, outcome
+from ace_llamaindex.records.card import ADAPTER_CARD, CARD_NAME, CARD_SCHEMA, TrainingCard, read_card
+from ace_llamaindex.records.outcome import Outcome, outcome
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ace_llamaindex"
-CARD_MODULE = PACKAGE / "embeddings" / "card.py"
+CARD_MODULE = PACKAGE / "records" / "card.py"
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p != CARD_MODULE)
 FIELDS = {f.name for f in fields(TrainingCard)} - {"details"}
 # keys no other record has: a dict literal holding two of them is a card written by hand
@@ -35,7 +35,7 @@ def _names_card(node: ast.AST) -> bool:
 
 
 # (module, function) whose dict literal is not a card, each with its reason
-ALLOWED = {("train/adapter.py", "fit_adapter"): "the adapter run's measurements, which embeddings.card.run_fields turns "
+ALLOWED = {("train/adapter.py", "fit_adapter"): "the adapter run's measurements, which records.card.run_fields turns "
                                                 "into card fields (as the full fine-tune's trainer info)"}
 
 
@@ -72,7 +72,7 @@ def card_literals(source: str, relative: str = "") -> list[tuple[int, str]]:
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_card_literal_outside_its_module(path):
     assert card_literals(path.read_text(encoding="utf-8"), str(path.relative_to(PACKAGE))) == [], \
-        f"{path.relative_to(PACKAGE)}: build and read cards through embeddings.card.TrainingCard's fields"
+        f"{path.relative_to(PACKAGE)}: build and read cards through records.card.TrainingCard's fields"
 
 
 @pytest.mark.parametrize(("source", "found"), [

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from ace_llamaindex.embeddings.card import CARD_NAME
 from ace_llamaindex.embeddings.query_adapter import ADAPTER_CARD, ADAPTER_FILE
-from ace_llamaindex.evaluate.stats import Verdict, ci_text, interval
+from ace_llamaindex.records.card import CARD_NAME
+from ace_llamaindex.records.gate import GateResult, unmeasured_gate
+from ace_llamaindex.records.outcome import Outcome, outcome
+from ace_llamaindex.records.plan import HERE, ServingPlan
+from ace_llamaindex.records.verdict import Verdict, ci_text, interval
 from ace_llamaindex.serve.served_model import read_serving, resolve_serving
-from ace_llamaindex.serve.serving_record import HERE, ServingPlan
-from ace_llamaindex.train.outcome import Outcome, outcome
-from ace_llamaindex.train.promotion import GateResult, unmeasured_gate
 from ace_llamaindex.train.training import TrainResult
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ace_llamaindex"
-STATS = PACKAGE / "evaluate" / "stats.py"
+STATS = PACKAGE / "records" / "verdict.py"
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p != STATS)
 
 
@@ -99,7 +99,7 @@ def hand_written_intervals(source: str, relative: str = "") -> list[tuple[int, s
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_verdict_literal_outside_stats(path):
     assert verdict_literals(path.read_text(encoding="utf-8")) == [], \
-        f"{path.relative_to(PACKAGE)}: spell verdicts as evaluate.stats.Verdict members"
+        f"{path.relative_to(PACKAGE)}: spell verdicts as records.verdict.Verdict members"
 
 
 @pytest.mark.parametrize(("source", "found"), [
@@ -126,7 +126,7 @@ def test_verdict_literal_check_itself(source, found):
 def test_no_hand_written_interval_outside_stats(path):
     relative = str(path.relative_to(PACKAGE))
     assert hand_written_intervals(path.read_text(encoding="utf-8"), relative) == [], \
-        f"{relative}: write intervals with evaluate.stats.interval / ci_text"
+        f"{relative}: write intervals with records.verdict.interval / ci_text"
 
 
 @pytest.mark.parametrize(("source", "found"), [
@@ -180,7 +180,7 @@ WRITTEN_PLANS = {
 }
 
 
-SERVING_RECORD = PACKAGE / "serve" / "serving_record.py"
+SERVING_RECORD = PACKAGE / "records" / "plan.py"
 PLAN_KEYS = {"model", "adapter", "reindex"}
 
 
@@ -212,7 +212,7 @@ def plan_literals(source: str) -> list[tuple[int, str]]:
                          ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_serving_plan_literal_outside_its_module(path):
     assert plan_literals(path.read_text(encoding="utf-8")) == [], \
-        f"{path.relative_to(PACKAGE)}: write and read serving plans through serve.serving_record.ServingPlan"
+        f"{path.relative_to(PACKAGE)}: write and read serving plans through records.plan.ServingPlan"
 
 
 @pytest.mark.parametrize(("source", "found"), [

@@ -14,29 +14,16 @@ a rollout always did, unless held-out queries say it is not better.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..data.dataset import QADataset
-from ..embeddings.card import TrainingCard, deciding_subset, read_card
-from ..evaluate.stats import Verdict, interval
-from ..serve.serving_record import ServingPlan, describe_plan, fingerprint_identity, plan_identity
-
-
-@dataclass
-class Evidence:
-    """What a rollout compared the model with (``against``), on what (``source``), the comparison (a gate's
-    ``as_dict()``, or None), and whether it allows the switch (``allowed``) with a sentence saying why."""
-
-    against: str
-    source: str
-    gate: dict[str, Any] | None
-    allowed: bool
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from ..records.card import TrainingCard, read_card
+from ..records.evidence import Evidence
+from ..records.gate import deciding_subset
+from ..records.plan import ServingPlan, describe_plan, fingerprint_identity
+from ..records.verdict import Verdict, interval
+from ..serve.serving_record import plan_identity
 
 
 def _verdict_allows(gate: dict[str, Any]) -> bool:

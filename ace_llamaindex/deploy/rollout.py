@@ -56,13 +56,13 @@ from ..data.dataset import QADataset
 from ..data.loading import load_dataset
 from ..errors import OptionError
 from ..index.store import VERSION_MARK, VERSION_OF_KEY, CorpusIndex, cluster_options
+from ..records.plan import ServingPlan
 from ..serve.served_model import model_embedding
 from ..serve.serving_record import (
     EXPERIMENT_KEY,
     PREVIOUS_KEY,
     SERVING_KEY,
     VECTOR_KEY,
-    ServingPlan,
     challenger_alias,
     plan_identity,
     serving_target,

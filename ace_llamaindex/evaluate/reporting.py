@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json, write_text
-from ..embeddings.card import TrainingCard, deciding_subset
 from ..plugins.manager import components, get
-from ..serve.serving_record import ServingPlan
-from .stats import ci_text, interval
+from ..records.card import TrainingCard
+from ..records.gate import deciding_subset
+from ..records.plan import ServingPlan
+from ..records.verdict import ci_text, interval
 
 HEADLINE = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "cosine")
 

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from ..data.examples import TrainingExample
-from ..embeddings.card import TrainingCard, read_card, text_hash
 from ..errors import OptionError
+from ..records.card import TrainingCard, read_card, text_hash
+from ..records.plan import ServingPlan, describe_plan
 from ..serve.served_model import read_serving, serving_encoder
-from ..serve.serving_record import SERVING_KEY, ServingPlan, describe_plan, plan_identity, serving_target
+from ..serve.serving_record import SERVING_KEY, plan_identity, serving_target
 
 log = logging.getLogger(__name__)
 

@@ -9,24 +9,21 @@ model slightly; ``ace pipeline``'s test split is the unbiased number.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..data.dataset import QADataset
 from ..data.examples import TrainingExample
-from ..embeddings.card import TrainingCard
 from ..embeddings.encoding import Encoder
 from ..evaluate.evaluate import System, evaluate
-from ..evaluate.stats import Verdict, interval, paired_bootstrap, weighted_paired_bootstrap
+from ..evaluate.stats import paired_bootstrap, weighted_paired_bootstrap
+from ..records.card import TrainingCard
+from ..records.gate import GateResult
+from ..records.verdict import Verdict
 
 GATE_METRIC = "ndcg@10"
-
-
-def unmeasured_gate() -> dict[str, Any]:
-    """A card's gate when there were no validation queries (trained without validation: ``Verdict.allows`` it)."""
-    return {"verdict": f"{Verdict.NOT_MEASURED} (no validation queries)"}
 
 
 def validation_dataset(val: Sequence[TrainingExample], everything: Iterable[TrainingExample],
@@ -73,44 +70,6 @@ def validation_dataset(val: Sequence[TrainingExample], everything: Iterable[Trai
 
 MIN_UNSEEN = 20  # unseen-document validation queries needed for a verdict; fewer: "can't tell"
 UNSEEN, SEEN = "unseen documents", "seen documents"
-
-
-@dataclass
-class GateResult:
-    """Fine-tuned vs base on the validation queries: overall, and on the queries about documents no training query
-    had (``unseen documents``: what the gate decides on) and about documents training queries also had."""
-
-    verdict: str  # a Verdict (a plain str when read back from a card)
-    metric: str
-    base: float | None = None
-    finetuned: float | None = None
-    delta: float | None = None
-    ci95: tuple[float, float] | None = None
-    n_queries: int = 0
-    seen_documents: float | None = None  # share of validation queries whose document a training query also had
-    subsets: dict[str, dict[str, Any]] = field(default_factory=dict)  # UNSEEN / SEEN -> comparison
-    decided_by: str = "all validation queries"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "metric": self.metric, "base": self.base, "finetuned": self.finetuned,
-                "delta": self.delta, "ci95": list(self.ci95) if self.ci95 else None, "n_queries": self.n_queries,
-                "seen_documents": self.seen_documents, "subsets": self.subsets, "decided_by": self.decided_by}
-
-    @classmethod
-    def from_dict(cls, g: dict[str, Any]) -> GateResult | None:
-        if g.get("delta") is None:
-            return None
-        return cls(g["verdict"], g["metric"], g["base"], g["finetuned"], g["delta"], tuple(g["ci95"]), g["n_queries"],
-                   g.get("seen_documents"), g.get("subsets") or {}, g.get("decided_by", "all validation queries"))
-
-    def sentence(self) -> str:
-        if self.delta is None:
-            return f"promotion gate: {self.verdict} (no validation queries)"
-        parts = [f"{name} ({s['n']}): {interval(s['delta'], s['ci95'])} {s['verdict']}"
-                 for name, s in self.subsets.items() if s.get("delta") is not None]
-        return (f"promotion gate on {self.n_queries} validation queries: {self.metric} {self.base:.3f} -> {self.finetuned:.3f}, "
-                + interval(self.delta, self.ci95) + (f"; {'; '.join(parts)}" if parts else "")
-                + f": {self.verdict} (decided by {self.decided_by})")
 
 
 def seen_document_share(train: Sequence[TrainingExample], val: Sequence[TrainingExample]) -> float | None:
