@@ -104,7 +104,7 @@ def mine_training_data(dataset: QADataset | str | Path | None = None, output: st
         from .index.engines import open_index
         from .index.store import shown_url
         from .records.plan import ServingPlan
-        from .serve.serving_record import SERVING_KEY, serving_target
+        from .serve.serving_record import SERVING_KEY, collection_plan, serving_target
 
         if index is None:
             if not qdrant_url and not qdrant_path:
@@ -116,7 +116,7 @@ def mine_training_data(dataset: QADataset | str | Path | None = None, output: st
             where = (f"at the Qdrant server {shown_url(qdrant_url)}" if qdrant_url
                      else f"in the embedded Qdrant folder {qdrant_path!r} (--qdrant-path)" if qdrant_path else "in the index given")
             raise OptionError(f"no collection {collection!r} {where}")
-        serving = index.sibling(serving_target(index, collection)).metadata().get(SERVING_KEY)
+        serving = collection_plan(index.sibling(serving_target(index, collection)))
         if serving and model is None:  # the collection's documents and queries are that model's, not the base's
             from .serve.served_model import serving_encoder
 

@@ -359,3 +359,57 @@ def test_outcome_decoded_as_before(name):
 
 def test_outcome_of_an_old_card_without_promoted():
     assert outcome({"method": "full", "serving": {"model": ".", "adapter": None, "reindex": True}}) is Outcome.PROMOTED
+
+
+# (e) one reader of a collection's serving plan (issue #39) ---------------------------------------------------------
+
+SERVING_RECORD_MODULE = PACKAGE / "serve" / "serving_record.py"
+
+
+def plan_reads(source: str) -> list[int]:
+    """Where a module reads a collection's serving plan by its metadata key (``meta.get(SERVING_KEY)``,
+    ``meta[SERVING_KEY]``, ``SERVING_KEY in meta``) instead of through ``serving_record.collection_plan``."""
+    hits = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+            key = node.slice
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" and node.args:
+            key = node.args[0]
+        elif isinstance(node, ast.Compare) and isinstance(node.ops[0], (ast.In, ast.NotIn)):
+            key = node.left
+        else:
+            continue
+        if isinstance(key, ast.Name) and key.id == "SERVING_KEY":
+            hits.append(node.lineno)
+    return hits
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES + [STATS] if p != SERVING_RECORD_MODULE],
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_one_reader_of_a_collections_plan(path):
+    assert plan_reads(path.read_text(encoding="utf-8")) == [], \
+        f"{path.relative_to(PACKAGE)}: read a collection's serving plan with serve.serving_record.collection_plan"
+
+
+@pytest.mark.parametrize(("source", "found"), [
+    ("plan = index.metadata().get(SERVING_KEY)", [1]),
+    ("plan = meta[SERVING_KEY]", [1]),
+    ("if SERVING_KEY not in current.metadata(): pass", [1]),
+    ("current.set_metadata({SERVING_KEY: plan})", []),                  # writing it
+    ("plan = collection_plan(index)", []),
+])
+def test_plan_read_check_itself(source, found):
+    assert plan_reads(source) == found
+
+
+def test_collection_plan_reads_an_index_or_its_metadata():
+    from ace_llamaindex.serve.serving_record import SERVING_KEY, collection_plan
+
+    plan = WRITTEN_PLANS["collection record, adapter"]
+
+    class Index:
+        def metadata(self):
+            return {SERVING_KEY: plan, "ace_vector": "v"}
+
+    assert collection_plan(Index()) == plan and collection_plan({SERVING_KEY: plan}) == plan
+    assert collection_plan({}) is None

@@ -59,7 +59,7 @@ from ..records.experiment import ArmStats, ExperimentRecord, ExperimentStatus, c
 from ..records.verdict import Verdict, interval
 from ..serve.experiment_arms import CHALLENGER, CHAMPION, running_challenger
 from ..serve.feedback import judgements, read_log
-from ..serve.serving_record import EXPERIMENT_KEY, SERVING_KEY, challenger_alias, serving_target
+from ..serve.serving_record import EXPERIMENT_KEY, challenger_alias, collection_plan, serving_target
 from .rollout import rollout, step, switch_to
 
 # the steps an experiment passes besides a rollout's (deploy.rollout.STEPS): kill tests name each
@@ -118,8 +118,8 @@ def start_experiment(model: str | Path, collection: str = "ace_memories", *, mod
     record = ExperimentRecord(
         collection, champion, report.collection, **options,
         feedback_log=str(Path(feedback_log).resolve()) if feedback_log else None,
-        champion_plan=location.sibling(report.previous).metadata().get(SERVING_KEY) or {},
-        challenger_plan=location.sibling(report.collection).metadata().get(SERVING_KEY) or {},
+        champion_plan=collection_plan(location.sibling(report.previous)) or {},
+        challenger_plan=collection_plan(location.sibling(report.collection)) or {},
         offline_evidence=report.evidence)
     location.sibling(report.collection).set_metadata({EXPERIMENT_KEY: record.to_dict()})
     step("experiment-recorded")

@@ -64,6 +64,7 @@ from ..serve.serving_record import (
     SERVING_KEY,
     VECTOR_KEY,
     challenger_alias,
+    collection_plan,
     plan_identity,
     serving_target,
 )
@@ -217,7 +218,7 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     if not current.exists():
         raise OptionError(f"collection {collection!r} does not exist here; index it first (`ace index`)")
     plan = _serving_plan(model)
-    previous_serving = current.metadata().get(SERVING_KEY)
+    previous_serving = collection_plan(current)
     if not previous_serving:  # an `ace index` collection: what serves it is previous_model, or assumed the base model
         previous_serving = _serving_plan(previous_model or DEFAULT_MODEL)
         said = model_embedding(previous_serving)  # its vectors' name, without loading it
@@ -369,7 +370,7 @@ def _build(build: RolloutBuild, report: RolloutReport, *, batch_size: int, show_
         current = location.sibling(current_name)
         report.previous = current_name
         step("copied-v0")
-    elif SERVING_KEY not in current.metadata():
+    elif collection_plan(current) is None:
         current.set_metadata({SERVING_KEY: build.previous_serving})
         step("recorded-serving")
 

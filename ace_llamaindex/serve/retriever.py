@@ -128,10 +128,10 @@ class HybridQdrantRetriever(BaseRetriever):
 
     def _open_target(self, target: str) -> _Served:
         from .served_model import model_embedding
-        from .serving_record import SERVING_KEY
+        from .serving_record import collection_plan
 
         index = self.index.sibling(target)
-        plan = index.metadata().get(SERVING_KEY)
+        plan = collection_plan(index)
         embed = self.embed_model
         if plan and not _serves(embed, plan):
             embed = model_embedding(plan, fallback=getattr(self.embed_model, "fallback", None))

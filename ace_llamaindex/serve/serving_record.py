@@ -10,6 +10,7 @@ the online experiment it takes part in (:mod:`ace_llamaindex.serve.experiment_ar
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,15 @@ from ..records.plan import ServingPlan, fingerprint_identity
 
 SERVING_KEY, VECTOR_KEY, PREVIOUS_KEY = "ace_serving", "ace_vector", "ace_previous"
 EXPERIMENT_KEY = "ace_experiment"
+
+
+def collection_plan(collection) -> dict[str, Any] | None:
+    """The serving plan a collection records (its ``ace_serving``, as the rollout wrote it), or None when it records
+    none (one ``ace index`` built). ``collection``: an open index, or its metadata already read. The one place a
+    collection's plan is read; :meth:`ServingPlan.from_dict <ace_llamaindex.records.plan.ServingPlan.from_dict>` reads
+    its fields."""
+    metadata = collection if isinstance(collection, Mapping) else collection.metadata()
+    return metadata.get(SERVING_KEY)
 
 
 def challenger_alias(collection: str) -> str:
