@@ -801,9 +801,7 @@ location_options = with_options(*SERVING_LOCATION, ENGINE, AS_JSON)
                    "--no-resume removes it and starts again.")
 @cluster_options
 @friendly
-def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, previous_model, fallback_url, fallback_model,
-                batch_size, dry_run, heldout, force, workers, resume, shard_number, replication_factor,
-                write_consistency_factor):
+def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, fallback_url, fallback_model, **given):
     """Serve COLLECTION with MODEL without downtime: a fresh collection, checked, then an atomic alias switch.
 
     \b
@@ -815,18 +813,17 @@ def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, pre
     A rollout killed midway is resumed by the next one of the same MODEL (--no-resume starts again). --workers N
     encodes with N processes (--dry-run estimates the time with them). On a Qdrant server, the new collection gets
     --shards/--replication-factor/--write-consistency, else the settings of the collection it replaces."""
-    from .deploy.rollout import rollout
+    from .deploy.rollout import RolloutOptions, rollout
 
     fallback = None
     if fallback_url:
         from .serve.http_embedding import OpenAICompatibleEmbedding
 
         fallback = OpenAICompatibleEmbedding(base_url=fallback_url, model_name=fallback_model)
-    report = rollout(model, collection, index=rollout_location(collection, qdrant_path, qdrant_url, engine),
-                     previous_model=previous_model, fallback=fallback, dry_run=dry_run, batch_size=batch_size,
-                     show_progress=not as_json, force=force, heldout=heldout, workers=workers, resume=resume,
-                     shard_number=shard_number, replication_factor=replication_factor,
-                     write_consistency_factor=write_consistency_factor)
+    # the other flags (--previous-model, --batch-size, --dry-run, --heldout, --force, --workers, --resume, the cluster's)
+    # are RolloutOptions fields of the same names
+    options = RolloutOptions(**given, fallback=fallback, show_progress=not as_json)
+    report = rollout(model, collection, options, index=rollout_location(collection, qdrant_path, qdrant_url, engine))
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
         return
@@ -836,10 +833,10 @@ def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, pre
     colour = "green" if evidence.get("allowed") else "red"
     console.print(f"evidence ({evidence.get('source')}): [{colour}]{escape(evidence.get('reason', ''))}[/{colour}]",
                   highlight=False, soft_wrap=True)
-    if dry_run and not evidence.get("allowed") and not force:
+    if options.dry_run and not evidence.get("allowed") and not options.force:
         console.print("[red]would be refused[/red] (--force to roll it out anyway)", highlight=False)
         return
-    if dry_run:
+    if options.dry_run:
         resumed = (f", resuming it: {report.resumed} of them are in it already" if report.resumed else "")
         console.print(f"would embed {report.documents - report.resumed} documents of {report.previous!r} with {model} into "
                       f"{report.collection!r}{resumed} (about {report.encode_seconds:.0f} s with {report.workers} "

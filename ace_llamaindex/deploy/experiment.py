@@ -60,7 +60,7 @@ from ..records.verdict import Verdict, interval
 from ..serve.experiment_arms import CHALLENGER, CHAMPION, running_challenger
 from ..serve.feedback import judgements, read_log
 from ..serve.serving_record import EXPERIMENT_KEY, challenger_alias, collection_plan, serving_target
-from .rollout import rollout, step, switch_to
+from .rollout import RolloutOptions, rollout, step, switch_to
 
 # the steps an experiment passes besides a rollout's (deploy.rollout.STEPS): kill tests name each
 EXPERIMENT_STEPS = ("experiment-recorded", "experiment-started", "experiment-ramped", "experiment-ended",
@@ -112,8 +112,9 @@ def start_experiment(model: str | Path, collection: str = "ace_memories", *, mod
                    guardrail_alpha=guardrail_alpha, srm_alpha=srm_alpha)
     check_options(**options)
     location = _location(collection, index, path, url, api_key, engine)
-    report = rollout(model, collection, index=location, switch=False, force=True, previous_model=previous_model,
-                     fallback=fallback, batch_size=batch_size, show_progress=show_progress)
+    report = rollout(model, collection, RolloutOptions(switch=False, force=True, previous_model=previous_model,
+                                                       fallback=fallback, batch_size=batch_size,
+                                                       show_progress=show_progress), index=location)
     champion = serving_target(location, collection)
     record = ExperimentRecord(
         collection, champion, report.collection, **options,
