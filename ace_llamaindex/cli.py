@@ -315,25 +315,26 @@ def print_training(card) -> None:
     """The promotion gate's verdict (and, for --method auto, every candidate's) and the fusion, for people
     (``card``: a :class:`~ace_llamaindex.records.card.TrainingCard` or its dict)."""
     from .records.card import TrainingCard
-    from .records.gate import deciding_subset
+    from .records.gate import GateResult, deciding_subset
     from .records.verdict import Verdict, interval
 
     card = TrainingCard.from_dict(card)
     g = card.gate
-    for name, c in (card.candidates or {}).items():
-        cg = c["gate"]
+    for candidate in card.judged_candidates():
+        cg = candidate.gate
         where = cg.get("decided_by", "")
         sub = deciding_subset(cg)
         line = f"{where} {interval(sub['delta'], sub['ci95'])}" \
             if sub is not cg and sub.get("delta") is not None \
             else f"{cg['delta']:+.3f} ({where})"
-        console.print(f"  candidate {name:<18} {line}: {cg['verdict']}"
-                      f"{' (re-index)' if c['reindex'] else ' (no re-index)'}", highlight=False)
+        console.print(f"  candidate {candidate.name:<18} {line}: {candidate.verdict}"
+                      f"{' (re-index)' if candidate.reindex else ' (no re-index)'}", highlight=False)
     if g.get("delta") is not None:
-        colour = _verdict_colour(g["verdict"])
+        gate = GateResult.from_dict(g)
+        colour = _verdict_colour(gate.verdict)
         label = f" for {card.gate_of}" if card.gate_of else ""
-        console.print(f"promotion gate{label} ({g['n_queries']} validation queries): {g['metric']} {_interval_line(g)}: "
-                      f"[{colour}]{escape(g['verdict'])}[/{colour}] (decided by {g.get('decided_by', 'all validation queries')})",
+        console.print(f"promotion gate{label} ({gate.n_queries} validation queries): {gate.metric} {_interval_line(g)}: "
+                      f"[{colour}]{escape(gate.verdict)}[/{colour}] (decided by {gate.decided_by})",
                       highlight=False)
         for name, sub in (g.get("subsets") or {}).items():
             if sub.get("delta") is not None:
@@ -344,7 +345,7 @@ def print_training(card) -> None:
         console.print(f"[yellow]no gain shown:[/yellow] {inconclusive_reason(g)}", highlight=False)
     champion = card.champion
     if champion:
-        cg = champion.get("gate") or {}
+        cg = card.champion_gate
         colour = _verdict_colour(cg.get("verdict"))
         sub = deciding_subset(cg)
         evidence = f"{_interval_line(sub)}: " if sub.get("delta") is not None else ""

@@ -178,3 +178,32 @@ def test_indexing_a_card_still_works_and_says_it_is_deprecated():
 def test_details_cannot_shadow_a_field():
     with pytest.raises(ValueError, match="shadow"):
         TrainingCard(method="full", details={"gate": {}}).to_dict()
+
+
+def test_stages_read_the_gate_and_candidates_through_types():
+    """Issue #39: a card's candidates, its champion comparison and a gate's subsets are read through the records'
+    attributes (the card on disk is unchanged)."""
+    from ace_llamaindex.records.gate import GateResult
+    from ace_llamaindex.records.verdict import Verdict
+
+    worse = {**GATE, "verdict": "worse"}
+    card = TrainingCard.from_dict({"method": "auto", "chosen": "adapter", "gate": GATE,
+                                   "candidates": {"adapter": {"gate": GATE, "reindex": False},
+                                                  "full": {"gate": worse, "reindex": True, "against_base": GATE}},
+                                   "champion": {"source": "collection 'm'", "identity": {"model": "x", "adapter": None},
+                                                "serving": {"model": "/m", "adapter": None, "reindex": True},
+                                                "gate": worse}})
+    assert [(c.name, c.verdict, c.reindex, c.against_base) for c in card.judged_candidates()] == \
+        [("adapter", Verdict.BETTER, False, None), ("full", Verdict.WORSE, True, GATE)]
+    assert card.champion_gate == worse and card.champion_identity == {"model": "x", "adapter": None}
+    assert card.champion_plan == {"model": "/m", "adapter": None, "reindex": True}
+    plain = TrainingCard(method="full", gate=GATE)
+    assert plain.judged_candidates() == [] and plain.champion_gate == {} and plain.champion_plan is None
+
+    overall = {"n": 40, "base": 0.5, "finetuned": 0.6, "delta": 0.1, "ci95": [0.01, 0.2], "verdict": Verdict.BETTER}
+    gate = GateResult.from_comparison(overall, "ndcg@10", 40)
+    assert gate == GateResult(Verdict.BETTER, "ndcg@10", 0.5, 0.6, 0.1, (0.01, 0.2), 40)
+    assert GateResult.from_comparison({"n": 0, "delta": None, "verdict": Verdict.NOT_MEASURED}, "ndcg@10", 0).ci95 is None
+    gate.subsets = {"unseen documents": {"n": 20, "delta": -0.01, "verdict": Verdict.NO_CLEAR_DIFFERENCE}}
+    assert gate.subset_verdict("unseen documents") == Verdict.NO_CLEAR_DIFFERENCE
+    assert gate.subset_delta("unseen documents") == -0.01

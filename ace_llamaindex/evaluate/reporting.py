@@ -73,12 +73,13 @@ def _training_section(report: dict[str, Any]) -> list[str]:
                               ("re-index the documents" if serving.reindex else "the base's index as it is")
                               + (", queries through the adapter" if serving.adapter else "")) + ".", "",
                 "| candidate | re-index | decided by | delta | 95% CI | verdict |", "|---|:---:|---|---:|---|---|"]
-        for name, c in card.candidates.items():
-            g = c["gate"]
+        for candidate in card.judged_candidates():
+            g = candidate.gate
             d = deciding_subset(g)
             ci = ci_text(d["ci95"]) if d.get("ci95") else "–"
             delta = f"{d['delta']:+.3f}" if d.get("delta") is not None else "–"
-            out.append(f"| {name} | {'yes' if c['reindex'] else 'no'} | {g.get('decided_by')} | {delta} | {ci} | {g['verdict']} |")
+            out.append(f"| {candidate.name} | {'yes' if candidate.reindex else 'no'} | {g.get('decided_by')} | {delta} | {ci} "
+                       f"| {candidate.verdict} |")
     fusion = report.get("fusion")
     if fusion:
         out += ["", f"### Fusion chosen on validation: {fusion['name']}", "", fusion["reason"] + ".", ""]

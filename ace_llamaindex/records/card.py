@@ -27,6 +27,23 @@ ADAPTER_CARD = "ace_adapter.json"  # a query adapter's card, beside its weights
 CARD_SCHEMA = 2  # 1: cards of ace-llamaindex 0.1, without "schema_version"; 2: this class
 
 
+@dataclass(frozen=True)
+class JudgedCandidate:
+    """One ``--method auto`` candidate as its card records it: its gate (``GateResult.as_dict()``: against the
+    champion when there was one, else the base), whether serving it embeds the documents again, and its gate against
+    the base when the first one was against a champion."""
+
+    name: str
+    gate: dict[str, Any]
+    reindex: bool
+    against_base: dict[str, Any] | None = None
+
+    @property
+    def verdict(self) -> str:
+        """Its gate's verdict (a :class:`~ace_llamaindex.records.verdict.Verdict` word)."""
+        return self.gate["verdict"]
+
+
 @dataclass
 class TrainingCard:
     """What a training run did, in one record. The nested entries are plain data as the gate writes them:
@@ -140,6 +157,21 @@ class TrainingCard:
         return (self.champion or {}).get("gate") or self.gate
 
     @property
+    def champion_gate(self) -> dict[str, Any]:
+        """The new model against the champion that served when it trained (``GateResult.as_dict()``; {}: none)."""
+        return (self.champion or {}).get("gate") or {}
+
+    @property
+    def champion_identity(self) -> dict[str, str | None] | None:
+        """What the champion it was compared with *is* (``serve.serving_record.plan_identity``), or None."""
+        return (self.champion or {}).get("identity")
+
+    @property
+    def champion_plan(self) -> dict[str, Any] | None:
+        """The serving plan of the champion it was compared with (None: it had none)."""
+        return self.champion["serving"] if self.champion else None
+
+    @property
     def seen_queries(self) -> set[str]:
         """Hashes (:func:`text_hash`) of every query the model trained or validated on."""
         return set(self.training_queries) | set(self.validation_queries)
@@ -148,6 +180,11 @@ class TrainingCard:
     def base_fingerprint(self) -> str | None:
         """An adapter's base weights fingerprint (None for a fine-tune's card, or a base that has none)."""
         return (self.base or {}).get("fingerprint")
+
+    def judged_candidates(self) -> list[JudgedCandidate]:
+        """The ``--method auto`` candidates, in the order judged (none for another method)."""
+        return [JudgedCandidate(name, c["gate"], c["reindex"], c.get("against_base"))
+                for name, c in (self.candidates or {}).items()]
 
     @property
     def adapter_kind(self) -> str:

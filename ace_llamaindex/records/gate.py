@@ -37,6 +37,22 @@ class GateResult:
                 "seen_documents": self.seen_documents, "subsets": self.subsets, "decided_by": self.decided_by}
 
     @classmethod
+    def from_comparison(cls, comparison: Mapping[str, Any], metric: str, n_queries: int) -> GateResult:
+        """The gate of one comparison over all ``n_queries`` validation queries (a dict of ``n``, ``base``,
+        ``finetuned``, ``delta``, ``ci95``, ``verdict``, as ``train.promotion.compare`` writes it)."""
+        ci95 = comparison.get("ci95")
+        return cls(comparison["verdict"], metric, comparison.get("base"), comparison.get("finetuned"),
+                   comparison.get("delta"), tuple(ci95) if ci95 else None, n_queries)
+
+    def subset_verdict(self, name: str) -> str:
+        """The verdict on the subset ``name`` of the validation queries (``unseen documents``, ``seen documents``)."""
+        return self.subsets[name]["verdict"]
+
+    def subset_delta(self, name: str) -> float | None:
+        """The mean difference on the subset ``name`` (None: it had no queries)."""
+        return self.subsets[name].get("delta")
+
+    @classmethod
     def from_dict(cls, g: dict[str, Any]) -> GateResult | None:
         if g.get("delta") is None:
             return None

@@ -111,8 +111,7 @@ def judge(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Sequ
 
     Either way "better" needs neither subset to be "worse". Without ``unseen``: all queries decide."""
     overall = compare(per_query, qids, baseline, candidate, metric)
-    result = GateResult(overall["verdict"], metric, overall.get("base"), overall.get("finetuned"), overall.get("delta"),
-                        tuple(overall["ci95"]) if overall.get("ci95") else None, len(qids))
+    result = GateResult.from_comparison(overall, metric, len(qids))
     if unseen is None:
         return result
     unseen_ids = [q for q in qids if q in unseen]
@@ -132,11 +131,11 @@ def judge(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Sequ
         result.subsets[mix] = {"n": len(qids), "delta": round(d.delta, 4), "ci95": [round(d.ci_low, 4), round(d.ci_high, 4)],
                                "verdict": d.verdict, "weights": {SEEN: round(seen_weight, 3), UNSEEN: round(1 - seen_weight, 3)}}
         result.verdict, result.decided_by = d.verdict, mix
-        if d.verdict == Verdict.BETTER and result.subsets[UNSEEN]["delta"] < 0:
+        if d.verdict == Verdict.BETTER and result.subset_delta(UNSEEN) < 0:
             result.verdict, result.decided_by = Verdict.NO_CLEAR_DIFFERENCE, f"{mix}: better, but a loss on {UNSEEN}"
     else:
-        result.verdict, result.decided_by = result.subsets[UNSEEN]["verdict"], UNSEEN
-    if result.verdict == Verdict.BETTER and Verdict.WORSE in (result.subsets[SEEN]["verdict"], result.subsets[UNSEEN]["verdict"]):
+        result.verdict, result.decided_by = result.subset_verdict(UNSEEN), UNSEEN
+    if result.verdict == Verdict.BETTER and Verdict.WORSE in (result.subset_verdict(SEEN), result.subset_verdict(UNSEEN)):
         result.verdict, result.decided_by = Verdict.NO_CLEAR_DIFFERENCE, f"{result.decided_by}; one subset is worse"
     return result
 
