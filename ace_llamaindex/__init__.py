@@ -26,8 +26,8 @@ _EXPORTS: dict[str, str] = {
     "experiment_session": ".serve.experiment_arms",
     "CachedEncoder": ".embeddings.encoding",
     "LlamaIndexEncoder": ".embeddings.encoding",
-    "TrainingCard": ".embeddings.card",
-    "read_card": ".embeddings.card",
+    "TrainingCard": ".records.card",
+    "read_card": ".records.card",
     "System": ".evaluate.evaluate",
     "evaluate": ".evaluate.evaluate",
     "standard_systems": ".evaluate.evaluate",
@@ -76,7 +76,6 @@ if TYPE_CHECKING:
     from .data.loading import load_dataset
     from .deploy.experiment import experiment_status, set_share, start_experiment, stop_experiment
     from .deploy.rollout import rollback, rollout
-    from .embeddings.card import TrainingCard, read_card
     from .embeddings.encoding import CachedEncoder, LlamaIndexEncoder
     from .evaluate.evaluate import System, evaluate, standard_systems
     from .evaluate.fusion_selection import select_fusion
@@ -88,6 +87,7 @@ if TYPE_CHECKING:
     from .mine.feedback_dataset import load_feedback
     from .mine.mining import HardNegativeMiner, MiningOptions, load_training_data, save_training_data
     from .plugins.hookspecs import hookimpl
+    from .records.card import TrainingCard, read_card
     from .serve.adapter_embedding import AdapterEmbedding
     from .serve.embedding import FineTunedEmbedding
     from .serve.experiment_arms import experiment_session

@@ -153,8 +153,8 @@ def _load(dataset, fmt, split, strict):
 
 def _load_unseen(dataset, fmt, split, strict, model):
     """Load a dataset without the queries ``model`` trained or validated on (its training card says which)."""
-    from .embeddings.card import read_card
     from .evaluate.overlap import training_overlap, without_queries
+    from .records.card import read_card
 
     ds = _load(dataset, fmt, split, strict)
     card = read_card(model)
@@ -277,24 +277,24 @@ def _training(kw: dict, seed: int):
 
 
 def _interval_line(s: dict) -> str:
-    from .evaluate.stats import interval
+    from .records.verdict import interval
 
     change = f"{s['base']:.3f} -> {s['finetuned']:.3f}, " if s.get("base") is not None else ""
     return change + interval(s["delta"], s["ci95"])
 
 
 def _verdict_colour(verdict: str | None) -> str:
-    from .evaluate.stats import Verdict
+    from .records.verdict import Verdict
 
     return {Verdict.BETTER: "green", Verdict.WORSE: "red"}.get(verdict, "yellow")
 
 
 def inconclusive_reason(g: dict) -> str:
     """Why a verdict is not "better", in words: too few queries for a gain of that size, or the base near the ceiling."""
-    from .embeddings.card import deciding_subset
+    from .records.gate import deciding_subset
 
     s = deciding_subset(g)
-    from .evaluate.stats import Verdict
+    from .records.verdict import Verdict
 
     s = {**s, "n": s.get("n", g.get("n_queries"))}
     if g.get("verdict") == Verdict.CANT_TELL:
@@ -313,26 +313,28 @@ def inconclusive_reason(g: dict) -> str:
 
 def print_training(card) -> None:
     """The promotion gate's verdict (and, for --method auto, every candidate's) and the fusion, for people
-    (``card``: a :class:`~ace_llamaindex.embeddings.card.TrainingCard` or its dict)."""
-    from .embeddings.card import TrainingCard, deciding_subset
-    from .evaluate.stats import Verdict, interval
+    (``card``: a :class:`~ace_llamaindex.records.card.TrainingCard` or its dict)."""
+    from .records.card import TrainingCard
+    from .records.gate import GateResult, deciding_subset
+    from .records.verdict import Verdict, interval
 
     card = TrainingCard.from_dict(card)
     g = card.gate
-    for name, c in (card.candidates or {}).items():
-        cg = c["gate"]
+    for candidate in card.judged_candidates():
+        cg = candidate.gate
         where = cg.get("decided_by", "")
         sub = deciding_subset(cg)
         line = f"{where} {interval(sub['delta'], sub['ci95'])}" \
             if sub is not cg and sub.get("delta") is not None \
             else f"{cg['delta']:+.3f} ({where})"
-        console.print(f"  candidate {name:<18} {line}: {cg['verdict']}"
-                      f"{' (re-index)' if c['reindex'] else ' (no re-index)'}", highlight=False)
+        console.print(f"  candidate {candidate.name:<18} {line}: {candidate.verdict}"
+                      f"{' (re-index)' if candidate.reindex else ' (no re-index)'}", highlight=False)
     if g.get("delta") is not None:
-        colour = _verdict_colour(g["verdict"])
+        gate = GateResult.from_dict(g)
+        colour = _verdict_colour(gate.verdict)
         label = f" for {card.gate_of}" if card.gate_of else ""
-        console.print(f"promotion gate{label} ({g['n_queries']} validation queries): {g['metric']} {_interval_line(g)}: "
-                      f"[{colour}]{escape(g['verdict'])}[/{colour}] (decided by {g.get('decided_by', 'all validation queries')})",
+        console.print(f"promotion gate{label} ({gate.n_queries} validation queries): {gate.metric} {_interval_line(g)}: "
+                      f"[{colour}]{escape(gate.verdict)}[/{colour}] (decided by {gate.decided_by})",
                       highlight=False)
         for name, sub in (g.get("subsets") or {}).items():
             if sub.get("delta") is not None:
@@ -343,7 +345,7 @@ def print_training(card) -> None:
         console.print(f"[yellow]no gain shown:[/yellow] {inconclusive_reason(g)}", highlight=False)
     champion = card.champion
     if champion:
-        cg = champion.get("gate") or {}
+        cg = card.champion_gate
         colour = _verdict_colour(cg.get("verdict"))
         sub = deciding_subset(cg)
         evidence = f"{_interval_line(sub)}: " if sub.get("delta") is not None else ""
@@ -359,7 +361,7 @@ def print_training(card) -> None:
 
 def print_report(report: dict, metric: str = "ndcg@10") -> None:
     """The overall table and the verdicts, for people."""
-    from .evaluate.stats import ci_text
+    from .records.verdict import ci_text
 
     metrics = [m for m in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "cosine") if m in report["metrics"]]
     metrics += [m for m in report["metrics"] if m not in metrics]
@@ -494,9 +496,9 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
     print_training(card)
     if card.resumed_from_checkpoint:
         console.print(f"resumed from {card.resumed_from_checkpoint}", highlight=False)
-    from .evaluate.stats import Verdict
-    from .serve.serving_record import ServingPlan
-    from .train.outcome import Outcome, outcome
+    from .records.outcome import Outcome, outcome
+    from .records.plan import ServingPlan
+    from .records.verdict import Verdict
 
     serving, done = result.serving, outcome(result)
     if done is Outcome.PROMOTED:
@@ -595,7 +597,6 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
             reason = None
         raise OptionError(f"nothing was promoted at {finetuned}: {reason or 'no method was better than the base'} (the "
                           f"evidence: {evidence}); evaluate the base alone (omit --finetuned) or train again")
-    from .embeddings.card import read_card
     from .embeddings.query_adapter import AdaptedEncoder, QueryAdapter
     from .evaluate.evaluate import compared_systems, evaluate
     from .evaluate.overlap import training_overlap, without_queries
@@ -603,6 +604,7 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
     from .index.fusion_choice import load_fusion
     from .index.store import HybridParams
     from .plugins.manager import components, get
+    from .records.card import read_card
     from .serve.served_model import read_serving, serving_encoder
 
     ds = _load(dataset, fmt, split, strict)
@@ -652,7 +654,7 @@ def pipeline(dataset, fmt, split, strict, out_dir, test_fraction, test_split, **
 
     check_output(out_dir, "dir")
     from .pipeline import run_pipeline
-    from .train.outcome import Outcome, outcome
+    from .records.outcome import Outcome, outcome
 
     if not 0 < test_fraction < 1:
         raise OptionError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}")
@@ -687,7 +689,7 @@ def tune_fusion_cmd(dataset, fmt, split, strict, model, max_queries, engine):
     from .embeddings.encoding import CachedEncoder
     from .evaluate.evaluate import sample_queries
     from .evaluate.fusion_selection import select_fusion
-    from .evaluate.stats import ci_text
+    from .records.verdict import ci_text
 
     ds = _load_unseen(dataset, fmt, split, strict, model)
     ds = ds.subset(sample_queries(list(ds.queries), max_queries))
@@ -800,9 +802,7 @@ location_options = with_options(*SERVING_LOCATION, ENGINE, AS_JSON)
                    "--no-resume removes it and starts again.")
 @cluster_options
 @friendly
-def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, previous_model, fallback_url, fallback_model,
-                batch_size, dry_run, heldout, force, workers, resume, shard_number, replication_factor,
-                write_consistency_factor):
+def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, fallback_url, fallback_model, **given):
     """Serve COLLECTION with MODEL without downtime: a fresh collection, checked, then an atomic alias switch.
 
     \b
@@ -814,18 +814,17 @@ def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, pre
     A rollout killed midway is resumed by the next one of the same MODEL (--no-resume starts again). --workers N
     encodes with N processes (--dry-run estimates the time with them). On a Qdrant server, the new collection gets
     --shards/--replication-factor/--write-consistency, else the settings of the collection it replaces."""
-    from .deploy.rollout import rollout
+    from .deploy.rollout import RolloutOptions, rollout
 
     fallback = None
     if fallback_url:
         from .serve.http_embedding import OpenAICompatibleEmbedding
 
         fallback = OpenAICompatibleEmbedding(base_url=fallback_url, model_name=fallback_model)
-    report = rollout(model, collection, index=rollout_location(collection, qdrant_path, qdrant_url, engine),
-                     previous_model=previous_model, fallback=fallback, dry_run=dry_run, batch_size=batch_size,
-                     show_progress=not as_json, force=force, heldout=heldout, workers=workers, resume=resume,
-                     shard_number=shard_number, replication_factor=replication_factor,
-                     write_consistency_factor=write_consistency_factor)
+    # the other flags (--previous-model, --batch-size, --dry-run, --heldout, --force, --workers, --resume, the cluster's)
+    # are RolloutOptions fields of the same names
+    options = RolloutOptions(**given, fallback=fallback, show_progress=not as_json)
+    report = rollout(model, collection, options, index=rollout_location(collection, qdrant_path, qdrant_url, engine))
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
         return
@@ -835,10 +834,10 @@ def rollout_cmd(model, collection, qdrant_path, qdrant_url, engine, as_json, pre
     colour = "green" if evidence.get("allowed") else "red"
     console.print(f"evidence ({evidence.get('source')}): [{colour}]{escape(evidence.get('reason', ''))}[/{colour}]",
                   highlight=False, soft_wrap=True)
-    if dry_run and not evidence.get("allowed") and not force:
+    if options.dry_run and not evidence.get("allowed") and not options.force:
         console.print("[red]would be refused[/red] (--force to roll it out anyway)", highlight=False)
         return
-    if dry_run:
+    if options.dry_run:
         resumed = (f", resuming it: {report.resumed} of them are in it already" if report.resumed else "")
         console.print(f"would embed {report.documents - report.resumed} documents of {report.previous!r} with {model} into "
                       f"{report.collection!r}{resumed} (about {report.encode_seconds:.0f} s with {report.workers} "
@@ -978,7 +977,7 @@ def experiment() -> None:
 
 
 def _experiment_fields() -> list[click.Option]:
-    from .serve.experiment_arms import ExperimentRecord
+    from .records.experiment import ExperimentRecord
 
     return field_options(ExperimentRecord)
 
@@ -992,10 +991,10 @@ def _experiment_fields() -> list[click.Option]:
 @friendly
 def experiment_start(model, collection, qdrant_path, qdrant_url, engine, as_json, previous_model, **kw):
     """Start an online experiment on COLLECTION between what serves it and MODEL (the options: each one declared
-    on :class:`~ace_llamaindex.serve.experiment_arms.ExperimentRecord`)."""
+    on :class:`~ace_llamaindex.records.experiment.ExperimentRecord`)."""
     from .deploy.experiment import start_experiment
     from .options import declared, flag
-    from .serve.experiment_arms import ExperimentRecord
+    from .records.experiment import ExperimentRecord
 
     given = {name: kw[opt.lstrip("-").replace("-", "_")] for name, spec in declared(ExperimentRecord).items()
              if (opt := flag(name, spec)) is not None and kw[opt.lstrip("-").replace("-", "_")] is not None}

@@ -19,11 +19,11 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 
 from .data.dataset import QADataset
 from .data.examples import TrainingExample
-from .embeddings.card import TrainingCard
 from .embeddings.models import DEFAULT_MODEL
 from .errors import OptionError
 from .mine.mining import HardNegativeMiner, MiningOptions
 from .plugins.manager import get
+from .records.card import TrainingCard
 from .train.training import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
@@ -162,13 +162,13 @@ class SentenceTransformersFinetuneEngine(_Engine):
     def get_finetuned_model(self, **model_kwargs: Any) -> BaseEmbedding:
         """The chosen model as a LlamaIndex embedding (``FineTunedEmbedding``, with its adapter when one was chosen);
         the base model when no method was better (and a warning says so)."""
+        from .records.plan import ServingPlan
         from .serve.embedding import FineTunedEmbedding
         from .serve.served_model import serving_embedding
-        from .serve.serving_record import ServingPlan
 
         if self.result is None:
             raise OptionError(f"{self.name}: call finetune() first")
-        from .train.outcome import Outcome, outcome
+        from .records.outcome import Outcome, outcome
 
         serving = self.result.serving
         if serving is None or outcome(self.result) is not Outcome.PROMOTED:
@@ -220,9 +220,9 @@ class EmbeddingAdapterFinetuneEngine(_Engine):
         from dataclasses import replace
 
         from .embeddings.query_adapter import base_identity
-        from .serve.serving_record import ServingPlan
+        from .records.gate import GateResult
+        from .records.plan import ServingPlan
         from .train.adapter import adapter_config, train_adapter
-        from .train.promotion import GateResult
 
         if train_kwargs:
             raise OptionError(f"{self.name}.finetune() got unknown argument(s) {sorted(train_kwargs)}")
@@ -246,7 +246,7 @@ class EmbeddingAdapterFinetuneEngine(_Engine):
 
         if self.result is None:
             raise OptionError(f"{self.name}: call finetune() first")
-        from .train.outcome import Outcome, outcome
+        from .records.outcome import Outcome, outcome
 
         if outcome(self.result) is not Outcome.PROMOTED:
             log.warning("%s: the adapter was not better on validation; returning embed_model as it is", self.name)

@@ -12,7 +12,7 @@ its own, ``retriever.index``). What the commands print as they go reaches ``noti
 refusals are :class:`~ace_llamaindex.errors.OptionError` (or another ``AceError``), raised before any work::
 
     from ace_llamaindex import mine_feedback, rollout, train_model
-    from ace_llamaindex.evaluate.stats import Verdict
+    from ace_llamaindex.records.verdict import Verdict
 
     mined = mine_feedback("feedback.jsonl", "data.json", collection="memories", index=retriever.index)
     result = train_model(mined.path, "model", collection="memories", index=retriever.index, method="adapter")
@@ -103,7 +103,8 @@ def mine_training_data(dataset: QADataset | str | Path | None = None, output: st
     if collection:
         from .index.engines import open_index
         from .index.store import shown_url
-        from .serve.serving_record import SERVING_KEY, ServingPlan, serving_target
+        from .records.plan import ServingPlan
+        from .serve.serving_record import SERVING_KEY, collection_plan, serving_target
 
         if index is None:
             if not qdrant_url and not qdrant_path:
@@ -115,7 +116,7 @@ def mine_training_data(dataset: QADataset | str | Path | None = None, output: st
             where = (f"at the Qdrant server {shown_url(qdrant_url)}" if qdrant_url
                      else f"in the embedded Qdrant folder {qdrant_path!r} (--qdrant-path)" if qdrant_path else "in the index given")
             raise OptionError(f"no collection {collection!r} {where}")
-        serving = index.sibling(serving_target(index, collection)).metadata().get(SERVING_KEY)
+        serving = collection_plan(index.sibling(serving_target(index, collection)))
         if serving and model is None:  # the collection's documents and queries are that model's, not the base's
             from .serve.served_model import serving_encoder
 
@@ -260,8 +261,9 @@ def _collection_vector(index, encoder, collection: str, model: str | None, servi
     record, names, else the base model). A collection whose vectors another model made is refused in one line:
     searching them with these queries would mine wrong negatives without a sound."""
     from .embeddings.models import DEFAULT_MODEL, vector_name
+    from .records.plan import ServingPlan
     from .serve.served_model import model_embedding
-    from .serve.serving_record import SERVING_KEY, VECTOR_KEY, ServingPlan, serving_target
+    from .serve.serving_record import SERVING_KEY, VECTOR_KEY, serving_target
     from .serve.spaces import embedding_spaces, named_vector
 
     target = index.sibling(serving_target(index, collection))

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from .data.dataset import QADataset
-from .embeddings.card import TrainingCard
 from .embeddings.encoding import CachedEncoder
 from .errors import OptionError
 from .evaluate.evaluate import EvalReport, compared_systems, evaluate
@@ -15,9 +14,10 @@ from .evaluate.reporting import write_reports
 from .index.fusion_choice import load_fusion
 from .mine.mining import MiningOptions, save_training_data
 from .plugins.manager import components, get
+from .records.card import TrainingCard
+from .records.outcome import Outcome, outcome
 from .serve.served_model import serving_encoder
 from .train import distributed
-from .train.outcome import Outcome, outcome
 from .train.training import TrainConfig
 
 

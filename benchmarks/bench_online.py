@@ -310,7 +310,8 @@ def simulate(mode: str, champion: Arm, challenger: Arm, queries: dict[str, str],
     ``check_reads``: the first reads also judged by ``judge_experiment`` on the whole log (they must agree)."""
     from ace_llamaindex.deploy import experiment as dx
     from ace_llamaindex.evaluate.interleaving import team_draft_credit
-    from ace_llamaindex.serve.experiment_arms import CHALLENGER, CHAMPION, ExperimentRecord, experiment_session, serve_query
+    from ace_llamaindex.records.experiment import ExperimentRecord
+    from ace_llamaindex.serve.experiment_arms import CHALLENGER, CHAMPION, experiment_session, serve_query
     from ace_llamaindex.serve.feedback import record_feedback, served_record
 
     rng = random.Random(seed)
@@ -1087,7 +1088,7 @@ def run_scenarios(args, inputs: Inputs) -> None:
     table = ndcg_of_clicks()
     q = len(inputs.qids)
     rel = {name: inputs.rel(name) for name in inputs.rankings}
-    from ace_llamaindex.serve.experiment_arms import ExperimentRecord
+    from ace_llamaindex.records.experiment import ExperimentRecord
 
     record = ExperimentRecord("sim", "a", "b", mode="split", share=0.5)  # the product's defaults
     g_alpha, g_min, limit = record.guardrail_alpha, dx.MIN_ERRORS, record.max_error_rate

@@ -1,4 +1,4 @@
-"""The training card is one typed record (issue #30): written and read through ``embeddings.card.TrainingCard``,
+"""The training card is one typed record (issue #30): written and read through ``records.card.TrainingCard``,
 with a schema version; cards written by 0.1 still load; a bad card is one line; no module builds or indexes a card
 by hand. Fast: no model is loaded."""
 
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from ace_llamaindex.embeddings.card import ADAPTER_CARD, CARD_NAME, CARD_SCHEMA, TrainingCard, read_card
 from ace_llamaindex.errors import AceDeprecationWarning, OptionError
-from ace_llamaindex.train.outcome import Outcome, outcome
+from ace_llamaindex.records.card import ADAPTER_CARD, CARD_NAME, CARD_SCHEMA, TrainingCard, read_card
+from ace_llamaindex.records.outcome import Outcome, outcome
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ace_llamaindex"
-CARD_MODULE = PACKAGE / "embeddings" / "card.py"
+CARD_MODULE = PACKAGE / "records" / "card.py"
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p != CARD_MODULE)
 FIELDS = {f.name for f in fields(TrainingCard)} - {"details"}
 # keys no other record has: a dict literal holding two of them is a card written by hand
@@ -35,7 +35,7 @@ def _names_card(node: ast.AST) -> bool:
 
 
 # (module, function) whose dict literal is not a card, each with its reason
-ALLOWED = {("train/adapter.py", "fit_adapter"): "the adapter run's measurements, which embeddings.card.run_fields turns "
+ALLOWED = {("train/adapter.py", "fit_adapter"): "the adapter run's measurements, which records.card.run_fields turns "
                                                 "into card fields (as the full fine-tune's trainer info)"}
 
 
@@ -72,7 +72,7 @@ def card_literals(source: str, relative: str = "") -> list[tuple[int, str]]:
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_card_literal_outside_its_module(path):
     assert card_literals(path.read_text(encoding="utf-8"), str(path.relative_to(PACKAGE))) == [], \
-        f"{path.relative_to(PACKAGE)}: build and read cards through embeddings.card.TrainingCard's fields"
+        f"{path.relative_to(PACKAGE)}: build and read cards through records.card.TrainingCard's fields"
 
 
 @pytest.mark.parametrize(("source", "found"), [
@@ -178,3 +178,32 @@ def test_indexing_a_card_still_works_and_says_it_is_deprecated():
 def test_details_cannot_shadow_a_field():
     with pytest.raises(ValueError, match="shadow"):
         TrainingCard(method="full", details={"gate": {}}).to_dict()
+
+
+def test_stages_read_the_gate_and_candidates_through_types():
+    """Issue #39: a card's candidates, its champion comparison and a gate's subsets are read through the records'
+    attributes (the card on disk is unchanged)."""
+    from ace_llamaindex.records.gate import GateResult
+    from ace_llamaindex.records.verdict import Verdict
+
+    worse = {**GATE, "verdict": "worse"}
+    card = TrainingCard.from_dict({"method": "auto", "chosen": "adapter", "gate": GATE,
+                                   "candidates": {"adapter": {"gate": GATE, "reindex": False},
+                                                  "full": {"gate": worse, "reindex": True, "against_base": GATE}},
+                                   "champion": {"source": "collection 'm'", "identity": {"model": "x", "adapter": None},
+                                                "serving": {"model": "/m", "adapter": None, "reindex": True},
+                                                "gate": worse}})
+    assert [(c.name, c.verdict, c.reindex, c.against_base) for c in card.judged_candidates()] == \
+        [("adapter", Verdict.BETTER, False, None), ("full", Verdict.WORSE, True, GATE)]
+    assert card.champion_gate == worse and card.champion_identity == {"model": "x", "adapter": None}
+    assert card.champion_plan == {"model": "/m", "adapter": None, "reindex": True}
+    plain = TrainingCard(method="full", gate=GATE)
+    assert plain.judged_candidates() == [] and plain.champion_gate == {} and plain.champion_plan is None
+
+    overall = {"n": 40, "base": 0.5, "finetuned": 0.6, "delta": 0.1, "ci95": [0.01, 0.2], "verdict": Verdict.BETTER}
+    gate = GateResult.from_comparison(overall, "ndcg@10", 40)
+    assert gate == GateResult(Verdict.BETTER, "ndcg@10", 0.5, 0.6, 0.1, (0.01, 0.2), 40)
+    assert GateResult.from_comparison({"n": 0, "delta": None, "verdict": Verdict.NOT_MEASURED}, "ndcg@10", 0).ci95 is None
+    gate.subsets = {"unseen documents": {"n": 20, "delta": -0.01, "verdict": Verdict.NO_CLEAR_DIFFERENCE}}
+    assert gate.subset_verdict("unseen documents") == Verdict.NO_CLEAR_DIFFERENCE
+    assert gate.subset_delta("unseen documents") == -0.01

@@ -17,9 +17,9 @@ from llama_index.core.schema import TextNode
 from ace_llamaindex.cli import cli
 from ace_llamaindex.data.dataset import QADataset
 from ace_llamaindex.deploy.rollout import rollout
-from ace_llamaindex.embeddings.card import read_card
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.mine.feedback_dataset import FeedbackData
+from ace_llamaindex.records.card import read_card
 from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.serve.retriever import HybridQdrantRetriever
 from ace_llamaindex.serve.served_model import read_serving
@@ -157,8 +157,8 @@ def test_the_seen_share_is_measured_from_the_log_and_used_by_ace_train(tmp_path,
 
 
 def test_validation_is_held_out_among_queries_the_champion_did_not_train_on_and_its_own_validation_joins():
-    from ace_llamaindex.embeddings.card import text_hash
     from ace_llamaindex.mine.mining import TrainingExample
+    from ace_llamaindex.records.card import text_hash
     from ace_llamaindex.train.champion import History, split_with_champion
     from ace_llamaindex.train.training import plan_validation
 

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from ace_llamaindex.cli import cli
 from ace_llamaindex.data.loading import DEMO_DATASET, SMALL_DATASET, load_dataset
-from ace_llamaindex.embeddings.card import text_hash
 from ace_llamaindex.embeddings.query_adapter import ADAPTER_CARD
+from ace_llamaindex.records.card import text_hash
 
 SMALL = str(SMALL_DATASET)
 DEMO = str(DEMO_DATASET)

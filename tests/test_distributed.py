@@ -21,9 +21,9 @@ from click.testing import CliRunner
 from sentence_transformers import SentenceTransformer
 
 from ace_llamaindex.cli import cli
-from ace_llamaindex.embeddings.card import CARD_NAME, read_card
 from ace_llamaindex.embeddings.models import open_model
 from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, save_training_data
+from ace_llamaindex.records.card import CARD_NAME, read_card
 
 ROOT = Path(__file__).resolve().parents[1]
 SPY = Path(__file__).with_name("write_spy")  # its sitecustomize records each rank's writes (ACE_WRITE_SPY)

@@ -84,8 +84,8 @@ def test_a_failed_model_is_retried_after_a_back_off(tmp_path, tuned_model_dir, m
 
 def test_files_written_by_training_honour_the_umask(tmp_path, small, base_encoder):
     from ace_llamaindex.atomic import write_json
-    from ace_llamaindex.embeddings.card import CARD_NAME
     from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
+    from ace_llamaindex.records.card import CARD_NAME
     from ace_llamaindex.train.training import TrainConfig, train
 
     old = os.umask(0o022)

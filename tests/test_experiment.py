@@ -31,16 +31,9 @@ from ace_llamaindex.deploy.experiment import (
 )
 from ace_llamaindex.deploy.rollout import rollout
 from ace_llamaindex.errors import OptionError
+from ace_llamaindex.records.experiment import ExperimentRecord
 from ace_llamaindex.serve.embedding import FineTunedEmbedding
-from ace_llamaindex.serve.experiment_arms import (
-    CHALLENGER,
-    CHAMPION,
-    ExperimentRecord,
-    experiment_session,
-    session_key,
-    takes_part,
-    team_draft,
-)
+from ace_llamaindex.serve.experiment_arms import CHALLENGER, CHAMPION, experiment_session, session_key, takes_part, team_draft
 from ace_llamaindex.serve.feedback import QUERY_ID, judgements, read_log
 from ace_llamaindex.serve.retriever import HybridQdrantRetriever
 from ace_llamaindex.serve.serving_record import challenger_alias

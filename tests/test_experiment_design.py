@@ -35,15 +35,8 @@ from ace_llamaindex.evaluate.sequential import (
     stratum_weight,
     two_sample,
 )
-from ace_llamaindex.serve.experiment_arms import (
-    CHALLENGER,
-    CHAMPION,
-    ExperimentRecord,
-    serve_query,
-    shared_prefix,
-    takes_part,
-    team_draft,
-)
+from ace_llamaindex.records.experiment import ExperimentRecord
+from ace_llamaindex.serve.experiment_arms import CHALLENGER, CHAMPION, serve_query, shared_prefix, takes_part, team_draft
 from ace_llamaindex.serve.feedback import FeedbackLog, judgements, read_log, record_feedback, served_record
 
 DOCS = [f"d{i}" for i in range(30)]

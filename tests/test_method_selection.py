@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from ace_llamaindex.data.loading import DEMO_DATASET, load_dataset
-from ace_llamaindex.embeddings.card import CARD_NAME
 from ace_llamaindex.embeddings.query_adapter import ADAPTER_CARD
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, TrainingExample
+from ace_llamaindex.records.card import CARD_NAME
 from ace_llamaindex.serve.served_model import read_serving, resolve_serving, serving_encoder
 from ace_llamaindex.train.adapter import adapter_trainer
 from ace_llamaindex.train.method_selection import select_method

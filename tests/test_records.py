@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from ace_llamaindex.embeddings.card import CARD_NAME
 from ace_llamaindex.embeddings.query_adapter import ADAPTER_CARD, ADAPTER_FILE
-from ace_llamaindex.evaluate.stats import Verdict, ci_text, interval
+from ace_llamaindex.records.card import CARD_NAME
+from ace_llamaindex.records.gate import GateResult, unmeasured_gate
+from ace_llamaindex.records.outcome import Outcome, outcome
+from ace_llamaindex.records.plan import HERE, ServingPlan
+from ace_llamaindex.records.verdict import Verdict, ci_text, interval
 from ace_llamaindex.serve.served_model import read_serving, resolve_serving
-from ace_llamaindex.serve.serving_record import HERE, ServingPlan
-from ace_llamaindex.train.outcome import Outcome, outcome
-from ace_llamaindex.train.promotion import GateResult, unmeasured_gate
 from ace_llamaindex.train.training import TrainResult
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ace_llamaindex"
-STATS = PACKAGE / "evaluate" / "stats.py"
+STATS = PACKAGE / "records" / "verdict.py"
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p != STATS)
 
 
@@ -99,7 +99,7 @@ def hand_written_intervals(source: str, relative: str = "") -> list[tuple[int, s
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_verdict_literal_outside_stats(path):
     assert verdict_literals(path.read_text(encoding="utf-8")) == [], \
-        f"{path.relative_to(PACKAGE)}: spell verdicts as evaluate.stats.Verdict members"
+        f"{path.relative_to(PACKAGE)}: spell verdicts as records.verdict.Verdict members"
 
 
 @pytest.mark.parametrize(("source", "found"), [
@@ -126,7 +126,7 @@ def test_verdict_literal_check_itself(source, found):
 def test_no_hand_written_interval_outside_stats(path):
     relative = str(path.relative_to(PACKAGE))
     assert hand_written_intervals(path.read_text(encoding="utf-8"), relative) == [], \
-        f"{relative}: write intervals with evaluate.stats.interval / ci_text"
+        f"{relative}: write intervals with records.verdict.interval / ci_text"
 
 
 @pytest.mark.parametrize(("source", "found"), [
@@ -180,7 +180,7 @@ WRITTEN_PLANS = {
 }
 
 
-SERVING_RECORD = PACKAGE / "serve" / "serving_record.py"
+SERVING_RECORD = PACKAGE / "records" / "plan.py"
 PLAN_KEYS = {"model", "adapter", "reindex"}
 
 
@@ -212,7 +212,7 @@ def plan_literals(source: str) -> list[tuple[int, str]]:
                          ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_serving_plan_literal_outside_its_module(path):
     assert plan_literals(path.read_text(encoding="utf-8")) == [], \
-        f"{path.relative_to(PACKAGE)}: write and read serving plans through serve.serving_record.ServingPlan"
+        f"{path.relative_to(PACKAGE)}: write and read serving plans through records.plan.ServingPlan"
 
 
 @pytest.mark.parametrize(("source", "found"), [
@@ -359,3 +359,86 @@ def test_outcome_decoded_as_before(name):
 
 def test_outcome_of_an_old_card_without_promoted():
     assert outcome({"method": "full", "serving": {"model": ".", "adapter": None, "reindex": True}}) is Outcome.PROMOTED
+
+
+# (e) one reader of a collection's serving plan (issue #39) ---------------------------------------------------------
+
+SERVING_RECORD_MODULE = PACKAGE / "serve" / "serving_record.py"
+
+
+def plan_reads(source: str) -> list[int]:
+    """Where a module reads a collection's serving plan by its metadata key (``meta.get(SERVING_KEY)``,
+    ``meta[SERVING_KEY]``, ``SERVING_KEY in meta``) instead of through ``serving_record.collection_plan``."""
+    hits = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+            key = node.slice
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" and node.args:
+            key = node.args[0]
+        elif isinstance(node, ast.Compare) and isinstance(node.ops[0], (ast.In, ast.NotIn)):
+            key = node.left
+        else:
+            continue
+        if isinstance(key, ast.Name) and key.id == "SERVING_KEY":
+            hits.append(node.lineno)
+    return hits
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES + [STATS] if p != SERVING_RECORD_MODULE],
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_one_reader_of_a_collections_plan(path):
+    assert plan_reads(path.read_text(encoding="utf-8")) == [], \
+        f"{path.relative_to(PACKAGE)}: read a collection's serving plan with serve.serving_record.collection_plan"
+
+
+@pytest.mark.parametrize(("source", "found"), [
+    ("plan = index.metadata().get(SERVING_KEY)", [1]),
+    ("plan = meta[SERVING_KEY]", [1]),
+    ("if SERVING_KEY not in current.metadata(): pass", [1]),
+    ("current.set_metadata({SERVING_KEY: plan})", []),                  # writing it
+    ("plan = collection_plan(index)", []),
+])
+def test_plan_read_check_itself(source, found):
+    assert plan_reads(source) == found
+
+
+def test_collection_plan_reads_an_index_or_its_metadata():
+    from ace_llamaindex.serve.serving_record import SERVING_KEY, collection_plan
+
+    plan = WRITTEN_PLANS["collection record, adapter"]
+
+    class Index:
+        def metadata(self):
+            return {SERVING_KEY: plan, "ace_vector": "v"}
+
+    assert collection_plan(Index()) == plan and collection_plan({SERVING_KEY: plan}) == plan
+    assert collection_plan({}) is None
+
+
+# (f) long signatures (issue #39): the functions with 15 or more parameters, each named; a new one fails here -------
+
+LONG_SIGNATURES = {  # (module, function): parameters; issue #39 asks for at most 2
+    ("serve/retriever.py", "__init__"): 23,
+    ("deploy/experiment.py", "start_experiment"): 23,
+    ("cli.py", "eval_cmd"): 20,
+    ("finetuning.py", "__init__"): 19,
+    ("loop.py", "mine_training_data"): 17,
+}
+
+
+def long_signatures(root: Path = PACKAGE, at_least: int = 15) -> dict[tuple[str, str], int]:
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                n = (len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + (a.vararg is not None)
+                     + (a.kwarg is not None) - (bool(a.args) and a.args[0].arg in ("self", "cls")))
+                if n >= at_least:
+                    found[(str(path.relative_to(root)), node.name)] = n
+    return found
+
+
+def test_no_new_long_signature():
+    grown = {f: n for f, n in long_signatures().items() if n > LONG_SIGNATURES.get(f, 14)}
+    assert grown == {}, f"functions with 15 or more parameters (take an options record instead): {grown}"

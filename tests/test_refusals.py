@@ -14,14 +14,14 @@ from qdrant_client import QdrantClient
 
 from ace_llamaindex.cli import cli
 from ace_llamaindex.deploy.rollout import rollout
-from ace_llamaindex.embeddings.card import CARD_NAME, PLAN_KINDS, TrainingCard
 from ace_llamaindex.embeddings.models import resolve_model
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.index import store
 from ace_llamaindex.index.edge_store import EdgeCorpusIndex
 from ace_llamaindex.index.engines import open_index
 from ace_llamaindex.index.store import MAX_COLLECTION_NAME, MAX_FILE_NAME, CorpusIndex, derived_names
-from ace_llamaindex.serve.serving_record import ServingPlan
+from ace_llamaindex.records.card import CARD_NAME, TrainingCard
+from ace_llamaindex.records.plan import PLAN_KINDS, ServingPlan
 
 BASE = resolve_model(None)
 TINY = {"queries": {"q1": "the API returns 502 after a deploy", "q2": "disk full on the build agent"},

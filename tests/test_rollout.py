@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from llama_index.core.schema import TextNode
 
 from ace_llamaindex.cli import cli
-from ace_llamaindex.deploy.rollout import rollback, rollout
+from ace_llamaindex.deploy.rollout import RolloutOptions, rollback, rollout
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.serve.embedding import FineTunedEmbedding
 from ace_llamaindex.serve.retriever import SERVED_BY, HybridQdrantRetriever
@@ -215,3 +215,16 @@ def test_the_production_loop_example_rolls_a_better_model_out_and_back(tmp_path,
     assert happened["after_rollback"] == happened["before"] and happened["restored"], happened  # exactly as before
     assert "rollout: 300 memories into 'memories__v1'" in out and "(unseen documents): better" in out, out
     assert "rollback: 'memories__v1' -> " in out, out
+
+
+def test_rollout_takes_one_options_record_and_its_fields_as_keywords():
+    """Issue #39: rollout() takes a RolloutOptions (what `ace rollout` builds); a keyword replaces a field of it, and a
+    keyword that is no option is a TypeError, as before."""
+    base = RolloutOptions(dry_run=True)
+    assert RolloutOptions.given(base, {"force": True}) == RolloutOptions(dry_run=True, force=True)
+    assert base.force is False                                           # the caller's record is not changed
+    assert RolloutOptions.given(None, {}) == RolloutOptions()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'forse'"):
+        rollout("model", "memories", forse=True)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'forse'"):
+        rollout("model", "memories", RolloutOptions(), forse=True)

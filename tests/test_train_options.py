@@ -549,7 +549,7 @@ def test_ace_train_without_method_runs_auto_and_the_card_says_what_the_gate_chos
     import json
 
     from ace_llamaindex.data.loading import SMALL_DATASET
-    from ace_llamaindex.embeddings.card import read_card
+    from ace_llamaindex.records.card import read_card
 
     runner = CliRunner()
     data = tmp_path / "data.json"

@@ -6,9 +6,9 @@ import pytest
 from sentence_transformers import SentenceTransformer
 from transformers import TrainerCallback
 
-from ace_llamaindex.embeddings.card import CARD_NAME, read_card
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
+from ace_llamaindex.records.card import CARD_NAME, read_card
 from ace_llamaindex.train.training import TrainConfig, split_by_query, train
 
 

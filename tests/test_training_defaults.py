@@ -12,9 +12,9 @@ from ace_llamaindex.cli import cli
 from ace_llamaindex.data.loading import SMALL_DATASET
 
 SMALL = str(SMALL_DATASET)
-from ace_llamaindex.embeddings.card import CARD_NAME
 from ace_llamaindex.errors import OptionError
 from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, TrainingExample
+from ace_llamaindex.records.card import CARD_NAME
 from ace_llamaindex.train import training as training_module
 from ace_llamaindex.train.promotion import seen_document_share
 from ace_llamaindex.train.training import TrainConfig, auto_epochs, choose_precision, train, training_datasets, validation_count

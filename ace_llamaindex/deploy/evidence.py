@@ -14,29 +14,16 @@ a rollout always did, unless held-out queries say it is not better.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..data.dataset import QADataset
-from ..embeddings.card import TrainingCard, deciding_subset, read_card
-from ..evaluate.stats import Verdict, interval
-from ..serve.serving_record import ServingPlan, describe_plan, fingerprint_identity, plan_identity
-
-
-@dataclass
-class Evidence:
-    """What a rollout compared the model with (``against``), on what (``source``), the comparison (a gate's
-    ``as_dict()``, or None), and whether it allows the switch (``allowed``) with a sentence saying why."""
-
-    against: str
-    source: str
-    gate: dict[str, Any] | None
-    allowed: bool
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from ..records.card import TrainingCard, read_card
+from ..records.evidence import Evidence
+from ..records.gate import GateResult, deciding_subset
+from ..records.plan import ServingPlan, describe_plan, fingerprint_identity
+from ..records.verdict import Verdict, interval
+from ..serve.serving_record import plan_identity
 
 
 def _verdict_allows(gate: dict[str, Any]) -> bool:
@@ -59,9 +46,9 @@ def _card_base_identity(card: TrainingCard) -> dict[str, str | None] | None:
     return fingerprint_identity(fingerprint) if fingerprint else None
 
 
-def judge_on_heldout(candidate: dict[str, Any], serving: dict[str, Any], heldout: QADataset, engine: str = "auto") -> dict[str, Any]:
+def judge_on_heldout(candidate: dict[str, Any], serving: dict[str, Any], heldout: QADataset, engine: str = "auto") -> GateResult:
     """``candidate`` vs ``serving`` (serving plans) on ``heldout``'s queries and corpus: the gate's paired bootstrap
-    on nDCG@10 over dense retrieval, every query deciding. Returns the gate's ``as_dict()``."""
+    on nDCG@10 over dense retrieval, every query deciding."""
     from ..embeddings.encoding import CachedEncoder
     from ..evaluate.evaluate import System, evaluate
     from ..serve.served_model import serving_encoder
@@ -74,7 +61,7 @@ def judge_on_heldout(candidate: dict[str, Any], serving: dict[str, Any], heldout
     per_query = evaluate(heldout, systems, comparisons=[], show_progress=False, engine=engine).data["per_query"]
     result = judge(per_query, list(heldout.queries), "serving", "candidate")
     result.decided_by = "all held-out queries"
-    return result.as_dict()
+    return result
 
 
 def promotion_evidence(model: str | Path, candidate: dict[str, Any], serving: dict[str, Any], collection: str,
@@ -85,16 +72,16 @@ def promotion_evidence(model: str | Path, candidate: dict[str, Any], serving: di
     if plan_identity(candidate) == current:
         return Evidence(now, "identity", None, True, f"{model} is what {collection!r} serves already")
     if heldout is not None:
-        gate = judge_on_heldout(candidate, serving, heldout, engine)
-        allowed = gate["verdict"] == Verdict.BETTER
+        result = judge_on_heldout(candidate, serving, heldout, engine)
+        gate, allowed = result.as_dict(), result.verdict == Verdict.BETTER
         return Evidence(now, f"{len(heldout.queries)} held-out queries ({heldout.source})", gate, allowed,
                         f"{model} vs {now} on held-out queries: {_evidence_line(gate)}")
     card = read_card(model) if Path(model).is_dir() else None
     if card is None:
         return Evidence(now, "none", None, True, f"{model} has no training card: nothing to check it by")
     champion = card.champion
-    if champion and champion.get("identity") == current:
-        gate = champion.get("gate") or {}
+    if champion and card.champion_identity == current:
+        gate = card.champion_gate
         return Evidence(f"the champion {describe_plan(serving)}", "the training card's champion comparison", gate,
                         _verdict_allows(gate), f"{model} vs the champion {describe_plan(serving)} that {collection!r} "
                         f"serves, on its validation queries: {_evidence_line(gate)}")
@@ -103,7 +90,7 @@ def promotion_evidence(model: str | Path, candidate: dict[str, Any], serving: di
         return Evidence(f"its base {describe_plan(serving)}", "the training card's gate against its base", gate,
                         _verdict_allows(gate), f"{model} vs its base {describe_plan(serving)} that {collection!r} serves, "
                         f"on its validation queries: {_evidence_line(gate)}")
-    judged = f"the champion {describe_plan(champion['serving'])}" if champion else "its base"
+    judged = f"the champion {describe_plan(card.champion_plan)}" if champion else "its base"
     return Evidence(now, "none", None, False,
                     f"{model} was judged against {judged}, but {collection!r} serves the champion {describe_plan(serving)}, "
                     "with which nothing compared it; train it with the champion (`ace train --collection ...`) or give "

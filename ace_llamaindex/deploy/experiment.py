@@ -33,9 +33,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -55,11 +55,12 @@ from ..evaluate.sequential import (
     sample_ratio_mismatch_phases,
     stratum_weight,
 )
-from ..evaluate.stats import Verdict, interval
-from ..serve.experiment_arms import CHALLENGER, CHAMPION, ExperimentRecord, check_options, running_challenger
+from ..records.experiment import ArmStats, ExperimentRecord, ExperimentStatus, check_options
+from ..records.verdict import Verdict, interval
+from ..serve.experiment_arms import CHALLENGER, CHAMPION, running_challenger
 from ..serve.feedback import judgements, read_log
-from ..serve.serving_record import EXPERIMENT_KEY, SERVING_KEY, challenger_alias, serving_target
-from .rollout import rollout, step, switch_to
+from ..serve.serving_record import EXPERIMENT_KEY, challenger_alias, collection_plan, serving_target
+from .rollout import RolloutOptions, rollout, step, switch_to
 
 # the steps an experiment passes besides a rollout's (deploy.rollout.STEPS): kill tests name each
 EXPERIMENT_STEPS = ("experiment-recorded", "experiment-started", "experiment-ramped", "experiment-ended",
@@ -68,45 +69,6 @@ MIN_UNITS = 30  # judged queries (interleave) or served queries per arm (split) 
 MIN_ERRORS = 50  # queries the challenger was asked before its error rate can stop an experiment
 MIN_LATENCIES = 200  # latencies per arm before p99s are compared (p99 of fewer is about one measurement: one hiccup)
 _NDCG10 = ndcg_at(10)
-
-
-@dataclass
-class ArmStats:
-    """What one arm served: queries, queries with an accepted result, mean nDCG@10 of what it showed against what
-    users accepted (split), p99 latency, and errors (the challenger failed and the champion answered)."""
-
-    served: int = 0
-    accepted: int = 0
-    ndcg10: float | None = None
-    latency_p99_ms: float | None = None
-    errors: int = 0
-
-
-@dataclass
-class ExperimentStatus:
-    """The verdict on an experiment now, from its log: ``continue`` (with ``needed`` more units expected), ``promote``,
-    ``end`` (worse, a guardrail, or no difference at the horizon); ``acted`` says what was done about it."""
-
-    record: ExperimentRecord
-    decision: str  # continue | promote | end
-    reason: str
-    units: int  # judged queries (interleave) or served queries (split)
-    unit_name: str
-    delta: dict[str, Any]
-    needed: int | None
-    arms: dict[str, ArmStats]
-    wins: int = 0
-    losses: int = 0
-    ties: int = 0
-    acted: str | None = None
-    trajectory: list[tuple[int, float, float, float]] = field(default_factory=list)  # (units, delta, low, high)
-    srm: dict[str, Any] = field(default_factory=dict)  # the sample-ratio check (a SequentialDelta; decided: mismatch)
-    notes: list[str] = field(default_factory=list)  # what the reader should know (units without a session, phases)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["record"] = self.record.to_dict()
-        return data
 
 
 def _location(collection: str, index, path, url, api_key, engine):
@@ -139,7 +101,7 @@ def start_experiment(model: str | Path, collection: str = "ace_memories", *, mod
     """Start an online experiment on ``collection`` between what serves it and ``model`` (a folder ``ace train``
     wrote, or any model name). ``share``: the units taking part (interleave, default all) or served by the challenger
     (split, default half; a canary starts lower and :func:`set_share` raises it). ``auto``: a clear verdict acts
-    when the status is read. The other options: :class:`~ace_llamaindex.serve.experiment_arms.ExperimentRecord`.
+    when the status is read. The other options: :class:`~ace_llamaindex.records.experiment.ExperimentRecord`.
 
     A split's unit is the user: the session/user id of
     :func:`~ace_llamaindex.serve.experiment_arms.experiment_session` or ``user_id=`` (retriever, vector store); a
@@ -150,14 +112,15 @@ def start_experiment(model: str | Path, collection: str = "ace_memories", *, mod
                    guardrail_alpha=guardrail_alpha, srm_alpha=srm_alpha)
     check_options(**options)
     location = _location(collection, index, path, url, api_key, engine)
-    report = rollout(model, collection, index=location, switch=False, force=True, previous_model=previous_model,
-                     fallback=fallback, batch_size=batch_size, show_progress=show_progress)
+    report = rollout(model, collection, RolloutOptions(switch=False, force=True, previous_model=previous_model,
+                                                       fallback=fallback, batch_size=batch_size,
+                                                       show_progress=show_progress), index=location)
     champion = serving_target(location, collection)
     record = ExperimentRecord(
         collection, champion, report.collection, **options,
         feedback_log=str(Path(feedback_log).resolve()) if feedback_log else None,
-        champion_plan=location.sibling(report.previous).metadata().get(SERVING_KEY) or {},
-        challenger_plan=location.sibling(report.collection).metadata().get(SERVING_KEY) or {},
+        champion_plan=collection_plan(location.sibling(report.previous)) or {},
+        challenger_plan=collection_plan(location.sibling(report.collection)) or {},
         offline_evidence=report.evidence)
     location.sibling(report.collection).set_metadata({EXPERIMENT_KEY: record.to_dict()})
     step("experiment-recorded")

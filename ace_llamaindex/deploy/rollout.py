@@ -42,7 +42,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -56,14 +56,15 @@ from ..data.dataset import QADataset
 from ..data.loading import load_dataset
 from ..errors import OptionError
 from ..index.store import VERSION_MARK, VERSION_OF_KEY, CorpusIndex, cluster_options
+from ..records.plan import ServingPlan
 from ..serve.served_model import model_embedding
 from ..serve.serving_record import (
     EXPERIMENT_KEY,
     PREVIOUS_KEY,
     SERVING_KEY,
     VECTOR_KEY,
-    ServingPlan,
     challenger_alias,
+    collection_plan,
     plan_identity,
     serving_target,
 )
@@ -172,16 +173,48 @@ def _embed_text(payload: dict[str, Any], text_field: str) -> str:
     return str(payload.get(text_field, ""))
 
 
-def rollout(model: str | Path, collection: str, *, index=None, path: str | Path | None = None, url: str | None = None,
-            api_key: str | None = None, engine: str = "auto", previous_model: str | Path | None = None, fallback=None,
-            dry_run: bool = False, batch_size: int = 64, show_progress: bool = True, force: bool = False,
-            on_batch: Callable[[int], None] | None = None, heldout=None, switch: bool = True, workers: int = 1,
-            resume: bool = True, shard_number: int | None = None, replication_factor: int | None = None,
-            write_consistency_factor: int | None = None) -> RolloutReport:
+@dataclass
+class RolloutOptions:
+    """How a rollout runs (each option is described in :func:`rollout`'s docstring). ``ace rollout`` and
+    ``start_experiment`` build one; ``rollout(model, collection, path=..., force=True)`` builds one from its keywords."""
+
+    path: str | Path | None = None
+    url: str | None = None
+    api_key: str | None = None
+    engine: str = "auto"
+    previous_model: str | Path | None = None
+    fallback: Any = None
+    dry_run: bool = False
+    batch_size: int = 64
+    show_progress: bool = True
+    force: bool = False
+    on_batch: Callable[[int], None] | None = None
+    heldout: Any = None
+    switch: bool = True
+    workers: int = 1
+    resume: bool = True
+    shard_number: int | None = None
+    replication_factor: int | None = None
+    write_consistency_factor: int | None = None
+
+    @classmethod
+    def given(cls, options: RolloutOptions | None, keywords: dict[str, Any]) -> RolloutOptions:
+        """``options`` (default: every default) with ``keywords`` replacing its fields; a keyword that is no option
+        is a ``TypeError``, as for any function."""
+        unknown = sorted(set(keywords) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"rollout() got an unexpected keyword argument {unknown[0]!r}")
+        return replace(options or cls(), **keywords)
+
+
+def rollout(model: str | Path, collection: str, options: RolloutOptions | None = None, *, index=None,
+            **keywords: Any) -> RolloutReport:
     """Serve ``collection`` (an alias) with ``model`` (a folder ``ace train`` wrote, or any model name).
 
-    ``index``: an open :class:`~ace_llamaindex.index.store.CorpusIndex` at the location (an embedded folder is one
-    process's: pass the serving process's own, e.g. ``retriever.index``); else opened from ``path``/``url``.
+    ``options``: a :class:`RolloutOptions`; each of its fields may also be given as a keyword (``force=True``), which
+    replaces the field. ``index``: an open :class:`~ace_llamaindex.index.store.CorpusIndex` at the location (an
+    embedded folder is one process's: pass the serving process's own, e.g. ``retriever.index``); else opened from
+    ``path``/``url``.
     ``previous_model``: what serves the current collection when it does not say (one indexed by ``ace index``;
     default the bundled base model), recorded so a rollback serves it again. ``dry_run``: count, time a sample,
     change nothing (the report still says whether the rollout would be refused, and why).
@@ -204,12 +237,15 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     from ..index.engines import open_index
     from ..serve.spaces import embedding_spaces, named_vector
 
-    if batch_size < 1:
-        raise OptionError(f"batch_size must be at least 1, got {batch_size}")
-    worker_devices(workers)  # a number of workers this machine cannot run: one line, before anything
-    location = index or open_index(collection, path=path, url=url, api_key=api_key, engine=engine)
-    cluster = cluster_options(location, shard_number=shard_number, replication_factor=replication_factor,
-                              write_consistency_factor=write_consistency_factor)
+    options = RolloutOptions.given(options, keywords)
+    heldout = options.heldout
+    if options.batch_size < 1:
+        raise OptionError(f"batch_size must be at least 1, got {options.batch_size}")
+    worker_devices(options.workers)  # a number of workers this machine cannot run: one line, before anything
+    location = index or open_index(collection, path=options.path, url=options.url, api_key=options.api_key,
+                                   engine=options.engine)
+    cluster = cluster_options(location, shard_number=options.shard_number, replication_factor=options.replication_factor,
+                              write_consistency_factor=options.write_consistency_factor)
     _recover(location, collection)
     refuse_during_experiment(location, collection)
     current_name = serving_target(location, collection)
@@ -217,27 +253,27 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
     if not current.exists():
         raise OptionError(f"collection {collection!r} does not exist here; index it first (`ace index`)")
     plan = _serving_plan(model)
-    previous_serving = current.metadata().get(SERVING_KEY)
+    previous_serving = collection_plan(current)
     if not previous_serving:  # an `ace index` collection: what serves it is previous_model, or assumed the base model
-        previous_serving = _serving_plan(previous_model or DEFAULT_MODEL)
+        previous_serving = _serving_plan(options.previous_model or DEFAULT_MODEL)
         said = model_embedding(previous_serving)  # its vectors' name, without loading it
         said_vector = named_vector(said, embedding_spaces(said)[0][0])
         if current.dense_vectors() and said_vector not in current.dense_vectors():
-            if previous_model is None:
+            if options.previous_model is None:
                 raise OptionError(f"collection {collection!r} records no model serving it, and its dense vectors "
                                   f"{sorted(current.dense_vectors())} are not the base model's ({said_vector}): pass "
                                   "--previous-model (previous_model=) with the model that indexed it, so a rollback "
                                   "can serve it again")
             # it would be recorded as what serves the collection, and served by a rollback: it must be what indexed it
-            raise OptionError(f"--previous-model (previous_model=) {previous_model}: collection {collection!r} holds no "
-                              f"vectors of it ({said_vector}; it has {sorted(current.dense_vectors())}); pass the model "
-                              "that indexed it")
+            raise OptionError(f"--previous-model (previous_model=) {options.previous_model}: collection {collection!r} "
+                              f"holds no vectors of it ({said_vector}; it has {sorted(current.dense_vectors())}); pass the "
+                              "model that indexed it")
     if heldout is not None and not isinstance(heldout, QADataset):
         heldout = load_dataset(heldout)
-    evidence = promotion_evidence(model, plan, previous_serving, collection, heldout, engine)
-    if not evidence.allowed and not force and not dry_run:
+    evidence = promotion_evidence(model, plan, previous_serving, collection, heldout, options.engine)
+    if not evidence.allowed and not options.force and not options.dry_run:
         raise OptionError(f"rollout refused: {evidence.reason} (force=True / --force to roll it out anyway)")
-    embed = model_embedding(plan, fallback)
+    embed = model_embedding(plan, options.fallback)
     spaces = embedding_spaces(embed)
     have = current.dense_vectors()
     targets = {named_vector(embed, label): (i, m) for i, (label, m) in enumerate(spaces)}
@@ -256,10 +292,10 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
                 "bm25": {k: v for k, v in current.metadata().items() if k.startswith("bm25")},
                 "cluster": cluster or current.cluster_settings()}
     report = RolloutReport(collection, current_name, version_name(collection, max(versions, default=0) + 1), total, 0.0,
-                           0.0, copied, encoded, dry_run=dry_run, evidence=evidence.to_dict(), workers=workers,
-                           cluster=identity["cluster"])
+                           0.0, copied, encoded, dry_run=options.dry_run, evidence=evidence.to_dict(),
+                           workers=options.workers, cluster=identity["cluster"])
     checkpoint = None
-    if resume:
+    if options.resume:
         checkpoint = _resumable(location, versions, keep, identity, current, report)
     elif any(_resume_record(location.sibling(v)) for n, v in versions.items() if v not in keep):
         report.notes.append("resume=False: the version an earlier rollout left is removed and this one starts again")
@@ -267,12 +303,12 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
         report.collection, report.resumed = checkpoint["collection"], int(checkpoint["written"])
     remaining = max(0, total - report.resumed)
 
-    with encoding_workers(workers) as pool:
-        if dry_run:
-            sample = list(islice(current.iter_points(64 * max(1, workers)), 64 * max(1, workers)))
+    with encoding_workers(options.workers) as pool:
+        if options.dry_run:
+            sample = list(islice(current.iter_points(64 * max(1, options.workers)), 64 * max(1, options.workers)))
             texts = [_embed_text(p[1], current.text_field) for p in sample]
             for name in encoded:  # warm up first: the model loads, the workers start (timed apart)
-                targets[name][1].get_text_embedding_batch(texts[:4 * workers])
+                targets[name][1].get_text_embedding_batch(texts[:4 * options.workers])
             started = time.perf_counter()
             for name in encoded:
                 targets[name][1].get_text_embedding_batch(texts)
@@ -281,7 +317,8 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
             report.encode_seconds = round(starting + per_doc * remaining, 1)
             report.seconds_per_1000 = round(per_doc * 1000, 2)
             if pool is not None:
-                report.notes.append(f"starting {workers} worker processes took {starting:.0f} s (counted in the estimate)")
+                report.notes.append(f"starting {options.workers} worker processes took {starting:.0f} s (counted in the "
+                                    "estimate)")
             return report
         # a new version's model loads and embeds a document before anything is written (its vectors' sizes): a model
         # that cannot load is refused with every collection, and its metadata, as it was (a resumed version's model
@@ -291,9 +328,10 @@ def rollout(model: str | Path, collection: str, *, index=None, path: str | Path 
                              previous_serving=previous_serving, plain=plain, plan=plan, embed=embed, spaces=spaces,
                              targets=targets, copied=copied, encoded=encoded, have=have, identity=identity,
                              versions=versions, keep=keep, checkpoint=checkpoint, sizes=sizes)
-        _build(build, report, batch_size=batch_size, show_progress=show_progress, on_batch=on_batch)
+        _build(build, report, batch_size=options.batch_size, show_progress=options.show_progress,
+               on_batch=options.on_batch)
     step("checked")
-    if switch:
+    if options.switch:
         switch_to(location, collection, report.collection)
         log.info("%s now serves %s (previous: %s)", collection, report.collection, report.previous)
     return report
@@ -369,7 +407,7 @@ def _build(build: RolloutBuild, report: RolloutReport, *, batch_size: int, show_
         current = location.sibling(current_name)
         report.previous = current_name
         step("copied-v0")
-    elif SERVING_KEY not in current.metadata():
+    elif collection_plan(current) is None:
         current.set_metadata({SERVING_KEY: build.previous_serving})
         step("recorded-serving")
 

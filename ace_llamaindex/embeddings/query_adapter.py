@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OptionError
-from .card import ADAPTER_CARD, TrainingCard
+from ..records.card import ADAPTER_CARD, TrainingCard
 from .encoding import Encoder
 from .models import DEFAULT_MODEL, content_fingerprint
 

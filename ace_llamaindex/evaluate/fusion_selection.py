@@ -16,8 +16,8 @@ from ..embeddings.encoding import Encoder
 from ..errors import OptionError
 from ..index.fusion_choice import DEFAULT_METRIC, FusionChoice
 from ..index.store import HybridParams
+from ..records.verdict import Verdict, interval
 from .evaluate import System, evaluate
-from .stats import Verdict, interval
 
 MIN_QUERIES = 30  # below this a bootstrap interval is too wide to trust; keep dense
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..data.dataset import QADataset
-from ..embeddings.card import TrainingCard, text_hash
 from ..errors import OptionError
+from ..records.card import TrainingCard, text_hash
 
 
 def training_overlap(dataset: QADataset, card: TrainingCard) -> set[str]:

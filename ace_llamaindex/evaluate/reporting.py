@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json, write_text
-from ..embeddings.card import TrainingCard, deciding_subset
 from ..plugins.manager import components, get
-from ..serve.serving_record import ServingPlan
-from .stats import ci_text, interval
+from ..records.card import TrainingCard
+from ..records.gate import deciding_subset
+from ..records.plan import ServingPlan
+from ..records.verdict import ci_text, interval
 
 HEADLINE = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "cosine")
 
@@ -72,12 +73,13 @@ def _training_section(report: dict[str, Any]) -> list[str]:
                               ("re-index the documents" if serving.reindex else "the base's index as it is")
                               + (", queries through the adapter" if serving.adapter else "")) + ".", "",
                 "| candidate | re-index | decided by | delta | 95% CI | verdict |", "|---|:---:|---|---:|---|---|"]
-        for name, c in card.candidates.items():
-            g = c["gate"]
+        for candidate in card.judged_candidates():
+            g = candidate.gate
             d = deciding_subset(g)
             ci = ci_text(d["ci95"]) if d.get("ci95") else "–"
             delta = f"{d['delta']:+.3f}" if d.get("delta") is not None else "–"
-            out.append(f"| {name} | {'yes' if c['reindex'] else 'no'} | {g.get('decided_by')} | {delta} | {ci} | {g['verdict']} |")
+            out.append(f"| {candidate.name} | {'yes' if candidate.reindex else 'no'} | {g.get('decided_by')} | {delta} | {ci} "
+                       f"| {candidate.verdict} |")
     fusion = report.get("fusion")
     if fusion:
         out += ["", f"### Fusion chosen on validation: {fusion['name']}", "", fusion["reason"] + ".", ""]

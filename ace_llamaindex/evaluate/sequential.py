@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stats import Verdict
+from ..records.verdict import Verdict
 
 VARIANCE_FLOOR = 1e-9  # a sample whose values are all equal still has an interval of some width
 

@@ -15,8 +15,8 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import Field, PrivateAttr
 
-from ..embeddings.card import TrainingCard
 from ..embeddings.query_adapter import QueryAdapter, check_base
+from ..records.card import TrainingCard
 from .embedding import space_label
 from .spaces import embedding_spaces, named_vector, query_with_space
 

@@ -24,7 +24,8 @@ from ..index.engines import open_index
 from ..index.filters import to_qdrant_filter
 from ..index.fusion_choice import FusionChoice
 from ..index.store import MODES, CorpusIndex, Hit, HybridParams
-from .experiment_arms import CHALLENGER, ExperimentRecord, answered_by, running_challenger, serve_query
+from ..records.experiment import ExperimentRecord
+from .experiment_arms import CHALLENGER, answered_by, running_challenger, serve_query
 from .feedback import QUERY_ID, as_sink, new_query_id, record_feedback, served_record
 from .spaces import aquery_with_space, embedding_spaces, model_folder, named_vector, query_with_space, resolve_fusion
 
@@ -127,10 +128,10 @@ class HybridQdrantRetriever(BaseRetriever):
 
     def _open_target(self, target: str) -> _Served:
         from .served_model import model_embedding
-        from .serving_record import SERVING_KEY
+        from .serving_record import collection_plan
 
         index = self.index.sibling(target)
-        plan = index.metadata().get(SERVING_KEY)
+        plan = collection_plan(index)
         embed = self.embed_model
         if plan and not _serves(embed, plan):
             embed = model_embedding(plan, fallback=getattr(self.embed_model, "fallback", None))
@@ -280,7 +281,7 @@ class HybridQdrantRetriever(BaseRetriever):
 def _serves(embed_model: BaseEmbedding, plan: dict) -> bool:
     """Whether ``embed_model`` is what a collection's serving plan describes (same model folder, same adapter)."""
     from ..embeddings.models import resolve_model
-    from .serving_record import ServingPlan
+    from ..records.plan import ServingPlan
 
     folder = model_folder(getattr(embed_model, "base", None) or embed_model)
     path = getattr(embed_model, "model_path", None)

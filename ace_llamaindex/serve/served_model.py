@@ -1,6 +1,6 @@
 """What an output folder of ``ace train`` serves: a model, a query adapter over a base, or a model with an adapter.
 
-The trainer's result says it (``TrainResult.serving``: a :class:`~ace_llamaindex.serve.serving_record.ServingPlan` as
+The trainer's result says it (``TrainResult.serving``: a :class:`~ace_llamaindex.records.plan.ServingPlan` as
 ``{"model", "adapter", "reindex"}``, also in the card), so evaluation and serving build the same thing without knowing
 which trainer wrote the folder.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 from ..embeddings.encoding import CachedEncoder
 from ..embeddings.query_adapter import ADAPTER_CARD, AdaptedEncoder, QueryAdapter, check_base
-from .serving_record import HERE, ServingPlan, here
+from ..records.plan import HERE, ServingPlan, here
 
 
 def resolve_serving(serving: dict[str, Any], folder: str | Path) -> dict[str, Any]:
@@ -22,7 +22,7 @@ def resolve_serving(serving: dict[str, Any], folder: str | Path) -> dict[str, An
 
 def read_serving(folder: str | Path) -> dict[str, Any]:
     """The serving plan of an output folder; a plain sentence-transformers model folder serves itself."""
-    from ..embeddings.card import CARD_NAME, read_card
+    from ..records.card import CARD_NAME, read_card
 
     folder = Path(folder)
     card = read_card(folder)

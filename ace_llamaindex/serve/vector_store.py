@@ -219,12 +219,13 @@ class AceQdrantVectorStore(BasePydanticVectorStore):
         model (its collection's serving plan) embeds the query text here. Its time includes that embedding when the
         champion's does (``timed_embedding``: the store has the champion's model to time), else only the search."""
         from .served_model import model_embedding
-        from .serving_record import SERVING_KEY, VECTOR_KEY
+        from .serving_record import VECTOR_KEY, collection_plan
 
         meta = challenger.metadata
-        key = (challenger.collection, str(meta.get(SERVING_KEY)))
+        plan = collection_plan(meta)
+        key = (challenger.collection, str(plan))
         if key not in self._challengers:  # a model that cannot load raises here: measured, the champion answers
-            self._challengers[key] = model_embedding(meta[SERVING_KEY])
+            self._challengers[key] = model_embedding(plan)
         started = time.perf_counter()  # loading the model once is not a query's latency (as in the retriever)
         vector = None
         if mode != "bm25":

@@ -21,11 +21,11 @@ import numpy as np
 
 from ..atomic import atomic_directory
 from ..data.examples import TrainingExample
-from ..embeddings.card import TrainingCard
 from ..embeddings.encoding import Encoder
 from ..embeddings.query_adapter import ADAPTER_CARD, ADAPTER_FILE, AdaptedEncoder, QueryAdapter, base_identity
 from ..errors import OptionError
 from ..options import declared, default, label
+from ..records.card import TrainingCard
 from .common import BASE_ENCODER, REFUSED, TrainConfig
 
 
@@ -213,8 +213,9 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
     continues it on the new examples plus the champion's replayed ones, and the better of the two by the same rule
     is kept. ``training_data``: the file ``examples`` came from, named in the card so a later round can replay it.
     Returns the adapter's card (``promoted``: whether the folder was written)."""
-    from ..embeddings.card import run_fields, text_hash
-    from ..evaluate.stats import Verdict
+    from ..records.card import run_fields, text_hash
+    from ..records.gate import unmeasured_gate
+    from ..records.verdict import Verdict
     from .champion import (
         champion_history,
         continuable_adapter,
@@ -224,7 +225,7 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
         split_with_champion,
     )
     from .common import plan_validation
-    from .promotion import select, unmeasured_gate, unseen_query_ids, validation_dataset
+    from .promotion import select, unseen_query_ids, validation_dataset
 
     config = config or AdapterConfig()
     config.validate()
@@ -317,7 +318,7 @@ def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, con
     """The ``adapter`` trainer plugin: same call as the sentence-transformers trainer, same ``TrainResult``.
     ``base_encoder``: the frozen base (default: ``config.base_model``, cached on disk); an endpoint works too."""
     from ..embeddings.encoding import CachedEncoder
-    from ..serve.serving_record import ServingPlan
+    from ..records.plan import ServingPlan
     from .common import TrainConfig, TrainResult
     from .promotion import deciding_gate
 

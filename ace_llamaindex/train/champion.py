@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from ..data.examples import TrainingExample
-from ..embeddings.card import TrainingCard, read_card, text_hash
 from ..errors import OptionError
+from ..records.card import TrainingCard, read_card, text_hash
+from ..records.plan import ServingPlan, describe_plan
 from ..serve.served_model import read_serving, serving_encoder
-from ..serve.serving_record import SERVING_KEY, ServingPlan, describe_plan, plan_identity, serving_target
+from ..serve.serving_record import collection_plan, plan_identity, serving_target
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def champion_from_collection(collection: str, *, index=None, path: str | Path | 
     current = index.sibling(target)
     if not current.exists():
         raise OptionError(f"no collection {collection!r} at {url or path}; index it first (`ace index`)")
-    plan = current.metadata().get(SERVING_KEY)
+    plan = collection_plan(current)
     where = f"collection {collection!r}" + (f" -> {target!r}" if target != collection else "")
     if not plan:
         return Champion(ServingPlan(resolve_model(previous_model or DEFAULT_MODEL)).to_dict(), where)

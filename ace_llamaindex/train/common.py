@@ -12,10 +12,10 @@ from typing import Any
 
 from ..atomic import atomic_directory
 from ..data.examples import TrainingExample
-from ..embeddings.card import CARD_NAME, TrainingCard
 from ..embeddings.models import DEFAULT_MODEL
 from ..errors import OptionError
 from ..options import check, documented, option
+from ..records.card import CARD_NAME, TrainingCard
 
 log = logging.getLogger(__name__)
 MIN_VAL_QUERIES = 100   # validation queries wanted for the gate (a quarter of the queries on small sets)
@@ -180,11 +180,11 @@ class TrainResult:
 
     model_dir: Path
     card: TrainingCard    # a trainer plugin may give its card as a dict: it is read as a TrainingCard
-    gate: Any = None      # promotion.GateResult, or None without validation queries
+    gate: Any = None      # records.gate.GateResult, or None without validation queries
     fusion: Any = None    # fusion_selection.FusionChoice, or None without validation queries
     promoted: bool = True
     # What serving needs: {"model": folder or id whose documents vectors are searched, "adapter": folder of a query
-    # adapter or None, "reindex": whether the documents must be embedded again} (a serve.serving_record.ServingPlan
+    # adapter or None, "reindex": whether the documents must be embedded again} (a records.plan.ServingPlan
     # as a dict); None: the base model stays.
     serving: dict[str, Any] | None = None
 
@@ -193,8 +193,8 @@ class TrainResult:
 
     @property
     def outcome(self):
-        """Promoted, the base stays, or an older model kept (:func:`~ace_llamaindex.train.outcome.outcome`)."""
-        from .outcome import outcome
+        """Promoted, the base stays, or an older model kept (:func:`~ace_llamaindex.records.outcome.outcome`)."""
+        from ..records.outcome import outcome
 
         return outcome(self)
 

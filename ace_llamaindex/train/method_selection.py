@@ -20,12 +20,13 @@ from typing import Callable
 
 from ..atomic import atomic_directory
 from ..data.examples import TrainingExample
-from ..embeddings.card import TrainingCard, run_fields, text_hash
 from ..embeddings.encoding import CachedEncoder, Encoder
 from ..embeddings.models import open_model
 from ..embeddings.query_adapter import AdaptedEncoder, base_identity
 from ..errors import OptionError
-from ..serve.serving_record import HERE, ServingPlan
+from ..records.card import TrainingCard, run_fields, text_hash
+from ..records.gate import GateResult
+from ..records.plan import HERE, ServingPlan
 from . import distributed
 from .adapter import AdapterConfig, fit_adapter, save_adapter
 from .champion import (
@@ -46,7 +47,7 @@ from .common import (
     save_model,
     shared_result,
 )
-from .promotion import GateResult, select, unseen_query_ids, validation_dataset
+from .promotion import select, unseen_query_ids, validation_dataset
 from .training import fine_tune, full_defaults, peak_memory, run_fingerprint
 from .validation_split import ValidationSplit
 

@@ -9,24 +9,21 @@ model slightly; ``ace pipeline``'s test split is the unbiased number.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..data.dataset import QADataset
 from ..data.examples import TrainingExample
-from ..embeddings.card import TrainingCard
 from ..embeddings.encoding import Encoder
 from ..evaluate.evaluate import System, evaluate
-from ..evaluate.stats import Verdict, interval, paired_bootstrap, weighted_paired_bootstrap
+from ..evaluate.stats import paired_bootstrap, weighted_paired_bootstrap
+from ..records.card import TrainingCard
+from ..records.gate import GateResult
+from ..records.verdict import Verdict
 
 GATE_METRIC = "ndcg@10"
-
-
-def unmeasured_gate() -> dict[str, Any]:
-    """A card's gate when there were no validation queries (trained without validation: ``Verdict.allows`` it)."""
-    return {"verdict": f"{Verdict.NOT_MEASURED} (no validation queries)"}
 
 
 def validation_dataset(val: Sequence[TrainingExample], everything: Iterable[TrainingExample],
@@ -75,44 +72,6 @@ MIN_UNSEEN = 20  # unseen-document validation queries needed for a verdict; fewe
 UNSEEN, SEEN = "unseen documents", "seen documents"
 
 
-@dataclass
-class GateResult:
-    """Fine-tuned vs base on the validation queries: overall, and on the queries about documents no training query
-    had (``unseen documents``: what the gate decides on) and about documents training queries also had."""
-
-    verdict: str  # a Verdict (a plain str when read back from a card)
-    metric: str
-    base: float | None = None
-    finetuned: float | None = None
-    delta: float | None = None
-    ci95: tuple[float, float] | None = None
-    n_queries: int = 0
-    seen_documents: float | None = None  # share of validation queries whose document a training query also had
-    subsets: dict[str, dict[str, Any]] = field(default_factory=dict)  # UNSEEN / SEEN -> comparison
-    decided_by: str = "all validation queries"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "metric": self.metric, "base": self.base, "finetuned": self.finetuned,
-                "delta": self.delta, "ci95": list(self.ci95) if self.ci95 else None, "n_queries": self.n_queries,
-                "seen_documents": self.seen_documents, "subsets": self.subsets, "decided_by": self.decided_by}
-
-    @classmethod
-    def from_dict(cls, g: dict[str, Any]) -> GateResult | None:
-        if g.get("delta") is None:
-            return None
-        return cls(g["verdict"], g["metric"], g["base"], g["finetuned"], g["delta"], tuple(g["ci95"]), g["n_queries"],
-                   g.get("seen_documents"), g.get("subsets") or {}, g.get("decided_by", "all validation queries"))
-
-    def sentence(self) -> str:
-        if self.delta is None:
-            return f"promotion gate: {self.verdict} (no validation queries)"
-        parts = [f"{name} ({s['n']}): {interval(s['delta'], s['ci95'])} {s['verdict']}"
-                 for name, s in self.subsets.items() if s.get("delta") is not None]
-        return (f"promotion gate on {self.n_queries} validation queries: {self.metric} {self.base:.3f} -> {self.finetuned:.3f}, "
-                + interval(self.delta, self.ci95) + (f"; {'; '.join(parts)}" if parts else "")
-                + f": {self.verdict} (decided by {self.decided_by})")
-
-
 def seen_document_share(train: Sequence[TrainingExample], val: Sequence[TrainingExample]) -> float | None:
     """The share of validation queries whose relevant document is also a training query's: the gate measures
     queries about documents the model was trained towards at that rate. Future queries about documents no
@@ -152,8 +111,7 @@ def judge(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Sequ
 
     Either way "better" needs neither subset to be "worse". Without ``unseen``: all queries decide."""
     overall = compare(per_query, qids, baseline, candidate, metric)
-    result = GateResult(overall["verdict"], metric, overall.get("base"), overall.get("finetuned"), overall.get("delta"),
-                        tuple(overall["ci95"]) if overall.get("ci95") else None, len(qids))
+    result = GateResult.from_comparison(overall, metric, len(qids))
     if unseen is None:
         return result
     unseen_ids = [q for q in qids if q in unseen]
@@ -173,11 +131,11 @@ def judge(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], qids: Sequ
         result.subsets[mix] = {"n": len(qids), "delta": round(d.delta, 4), "ci95": [round(d.ci_low, 4), round(d.ci_high, 4)],
                                "verdict": d.verdict, "weights": {SEEN: round(seen_weight, 3), UNSEEN: round(1 - seen_weight, 3)}}
         result.verdict, result.decided_by = d.verdict, mix
-        if d.verdict == Verdict.BETTER and result.subsets[UNSEEN]["delta"] < 0:
+        if d.verdict == Verdict.BETTER and result.subset_delta(UNSEEN) < 0:
             result.verdict, result.decided_by = Verdict.NO_CLEAR_DIFFERENCE, f"{mix}: better, but a loss on {UNSEEN}"
     else:
-        result.verdict, result.decided_by = result.subsets[UNSEEN]["verdict"], UNSEEN
-    if result.verdict == Verdict.BETTER and Verdict.WORSE in (result.subsets[SEEN]["verdict"], result.subsets[UNSEEN]["verdict"]):
+        result.verdict, result.decided_by = result.subset_verdict(UNSEEN), UNSEEN
+    if result.verdict == Verdict.BETTER and Verdict.WORSE in (result.subset_verdict(SEEN), result.subset_verdict(UNSEEN)):
         result.verdict, result.decided_by = Verdict.NO_CLEAR_DIFFERENCE, f"{result.decided_by}; one subset is worse"
     return result
 

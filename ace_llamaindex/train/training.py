@@ -448,13 +448,14 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     it too, judged on the same queries (its own validation queries included); ``training_data``: the file
     ``examples`` came from, named in the card so a later round can replay it.
     """
-    from ..embeddings.card import TrainingCard, run_fields, text_hash
     from ..embeddings.encoding import CachedEncoder
     from ..evaluate.fusion_selection import select_fusion
-    from ..evaluate.stats import Verdict
-    from ..serve.serving_record import HERE, ServingPlan
+    from ..records.card import TrainingCard, run_fields, text_hash
+    from ..records.gate import unmeasured_gate
+    from ..records.plan import HERE, ServingPlan
+    from ..records.verdict import Verdict
     from .champion import champion_history, data_reference, split_with_champion
-    from .promotion import select, unmeasured_gate, unseen_query_ids, validation_dataset
+    from .promotion import select, unseen_query_ids, validation_dataset
 
     config = full_defaults(config or TrainConfig())
     config.validate()

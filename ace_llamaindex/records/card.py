@@ -18,10 +18,30 @@ from typing import Any
 
 from ..errors import AceDeprecationWarning, OptionError
 from ..options import value_type
+from .fields import check_fields
+from .gate import GATE_KINDS
+from .plan import PLAN_KINDS
 
 CARD_NAME = "ace_training_card.json"
 ADAPTER_CARD = "ace_adapter.json"  # a query adapter's card, beside its weights
 CARD_SCHEMA = 2  # 1: cards of ace-llamaindex 0.1, without "schema_version"; 2: this class
+
+
+@dataclass(frozen=True)
+class JudgedCandidate:
+    """One ``--method auto`` candidate as its card records it: its gate (``GateResult.as_dict()``: against the
+    champion when there was one, else the base), whether serving it embeds the documents again, and its gate against
+    the base when the first one was against a champion."""
+
+    name: str
+    gate: dict[str, Any]
+    reindex: bool
+    against_base: dict[str, Any] | None = None
+
+    @property
+    def verdict(self) -> str:
+        """Its gate's verdict (a :class:`~ace_llamaindex.records.verdict.Verdict` word)."""
+        return self.gate["verdict"]
 
 
 @dataclass
@@ -137,6 +157,21 @@ class TrainingCard:
         return (self.champion or {}).get("gate") or self.gate
 
     @property
+    def champion_gate(self) -> dict[str, Any]:
+        """The new model against the champion that served when it trained (``GateResult.as_dict()``; {}: none)."""
+        return (self.champion or {}).get("gate") or {}
+
+    @property
+    def champion_identity(self) -> dict[str, str | None] | None:
+        """What the champion it was compared with *is* (``serve.serving_record.plan_identity``), or None."""
+        return (self.champion or {}).get("identity")
+
+    @property
+    def champion_plan(self) -> dict[str, Any] | None:
+        """The serving plan of the champion it was compared with (None: it had none)."""
+        return self.champion["serving"] if self.champion else None
+
+    @property
     def seen_queries(self) -> set[str]:
         """Hashes (:func:`text_hash`) of every query the model trained or validated on."""
         return set(self.training_queries) | set(self.validation_queries)
@@ -145,6 +180,11 @@ class TrainingCard:
     def base_fingerprint(self) -> str | None:
         """An adapter's base weights fingerprint (None for a fine-tune's card, or a base that has none)."""
         return (self.base or {}).get("fingerprint")
+
+    def judged_candidates(self) -> list[JudgedCandidate]:
+        """The ``--method auto`` candidates, in the order judged (none for another method)."""
+        return [JudgedCandidate(name, c["gate"], c["reindex"], c.get("against_base"))
+                for name, c in (self.candidates or {}).items()]
 
     @property
     def adapter_kind(self) -> str:
@@ -169,58 +209,13 @@ class TrainingCard:
 
 _ALWAYS_WRITTEN = {"serving", "fusion"}  # None says something there: nothing serves / no fusion was chosen
 _FIELDS = [f.name for f in fields(TrainingCard) if f.name not in ("details", "schema_version")]  # flat in the file
-_KIND_WORDS = {dict: "an object", list: "a list", str: "a string", int: "an integer", bool: "true or false",
-               float: "a number"}
-_JSON_TYPES = {**{kind: kind for kind in _KIND_WORDS}, float: (int, float)}  # JSON writes 12.0 as 12
-# each field's type of value, from its annotation (every field's is one of _KIND_WORDS)
+# each field's type of value, from its annotation (every field's is one of fields.KIND_WORDS)
 _KINDS = {name: value_type(hint) for name, hint in typing.get_type_hints(TrainingCard).items() if name in _FIELDS}
 
 
-@dataclass(frozen=True)
-class PlanFields:
-    """A serving plan's fields, declared here, in the lowest layer that holds a plan (a card's ``serving`` and
-    ``champion["serving"]``), so a card is checked when it is read; :class:`~ace_llamaindex.serve.serving_record.ServingPlan`
-    is this record with its methods (its docstring says what each field means)."""
-
-    model: str | None
-    adapter: str | None = None
-    reindex: bool = True
-
-
-# each plan field's type of value, from its annotation (what a card's plans and a collection's ``ace_serving`` hold)
-PLAN_KINDS = {name: value_type(hint) for name, hint in typing.get_type_hints(PlanFields).items()}
-# A gate's comparison as the card holds it (train.promotion.GateResult.as_dict()): the entries readers format
-GATE_KINDS = {"verdict": str, "metric": str, "base": float, "finetuned": float, "delta": float, "ci95": list,
-              "n_queries": int, "subsets": dict, "decided_by": str}
 # Inside the card's objects: the entries its readers (rollout's evidence, eval --finetuned, serving) take values from
 _NESTED = {"serving": PLAN_KINDS, "gate": GATE_KINDS, "base": {"label": str, "model": str, "fingerprint": str},
            "champion": {"source": str, "serving": PLAN_KINDS, "gate": GATE_KINDS}}
-
-
-def check_fields(values: Mapping[str, Any], kinds: Mapping[str, Any], where: str, prefix: str = "") -> None:
-    """Each of ``values``' entries named in ``kinds`` is null or of its kind (a kind that is a mapping: an object whose
-    entries are checked the same way); else one :class:`~ace_llamaindex.errors.OptionError` line naming ``where`` and
-    the field (``serving.model``)."""
-    for name, kind in kinds.items():
-        value = values.get(name)
-        if value is None:
-            continue
-        field_name = f"{prefix}{name}"
-        expected = dict if isinstance(kind, Mapping) else kind
-        if not isinstance(value, _JSON_TYPES[expected]) or (isinstance(value, bool) and expected is not bool):
-            raise OptionError(f"{where}: field {field_name!r} must be {_KIND_WORDS[expected]}, got "
-                              f"{type(value).__name__} {json.dumps(value, default=str)[:40]}")
-        if isinstance(kind, Mapping):
-            check_fields(value, kind, where, f"{field_name}.")
-
-
-def check_plan(plan: Any, where: str = "a serving plan") -> Mapping[str, Any]:
-    """``plan`` if it is a serving plan object whose fields have their kinds (:data:`PLAN_KINDS`); else one
-    :class:`~ace_llamaindex.errors.OptionError` line naming ``where`` and the field."""
-    if not isinstance(plan, Mapping):
-        raise OptionError(f"{where}: a serving plan is an object ({', '.join(PLAN_KINDS)}), got {type(plan).__name__}")
-    check_fields(plan, PLAN_KINDS, where)
-    return plan
 
 
 def run_fields(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -242,8 +237,3 @@ def read_card(model_dir: str | Path) -> TrainingCard | None:
 def text_hash(text: str) -> str:
     """A short, stable hash of a query's text, kept in training cards to detect train/eval overlap."""
     return hashlib.sha1(" ".join(text.split()).lower().encode("utf-8")).hexdigest()[:16]
-
-
-def deciding_subset(gate: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The comparison (from a gate's ``as_dict()``) its verdict was decided on: a subset, or all queries."""
-    return (gate.get("subsets") or {}).get(gate.get("decided_by")) or gate

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from ..embeddings.card import TrainingCard
+from .card import TrainingCard
 
 
 class Outcome(StrEnum):
@@ -25,7 +25,7 @@ class Outcome(StrEnum):
 
 
 def outcome(result: Any) -> Outcome:
-    """The outcome of a ``TrainResult`` or of a training card (a :class:`~ace_llamaindex.embeddings.card.TrainingCard`
+    """The outcome of a ``TrainResult`` or of a training card (a :class:`~ace_llamaindex.records.card.TrainingCard`
     or its dict; a card without ``promoted``, written before it was recorded, was promoted)."""
     if isinstance(result, Mapping):
         result = TrainingCard.from_dict(result)
