@@ -154,6 +154,17 @@ def test_bad_experiment_requests_are_one_line(tmp_path, team, call, message):
         call(retriever.index)
 
 
+def test_start_takes_the_options_the_record_declares():
+    """Issue #39: start_experiment's options are ExperimentRecord's (declared once, with their flags); any other
+    keyword, or one the start sets itself (the id, the plans), is a TypeError before anything is built."""
+    from ace_llamaindex.records.experiment import START_OPTIONS
+
+    assert "mode" in START_OPTIONS and "feedback_log" in START_OPTIONS and "challenger_plan" not in START_OPTIONS
+    for bad in ("horizon", "id", "challenger_plan"):
+        with pytest.raises(TypeError, match=f"unexpected keyword argument '{bad}'"):
+            start_experiment("m", "mem", index=None, **{bad: 1})
+
+
 # ---- end to end ----------------------------------------------------------------------------------------------------
 def test_an_interleaved_list_holds_both_models_results_and_each_accepted_result_is_credited_to_its_team(tmp_path, team):
     log = tmp_path / "feedback.jsonl"

@@ -35,7 +35,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -55,7 +55,7 @@ from ..evaluate.sequential import (
     sample_ratio_mismatch_phases,
     stratum_weight,
 )
-from ..records.experiment import ArmStats, ExperimentRecord, ExperimentStatus, check_options
+from ..records.experiment import START_OPTIONS, ArmStats, ExperimentRecord, ExperimentStatus, check_options
 from ..records.verdict import Verdict, interval
 from ..serve.experiment_arms import CHALLENGER, CHAMPION, running_challenger
 from ..serve.feedback import judgements, read_log
@@ -90,26 +90,28 @@ def _running(location, collection: str) -> ExperimentRecord:
     return record
 
 
-def start_experiment(model: str | Path, collection: str = "ace_memories", *, mode: str = "interleave",
-                     share: float | None = None, alpha: float = 0.05, min_effect: float | None = None,
-                     max_queries: int = 20_000, auto: bool = False, latency_ratio: float = 2.0,
-                     max_error_rate: float = 0.01, min_runtime: float = 0.0, guardrail_alpha: float = 0.01,
-                     srm_alpha: float = 0.001, feedback_log: str | Path | None = None, index=None,
-                     path: str | Path | None = None, url: str | None = None, api_key: str | None = None,
-                     engine: str = "auto", previous_model: str | Path | None = None, fallback=None, batch_size: int = 64,
-                     show_progress: bool = True) -> ExperimentRecord:
+def start_experiment(model: str | Path, collection: str = "ace_memories", *, index=None, path: str | Path | None = None,
+                     url: str | None = None, api_key: str | None = None, engine: str = "auto",
+                     previous_model: str | Path | None = None, fallback=None, batch_size: int = 64,
+                     show_progress: bool = True, **options: Any) -> ExperimentRecord:
     """Start an online experiment on ``collection`` between what serves it and ``model`` (a folder ``ace train``
-    wrote, or any model name). ``share``: the units taking part (interleave, default all) or served by the challenger
+    wrote, or any model name). ``options``: the experiment's options (``mode``, ``share``, ``alpha``, ``min_effect``,
+    ``max_queries``, ``min_runtime``, ``auto``, ``latency_ratio``, ``max_error_rate``, ``guardrail_alpha``,
+    ``srm_alpha``, ``feedback_log``), each declared once on :class:`~ace_llamaindex.records.experiment.ExperimentRecord`
+    with its default and range. ``share``: the units taking part (interleave, default all) or served by the challenger
     (split, default half; a canary starts lower and :func:`set_share` raises it). ``auto``: a clear verdict acts
-    when the status is read. The other options: :class:`~ace_llamaindex.records.experiment.ExperimentRecord`.
+    when the status is read.
 
     A split's unit is the user: the session/user id of
     :func:`~ace_llamaindex.serve.experiment_arms.experiment_session` or ``user_id=`` (retriever, vector store); a
     query served without one is its own unit (the log says so, and so does the status)."""
-    share = share if share is not None else (1.0 if mode == "interleave" else 0.5)
-    options = dict(mode=mode, share=share, alpha=alpha, min_effect=min_effect, max_queries=max_queries, auto=auto,
-                   latency_ratio=latency_ratio, max_error_rate=max_error_rate, min_runtime=min_runtime,
-                   guardrail_alpha=guardrail_alpha, srm_alpha=srm_alpha)
+    unknown = sorted(set(options) - set(START_OPTIONS))
+    if unknown:
+        raise TypeError(f"start_experiment() got an unexpected keyword argument {unknown[0]!r}")
+    feedback_log = options.pop("feedback_log", None)
+    mode = options.setdefault("mode", "interleave")
+    if options.get("share") is None:
+        options["share"] = 1.0 if mode == "interleave" else 0.5
     check_options(**options)
     location = _location(collection, index, path, url, api_key, engine)
     report = rollout(model, collection, RolloutOptions(switch=False, force=True, previous_model=previous_model,

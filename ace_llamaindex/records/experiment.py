@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import OptionError
-from ..options import check, documented, option
+from ..options import check, declared, documented, flag, option
 
 MODES = ("interleave", "split")
 _BUILT = "set by `ace experiment start`"
@@ -99,6 +99,10 @@ class ExperimentRecord:
     def from_dict(cls, data: dict[str, Any]) -> ExperimentRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# the options an experiment is started with (each has an ``ace experiment start`` flag; the rest the start sets)
+START_OPTIONS = tuple(name for name, spec in declared(ExperimentRecord).items() if flag(name, spec) is not None)
 
 
 def check_options(**options: Any) -> None:
