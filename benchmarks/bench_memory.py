@@ -259,6 +259,8 @@ def _plain_st_speed(train_file: Path, work: Path) -> dict:
     """Examples/s of a plain sentence-transformers trainer (MNRL, batch 32, no-duplicates sampler, 1 epoch) on the
     same mined rows (every row, no validation split): the reference the issue asks for."""
     out = work / "plain-st.json"
+    if out.exists() and (work / "plain-st.log").exists():  # measured already in this --work folder: kept
+        return {**json.loads(out.read_text()), "peak_rss_gb": _peak(work / "plain-st.log")["peak_rss_gb"]}
     code = f"""
 import json, time
 from datasets import Dataset
@@ -335,6 +337,10 @@ def main() -> None:
                                       model.with_name(model.name + ".not-promoted.json")) if f.exists()), None)
         card = json.loads(card_file.read_text()) if card_file else {}
         sp = prof.get("speed", {})
+        # every candidate's validation nDCG@10 as the gate measured it: the fine-tune's own quality shows here even
+        # when the adapter is chosen (the test score is then the adapter's, which the fine-tune's loss does not touch)
+        run["candidates_validation_ndcg@10"] = {name: c["gate"].get("finetuned")
+                                                for name, c in (card.get("candidates") or {}).items()}
         run.update(chosen=card.get("chosen"), memory_plan=card.get("memory_plan"), stages=prof.get("stages"),
                    train_seconds=round(sp.get("train_seconds", 0), 1),
                    examples_per_s=round(_examples_trained(sp) / sp["train_seconds"], 3)
@@ -393,6 +399,12 @@ def _markdown(path: Path, r: dict) -> None:
         lines.append("- each fine-tune stopped after --max-steps optimizer steps: a memory profile of every stage; the "
                      "test scores are of those short runs")
     lines.append("- plan: " + "; ".join(f"{label}: {run.get('memory_plan')}" for label, run in r["runs"].items()))
+    names = sorted({n for run in r["runs"].values() for n in run.get("candidates_validation_ndcg@10") or {}})
+    if names:
+        lines += ["", "Validation nDCG@10 of every candidate (the gate's):", "",
+                  "| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [f"| {label} | " + " | ".join(str((run.get("candidates_validation_ndcg@10") or {}).get(n)) for n in names)
+                  + " |" for label, run in r["runs"].items()]
     t = r.get("test_after_vs_before")
     lines += ["", f"After vs before on {t['queries']} test queries (paired bootstrap): delta {t['delta']}, 95% CI "
               f"{t['ci95']} ({t['verdict']})." if t else "No paired test comparison (a run is incomplete).", ""]
