@@ -169,9 +169,9 @@ MMAP_THRESHOLD_BYTES = 64 * 1024  # allocations from this size up are mapped, an
 def return_freed_memory(device: str) -> bool:
     """On a CPU with glibc, serve large allocations (activations, their gradients) from their own memory maps, which
     go back to the system when freed. glibc's default threshold climbs to the size of the largest block freed (up to
-    32 MB), after which freed activations stay in the heap as fragments the next step cannot always reuse: measured
-    on the demo's training step (CachedMNRL, mini-batch 32), peak RSS 1.64 GB with the default, 1.36 GB with a fixed
-    64 KiB threshold, no slower in that run. Process-wide, set once; a no-op (False) elsewhere."""
+    32 MB), after which freed activations stay in the heap as fragments the next step cannot always reuse: the demo's
+    whole ``ace train`` run peaked at 2.10 GB with the default, 1.71 GB with a fixed 64 KiB threshold (docs: Training
+    memory). Process-wide, set once; a no-op (False) elsewhere."""
     import ctypes
     import ctypes.util
     import sys
