@@ -1,11 +1,13 @@
 """CPU training throughput: our trainer vs the plain sentence-transformers trainer, same examples, one run.
 
     python benchmarks/bench_train_speed.py scifact --examples 128 --max-seq-length 128
-    python benchmarks/bench_train_speed.py scifact --examples 128 --max-seq-length 256 --unbounded
+    python benchmarks/bench_train_speed.py scifact --examples 64 --max-seq-length 256 --sides plain,ours,ours_unbounded,ours_heap
 
-``--unbounded`` adds a third side, ours with ``max_memory=64`` (no memory budget to fit: plain MNRL, as before issue
-#40), so the cost of the default 2 GB budget (CachedMNRL when plain MNRL's step would not fit) is a ratio measured in
-the same run: ours (default) / ours (unbounded), and each / plain. Order ABCCBA, each run in its own process.
+``--sides`` picks what runs (default ``plain,ours``): ``ours_unbounded`` is ours with ``max_memory=64`` (no memory
+budget to fit: plain MNRL, as before issue #40), so the cost of the default 2 GB budget (CachedMNRL when plain MNRL's
+step would not fit) is a ratio in the same run; ``ours_heap`` is ours with glibc's allocator left as it is (no fixed
+mmap threshold: ``return_freed_memory`` off), the cost of returning freed memory. Order ABC..CBA, each run in its own
+process (ours sets process-wide allocator state the next run would inherit).
 
 Both train all-MiniLM-L6-v2 with MNRL, batch 32, the same (query, positive, 5 hard negatives) rows, one epoch,
 no validation (ours: val_fraction 0), each with its own defaults otherwise (ours: ``precision="auto"``, bf16 mixed
@@ -66,6 +68,16 @@ def ours_unbounded(examples, out, batch_size, max_seq_length, seed) -> float:
     return ours(examples, out, batch_size, max_seq_length, seed, max_memory=64.0, name="ours_unbounded")
 
 
+def ours_heap(examples, out, batch_size, max_seq_length, seed) -> float:
+    from ace_llamaindex.train import training
+
+    training.return_freed_memory = lambda device: False  # this process only: glibc's default threshold
+    return ours(examples, out, batch_size, max_seq_length, seed, name="ours_heap")
+
+
+SIDES = {"plain": plain, "ours": ours, "ours_unbounded": ours_unbounded, "ours_heap": ours_heap}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset")
@@ -73,17 +85,19 @@ def main() -> None:
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--unbounded", action="store_true", help="also ours with max_memory=64 (plain MNRL): the cost "
-                        "of the default memory budget as a ratio")
+    parser.add_argument("--sides", default="plain,ours", help=f"comma-separated, of {', '.join(SIDES)}")
     parser.add_argument("--name", default=None, help="result name (default train-speed-<dataset>)")
     args = parser.parse_args()
+    sides = args.sides.split(",")
+    if not set(sides) <= set(SIDES) or "plain" not in sides:
+        parser.error(f"--sides: expected plain and any of {', '.join(SIDES)}, got {args.sides!r}")
     data = load_beir(dataset_dir(args.dataset), "train")
     data = data.subset(sorted(data.queries)[: args.examples])
     examples = HardNegativeMiner("dense", CachedEncoder(cache_dir=CACHE, show_progress=False), show_progress=False,
                                  options=MiningOptions(num_negatives=5, relative_margin=0.05)).mine(data)[: args.examples]
     work = RESULTS / ".train-speed-run"
-    sides = ["plain", "ours", *(["ours_unbounded"] if args.unbounded else [])]
     seconds: dict[str, list[float]] = {name: [] for name in sides}
+    peaks: dict[str, list[float]] = {}  # each run's peak RSS (its own process, GB)
     work.mkdir(parents=True, exist_ok=True)
     rows = save_training_data(examples, work / "examples.json", source=f"{args.dataset} train, {len(examples)} queries")
     plain(examples[: args.batch_size], work / "warm-up", args.batch_size, args.max_seq_length, args.seed)  # untimed: loads, caches
@@ -94,6 +108,7 @@ def main() -> None:
                         str(args.max_seq_length), str(args.seed), str(out)], check=True)
         side = json.loads(out.read_text())
         seconds[name].append(side["seconds"])
+        peaks.setdefault(name, []).append(side["peak_rss_gb"])
         if side.get("plan"):
             PLANS[name] = side["plan"]
         print(name, round(seconds[name][-1], 1), "s", flush=True)
@@ -101,20 +116,22 @@ def main() -> None:
     rate = {k: len(examples) * len(v) / sum(v) for k, v in seconds.items()}
     result = {"dataset": args.dataset, "examples": len(examples), "negatives": 5, "max_seq_length": args.max_seq_length,
               "batch_size": args.batch_size, "ours_precision": choose_precision("auto", "cpu"), "seconds": seconds, "examples_per_second": rate,
-              "ratio_ours_over_plain": rate["ours"] / rate["plain"], "memory_plans": PLANS,
-              "command": " ".join(["bench_train_speed.py", *sys.argv[1:]])}
-    if args.unbounded:
-        result["ratio_ours_over_ours_unbounded"] = rate["ours"] / rate["ours_unbounded"]
-        result["ratio_ours_unbounded_over_plain"] = rate["ours_unbounded"] / rate["plain"]
+              "memory_plans": PLANS, "peak_rss_gb": peaks, "command": " ".join(["bench_train_speed.py", *sys.argv[1:]]),
+              "ratios_over_plain": {k: rate[k] / rate["plain"] for k in sides if k != "plain"}}
+    if "ours" in rate:
+        result["ratio_ours_over_plain"] = rate["ours"] / rate["plain"]
+        result["ratios_over_ours"] = {k: rate[k] / rate["ours"] for k in sides if k not in ("plain", "ours")}
     save(args.name or f"train-speed-{args.dataset}", result)
     print(result)
 
 
 def _side(name: str, rows: str, out: str, batch_size: str, max_seq_length: str, seed: str, result: str) -> None:
     """One timed run of one side, in this (fresh) process; writes its seconds and memory plan to ``result``."""
-    fn = {"plain": plain, "ours": ours, "ours_unbounded": ours_unbounded}[name]
-    seconds = fn(load_training_data(rows), Path(out), int(batch_size), int(max_seq_length), int(seed))
-    Path(result).write_text(json.dumps({"seconds": seconds, "plan": PLANS.get(name)}))
+    seconds = SIDES[name](load_training_data(rows), Path(out), int(batch_size), int(max_seq_length), int(seed))
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux -> GB
+    Path(result).write_text(json.dumps({"seconds": seconds, "plan": PLANS.get(name), "peak_rss_gb": round(peak, 3)}))
 
 
 if __name__ == "__main__":
