@@ -170,8 +170,9 @@ def return_freed_memory(device: str) -> bool:
     """On a CPU with glibc, serve large allocations (activations, their gradients) from their own memory maps, which
     go back to the system when freed. glibc's default threshold climbs to the size of the largest block freed (up to
     32 MB), after which freed activations stay in the heap as fragments the next step cannot always reuse: the demo's
-    whole ``ace train`` run peaked at 2.10 GB with the default, 1.71 GB with a fixed 64 KiB threshold (docs: Training
-    memory). Process-wide, set once; a no-op (False) elsewhere."""
+    whole ``ace train`` run peaked at 2.10 GB with the default, 1.71 GB with a fixed 64 KiB threshold, but every
+    fresh map is faulted in again and training ran about half as fast (docs: Training memory). So a fine-tune does
+    this only when even its smallest step exceeds the budget. Process-wide, set once; a no-op (False) elsewhere."""
     import ctypes
     import ctypes.util
     import sys
@@ -348,7 +349,6 @@ def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -
     distributed.check_global_batch(len(train_rows), config.batch_size, processes)  # (ace train --nproc: checked before)
     device = distributed.start(detect_device(config.device))
     distributed.same_everywhere(fingerprint, "the training data, options and base model")
-    return_freed_memory(device)
     precision = choose_precision(config.precision, device)
     epochs = config.epochs or auto_epochs(len(train_rows), global_batch)
     checkpointing = epochs > 1 or config.keep_checkpoints or config.resume
@@ -368,6 +368,8 @@ def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -
                     "negatives only)", negatives_info["padded"], negatives_info["negatives_per_example"],
                     negatives_info["in_batch_only"])
     memory = plan_memory(model, train_rows, config, negatives_info["negatives_per_example"], device)
+    if not memory["fits"]:  # even the smallest step exceeds the budget: memory before speed
+        memory["freed_memory_returned"] = return_freed_memory(device)
     log.warning("%s", describe_plan(memory))
     # Several processes: the sampler draws each global batch without duplicates (a text twice in a batch is a false
     # negative) and accelerate splits it among the processes (split_batches: every process holds a part of the same
