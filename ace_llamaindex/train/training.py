@@ -229,9 +229,9 @@ def memory_budget(device: str, max_memory: float | None = None, model=None) -> d
             (free, f"{FREE_SHARE:.0%} of the free memory")
     resident = _resident_bytes()
     weights = sum(p.numel() * 4 for p in model.parameters()) if model is not None else 0
-    activations = limit - resident - OPTIMIZER_COPIES * weights - HEADROOM_GB * 1e9
-    if source == "default":  # what training adds, as in a fresh `ace train` process (FRESH_PROCESS_GB)
-        activations = max(activations, limit - FRESH_PROCESS_GB * 1e9 - OPTIMIZER_COPIES * weights - HEADROOM_GB * 1e9)
+    # under the default, what the process holds counts no more than in a fresh `ace train` process (FRESH_PROCESS_GB)
+    held = min(resident, FRESH_PROCESS_GB * 1e9) if source == "default" else resident
+    activations = limit - held - OPTIMIZER_COPIES * weights - HEADROOM_GB * 1e9
     return {"activations": max(0.0, activations), "max_memory_gb": round(limit / 1e9, 2), "source": source,
             "resident_gb": round(resident / 1e9, 2), "optimizer_gb": round(OPTIMIZER_COPIES * weights / 1e9, 2)}
 
