@@ -36,16 +36,24 @@ def default_cache_dir() -> Path:
 
 
 def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the system (glibc's ``malloc_trim``), so a model or a
-    trainer let go lowers the process's resident memory instead of staying in the allocator's free lists."""
-    import ctypes
+    """Collect garbage and hand freed heap pages back to the system (:func:`trim_heap`), so a model or a trainer
+    let go lowers the process's resident memory instead of staying in the allocator's free lists."""
     import gc
 
     gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> bool:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``); False where there is no glibc
+    (macOS, musl: the allocator keeps its own counsel)."""
+    import ctypes
+
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): the allocator keeps its own counsel
-        pass
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 def _key(text: str) -> str:

@@ -341,6 +341,9 @@ def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
     from transformers import EarlyStoppingCallback
 
+    from .allocator import TrimHeapEachStep, bound_primitive_cache
+
+    bound_primitive_cache()  # before the first bf16 step, when oneDNN reads it
     train_rows, val_rows = split.train, split.val
     if len(train_rows) < 2:
         raise OptionError(f"only {len(train_rows)} training example(s) after the validation split; need at least 2")
@@ -403,7 +406,7 @@ def fine_tune(split, config: TrainConfig, checkpoints: Path, fingerprint: str) -
         disable_tqdm=False,
         **config.extra,
     )
-    callbacks = [EarlyStoppingCallback(patience)] if patience and evaluator else []
+    callbacks = [TrimHeapEachStep(), *([EarlyStoppingCallback(patience)] if patience and evaluator else [])]
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset,
                                          loss=_loss(model, memory, gather), evaluator=evaluator, callbacks=callbacks)
     resume = distributed.on_main(lambda: _prepare_checkpoints(checkpoints, fingerprint, config.resume), "preparing checkpoints")
