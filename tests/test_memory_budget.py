@@ -154,3 +154,54 @@ def test_large_blocks_get_their_own_maps_which_go_back_when_freed(tmp_path, how,
 
 def test_only_a_cpu_process_changes_its_allocator():
     assert training.return_freed_memory("cuda:0") is False and training.return_freed_memory("mps") is False
+
+
+# ---- what a CPU step leaves behind is bounded: oneDNN's primitive cache, the heap (train/allocator.py; issue #40) -----
+# oneDNN says for every primitive it creates whether its cache served it (ONEDNN_VERBOSE=2: create:cache_hit/miss).
+# With the product's bound patched to 0, a bound set before the first bf16 step leaves no hit at all; a bound set too
+# late (or not at all) leaves the default 1024 and hits from the second mini-batch on.
+
+_PRIMITIVES = """
+import pathlib, sys
+from ace_llamaindex.data.examples import TrainingExample
+from ace_llamaindex.train import allocator, training
+allocator.PRIMITIVE_CACHE_CAPACITY = 0
+rows = [TrainingExample(f"query {i}", f"memory {i} about topic {i}", []) for i in range(8)]
+config = training.full_defaults(training.TrainConfig(epochs=1, batch_size=4, val_fraction=0.0, precision="bf16",
+                                                     device="cpu", extra={"max_steps": 2}))
+training.fine_tune(training.plan_validation(rows, 0.0, 1), config, pathlib.Path(sys.argv[1]), "f")
+"""
+
+
+@pytest.mark.parametrize("user_value,hits", [
+    pytest.param(None, False, id="the-bound-is-in-effect-from-the-first-bf16-step"),
+    pytest.param("1024", True, id="the-users-own-value-wins"),  # and shows the data exercises the cache
+])
+def test_onednn_keeps_no_more_primitives_than_the_bound(tmp_path, user_value, hits):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    env["ONEDNN_VERBOSE"] = "2"
+    if user_value:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = user_value
+    out = subprocess.run([sys.executable, "-c", _PRIMITIVES, str(tmp_path / "c")], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    log = out.stdout + out.stderr
+    assert log.count("create:cache_miss") > 10, "no bf16 primitive was created: the run did not exercise oneDNN"
+    assert (log.count("create:cache_hit") > 0) is hits, f"{log.count('create:cache_hit')} primitives from the cache"
+
+
+def test_the_heap_is_trimmed_after_every_optimizer_step(tmp_path, monkeypatch):
+    from ace_llamaindex.data.examples import TrainingExample
+    from ace_llamaindex.train import allocator
+
+    trims = []
+    monkeypatch.setattr(allocator, "trim_heap", lambda: trims.append(1) or True)
+    rows = [TrainingExample(f"query {i}", f"memory {i} about topic {i}", []) for i in range(12)]
+    config = training.full_defaults(training.TrainConfig(epochs=1, batch_size=4, val_fraction=0.0, precision="fp32",
+                                                         device="cpu"))
+    tuned = training.fine_tune(training.plan_validation(rows, 0.0, 1), config, tmp_path / "c", "f")
+    assert tuned.info["optimizer_steps"] == 3 and len(trims) == 3
