@@ -301,7 +301,8 @@ def _interval_line(s: dict) -> str:
     return change + interval(s["delta"], s["ci95"])
 
 
-def _verdict_colour(verdict: str | None) -> str:
+def _verdict_colour(verdict) -> str:
+    """The colour a :class:`~ace_llamaindex.records.verdict.Verdict` (or None: no verdict) is printed in."""
     from .records.verdict import Verdict
 
     return {Verdict.BETTER: "green", Verdict.WORSE: "red"}.get(verdict, "yellow")
@@ -309,13 +310,12 @@ def _verdict_colour(verdict: str | None) -> str:
 
 def inconclusive_reason(g: dict) -> str:
     """Why a verdict is not "better", in words: too few queries for a gain of that size, or the base near the ceiling."""
-    from .records.gate import deciding_subset
-
-    s = deciding_subset(g)
+    from .records.gate import deciding_subset, gate_verdict
     from .records.verdict import Verdict
 
+    s = deciding_subset(g)
     s = {**s, "n": s.get("n", g.get("n_queries"))}
-    if g.get("verdict") == Verdict.CANT_TELL:
+    if gate_verdict(g) is Verdict.CANT_TELL:
         return (f"{g['decided_by']}: every validation query but those asks about documents training queries also had, "
                 "so a gain there could be memorised documents. More queries about other documents would tell.")
     if s.get("base") is not None and s["base"] >= 0.9:
@@ -333,7 +333,7 @@ def print_training(card) -> None:
     """The promotion gate's verdict (and, for --method auto, every candidate's) and the fusion, for people
     (``card``: a :class:`~ace_llamaindex.records.card.TrainingCard` or its dict)."""
     from .records.card import TrainingCard
-    from .records.gate import GateResult, deciding_subset
+    from .records.gate import GateResult, deciding_subset, gate_verdict
     from .records.verdict import Verdict, interval
 
     card = TrainingCard.from_dict(card)
@@ -359,12 +359,12 @@ def print_training(card) -> None:
                 console.print(f"  {name} ({sub['n']} queries): {_interval_line(sub)}: {sub['verdict']}", highlight=False)
     elif g:
         console.print(f"promotion gate: {g.get('verdict')}", highlight=False)
-    if g.get("verdict") in (Verdict.NO_CLEAR_DIFFERENCE, Verdict.WORSE, Verdict.CANT_TELL) and g.get("base") is not None:
+    if gate_verdict(g) in (Verdict.NO_CLEAR_DIFFERENCE, Verdict.WORSE, Verdict.CANT_TELL) and g.get("base") is not None:
         console.print(f"[yellow]no gain shown:[/yellow] {inconclusive_reason(g)}", highlight=False)
     champion = card.champion
     if champion:
         cg = card.champion_gate
-        colour = _verdict_colour(cg.get("verdict"))
+        colour = _verdict_colour(gate_verdict(cg, "champion.gate.verdict"))
         sub = deciding_subset(cg)
         evidence = f"{_interval_line(sub)}: " if sub.get("delta") is not None else ""
         console.print(f"against the champion ({champion['source']}, {cg.get('n_queries', 0)} validation queries): "
@@ -379,7 +379,7 @@ def print_training(card) -> None:
 
 def print_report(report: dict, metric: str = "ndcg@10") -> None:
     """The overall table and the verdicts, for people."""
-    from .records.verdict import ci_text
+    from .records.verdict import Verdict, ci_text
 
     metrics = [m for m in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "cosine") if m in report["metrics"]]
     metrics += [m for m in report["metrics"] if m not in metrics]
@@ -395,7 +395,7 @@ def print_report(report: dict, metric: str = "ndcg@10") -> None:
         verdicts.add_column(col)
     for c in report["comparisons"]:
         if c["metric"] in ("recall@1", metric):
-            colour = _verdict_colour(c["verdict"])
+            colour = _verdict_colour(Verdict.read(c["verdict"], "comparisons.verdict"))
             verdicts.add_row(f"{c['candidate']} vs {c['baseline']}", c["metric"], f"{c['delta']:+.3f}",
                              ci_text(c["ci95"]), f"[{colour}]{c['verdict']}[/{colour}]")
     out.print(verdicts)
@@ -1037,7 +1037,9 @@ def experiment_status_cmd(collection, qdrant_path, qdrant_url, engine, as_json, 
     out.print(table)
     for note in status.notes:
         console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
-    colour = {"promote": "green", "end": "red"}.get(status.decision, "yellow")
+    from .records.experiment import Decision
+
+    colour = {Decision.PROMOTE: "green", Decision.END: "red"}.get(status.decision, "yellow")
     console.print(f"[{colour}]{status.decision}[/{colour}]: {escape(status.reason)}", highlight=False, soft_wrap=True)
     if status.acted:
         console.print(status.acted, highlight=False)

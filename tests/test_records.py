@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from ace_llamaindex.embeddings.query_adapter import ADAPTER_CARD, ADAPTER_FILE
-from ace_llamaindex.records.card import CARD_NAME
-from ace_llamaindex.records.gate import GateResult, unmeasured_gate
+from ace_llamaindex.errors import OptionError
+from ace_llamaindex.records.card import CARD_NAME, TrainingCard
+from ace_llamaindex.records.experiment import Decision
+from ace_llamaindex.records.gate import GateResult, gate_verdict, unmeasured_gate
 from ace_llamaindex.records.outcome import Outcome, outcome
 from ace_llamaindex.records.plan import HERE, ServingPlan
 from ace_llamaindex.records.verdict import Verdict, ci_text, interval
@@ -156,11 +158,72 @@ def test_verdicts_are_their_words_in_json_and_text():
     assert json.dumps(gate.as_dict()) == json.dumps(plain.as_dict())      # cards stay byte-identical
     assert gate.sentence() == plain.sentence()
     assert "+0.100 [+0.010, +0.200]" in gate.sentence() and "can't tell" in gate.sentence()
-    # a card written before reads back as plain words and compares equal to the members
+    # a card written before reads back into the members (issue #39: read once, compared as members)
     again = GateResult.from_dict(json.loads(json.dumps(gate.as_dict())))
-    assert again.verdict == Verdict.CANT_TELL and type(again.verdict) is str
+    assert again.verdict is Verdict.CANT_TELL and again.subset_verdict("unseen documents") is Verdict.BETTER
+    assert plain.verdict is Verdict.CANT_TELL
     assert json.dumps(unmeasured_gate()) == '{"verdict": "not measured (no validation queries)"}'
     assert Verdict.allows(unmeasured_gate()["verdict"]) and Verdict.allows("better") and not Verdict.allows("worse")
+
+
+# verdict words read into their members once (issue #39) -----------------------------------------------------------
+
+ALLOWED_WORDS = "('better', 'worse', 'no clear difference', \"can't tell\", 'not measured')"
+
+
+@pytest.mark.parametrize(("written", "member"), [
+    ("better", Verdict.BETTER),
+    ("worse", Verdict.WORSE),
+    ("no clear difference", Verdict.NO_CLEAR_DIFFERENCE),
+    ("can't tell", Verdict.CANT_TELL),
+    ("not measured", Verdict.NOT_MEASURED),                              # a subset without queries
+    ("not measured (no validation queries)", Verdict.NOT_MEASURED),      # unmeasured_gate()
+    (Verdict.WORSE, Verdict.WORSE),
+])
+def test_every_written_verdict_reads_to_its_member(written, member):
+    assert Verdict.read(written) is member
+    assert gate_verdict({"verdict": written}) is member
+    if member is not Verdict.NOT_MEASURED:
+        gate = GateResult.from_dict({**_gate(written), "subsets": {"unseen documents": {"n": 3, "verdict": written}}})
+        assert gate.verdict is member and gate.subset_verdict("unseen documents") is member
+    card = TrainingCard.from_dict({"method": "full", "gate": {"verdict": written}})
+    assert card.gate["verdict"] == str(written) and json.dumps(card.to_dict()["gate"]) == json.dumps({"verdict": str(written)})
+
+
+@pytest.mark.parametrize(("value", "field", "message"), [
+    ("Better", "gate.verdict", f"gate.verdict must be a verdict {ALLOWED_WORDS}, got 'Better'"),
+    ("promoted", "comparisons.verdict", f"comparisons.verdict must be a verdict {ALLOWED_WORDS}, got 'promoted'"),
+    ("", "gate.verdict", f"gate.verdict must be a verdict {ALLOWED_WORDS}, got ''"),
+    (None, "gate.verdict", f"gate.verdict must be a verdict {ALLOWED_WORDS}, got None"),
+    (1, "gate.verdict", f"gate.verdict must be a verdict {ALLOWED_WORDS}, got 1"),
+])
+def test_an_unknown_verdict_is_one_line_naming_the_field_and_the_words(value, field, message):
+    with pytest.raises(OptionError) as caught:
+        Verdict.read(value, field)
+    assert str(caught.value) == message and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("card", "field"), [
+    ({"gate": {"verdict": "good"}}, "gate.verdict"),
+    ({"gate": {"verdict": "better", "subsets": {"seen documents": {"verdict": "good"}}}},
+     "gate.subsets.seen documents.verdict"),
+    ({"champion": {"source": "c", "gate": {"verdict": "good"}}}, "champion.gate.verdict"),
+    ({"candidates": {"adapter": {"gate": {"verdict": "good"}, "reindex": False}}}, "candidates.adapter.gate.verdict"),
+    ({"candidates": {"full": {"gate": {"verdict": "better"}, "reindex": True, "against_base": {"verdict": "good"}}}},
+     "candidates.full.against_base.verdict"),
+])
+def test_a_card_with_an_unknown_verdict_is_one_line_naming_the_file_and_field(card, field):
+    with pytest.raises(OptionError) as caught:
+        TrainingCard.from_dict({"method": "auto", **card}, where="out/ace_training_card.json")
+    assert str(caught.value) == (f"out/ace_training_card.json: field {field!r} must be a verdict {ALLOWED_WORDS}, "
+                                 "got 'good'")
+
+
+@pytest.mark.parametrize("written", ["continue", "promote", "end"])
+def test_every_experiment_decision_reads_to_its_member(written):
+    assert Decision.read(written) is Decision(written) and str(Decision.read(written)) == written
+    with pytest.raises(OptionError, match=r"^decision must be a decision \('continue', 'promote', 'end'\), got 'stop'$"):
+        Decision.read("stop")
 
 
 # (c) ------------------------------------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ from typing import Any
 from ..errors import AceDeprecationWarning, OptionError
 from ..options import value_type
 from .fields import check_fields
-from .gate import GATE_KINDS
+from .gate import GATE_KINDS, gate_verdict
 from .plan import PLAN_KINDS
+from .verdict import Verdict
 
 CARD_NAME = "ace_training_card.json"
 ADAPTER_CARD = "ace_adapter.json"  # a query adapter's card, beside its weights
@@ -39,9 +40,9 @@ class JudgedCandidate:
     against_base: dict[str, Any] | None = None
 
     @property
-    def verdict(self) -> str:
-        """Its gate's verdict (a :class:`~ace_llamaindex.records.verdict.Verdict` word)."""
-        return self.gate["verdict"]
+    def verdict(self) -> Verdict:
+        """Its gate's verdict, read into a :class:`~ace_llamaindex.records.verdict.Verdict`."""
+        return Verdict.read(self.gate["verdict"], f"candidates.{self.name}.gate.verdict")
 
 
 @dataclass
@@ -109,6 +110,7 @@ class TrainingCard:
             values["training_data"] = [dict(values["training_data"])]
         check_fields(values, _KINDS, where)
         check_fields(values, _NESTED, where)
+        _check_verdicts(values, where)
         for name in ("gate", "config", "data_checks", "training_queries", "validation_queries"):
             if values.get(name) is None:
                 values.pop(name, None)  # an old card's null: the default
@@ -216,6 +218,25 @@ _KINDS = {name: value_type(hint) for name, hint in typing.get_type_hints(Trainin
 # Inside the card's objects: the entries its readers (rollout's evidence, eval --finetuned, serving) take values from
 _NESTED = {"serving": PLAN_KINDS, "gate": GATE_KINDS, "base": {"label": str, "model": str, "fingerprint": str},
            "champion": {"source": str, "serving": PLAN_KINDS, "gate": GATE_KINDS}}
+
+
+def _check_verdicts(values: Mapping[str, Any], where: str) -> None:
+    """Every verdict the card's gates hold is a :class:`~ace_llamaindex.records.verdict.Verdict`'s words, else one
+    line naming ``where`` and the field (``gate.subsets.unseen documents.verdict``)."""
+    gates = {"gate": values.get("gate"), "champion.gate": (values.get("champion") or {}).get("gate")}
+    candidates = values.get("candidates") or {}
+    for name, candidate in candidates.items() if isinstance(candidates, Mapping) else ():
+        if isinstance(candidate, Mapping):
+            gates[f"candidates.{name}.gate"] = candidate.get("gate")
+            gates[f"candidates.{name}.against_base"] = candidate.get("against_base")
+    for field_name, gate in gates.items():
+        if not isinstance(gate, Mapping):
+            continue
+        gate_verdict(gate, f"{where}: field {field_name + '.verdict'!r}")
+        subsets = gate.get("subsets") or {}
+        for subset, comparison in subsets.items() if isinstance(subsets, Mapping) else ():
+            if isinstance(comparison, Mapping):
+                gate_verdict(comparison, f"{where}: field {f'{field_name}.subsets.{subset}.verdict'!r}")
 
 
 def run_fields(info: Mapping[str, Any]) -> dict[str, Any]:
