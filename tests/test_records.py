@@ -503,3 +503,63 @@ def test_no_new_long_signature():
     assert len(LONG_SIGNATURES) <= 2
     grown = {f: n for f, n in long_signatures().items() if n > LONG_SIGNATURES.get(f, 14)}
     assert grown == {}, f"functions with 15 or more parameters (take an options record instead): {grown}"
+
+
+# (g) the training card filled through its methods (issue #39) -------------------------------------------------------
+
+TRAIN_PACKAGE = PACKAGE / "train"
+RECORDED = {"gate", "champion", "candidates", "training_queries", "validation_queries"}
+
+
+def card_keywords(source: str) -> list[tuple[int, str]]:
+    """What a module writes into a card by hand: a ``TrainingCard(...)`` keyword that a ``record_*`` method fills,
+    or an assignment to one of those fields."""
+    hits = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "TrainingCard":
+            hits += [(node.lineno, k.arg) for k in node.keywords if k.arg in RECORDED]
+        elif isinstance(node, ast.Assign):
+            hits += [(node.lineno, t.attr) for t in node.targets if isinstance(t, ast.Attribute) and t.attr in RECORDED
+                     and getattr(t.value, "id", "") == "card"]
+    return hits
+
+
+@pytest.mark.parametrize("path", sorted(TRAIN_PACKAGE.glob("*.py")), ids=lambda p: p.name)
+def test_trainers_fill_their_card_through_its_methods(path):
+    assert card_keywords(path.read_text(encoding="utf-8")) == [], \
+        f"train/{path.name}: record the gate, champion, candidates and queries with TrainingCard.record_*"
+
+
+@pytest.mark.parametrize(("source", "found"), [
+    ("c = TrainingCard(method='full', gate=g.as_dict())", [(1, "gate")]),
+    ("c = TrainingCard(method='auto', candidates={}, promoted=True)", [(1, "candidates")]),
+    ("card.champion = {'gate': g}", [(1, "champion")]),
+    ("c = TrainingCard(method='full', promoted=True)", []),
+    ("card.record_gate(g)", []),
+])
+def test_card_keyword_check_itself(source, found):
+    assert card_keywords(source) == found
+
+
+def test_the_card_records_what_the_trainers_wrote_by_hand():
+    from ace_llamaindex.records.card import text_hash
+
+    better, worse = GateResult.from_dict(_gate("better")), GateResult.from_dict(_gate("worse"))
+    champion = {"source": "collection 'c'", "serving": WRITTEN_PLANS["resolved full"], "identity": {"model": "m"},
+                "method": "full"}
+    card = (TrainingCard(method="auto").record_gate(better).record_champion(champion, "replayed 3 queries", worse)
+            .record_candidate("adapter", better, False).record_candidate("full", worse, True, against_base=better)
+            .record_queries(["q1", "q2", "q1"], iter(["v"])))
+    # as training.py, adapter.py and method_selection.py wrote them by hand before
+    assert card.gate == better.as_dict()
+    assert card.champion == {**champion, "history": "replayed 3 queries", "gate": worse.as_dict()}
+    assert list(card.champion) == [*champion, "history", "gate"]
+    assert card.candidates == {"adapter": {"gate": better.as_dict(), "reindex": False},
+                               "full": {"gate": worse.as_dict(), "reindex": True, "against_base": better.as_dict()}}
+    assert list(card.candidates["full"]) == ["gate", "reindex", "against_base"]
+    assert card.training_queries == sorted({text_hash("q1"), text_hash("q2")})
+    assert card.validation_queries == [text_hash("v")]
+    unmeasured = TrainingCard(method="full").record_gate(None).record_champion(champion, None, None)
+    assert unmeasured.gate == unmeasured_gate() and unmeasured.champion["gate"] == unmeasured_gate()
+    assert TrainingCard(method="full").record_champion(None, None, better).champion is None
+    assert TrainingCard.from_dict(json.loads(json.dumps(card.to_dict()))) == card

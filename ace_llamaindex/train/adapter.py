@@ -241,8 +241,7 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
     continues it on the new examples plus the champion's replayed ones, and the better of the two by the same rule
     is kept. ``training_data``: the file ``examples`` came from, named in the card so a later round can replay it.
     Returns the adapter's card (``promoted``: whether the folder was written)."""
-    from ..records.card import run_fields, text_hash
-    from ..records.gate import unmeasured_gate
+    from ..records.card import run_fields
     from ..records.verdict import Verdict
     from .champion import (
         champion_history,
@@ -282,21 +281,20 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
         deciding = selection.deciding(name)
     output_dir = Path(output_dir)
     promoted = deciding is None or deciding.verdict == Verdict.BETTER or config.force or not (output_dir / ADAPTER_CARD).exists()
-    not_measured = unmeasured_gate()
     several = selection is not None and len(fitted) > 1
     card = TrainingCard(
         method="adapter", chosen=name, **run_fields(fitted[name].info), base=base_info or {"label": base.label},
-        data_checks=split.checks, gate=selection.against_base[name].as_dict() if selection else not_measured,
-        promoted=promoted, training_queries=sorted({text_hash(e.query) for e in trained_on[name]}),
-        validation_queries=sorted({text_hash(e.query) for e in split.val}),
+        data_checks=split.checks, promoted=promoted,
         training_data=([data_reference(training_data)] if training_data else [])
         + (history_refs(champion) if name == "adapter (continued)" else []),
-        candidates={n: {"gate": selection.deciding(n).as_dict(), "reindex": False} for n in fitted} if several else None,
         choice={"steps": selection.steps, "reason": "; ".join(selection.steps) or "none better than the champion"}
-        if several else None,
-        champion={**champion.to_dict(), "history": history.note,
-                  "gate": (selection.against_champion or selection.against_base)[name].as_dict() if selection
-                  else not_measured} if champion is not None else None)
+        if several else None)
+    card.record_gate(selection.against_base[name] if selection else None)
+    card.record_queries((e.query for e in trained_on[name]), (e.query for e in split.val))
+    for n in fitted if several else ():
+        card.record_candidate(n, selection.deciding(n), reindex=False)
+    card.record_champion(champion.to_dict() if champion is not None else None, history.note if history else None,
+                         (selection.against_champion or selection.against_base)[name] if selection else None)
     if promoted:
         with atomic_directory(output_dir) as scratch:
             save_adapter(fitted[name].adapter, scratch, card)
