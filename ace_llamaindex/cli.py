@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .cli_endpoint import endpoint_options
 from .cli_fields import AceGroup, FiniteFloat, field_options, from_options, generated_options, short_number
 from .errors import AceError, OptionError
 from .serve.feedback import QUERY_ID
@@ -139,6 +140,23 @@ def cluster_options(f):
     ]):
         f = opt(f)
     return f
+
+
+def hybrid_options(f):
+    """``--rrf-k``, ``--dense-weight``, ``--sparse-weight``: how dense and BM25 results are fused; the command receives
+    them as one ``hybrid`` (:class:`~ace_llamaindex.index.store.HybridParams`)."""
+
+    @functools.wraps(f)
+    def wrapper(*args, rrf_k, dense_weight, sparse_weight, **kwargs):
+        from .index.store import HybridParams
+
+        return f(*args, hybrid=HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight), **kwargs)
+
+    return with_options(
+        click.option("--rrf-k", default=60, show_default=True, type=click.IntRange(min=1)),
+        click.option("--dense-weight", default=1.0, show_default=True, type=FiniteFloat(min=0)),
+        click.option("--sparse-weight", default=1.0, show_default=True, type=FiniteFloat(min=0)),
+    )(wrapper)
 
 
 def _load(dataset, fmt, split, strict):
@@ -283,7 +301,8 @@ def _interval_line(s: dict) -> str:
     return change + interval(s["delta"], s["ci95"])
 
 
-def _verdict_colour(verdict: str | None) -> str:
+def _verdict_colour(verdict) -> str:
+    """The colour a :class:`~ace_llamaindex.records.verdict.Verdict` (or None: no verdict) is printed in."""
     from .records.verdict import Verdict
 
     return {Verdict.BETTER: "green", Verdict.WORSE: "red"}.get(verdict, "yellow")
@@ -291,13 +310,12 @@ def _verdict_colour(verdict: str | None) -> str:
 
 def inconclusive_reason(g: dict) -> str:
     """Why a verdict is not "better", in words: too few queries for a gain of that size, or the base near the ceiling."""
-    from .records.gate import deciding_subset
-
-    s = deciding_subset(g)
+    from .records.gate import deciding_subset, gate_verdict
     from .records.verdict import Verdict
 
+    s = deciding_subset(g)
     s = {**s, "n": s.get("n", g.get("n_queries"))}
-    if g.get("verdict") == Verdict.CANT_TELL:
+    if gate_verdict(g) is Verdict.CANT_TELL:
         return (f"{g['decided_by']}: every validation query but those asks about documents training queries also had, "
                 "so a gain there could be memorised documents. More queries about other documents would tell.")
     if s.get("base") is not None and s["base"] >= 0.9:
@@ -315,7 +333,7 @@ def print_training(card) -> None:
     """The promotion gate's verdict (and, for --method auto, every candidate's) and the fusion, for people
     (``card``: a :class:`~ace_llamaindex.records.card.TrainingCard` or its dict)."""
     from .records.card import TrainingCard
-    from .records.gate import GateResult, deciding_subset
+    from .records.gate import GateResult, deciding_subset, gate_verdict
     from .records.verdict import Verdict, interval
 
     card = TrainingCard.from_dict(card)
@@ -341,12 +359,12 @@ def print_training(card) -> None:
                 console.print(f"  {name} ({sub['n']} queries): {_interval_line(sub)}: {sub['verdict']}", highlight=False)
     elif g:
         console.print(f"promotion gate: {g.get('verdict')}", highlight=False)
-    if g.get("verdict") in (Verdict.NO_CLEAR_DIFFERENCE, Verdict.WORSE, Verdict.CANT_TELL) and g.get("base") is not None:
+    if gate_verdict(g) in (Verdict.NO_CLEAR_DIFFERENCE, Verdict.WORSE, Verdict.CANT_TELL) and g.get("base") is not None:
         console.print(f"[yellow]no gain shown:[/yellow] {inconclusive_reason(g)}", highlight=False)
     champion = card.champion
     if champion:
         cg = card.champion_gate
-        colour = _verdict_colour(cg.get("verdict"))
+        colour = _verdict_colour(gate_verdict(cg, "champion.gate.verdict"))
         sub = deciding_subset(cg)
         evidence = f"{_interval_line(sub)}: " if sub.get("delta") is not None else ""
         console.print(f"against the champion ({champion['source']}, {cg.get('n_queries', 0)} validation queries): "
@@ -361,7 +379,7 @@ def print_training(card) -> None:
 
 def print_report(report: dict, metric: str = "ndcg@10") -> None:
     """The overall table and the verdicts, for people."""
-    from .records.verdict import ci_text
+    from .records.verdict import Verdict, ci_text
 
     metrics = [m for m in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "cosine") if m in report["metrics"]]
     metrics += [m for m in report["metrics"] if m not in metrics]
@@ -377,7 +395,7 @@ def print_report(report: dict, metric: str = "ndcg@10") -> None:
         verdicts.add_column(col)
     for c in report["comparisons"]:
         if c["metric"] in ("recall@1", metric):
-            colour = _verdict_colour(c["verdict"])
+            colour = _verdict_colour(Verdict.read(c["verdict"], "comparisons.verdict"))
             verdicts.add_row(f"{c['candidate']} vs {c['baseline']}", c["metric"], f"{c['delta']:+.3f}",
                              ci_text(c["ci95"]), f"[{colour}]{c['verdict']}[/{colour}]")
     out.print(verdicts)
@@ -410,14 +428,14 @@ def mine(dataset, fmt, split, strict, output, collection, qdrant_url, qdrant_pat
     from .atomic import check_output
 
     check_output(output)
-    from .loop import mine_training_data
+    from .loop import MiningCollection, mine_training_data
 
     options = _mining(kw)
     options.validate()
-    mined = mine_training_data(dataset if feedback else _load(dataset, fmt, split, strict), output, feedback=feedback,
-                               collection=collection, qdrant_path=qdrant_path, qdrant_url=qdrant_url, miner=kw["miner"],
-                               model=kw["model"], options=options, engine=kw["engine"], vector_name=vector_name,
-                               text_field=text_field, id_field=id_field, test_fraction=test_fraction, notify=_note)
+    source = MiningCollection(collection, qdrant_path, qdrant_url, vector_name, text_field, id_field)
+    mined = mine_training_data(dataset if feedback else _load(dataset, fmt, split, strict), output, source=source,
+                               feedback=feedback, miner=kw["miner"], model=kw["model"], options=options,
+                               engine=kw["engine"], test_fraction=test_fraction, notify=_note)
     examples = mined.examples
     console.print(f"{len(examples)} examples, {sum(len(e.negatives) for e in examples)} negatives -> {output}")
 
@@ -430,10 +448,8 @@ def _note(message: str) -> None:
 @click.argument("training_data", type=click.Path(path_type=Path))
 @click.option("-o", "--output", default="models/ace-finetuned", show_default=True, type=click.Path(path_type=Path))
 @click.option("--seed", default=42, show_default=True, type=int)
-@click.option("--base-url", default=None, help="--method adapter over an OpenAI-compatible endpoint, e.g. http://localhost:1234/v1")
-@click.option("--base-model-name", "base_model_name", default=None, help="Model name at --base-url.")
-@click.option("--query-prefix", default="", help="Prefix for endpoint queries (nomic: 'search_query: ').")
-@click.option("--document-prefix", default="", help="Prefix for endpoint documents (nomic: 'search_document: ').")
+@endpoint_options(url=("--base-url", "--method adapter over an OpenAI-compatible endpoint, e.g. http://localhost:1234/v1"),
+                  model_name=("--base-model-name", "Model name at --base-url."))
 @click.option("--champion", "champion_dir", default=None, type=click.Path(path_type=Path),
               help="The model serving now (a folder `ace train` wrote): every candidate must beat it, not only the base.")
 @with_options(*EXISTING_COLLECTION)
@@ -443,8 +459,7 @@ def _note(message: str) -> None:
                    "accelerate launch, leave it out.")
 @training_options
 @friendly
-def train(training_data, output, seed, base_url, base_model_name, query_prefix, document_prefix, champion_dir, collection,
-          qdrant_path, qdrant_url, nproc, **kw):
+def train(training_data, output, seed, endpoint, champion_dir, collection, qdrant_path, qdrant_url, nproc, **kw):
     """Train on TRAINING_DATA (from `ace mine`) and write what the gate promotes to OUTPUT (default --method auto:
     a query adapter, a fine-tuned model, or both; nothing when no candidate is better).
 
@@ -476,7 +491,7 @@ def train(training_data, output, seed, base_url, base_model_name, query_prefix, 
     main_rank = distributed.is_main()  # under a launcher rank 0 alone prints, judges and writes
     distributed.start(detect_device(kw["device"]))  # joins the other processes (one process: nothing)
     # every trainer gets an endpoint; one that fine-tunes weights refuses it (TrainResult says why)
-    base_encoder = _baseline_encoder(None, base_url, base_model_name, query_prefix, document_prefix) if base_url else None
+    base_encoder = endpoint.encoder() if endpoint.url else None
     result = train_model(training_data, output, method=kw["trainer"], config=_training(kw, seed), champion=champion_dir,
                          collection=collection, qdrant_path=qdrant_path, qdrant_url=qdrant_url, base_encoder=base_encoder,
                          notify=_note)
@@ -546,31 +561,15 @@ def _command_line(ctx: click.Context, drop: set[str]) -> list[str]:
     return [*options, "--", *positional]
 
 
-def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_model: str | None, query_prefix: str,
-                      document_prefix: str):
-    from .embeddings.encoding import CachedEncoder, LlamaIndexEncoder
-    from .serve.http_embedding import OpenAICompatibleEmbedding
-
-    if baseline_url:
-        client = OpenAICompatibleEmbedding(base_url=baseline_url, model_name=baseline_model or "text-embedding",
-                                           query_prefix=query_prefix, document_prefix=document_prefix)
-        return LlamaIndexEncoder(client, label=f"{baseline_url}#{client.model_name}")
-    return CachedEncoder(baseline)
-
-
 @cli.command(name="eval")
 @dataset_options
 @click.option("--finetuned", type=click.Path(path_type=Path), help="Fine-tuned model folder (omit to evaluate the baseline only).")
-@click.option("--baseline", default=None, help="Baseline sentence-transformers model (default: bundled all-MiniLM-L6-v2).")
-@click.option("--baseline-url", default=None, help="Baseline as an OpenAI-compatible endpoint, e.g. http://localhost:1234/v1")
-@click.option("--baseline-model", default=None, help="Model name at --baseline-url, e.g. text-embedding-nomic-embed-text-v1.5")
-@click.option("--query-prefix", default="", help="Prefix for endpoint queries (nomic: 'search_query: ').")
-@click.option("--document-prefix", default="", help="Prefix for endpoint documents (nomic: 'search_document: ').")
+@endpoint_options(model=("--baseline", "Baseline sentence-transformers model (default: bundled all-MiniLM-L6-v2)."),
+                  url=("--baseline-url", "Baseline as an OpenAI-compatible endpoint, e.g. http://localhost:1234/v1"),
+                  model_name=("--baseline-model", "Model name at --baseline-url, e.g. text-embedding-nomic-embed-text-v1.5"))
 @MAX_QUERIES
 @click.option("--metric", "metric_names", multiple=True, help="Metric plugins to compute (default: all installed).")
-@click.option("--rrf-k", default=60, show_default=True, type=click.IntRange(min=1))
-@click.option("--dense-weight", default=1.0, show_default=True, type=FiniteFloat(min=0))
-@click.option("--sparse-weight", default=1.0, show_default=True, type=FiniteFloat(min=0))
+@hybrid_options
 @click.option("--adapter", "adapter_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="A query adapter (from `ace train --method adapter`) over the baseline: rows adapter, adapter+hybrid.")
 @click.option("--exclude-training-queries", is_flag=True,
@@ -580,9 +579,8 @@ def _baseline_encoder(baseline: str | None, baseline_url: str | None, baseline_m
 @ENGINE
 @friendly
 @workers_option
-def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, baseline_model, query_prefix, document_prefix,
-             max_queries, metric_names, rrf_k, dense_weight, sparse_weight, adapter_dir, exclude_training_queries, out_dir,
-             reporters, engine):
+def eval_cmd(dataset, fmt, split, strict, finetuned, endpoint, max_queries, metric_names, hybrid, adapter_dir,
+             exclude_training_queries, out_dir, reporters, engine):
     """Compare baseline vs fine-tuned (dense and hybrid, plus BM25) on DATASET.
 
     With a fine-tuned model that has a fusion.json, the row finetuned+fusion shows the fusion serving uses."""
@@ -602,7 +600,6 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
     from .evaluate.overlap import training_overlap, without_queries
     from .evaluate.reporting import write_reports
     from .index.fusion_choice import load_fusion
-    from .index.store import HybridParams
     from .plugins.manager import components, get
     from .records.card import read_card
     from .serve.served_model import read_serving, serving_encoder
@@ -620,13 +617,13 @@ def eval_cmd(dataset, fmt, split, strict, finetuned, baseline, baseline_url, bas
             warnings.append(f"{len(overlap)} of {len(ds.queries)} queries were in {finetuned}'s training or validation "
                             "data: these numbers flatter the fine-tuned model (--exclude-training-queries leaves them out)")
             console.print(f"[yellow]warning:[/yellow] {warnings[-1]}", highlight=False)
-    base = _baseline_encoder(baseline, baseline_url, baseline_model, query_prefix, document_prefix)
+    base = endpoint.encoder()
     tuned = serving_encoder(read_serving(finetuned), base) if finetuned else None
     metrics = {n: get("metrics", n) for n in metric_names} if metric_names else {n: c.obj for n, c in components("metrics").items()}
     adapted = AdaptedEncoder(base, QueryAdapter.load(adapter_dir)[0], label="adapter") if adapter_dir else None
     fusion = load_fusion(finetuned) if finetuned else None
     systems, comparisons = compared_systems(base, tuned, fusion=fusion, adapted=adapted,
-                                            hybrid=HybridParams(rrf_k=rrf_k, dense_weight=dense_weight, sparse_weight=sparse_weight))
+                                            hybrid=hybrid)
     report = evaluate(ds, systems, metrics=metrics, max_queries=max_queries, engine=engine, comparisons=comparisons)
     report.data["fusion"] = fusion.to_dict() if fusion else None
     report.data["warnings"] = warnings
@@ -1040,7 +1037,9 @@ def experiment_status_cmd(collection, qdrant_path, qdrant_url, engine, as_json, 
     out.print(table)
     for note in status.notes:
         console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
-    colour = {"promote": "green", "end": "red"}.get(status.decision, "yellow")
+    from .records.experiment import Decision
+
+    colour = {Decision.PROMOTE: "green", Decision.END: "red"}.get(status.decision, "yellow")
     console.print(f"[{colour}]{status.decision}[/{colour}]: {escape(status.reason)}", highlight=False, soft_wrap=True)
     if status.acted:
         console.print(status.acted, highlight=False)

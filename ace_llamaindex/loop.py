@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .mine.mining import MiningOptions
     from .train.training import TrainConfig, TrainResult
 
-__all__ = ["MineResult", "mine_feedback", "mine_training_data", "rollback", "rollout", "train_model"]
+__all__ = ["MineResult", "MiningCollection", "mine_feedback", "mine_training_data", "rollback", "rollout", "train_model"]
 
 log = logging.getLogger(__name__)
 Notify = Callable[[str], None]
@@ -61,22 +61,47 @@ class MineResult:
     seen_share_source: str | None = None
 
 
+@dataclass(frozen=True)
+class MiningCollection:
+    """The existing collection a mining run searches (the current system): ``collection`` found at ``qdrant_path``
+    (an embedded folder) or ``qdrant_url`` (a server), searched in its dense vector ``vector_name`` (default: the
+    one its serving record names), its documents' texts and corpus ids in the payload keys ``text_field`` and
+    ``id_field``. No collection (the default): mining builds a throwaway index of the dataset."""
+
+    collection: str | None = None
+    qdrant_path: str | Path | None = None
+    qdrant_url: str | None = None
+    vector_name: str | None = None
+    text_field: str = "text"
+    id_field: str = "doc_id"
+
+    @classmethod
+    def given(cls, source: MiningCollection | None, keywords: dict[str, Any]) -> MiningCollection:
+        """``source`` (default: no collection) with ``keywords`` replacing its fields; a keyword that is no field
+        is a ``TypeError``, as for any function."""
+        unknown = sorted(set(keywords) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"mine_training_data() got an unexpected keyword argument {unknown[0]!r}")
+        return replace(source or cls(), **keywords)
+
+
 def _say(notify: Notify | None, message: str) -> None:
     (notify or log.info)(message)
 
 
 def mine_training_data(dataset: QADataset | str | Path | None = None, output: str | Path = "training_data.json", *,
-                       feedback: str | Path | None = None, collection: str | None = None, index: Any = None,
-                       qdrant_path: str | Path | None = None, qdrant_url: str | None = None, miner: str = "dense",
-                       model: str | None = None, options: MiningOptions | None = None, engine: str = "auto",
-                       vector_name: str | None = None, text_field: str = "text", id_field: str = "doc_id",
-                       test_fraction: float = 0.2, show_progress: bool = True, notify: Notify | None = None) -> MineResult:
+                       source: MiningCollection | None = None, feedback: str | Path | None = None, index: Any = None,
+                       miner: str = "dense", model: str | None = None, options: MiningOptions | None = None,
+                       engine: str = "auto", test_fraction: float = 0.2, show_progress: bool = True,
+                       notify: Notify | None = None, **keywords: Any) -> MineResult:
     """Mine hard negatives and write training data to ``output``: what ``ace mine`` does.
 
     From ``dataset`` (a :class:`~ace_llamaindex.data.dataset.QADataset`, a path any loader reads, or None for the
-    shipped demo), or from a ``feedback`` log (see :func:`mine_feedback`), never both. ``collection``: mine over this
-    existing collection (the current system) found at ``qdrant_path``/``qdrant_url``, or given open as ``index`` (the
-    collection itself, e.g. ``retriever.index``, which is searched as it is); its
+    shipped demo), or from a ``feedback`` log (see :func:`mine_feedback`), never both. ``source``: a
+    :class:`MiningCollection`, the existing collection (the current system) to mine over; each of its fields may also
+    be given as a keyword (``collection=``, ``qdrant_path=``, ``qdrant_url=``, ``vector_name=``, ``text_field=``,
+    ``id_field=``), which replaces the field. The collection is found at ``qdrant_path``/``qdrant_url``, or given open
+    as ``index`` (the collection itself, e.g. ``retriever.index``, which is searched as it is); its
     serving record says which model and vector to mine with unless ``model`` (the current system's model; default
     the bundled base) or ``vector_name`` says. ``miner``: a registered miner (``dense``, ``bm25``, ``hybrid``...);
     ``options``: :class:`~ace_llamaindex.mine.mining.MiningOptions` (default: ``ace mine``'s defaults). ``engine``: the
@@ -88,6 +113,9 @@ def mine_training_data(dataset: QADataset | str | Path | None = None, output: st
     from .mine.mining import MiningOptions, save_training_data
     from .plugins.manager import get
 
+    where = MiningCollection.given(source, keywords)
+    collection, qdrant_path, qdrant_url = where.collection, where.qdrant_path, where.qdrant_url
+    vector_name, text_field, id_field = where.vector_name, where.text_field, where.id_field
     output = check_output(output)
     if feedback and dataset:
         raise OptionError("give DATASET or --from-feedback, not both")

@@ -66,3 +66,32 @@ def test_an_option_several_commands_take_is_declared_once(name):
 def test_the_options_the_issue_named_are_single_declarations():
     for name in ("--engine", "--max-queries", "--json", "--workers"):
         assert name in SHARED and name not in ROLES
+
+
+def test_the_endpoint_options_make_one_endpoint():
+    """Issue #39: ``ace train`` and ``ace eval`` declare the endpoint once (``cli_endpoint.endpoint_options``), each
+    naming its model and URL flags; the command receives one :class:`Endpoint`."""
+    from click.testing import CliRunner
+
+    from ace_llamaindex.cli_endpoint import Endpoint, endpoint_options
+
+    got = []
+
+    @click.command()
+    @endpoint_options(model=("--local", "l"), url=("--url", "u"), model_name=("--name", "n"))
+    @click.option("--other", default=0, type=int)
+    def command(endpoint, other):
+        got.append((endpoint, other))
+
+    args = ["--local", "m", "--url", "http://h/v1", "--name", "e", "--query-prefix", "q: ", "--document-prefix", "d: ",
+            "--other", "3"]
+    assert CliRunner().invoke(command, args).exit_code == 0
+    assert got[-1] == (Endpoint("m", "http://h/v1", "e", "q: ", "d: "), 3)
+    assert CliRunner().invoke(command, []).exit_code == 0 and got[-1] == (Endpoint(), 0)
+    assert [p.opts[0] for p in command.params] == ["--local", "--url", "--name", "--query-prefix", "--document-prefix",
+                                                   "--other"]
+    # both commands: the same prefix options, each its own model flags
+    flags = {name: [p.opts[0] for p in cli.commands[name].params] for name in ("train", "eval")}
+    assert "--baseline" in flags["eval"] and "--baseline" not in flags["train"]
+    for name in ("train", "eval"):
+        assert flags[name].index("--document-prefix") == flags[name].index("--query-prefix") + 1

@@ -133,3 +133,25 @@ def test_a_miner_declares_whether_it_searches_dense_vectors(recorder, tmp_path, 
                        qdrant_path=tmp_path / "q", show_progress=False)
     assert (recorder["miner"]["using"] is not None) == expect_vector, recorder["miner"]["using"]
     assert getattr(get("miners", "bm25"), "dense", True) is False  # the built-in sparse miner says so itself
+
+
+def test_the_collection_mined_over_is_one_record_or_its_keywords(tmp_path, monkeypatch):
+    """Issue #39: ``mine_training_data`` takes the collection as one :class:`MiningCollection` (``source=``); each field
+    may still be a keyword, which replaces it; any other keyword is a TypeError, as for any function."""
+    from ace_llamaindex import mine_training_data
+    from ace_llamaindex.errors import AceError
+    from ace_llamaindex.loop import MiningCollection
+
+    assert MiningCollection.given(None, {}) == MiningCollection()
+    assert MiningCollection.given(None, {"collection": "c", "qdrant_path": "q"}) == MiningCollection("c", "q")
+    record = MiningCollection("a", qdrant_url="http://h:6333", text_field="body", id_field="key", vector_name="v")
+    assert MiningCollection.given(record, {"collection": "b"}) == MiningCollection("b", None, "http://h:6333", "v", "body", "key")
+    with pytest.raises(TypeError, match="'colection'"):
+        MiningCollection.given(record, {"colection": "b"})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colection'"):
+        mine_training_data(None, "d.json", colection="c")
+    # the record and its keyword reach the same checks
+    for given in ({"source": MiningCollection("c")}, {"collection": "c"}):
+        with pytest.raises(AceError, match="say where it is"):
+            mine_training_data(None, "d.json", **given)

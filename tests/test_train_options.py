@@ -97,7 +97,7 @@ def _role(name: str, who: str) -> str:
 
 # ---- every field is declared, with a flag or the reason it has none -----------------------------------------------
 
-@pytest.mark.parametrize("cls", [TrainConfig, MiningOptions])
+@pytest.mark.parametrize("cls", [TrainConfig, MiningOptions, AdapterConfig])
 def test_every_field_is_declared_with_a_flag_or_the_reason_it_has_none(cls):
     assert undeclared(cls) == [], f"{cls.__name__} fields declared without option(...): {undeclared(cls)}"
     for name, spec in declared(cls).items():
@@ -537,8 +537,45 @@ def test_a_bad_mining_value_is_one_clear_line(name, value):
         MiningOptions(**{name: value}).validate()
 
 
+ADAPTER = declared(AdapterConfig)
+BAD_ADAPTER = [(n, v) for n in ADAPTER for v in _bad_values(AdapterConfig, n)]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_ADAPTER, ids=[f"{n}={v}" for n, v in BAD_ADAPTER])
+def test_a_bad_adapter_value_is_one_line_from_its_declaration(name, value):
+    """Issue #39: AdapterConfig declares its ranges as TrainConfig does; validate() is made from them."""
+    with pytest.raises(OptionError, match=rf"^adapter {name} must be [^\n]*$"):
+        AdapterConfig(**{name: value}).validate()
+
+
+def test_the_adapter_checks_what_it_checked_before():
+    assert {n for n, _ in BAD_ADAPTER} == {"kind", "epochs", "batch_size", "learning_rate", "temperature", "patience",
+                                          "identity_weight", "seen_share", "val_fraction"}  # the last three: finite
+    for name, value, message in [("kind", "deep", "adapter kind must be one of ('linear', 'mlp'), got 'deep'"),
+                                 ("epochs", 0, "adapter epochs must be at least 1, got 0"),
+                                 ("learning_rate", 1.0, "adapter learning_rate must be between 0 and 1, got 1.0"),
+                                 ("temperature", 0.0, "adapter temperature must be above 0, got 0.0")]:
+        with pytest.raises(OptionError) as caught:
+            AdapterConfig(**{name: value}).validate()
+        assert str(caught.value) == message
+    AdapterConfig(kind="mlp", epochs=1, batch_size=1, patience=1, learning_rate=0.5, temperature=1.0).validate()
+    for name in ADAPTER:  # every valid value passes
+        for value in _other_values(AdapterConfig, name):
+            AdapterConfig(**{name: value}).validate()
+
+
+def test_each_adapter_field_names_the_option_it_comes_from():
+    for train_name, target in ADAPTER_FIELDS.items():
+        assert f"TrainConfig.{train_name}" in ADAPTER[target].no_flag, (train_name, target)
+        # what `ace train` accepts for the option, the adapter accepts
+        lows = TRAIN[train_name].minimum, ADAPTER[target].minimum
+        assert lows[1] is None or (lows[0] is not None and lows[0] >= lows[1]), (train_name, lows)
+    for name in set(ADAPTER) - set(ADAPTER_FIELDS.values()):
+        assert "Python API only" in ADAPTER[name].no_flag, name
+
+
 def test_the_python_api_docs_list_every_option():
-    for cls in (TrainConfig, MiningOptions):
+    for cls in (TrainConfig, MiningOptions, AdapterConfig):
         for name in declared(cls):
             assert f"``{name}``" in cls.__doc__, name
 

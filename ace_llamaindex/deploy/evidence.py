@@ -20,7 +20,7 @@ from typing import Any
 from ..data.dataset import QADataset
 from ..records.card import TrainingCard, read_card
 from ..records.evidence import Evidence
-from ..records.gate import GateResult, deciding_subset
+from ..records.gate import GateResult, deciding_subset, gate_verdict
 from ..records.plan import ServingPlan, describe_plan, fingerprint_identity
 from ..records.verdict import Verdict, interval
 from ..serve.serving_record import plan_identity
@@ -28,7 +28,7 @@ from ..serve.serving_record import plan_identity
 
 def _verdict_allows(gate: dict[str, Any]) -> bool:
     # trained without validation ("not measured") is the trainer's explicit choice; a measured "not better" is refused
-    return Verdict.allows(gate.get("verdict"))
+    return Verdict.allows(gate_verdict(gate))
 
 
 def _evidence_line(gate: dict[str, Any]) -> str:

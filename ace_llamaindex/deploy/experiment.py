@@ -55,7 +55,7 @@ from ..evaluate.sequential import (
     sample_ratio_mismatch_phases,
     stratum_weight,
 )
-from ..records.experiment import START_OPTIONS, ArmStats, ExperimentRecord, ExperimentStatus, check_options
+from ..records.experiment import START_OPTIONS, ArmStats, Decision, ExperimentRecord, ExperimentStatus, check_options
 from ..records.verdict import Verdict, interval
 from ..serve.experiment_arms import CHALLENGER, CHAMPION, running_challenger
 from ..serve.feedback import judgements, read_log
@@ -343,25 +343,25 @@ def judge_experiment(record: ExperimentRecord, log_path: str | Path) -> Experime
     if seen.srm.decided:
         expected = "first picks by the challenger (a fair coin)" if record.mode == "interleave" else "challenger units"
         observed = seen.srm.delta + (0.5 if record.mode == "interleave" else record.share)
-        decision, reason = "end", (f"sample ratio mismatch: the share of {expected} is {observed:.1%}, not what the "
+        decision, reason = Decision.END, (f"sample ratio mismatch: the share of {expected} is {observed:.1%}, not what the "
                                    f"assignment gives (always-valid test at alpha {record.srm_alpha:g}); the log "
                                    "cannot be trusted: find what drops or duplicates served records")
     elif guard:
-        decision, reason = "end", guard
+        decision, reason = Decision.END, guard
     elif ran < record.min_runtime and (served >= record.max_queries or (enough and delta.decided)):
-        decision = "continue"
+        decision = Decision.CONTINUE
         reason = (f"no verdict before the minimum run time ({ran:.0f} of {record.min_runtime:g} s): {what} {shown} on "
                   f"{n} {unit_name}")
     elif enough and delta.decided:
         better = delta.delta > 0
-        decision = "promote" if better else "end"
+        decision = Decision.PROMOTE if better else Decision.END
         reason = (f"the challenger is {Verdict.BETTER if better else Verdict.WORSE}: {what} {shown} on {n} {unit_name} "
                   f"(always-valid {1 - record.alpha:.0%} interval)")
     elif served >= record.max_queries:
-        decision, reason = "end", (f"no clear difference after {served} served queries ({n} {unit_name}; {what} "
+        decision, reason = Decision.END, (f"no clear difference after {served} served queries ({n} {unit_name}; {what} "
                                    f"{shown}); the champion stays")
     else:
-        decision = "continue"
+        decision = Decision.CONTINUE
         needed = max(queries_needed(unit_var, max(abs(delta.delta), record.effect), record.effect, record.alpha)
                      - n, MIN_UNITS - min(per_arm) if record.mode == "split" else MIN_UNITS - n, 1)
         needed = min(needed, max(record.max_queries - served, 1))
@@ -387,9 +387,10 @@ def experiment_status(collection: str = "ace_memories", *, feedback_log: str | P
         raise OptionError("the experiment was started without a feedback log: pass --feedback-log (feedback_log=) with "
                           "the log the application writes")
     status = judge_experiment(record, log_path)
-    if (record.auto if act is None else act) and status.decision != "continue":
-        now = stop_experiment(collection, promote=status.decision == "promote", index=location)
-        status.acted = f"{'promoted' if status.decision == 'promote' else 'ended'}: {collection!r} serves {now!r}"
+    if (record.auto if act is None else act) and status.decision is not Decision.CONTINUE:
+        promote = status.decision is Decision.PROMOTE
+        now = stop_experiment(collection, promote=promote, index=location)
+        status.acted = f"{'promoted' if promote else 'ended'}: {collection!r} serves {now!r}"
     return status
 
 

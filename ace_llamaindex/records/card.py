@@ -11,7 +11,7 @@ import hashlib
 import json
 import typing
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,9 @@ from typing import Any
 from ..errors import AceDeprecationWarning, OptionError
 from ..options import value_type
 from .fields import check_fields
-from .gate import GATE_KINDS
+from .gate import GATE_KINDS, GateResult, gate_verdict, unmeasured_gate
 from .plan import PLAN_KINDS
+from .verdict import Verdict
 
 CARD_NAME = "ace_training_card.json"
 ADAPTER_CARD = "ace_adapter.json"  # a query adapter's card, beside its weights
@@ -39,9 +40,9 @@ class JudgedCandidate:
     against_base: dict[str, Any] | None = None
 
     @property
-    def verdict(self) -> str:
-        """Its gate's verdict (a :class:`~ace_llamaindex.records.verdict.Verdict` word)."""
-        return self.gate["verdict"]
+    def verdict(self) -> Verdict:
+        """Its gate's verdict, read into a :class:`~ace_llamaindex.records.verdict.Verdict`."""
+        return Verdict.read(self.gate["verdict"], f"candidates.{self.name}.gate.verdict")
 
 
 @dataclass
@@ -109,6 +110,7 @@ class TrainingCard:
             values["training_data"] = [dict(values["training_data"])]
         check_fields(values, _KINDS, where)
         check_fields(values, _NESTED, where)
+        _check_verdicts(values, where)
         for name in ("gate", "config", "data_checks", "training_queries", "validation_queries"):
             if values.get(name) is None:
                 values.pop(name, None)  # an old card's null: the default
@@ -143,6 +145,36 @@ class TrainingCard:
         from ..atomic import write_json
 
         return write_json(path, self.to_dict())
+
+    # -- what the stages record (each trainer fills its card through these) ------------------------------------------
+
+    def record_gate(self, gate: GateResult | None) -> TrainingCard:
+        """The new model against its base (None: no validation queries, :func:`~.gate.unmeasured_gate`)."""
+        self.gate = _gate_dict(gate)
+        return self
+
+    def record_champion(self, champion: Mapping[str, Any] | None, history: str | None,
+                        gate: GateResult | None) -> TrainingCard:
+        """What served when it trained (``Champion.to_dict()``; None: no champion), the note on the history it
+        replayed, and the new model against it (None: not measured)."""
+        self.champion = None if champion is None else {**champion, "history": history, "gate": _gate_dict(gate)}
+        return self
+
+    def record_candidate(self, name: str, gate: GateResult, reindex: bool,
+                         against_base: GateResult | None = None) -> TrainingCard:
+        """One candidate judged (``--method auto``, several adapters): its gate, whether serving it embeds the
+        documents again, and (judged against a champion) its gate against the base."""
+        entry = {"gate": gate.as_dict(), "reindex": reindex}
+        if against_base is not None:
+            entry["against_base"] = against_base.as_dict()
+        self.candidates = {**(self.candidates or {}), name: entry}
+        return self
+
+    def record_queries(self, trained: Iterable[str], validated: Iterable[str]) -> TrainingCard:
+        """The queries it trained and validated on, as :func:`text_hash` es (what ``ace eval`` leaves out)."""
+        self.training_queries = sorted({text_hash(q) for q in trained})
+        self.validation_queries = sorted({text_hash(q) for q in validated})
+        return self
 
     # -- what readers ask ------------------------------------------------------------------------------------------
 
@@ -216,6 +248,29 @@ _KINDS = {name: value_type(hint) for name, hint in typing.get_type_hints(Trainin
 # Inside the card's objects: the entries its readers (rollout's evidence, eval --finetuned, serving) take values from
 _NESTED = {"serving": PLAN_KINDS, "gate": GATE_KINDS, "base": {"label": str, "model": str, "fingerprint": str},
            "champion": {"source": str, "serving": PLAN_KINDS, "gate": GATE_KINDS}}
+
+
+def _gate_dict(gate: GateResult | None) -> dict[str, Any]:
+    return gate.as_dict() if gate is not None else unmeasured_gate()
+
+
+def _check_verdicts(values: Mapping[str, Any], where: str) -> None:
+    """Every verdict the card's gates hold is a :class:`~ace_llamaindex.records.verdict.Verdict`'s words, else one
+    line naming ``where`` and the field (``gate.subsets.unseen documents.verdict``)."""
+    gates = {"gate": values.get("gate"), "champion.gate": (values.get("champion") or {}).get("gate")}
+    candidates = values.get("candidates") or {}
+    for name, candidate in candidates.items() if isinstance(candidates, Mapping) else ():
+        if isinstance(candidate, Mapping):
+            gates[f"candidates.{name}.gate"] = candidate.get("gate")
+            gates[f"candidates.{name}.against_base"] = candidate.get("against_base")
+    for field_name, gate in gates.items():
+        if not isinstance(gate, Mapping):
+            continue
+        gate_verdict(gate, f"{where}: field {field_name + '.verdict'!r}")
+        subsets = gate.get("subsets") or {}
+        for subset, comparison in subsets.items() if isinstance(subsets, Mapping) else ():
+            if isinstance(comparison, Mapping):
+                gate_verdict(comparison, f"{where}: field {f'{field_name}.subsets.{subset}.verdict'!r}")
 
 
 def run_fields(info: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 from ..errors import OptionError
@@ -123,13 +124,31 @@ class ArmStats:
     errors: int = 0
 
 
+class Decision(StrEnum):
+    """What an experiment's verdict says to do now: go on, promote the challenger, or end it (the champion stays)."""
+
+    CONTINUE = "continue"
+    PROMOTE = "promote"
+    END = "end"
+
+    @classmethod
+    def read(cls, value: Any, field_name: str = "decision") -> Decision:
+        """The member ``value`` spells; anything else is one :class:`~ace_llamaindex.errors.OptionError` line naming
+        ``field_name`` and the allowed words."""
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = ", ".join(repr(m.value) for m in cls)
+            raise OptionError(f"{field_name} must be a decision ({allowed}), got {value!r}") from None
+
+
 @dataclass
 class ExperimentStatus:
     """The verdict on an experiment now, from its log: ``continue`` (with ``needed`` more units expected), ``promote``,
     ``end`` (worse, a guardrail, or no difference at the horizon); ``acted`` says what was done about it."""
 
     record: ExperimentRecord
-    decision: str  # continue | promote | end
+    decision: Decision  # continue | promote | end (Decision.read)
     reason: str
     units: int  # judged queries (interleave) or served queries (split)
     unit_name: str
@@ -143,6 +162,9 @@ class ExperimentStatus:
     trajectory: list[tuple[int, float, float, float]] = field(default_factory=list)  # (units, delta, low, high)
     srm: dict[str, Any] = field(default_factory=dict)  # the sample-ratio check (a SequentialDelta; decided: mismatch)
     notes: list[str] = field(default_factory=list)  # what the reader should know (units without a session, phases)
+
+    def __post_init__(self) -> None:
+        self.decision = Decision.read(self.decision)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -10,6 +10,14 @@ from typing import Any
 from .verdict import Verdict, interval
 
 
+def gate_verdict(gate: Mapping[str, Any] | None, field: str = "gate.verdict") -> Verdict | None:
+    """The verdict of a gate as a card holds it (``GateResult.as_dict()``, or ``unmeasured_gate()``), read into a
+    :class:`Verdict` (None: the gate is empty). An unknown word is one line naming ``field`` (:meth:`Verdict.read`)."""
+    if not gate or gate.get("verdict") is None:
+        return None
+    return Verdict.read(gate["verdict"], field)
+
+
 def unmeasured_gate() -> dict[str, Any]:
     """A card's gate when there were no validation queries (trained without validation: ``Verdict.allows`` it)."""
     return {"verdict": f"{Verdict.NOT_MEASURED} (no validation queries)"}
@@ -20,7 +28,7 @@ class GateResult:
     """Fine-tuned vs base on the validation queries: overall, and on the queries about documents no training query
     had (``unseen documents``: what the gate decides on) and about documents training queries also had."""
 
-    verdict: str  # a Verdict (a plain str when read back from a card)
+    verdict: Verdict  # a card's plain words are read into the member (Verdict.read)
     metric: str
     base: float | None = None
     finetuned: float | None = None
@@ -30,6 +38,9 @@ class GateResult:
     seen_documents: float | None = None  # share of validation queries whose document a training query also had
     subsets: dict[str, dict[str, Any]] = field(default_factory=dict)  # UNSEEN / SEEN -> comparison
     decided_by: str = "all validation queries"
+
+    def __post_init__(self) -> None:
+        self.verdict = Verdict.read(self.verdict, "gate.verdict")
 
     def as_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "metric": self.metric, "base": self.base, "finetuned": self.finetuned,
@@ -44,9 +55,9 @@ class GateResult:
         return cls(comparison["verdict"], metric, comparison.get("base"), comparison.get("finetuned"),
                    comparison.get("delta"), tuple(ci95) if ci95 else None, n_queries)
 
-    def subset_verdict(self, name: str) -> str:
+    def subset_verdict(self, name: str) -> Verdict:
         """The verdict on the subset ``name`` of the validation queries (``unseen documents``, ``seen documents``)."""
-        return self.subsets[name]["verdict"]
+        return Verdict.read(self.subsets[name]["verdict"], f"gate.subsets.{name}.verdict")
 
     def subset_delta(self, name: str) -> float | None:
         """The mean difference on the subset ``name`` (None: it had no queries)."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
+from typing import Any
+
+from ..errors import OptionError
 
 
 class Verdict(StrEnum):
@@ -15,6 +18,21 @@ class Verdict(StrEnum):
     NO_CLEAR_DIFFERENCE = "no clear difference"
     CANT_TELL = "can't tell"  # too few queries of the kind that decides
     NOT_MEASURED = "not measured"  # no validation queries
+
+    @classmethod
+    def read(cls, value: Any, field: str = "verdict") -> Verdict:
+        """The member a recorded verdict spells (a card's plain words; ``not measured (no validation queries)`` is
+        :attr:`NOT_MEASURED`): every verdict read from a card or a comparison is read here once, and compared as a
+        member. Anything else is one :class:`~ace_llamaindex.errors.OptionError` line naming ``field`` and the
+        allowed words."""
+        if isinstance(value, str):
+            for member in cls:
+                if value == member.value:
+                    return member
+            if value.startswith(cls.NOT_MEASURED.value):
+                return cls.NOT_MEASURED
+        allowed = ", ".join(repr(m.value) for m in cls)
+        raise OptionError(f"{field} must be a verdict ({allowed}), got {value!r}")
 
     @classmethod
     def allows(cls, verdict: str | None) -> bool:

@@ -13,7 +13,7 @@ deprecated and no longer imports with current llama-index-core, and it trained w
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,40 +24,68 @@ from ..data.examples import TrainingExample
 from ..embeddings.encoding import Encoder
 from ..embeddings.query_adapter import ADAPTER_CARD, ADAPTER_FILE, AdaptedEncoder, QueryAdapter, base_identity
 from ..errors import OptionError
-from ..options import declared, default, label
+from ..options import check, declared, default, documented, flag, label, option
 from ..records.card import TrainingCard
 from .common import BASE_ENCODER, REFUSED, TrainConfig
 
 
+def _as_train(name: str) -> dict[str, Any]:
+    """The declaration of an AdapterConfig field that ``ace train`` sets from the TrainConfig option ``name``."""
+    given = flag(name, declared(TrainConfig)[name])
+    return {"no_flag": f"given as TrainConfig.{name}" + (f" (`ace train {given}`)" if given else "")}
+
+
+_API_ONLY = {"no_flag": "Python API only (train_adapter; `ace train --method adapter` keeps the default)"}
+
+
+@documented
 @dataclass
 class AdapterConfig:
-    """Adapter training options."""
+    """Adapter training options, each declared once here: its help and its range (:meth:`validate` is made from
+    them); ``ace train --method adapter`` sets those a :class:`~ace_llamaindex.train.common.TrainConfig` option
+    becomes (:func:`adapter_config`)."""
 
-    kind: str = "linear"            # linear | mlp (linear + a residual MLP)
-    epochs: int = 100
-    batch_size: int = 64
-    learning_rate: float = 1e-4     # Adam moves every entry of W by ~lr a step: keep the map near the identity
-    temperature: float = 0.05
-    identity_weight: float = 1e-2  # pulls W towards the identity: a small data set cannot wander far
-    patience: int = 10
-    num_negatives: int | None = None  # use at most this many hard negatives per example (None: all)
-    seen_share: float = 0.0           # as TrainConfig.seen_share: how the gate weighs seen/unseen documents
-    seen_share_source: str | None = None
-    bias: bool = True                 # learn the bias b (False: q' = normalise(q W))
-    val_fraction: float | None = None
-    seed: int = 42
-    force: bool = False
-    continual: bool = True            # as TrainConfig.continual
+    kind: str = field(default="linear", metadata=option(
+        "linear: q' = normalise(q W + b); mlp: the linear map plus a residual MLP.", choices=("linear", "mlp"),
+        **_API_ONLY))
+    epochs: int = field(default=100, metadata=option(
+        "Passes over the frozen vectors, validated each epoch, the best kept.", minimum=1, **_as_train("epochs")))
+    batch_size: int = field(default=64, metadata=option(
+        "Examples per step.", minimum=1, **_as_train("batch_size")))
+    learning_rate: float = field(default=1e-4, metadata=option(
+        "Adam moves every entry of W by about this much a step: keep the map near the identity.", minimum=0,
+        maximum=1, min_open=True, max_open=True, **_as_train("learning_rate")))
+    temperature: float = field(default=0.05, metadata=option(
+        "The contrastive loss's temperature (MNRL's scale 20).", minimum=0, min_open=True, **_API_ONLY))
+    identity_weight: float = field(default=1e-2, metadata=option(
+        "Pulls W towards the identity: a small data set cannot wander far.", **_API_ONLY))
+    patience: int = field(default=10, metadata=option(
+        "Epochs without a validation gain before training stops.", minimum=1, **_as_train("early_stopping_patience")))
+    num_negatives: int | None = field(default=None, metadata=option(
+        "Use at most this many hard negatives per example (None: all).", **_as_train("num_negatives")))
+    seen_share: float = field(default=0.0, metadata=option(
+        "As TrainConfig.seen_share: how the gate weighs seen/unseen-document validation queries.",
+        **_as_train("seen_share")))
+    seen_share_source: str | None = field(default=None, metadata=option(
+        "Where seen_share came from, for the card.", **_as_train("seen_share_source")))
+    bias: bool = field(default=True, metadata=option(
+        "Learn the bias b (False: q' = normalise(q W)).", **_API_ONLY))
+    val_fraction: float | None = field(default=None, metadata=option(
+        "Queries held out for validation and the gate (None: as TrainConfig's default).", **_as_train("val_fraction")))
+    seed: int = field(default=42, metadata=option("Seeds the validation split, the initialisation and the batch order.", **_as_train("seed")))
+    force: bool = field(default=False, metadata=option(
+        "Replace an existing adapter even when the gate does not call the new one better.", **_as_train("force")))
+    continual: bool = field(default=True, metadata=option(
+        "As TrainConfig.continual: with a champion, also train a candidate continuing its adapter.",
+        **_as_train("continual")))
 
     def validate(self) -> None:
-        if self.kind not in ("linear", "mlp"):
-            raise OptionError(f"adapter kind must be 'linear' or 'mlp', got {self.kind!r}")
-        for name in ("epochs", "batch_size", "patience"):
-            if getattr(self, name) < 1:
-                raise OptionError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 < self.learning_rate < 1 or not self.temperature > 0:
-            raise OptionError(f"adapter learning_rate must be in (0, 1) and temperature > 0, got {self.learning_rate}, "
-                              f"{self.temperature}")
+        """Each option within its declared range or choices: one line naming it (``adapter epochs must be at least
+        1, got 0``)."""
+        try:
+            check(self)
+        except OptionError as exc:
+            raise OptionError(f"adapter {exc}") from None
 
 
 def _torch_adapter(dim: int, kind: str):
@@ -213,8 +241,7 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
     continues it on the new examples plus the champion's replayed ones, and the better of the two by the same rule
     is kept. ``training_data``: the file ``examples`` came from, named in the card so a later round can replay it.
     Returns the adapter's card (``promoted``: whether the folder was written)."""
-    from ..records.card import run_fields, text_hash
-    from ..records.gate import unmeasured_gate
+    from ..records.card import run_fields
     from ..records.verdict import Verdict
     from .champion import (
         champion_history,
@@ -254,21 +281,20 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
         deciding = selection.deciding(name)
     output_dir = Path(output_dir)
     promoted = deciding is None or deciding.verdict == Verdict.BETTER or config.force or not (output_dir / ADAPTER_CARD).exists()
-    not_measured = unmeasured_gate()
     several = selection is not None and len(fitted) > 1
     card = TrainingCard(
         method="adapter", chosen=name, **run_fields(fitted[name].info), base=base_info or {"label": base.label},
-        data_checks=split.checks, gate=selection.against_base[name].as_dict() if selection else not_measured,
-        promoted=promoted, training_queries=sorted({text_hash(e.query) for e in trained_on[name]}),
-        validation_queries=sorted({text_hash(e.query) for e in split.val}),
+        data_checks=split.checks, promoted=promoted,
         training_data=([data_reference(training_data)] if training_data else [])
         + (history_refs(champion) if name == "adapter (continued)" else []),
-        candidates={n: {"gate": selection.deciding(n).as_dict(), "reindex": False} for n in fitted} if several else None,
         choice={"steps": selection.steps, "reason": "; ".join(selection.steps) or "none better than the champion"}
-        if several else None,
-        champion={**champion.to_dict(), "history": history.note,
-                  "gate": (selection.against_champion or selection.against_base)[name].as_dict() if selection
-                  else not_measured} if champion is not None else None)
+        if several else None)
+    card.record_gate(selection.against_base[name] if selection else None)
+    card.record_queries((e.query for e in trained_on[name]), (e.query for e in split.val))
+    for n in fitted if several else ():
+        card.record_candidate(n, selection.deciding(n), reindex=False)
+    card.record_champion(champion.to_dict() if champion is not None else None, history.note if history else None,
+                         (selection.against_champion or selection.against_base)[name] if selection else None)
     if promoted:
         with atomic_directory(output_dir) as scratch:
             save_adapter(fitted[name].adapter, scratch, card)

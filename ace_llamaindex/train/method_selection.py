@@ -24,7 +24,7 @@ from ..embeddings.encoding import CachedEncoder, Encoder
 from ..embeddings.models import open_model
 from ..embeddings.query_adapter import AdaptedEncoder, base_identity
 from ..errors import OptionError
-from ..records.card import TrainingCard, run_fields, text_hash
+from ..records.card import TrainingCard, run_fields
 from ..records.gate import GateResult
 from ..records.plan import HERE, ServingPlan
 from . import distributed
@@ -203,9 +203,6 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
                     ("--force: the largest gain on the deciding queries, not better with confidence" if forced else
                      f"no candidate is better than the {'champion' if champion_encoder is not None else 'base'} with "
                      f"confidence: {stays}")},
-            candidates={c.name: {"gate": verdicts[c.name].as_dict(), "reindex": c.reindex,
-                                 **({"against_base": selection.against_base[c.name].as_dict()} if champion_encoder is not None
-                                    else {})} for c in candidates},
             base_model=config.base_model, config={**asdict(full_config), "epochs": tuned.info["epochs"]},
             data_fingerprint=data_fingerprint, train_examples=len(split.train), val_examples=len(split.val),
             data_checks=split.checks, device=device, precision=tuned.info["precision"], memory_plan=tuned.info["memory_plan"],
@@ -213,16 +210,18 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
             details={"full_fine_tune": {k: tuned.info[k] for k in ("validation_before", "validation_per_epoch",
                                                                    "best_metric", "negatives", "optimizer_steps")}},
             data_parallel=tuned.info.get("data_parallel"), peak_memory=peak_memory(device),
-            gate=selection.against_base[gate_of].as_dict(),
             gate_of=gate_of,  # the chosen candidate, or (none chosen) the one that came closest
             promoted=chosen is not None, serving=plan.to_dict() if plan else None,
             fusion=fusion.to_dict() if fusion else None,
-            training_queries=sorted({text_hash(e.query) for e in trained_on.get(gate_of, split.train)}),
-            validation_queries=sorted({text_hash(e.query) for e in split.val}),
             training_data=([data_reference(training_data)] if training_data else [])
-            + (history_refs(champion) if gate_of in trained_on and gate_of != "adapter" else []),
-            champion={**champion.to_dict(), "history": history.note, "gate": verdicts[gate_of].as_dict()}
-            if champion is not None else None)
+            + (history_refs(champion) if gate_of in trained_on and gate_of != "adapter" else []))
+        for c in candidates:
+            card.record_candidate(c.name, verdicts[c.name], c.reindex,
+                                  selection.against_base[c.name] if champion_encoder is not None else None)
+        card.record_gate(selection.against_base[gate_of])
+        card.record_queries((e.query for e in trained_on.get(gate_of, split.train)), (e.query for e in split.val))
+        card.record_champion(champion.to_dict() if champion is not None else None, history.note if history else None,
+                             verdicts[gate_of])
         if chosen:
             chosen.write(output_dir, card, fusion)
         else:

@@ -455,8 +455,7 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     """
     from ..embeddings.encoding import CachedEncoder
     from ..evaluate.fusion_selection import select_fusion
-    from ..records.card import TrainingCard, run_fields, text_hash
-    from ..records.gate import unmeasured_gate
+    from ..records.card import TrainingCard, run_fields
     from ..records.plan import HERE, ServingPlan
     from ..records.verdict import Verdict
     from .champion import champion_history, data_reference, split_with_champion
@@ -499,15 +498,13 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
             method="full", base_model=config.base_model,
             config={**asdict(config), "epochs": epochs, "early_stopping_patience": patience},
             data_fingerprint=data_fingerprint, train_examples=len(split.train), val_examples=len(split.val),
-            data_checks=split.checks, **run_fields(info), peak_memory=peak_memory(info["device"]),
-            gate=against_base.as_dict() if against_base else unmeasured_gate(), promoted=promoted,
+            data_checks=split.checks, **run_fields(info), peak_memory=peak_memory(info["device"]), promoted=promoted,
             serving=ServingPlan(HERE).to_dict(),  # HERE: this folder
             fusion=fusion.to_dict() if fusion else None,
-            training_queries=sorted({text_hash(e.query) for e in split.train}),
-            validation_queries=sorted({text_hash(e.query) for e in split.val}),
-            training_data=[data_reference(training_data)] if training_data else [],
-            champion={**champion.to_dict(), "history": history.note,
-                      "gate": verdict.as_dict() if verdict else unmeasured_gate()} if champion is not None else None)
+            training_data=[data_reference(training_data)] if training_data else [])
+        card.record_gate(against_base).record_queries((e.query for e in split.train), (e.query for e in split.val))
+        card.record_champion(champion.to_dict() if champion is not None else None, history.note if history else None,
+                             verdict)
         if promoted:
             save_model(tuned.model, output_dir, card, fusion)
         if not config.keep_checkpoints:
