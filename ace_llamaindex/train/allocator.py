@@ -4,14 +4,15 @@ Two caches outside the model grow with every step of a CPU fine-tune and are not
 
 - **oneDNN's primitive cache.** bf16 matmuls on a CPU run through oneDNN, which compiles a primitive per shape and
   keeps up to 1024 of them. With dynamic padding nearly every mini-batch brings new shapes, so the cache grows
-  through the run: on the demo's fine-tune it held about 0.23 GB by step 12 (peak 1.87 GB with the default 1024,
-  1.64 GB with 8, 1.59 GB with none), with no measurable change in step time (compiling a primitive is cheap next to
-  running it). :func:`bound_primitive_cache` sets ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` unless the user has; oneDNN
-  reads it once, at its first primitive, so it is set before training starts (fp32 inference does not use oneDNN
-  here: a process that trains after encoding is still in time).
+  through the run while a step reuses only its own. :func:`bound_primitive_cache` sets
+  ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` unless the user has; oneDNN reads it once, at its first primitive, so it is set
+  before training starts (fp32 inference does not go through oneDNN here: a process that trains after encoding is
+  still in time).
 - **Freed activations in glibc's heap.** :class:`TrimHeapEachStep` returns the heap's free pages to the system after
-  every optimizer step (``malloc_trim``, a few ms against seconds per step), so what one step freed does not stay
-  resident through the next.
+  every optimizer step (``malloc_trim``: milliseconds against seconds per step), so what one step freed does not
+  stay resident through the next.
+
+What each saves and costs, measured: docs, Training memory (``benchmarks/bench_step_memory.py``).
 """
 
 from __future__ import annotations
