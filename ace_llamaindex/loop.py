@@ -25,12 +25,13 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .deploy.rollout import rollback, rollout
 from .errors import OptionError
+from .records.fields import options_given
 
 if TYPE_CHECKING:
     from .data.dataset import QADataset
@@ -79,10 +80,7 @@ class MiningCollection:
     def given(cls, source: MiningCollection | None, keywords: dict[str, Any]) -> MiningCollection:
         """``source`` (default: no collection) with ``keywords`` replacing its fields; a keyword that is no field
         is a ``TypeError``, as for any function."""
-        unknown = sorted(set(keywords) - {f.name for f in fields(cls)})
-        if unknown:
-            raise TypeError(f"mine_training_data() got an unexpected keyword argument {unknown[0]!r}")
-        return replace(source or cls(), **keywords)
+        return options_given(cls, source, keywords, "mine_training_data")
 
 
 def _say(notify: Notify | None, message: str) -> None:

@@ -42,7 +42,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from ..data.dataset import QADataset
 from ..data.loading import load_dataset
 from ..errors import OptionError
 from ..index.store import VERSION_MARK, VERSION_OF_KEY, CorpusIndex, cluster_options
+from ..records.fields import options_given
 from ..records.plan import ServingPlan
 from ..serve.served_model import model_embedding
 from ..serve.serving_record import (
@@ -201,10 +202,7 @@ class RolloutOptions:
     def given(cls, options: RolloutOptions | None, keywords: dict[str, Any]) -> RolloutOptions:
         """``options`` (default: every default) with ``keywords`` replacing its fields; a keyword that is no option
         is a ``TypeError``, as for any function."""
-        unknown = sorted(set(keywords) - {f.name for f in fields(cls)})
-        if unknown:
-            raise TypeError(f"rollout() got an unexpected keyword argument {unknown[0]!r}")
-        return replace(options or cls(), **keywords)
+        return options_given(cls, options, keywords, "rollout")
 
 
 def rollout(model: str | Path, collection: str, options: RolloutOptions | None = None, *, index=None,

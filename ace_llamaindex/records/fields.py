@@ -28,3 +28,15 @@ def check_fields(values: Mapping[str, Any], kinds: Mapping[str, Any], where: str
                               f"{type(value).__name__} {json.dumps(value, default=str)[:40]}")
         if isinstance(kind, Mapping):
             check_fields(value, kind, where, f"{field_name}.")
+
+
+def options_given(cls, options: Any, keywords: Mapping[str, Any], function: str) -> Any:
+    """``options`` (a dataclass of ``cls``; default ``cls()``) with ``keywords`` replacing its fields: how a function
+    that takes an options record still takes each option as a keyword. A keyword that is no field is a ``TypeError``
+    naming ``function``, as Python's own."""
+    from dataclasses import fields, replace
+
+    unknown = sorted(set(keywords) - {f.name for f in fields(cls)})
+    if unknown:
+        raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}")
+    return replace(options or cls(), **keywords)
