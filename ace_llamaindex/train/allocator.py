@@ -36,8 +36,5 @@ def bound_primitive_cache() -> str:
 class TrimHeapEachStep(TrainerCallback):
     """A transformers callback: :func:`~ace_llamaindex.embeddings.encoding.trim_heap` after every optimizer step."""
 
-    def __init__(self) -> None:
-        self.steps = 0
-
     def on_step_end(self, args, state, control, **kwargs):
-        self.steps += trim_heap()
+        trim_heap()
