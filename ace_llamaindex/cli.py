@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -476,7 +477,7 @@ def train(training_data, output, seed, endpoint, champion_dir, collection, qdran
     from .loop import train_model
     from .plugins.manager import get
     from .train import distributed
-    from .train.training import detect_device
+    from .train.training import dedicated_process, detect_device
 
     trainer = get("trainers", kw["trainer"])
     if nproc is not None and distributed.world_size() > 1:
@@ -492,9 +493,12 @@ def train(training_data, output, seed, endpoint, champion_dir, collection, qdran
     distributed.start(detect_device(kw["device"]))  # joins the other processes (one process: nothing)
     # every trainer gets an endpoint; one that fine-tunes weights refuses it (TrainResult says why)
     base_encoder = endpoint.encoder() if endpoint.url else None
-    result = train_model(training_data, output, method=kw["trainer"], config=_training(kw, seed), champion=champion_dir,
-                         collection=collection, qdrant_path=qdrant_path, qdrant_url=qdrant_url, base_encoder=base_encoder,
-                         notify=_note)
+    # the `ace` command's own process trains and exits: its memory budget counts all it holds (called in-process, as
+    # by click's CliRunner, the caller's memory is not ours to count)
+    with dedicated_process() if _OWN_PROCESS else contextlib.nullcontext():
+        result = train_model(training_data, output, method=kw["trainer"], config=_training(kw, seed),
+                             champion=champion_dir, collection=collection, qdrant_path=qdrant_path,
+                             qdrant_url=qdrant_url, base_encoder=base_encoder, notify=_note)
     if not main_rank:
         console.print(f"rank {distributed.rank()} of {distributed.world_size()}: trained data-parallel and wrote nothing; "
                       f"rank 0 wrote {result.model_dir}", highlight=False, soft_wrap=True)
@@ -1082,7 +1086,11 @@ def experiment_stop(collection, qdrant_path, qdrant_url, engine, as_json, promot
     console.print(f"{collection!r} serves {now!r}", highlight=False)
 
 
+_OWN_PROCESS = False  # set by main(): the `ace` command runs in a process of its own
+
+
 def main() -> None:
+    """The ``ace`` command."""
     import signal
     import warnings
 
@@ -1094,6 +1102,8 @@ def main() -> None:
     # SIGTERM ends the process like Ctrl-C does: atomic writes roll back and temporary indexes are removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     add_commands(cli)
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
     cli()
 
 

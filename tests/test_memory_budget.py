@@ -68,6 +68,50 @@ def test_the_loss_and_mini_batch_fit_the_process_budget(monkeypatch, model, max_
     assert ("exceeds the budget" in line) is (not plan["fits"])
 
 
+# What the default budget counts of what the process holds: an in-process caller (a notebook, a test run) at most
+# what a fresh `ace train` process holds, so a full process still trains at a useful mini-batch; `ace train` itself,
+# a process that only trains, everything (on SciFact it held 0.88 GB, more than the 0.75 floor).
+@pytest.mark.parametrize("dedicated,held_gb,counted_gb", [
+    pytest.param(False, 0.88, training.FRESH_PROCESS_GB, id="in-process-caller-counts-at-most-a-fresh-process"),
+    pytest.param(False, 0.6, 0.6, id="in-process-caller-below-the-floor-counts-what-it-holds"),
+    pytest.param(True, 0.88, 0.88, id="a-dedicated-process-counts-all-it-holds"),
+    pytest.param(True, 1.9, 1.9, id="a-dedicated-process-that-holds-the-budget-has-no-step-left"),
+])
+def test_what_the_default_budget_counts_of_the_process(monkeypatch, model, dedicated, held_gb, counted_gb):
+    import contextlib
+
+    monkeypatch.setattr(training, "_resident_bytes", lambda: int(held_gb * GB))
+    monkeypatch.setattr(training, "_free_bytes", lambda: int(64 * GB))
+    monkeypatch.delenv("ACE_TRAIN_MEMORY_GB", raising=False)
+    with training.dedicated_process() if dedicated else contextlib.nullcontext():
+        plan = plan_memory(model, _rows(300), full_defaults(TrainConfig()), 5, "cpu")
+    left = 2.0 - counted_gb - plan["optimizer_gb"] - training.HEADROOM_GB
+    assert plan["source"] == "default" and plan["budget_gb"] == pytest.approx(max(0.0, left), abs=0.011), plan
+    assert training._DEDICATED is False  # let go on leaving: a later in-process caller is not a dedicated process
+
+
+@pytest.mark.parametrize("own_process,dedicated", [
+    pytest.param(True, True, id="the-ace-command-in-its-own-process-counts-all-it-holds"),
+    pytest.param(False, False, id="ace-train-called-in-process-counts-at-most-a-fresh-process"),
+])
+def test_ace_train_plans_as_a_dedicated_process_only_in_its_own(monkeypatch, tmp_path, own_process, dedicated):
+    from ace_llamaindex import cli as cli_module
+    from ace_llamaindex import loop
+    from ace_llamaindex.errors import OptionError
+
+    seen = []
+
+    def train_model(*args, **kwargs):
+        seen.append(training._DEDICATED)
+        raise OptionError("stopped here by the test")
+
+    monkeypatch.setattr(loop, "train_model", train_model)
+    monkeypatch.setattr(cli_module, "_OWN_PROCESS", own_process)  # what main(), the `ace` command, sets
+    result = CliRunner().invoke(cli, ["train", str(DEMO_DATASET), "-o", str(tmp_path / "out")])
+    assert "stopped here by the test" in result.output and seen == [dedicated], result.output
+    assert training._DEDICATED is False
+
+
 def test_a_plan_that_cannot_fit_says_so_in_its_line(monkeypatch, model):
     monkeypatch.setattr(training, "_resident_bytes", lambda: int(1.9 * GB))
     plan = plan_memory(model, _rows(300), full_defaults(TrainConfig(max_memory=2.0)), 5, "cpu")
@@ -205,3 +249,64 @@ def test_the_heap_is_trimmed_after_every_optimizer_step(tmp_path, monkeypatch):
                                                          device="cpu"))
     tuned = training.fine_tune(training.plan_validation(rows, 0.0, 1), config, tmp_path / "c", "f")
     assert tuned.info["optimizer_steps"] == 3 and len(trims) == 3
+
+
+# ---- an encoding batch holds about ENCODE_TOKENS tokens: long documents go fewer at a time (issue #40) ---------------
+# SciFact's 256-token abstracts in batches of 64 added 0.55 GB while encoding (benchmarks/results/encode-memory-*.json).
+
+class _NoTokenizer:
+    max_seq_length = 512
+
+    def tokenizer(self, *args, **kwargs):
+        raise TypeError("not a text tokenizer")
+
+
+@pytest.mark.parametrize("words,batch", [
+    pytest.param(2, 64, id="short-texts-the-most-per-batch"),
+    pytest.param(100, 64, id="100-token-texts-still-the-most"),
+    pytest.param(300, 32, id="256-token-texts-half-as-many"),  # truncated at the model's 256
+    pytest.param(None, 16, id="no-text-tokenizer-assumes-its-longest-512"),
+])
+def test_an_encoding_batch_holds_a_bounded_number_of_tokens(model, words, batch):
+    from ace_llamaindex.embeddings.encoding import encode_batch_size
+
+    if words is None:
+        assert encode_batch_size(_NoTokenizer(), ["anything"] * 10) == batch
+    else:
+        assert encode_batch_size(model, [" ".join(["word"] * words)] * 300) == batch
+
+
+@pytest.mark.parametrize("given,words,used", [
+    pytest.param(None, 300, 32, id="default-long-texts-fewer-at-a-time"),
+    pytest.param(None, 2, 64, id="default-short-texts"),
+    pytest.param(8, 300, 8, id="an-explicit-batch-size-wins"),
+])
+def test_the_encoder_encodes_in_batches_of_that_size(monkeypatch, model, given, words, used):
+    from ace_llamaindex.embeddings import encoding
+
+    sizes = []
+
+    def spy(model, encode):
+        def run(texts, **kwargs):
+            sizes.append(kwargs["batch_size"])
+            return encode(texts, **kwargs)
+        return run
+
+    monkeypatch.setattr(encoding, "pooled", spy)
+    encoder = CachedEncoder.from_model(model, label="spied", batch_size=given)
+    encoder.encode_documents([f"{i} " + " ".join(["word"] * words) for i in range(3)])
+    assert sizes == [used]
+
+
+def test_the_ace_command_marks_its_process_as_its_own(monkeypatch):
+    import signal
+    import sys
+
+    from ace_llamaindex import cli as cli_module
+
+    monkeypatch.setattr(cli_module, "_OWN_PROCESS", False)
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # main()'s SIGTERM handler stays out of the test process
+    monkeypatch.setattr(sys, "argv", ["ace", "--version"])
+    with pytest.raises(SystemExit):
+        cli_module.main()
+    assert cli_module._OWN_PROCESS is True

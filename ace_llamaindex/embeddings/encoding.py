@@ -56,6 +56,33 @@ def trim_heap() -> bool:
     return True
 
 
+# Tokens one encoding batch holds at most (64 texts of 128 tokens, 32 of 256): a batch's attention maps grow with the
+# square of its length, and freed ones stay in the heap. SciFact's longest abstracts (256 tokens) in batches of 64
+# added 0.55 GB to the process while encoding, in batches of 32 0.30 GB, at 0.96x the speed (ABBA, shared cores:
+# benchmarks/results/encode-memory-scifact.json).
+ENCODE_TOKENS = 8192
+ENCODE_BATCH = 64  # the most texts in a batch, however short
+
+
+def typical_tokens(model, texts: Sequence[str]) -> int:
+    """The 95th percentile of the token lengths of ``texts`` (a sample of 256), capped by the model's
+    ``max_seq_length``; the whole ``max_seq_length`` for a model without a plain text tokenizer."""
+    sample = list(texts[:: max(1, len(texts) // 256)][:256])
+    if not sample:
+        return 1
+    try:
+        ids = model.tokenizer(sample, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    except Exception:  # noqa: BLE001 - a model without a plain text tokenizer: assume the longest
+        return int(model.max_seq_length or 512)
+    return int(min(model.max_seq_length, np.percentile([len(i) for i in ids], 95)))
+
+
+def encode_batch_size(model, texts: Sequence[str]) -> int:
+    """How many of ``texts`` to encode at once: :data:`ENCODE_BATCH`, fewer when they are long, so that a batch holds
+    about :data:`ENCODE_TOKENS` tokens."""
+    return max(1, min(ENCODE_BATCH, ENCODE_TOKENS // typical_tokens(model, texts)))
+
+
 def _key(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
@@ -71,7 +98,7 @@ class CachedEncoder:
         self,
         model: str | None = None,
         *,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         max_seq_length: int | None = None,
         cache_dir: str | Path | bool | None = None,
         device: str | None = None,
@@ -79,8 +106,9 @@ class CachedEncoder:
         backend: str = "auto",
         trust_remote_code: bool = False,
     ) -> None:
-        """``backend``: as :class:`~ace_llamaindex.serve.embedding.FineTunedEmbedding`'s (``auto`` serves a checked
-        ONNX/OpenVINO export of the model folder when it has one)."""
+        """``batch_size``: texts encoded at once (default: :func:`encode_batch_size`, 64 for short texts, fewer for
+        long ones). ``backend``: as :class:`~ace_llamaindex.serve.embedding.FineTunedEmbedding`'s (``auto`` serves a
+        checked ONNX/OpenVINO export of the model folder when it has one)."""
         self.model_name = model
         self.backend = backend
         self.trust_remote_code = trust_remote_code
@@ -171,13 +199,10 @@ class CachedEncoder:
         if missing:
             model = self.model
             encode = pooled(model, model.encode_query if kind == "query" else model.encode_document)
-            vectors = encode(
-                list(missing.values()),
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=self.show_progress and len(missing) > self.batch_size,
-            )
+            todo = list(missing.values())
+            batch = self.batch_size or encode_batch_size(model, todo)
+            vectors = encode(todo, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True,
+                             show_progress_bar=self.show_progress and len(missing) > batch)
             table.update(zip(missing, vectors.astype(np.float32), strict=True))
             self.encoded[kind] += len(missing)
             self._persist(space)
