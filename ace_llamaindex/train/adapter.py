@@ -240,63 +240,42 @@ def train_adapter(examples: list[TrainingExample], base: Encoder, output_dir: st
     than it, not only than the base; when the champion is itself an adapter over this base, a second candidate
     continues it on the new examples plus the champion's replayed ones, and the better of the two by the same rule
     is kept. ``training_data``: the file ``examples`` came from, named in the card so a later round can replay it.
+    The setup and the judging are the trainer contract's (:mod:`~ace_llamaindex.train.contract`).
     Returns the adapter's card (``promoted``: whether the folder was written)."""
     from ..records.card import run_fields
-    from ..records.verdict import Verdict
-    from .champion import (
-        champion_history,
-        continuable_adapter,
-        continual_examples,
-        data_reference,
-        history_refs,
-        split_with_champion,
-    )
-    from .common import plan_validation
-    from .promotion import select, unseen_query_ids, validation_dataset
+    from .champion import continuable_adapter, continual_examples
+    from .contract import TrainerCall, judge, setup
 
-    config = config or AdapterConfig()
-    config.validate()
-    if not examples:
-        raise OptionError("no training examples")
-    history = champion_history(champion) if champion is not None else None
-    split = split_with_champion(examples, history,
-                                lambda rows: plan_validation(rows, config.val_fraction, config.seed, config.seen_share, validation))
+    r = setup(TrainerCall(examples, Path(output_dir), None, None, corpus, engine, base, validation, champion, training_data),
+              config or AdapterConfig())
+    config, split = r.options, r.split
     fitted = {"adapter": fit_adapter(split, examples, base, config, corpus=corpus)}
     trained_on = {"adapter": split.train}
     continued = continuable_adapter(champion, base) if config.continual else None
     if continued is not None:
-        rows = continual_examples(split.train, history, split.val)
-        fitted["adapter (continued)"] = fit_adapter(type(split)(rows, split.val, split.unseen), [*examples, *history.replay],
+        rows = continual_examples(split.train, r.history, split.val)
+        fitted["adapter (continued)"] = fit_adapter(type(split)(rows, split.val, split.unseen), r.everything,
                                                     base, config, init=continued, corpus=corpus)
         trained_on["adapter (continued)"] = rows
-    selection, name, deciding = None, "adapter", None
+    judged, name = None, "adapter"
     if split.val:
-        val_set = validation_dataset(split.val, [*examples, *(history.replay if history else [])], corpus)
-        champion_encoder = None if champion is None or champion.is_plain(_base_model(base)) else champion.encoder(base)
-        selection = select(val_set, unseen_query_ids(val_set, split.unseen), base,
-                           {n: AdaptedEncoder(base, f.adapter, label=n) for n, f in fitted.items()}, champion_encoder,
-                           engine=engine, seen_weight=config.seen_share)
+        judged = judge(r, base, {n: AdaptedEncoder(base, f.adapter, label=n) for n, f in fitted.items()}, _base_model(base))
+        selection = judged.selection
         # none better: the candidate that came closest, so the card says by how much it fell short
         name = selection.chosen or max(fitted, key=lambda n: _or_lowest(selection.deciding(n).delta))
-        deciding = selection.deciding(name)
-    output_dir = Path(output_dir)
-    promoted = deciding is None or deciding.verdict == Verdict.BETTER or config.force or not (output_dir / ADAPTER_CARD).exists()
-    several = selection is not None and len(fitted) > 1
+    promoted = r.promotes(judged.selection.deciding(name) if judged else None,
+                          (r.call.output_dir / ADAPTER_CARD).exists())
+    several = judged is not None and len(fitted) > 1
     card = TrainingCard(
         method="adapter", chosen=name, **run_fields(fitted[name].info), base=base_info or {"label": base.label},
-        data_checks=split.checks, promoted=promoted,
-        training_data=([data_reference(training_data)] if training_data else [])
-        + (history_refs(champion) if name == "adapter (continued)" else []),
+        data_checks=split.checks, promoted=promoted, training_data=r.data_refs(continued=name == "adapter (continued)"),
         choice={"steps": selection.steps, "reason": "; ".join(selection.steps) or "none better than the champion"}
         if several else None)
-    card.record_gate(selection.against_base[name] if selection else None)
-    card.record_queries((e.query for e in trained_on[name]), (e.query for e in split.val))
+    r.record(card, judged, name, trained_on[name])
     for n in fitted if several else ():
         card.record_candidate(n, selection.deciding(n), reindex=False)
-    card.record_champion(champion.to_dict() if champion is not None else None, history.note if history else None,
-                         (selection.against_champion or selection.against_base)[name] if selection else None)
     if promoted:
-        with atomic_directory(output_dir) as scratch:
+        with atomic_directory(r.call.output_dir) as scratch:
             save_adapter(fitted[name].adapter, scratch, card)
     return card
 
@@ -343,15 +322,14 @@ def adapter_trainer(examples: list[TrainingExample], output_dir: str | Path, con
                     validation: list[TrainingExample] | None = None, champion=None, training_data: str | Path | None = None):
     """The ``adapter`` trainer plugin: same call as the sentence-transformers trainer, same ``TrainResult``.
     ``base_encoder``: the frozen base (default: ``config.base_model``, cached on disk); an endpoint works too."""
-    from ..embeddings.encoding import CachedEncoder
     from ..records.plan import ServingPlan
     from .common import TrainConfig, TrainResult
+    from .contract import open_base
     from .promotion import deciding_gate
 
     config = config or TrainConfig()
     options = adapter_config(config)
-    base = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False,
-                                         trust_remote_code=config.trust_remote_code)
+    base = open_base(base_encoder, config)
     card = train_adapter(examples, base, output_dir, options,
                          base_info={**base_identity(base), "data_fingerprint": data_fingerprint}, engine=engine, corpus=corpus,
                          validation=validation, champion=champion, training_data=training_data)

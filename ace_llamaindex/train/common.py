@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 MIN_VAL_QUERIES = 100   # validation queries wanted for the gate (a quarter of the queries on small sets)
 PRECISIONS = ("auto", "fp32", "bf16")
 EXPORT_TARGETS = ("onnx", "onnx-int8", "openvino", "openvino-int8")
+# --method auto's refusal of data that leaves no validation queries (it chooses on them): by its processes and, before
+# it starts them, by the launcher (distributed.check_before_launch)
+AUTO_NEEDS_VALIDATION = ("--method auto chooses on validation queries and this data leaves none (val_fraction 0, or "
+                         "fewer than 4 queries); use --method full or --method adapter")
 
 
 # How each trainer takes a TrainConfig option (its field's roles; tests/test_train_options.py checks the code agrees):

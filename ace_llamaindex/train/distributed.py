@@ -180,7 +180,7 @@ def check_before_launch(training_data: Any, config: Any, processes: int, method:
     with a champion (``champion``, read by rank 0 once the processes run) the training split holds at most every
     example, and the processes check the exact count again."""
     from ..mine.mining import load_training_data, training_metadata
-    from .common import plan_validation
+    from .common import AUTO_NEEDS_VALIDATION, plan_validation
     from .training import full_defaults
 
     examples = load_training_data(training_data)
@@ -199,8 +199,7 @@ def check_before_launch(training_data: Any, config: Any, processes: int, method:
         if n_train < 2:
             raise OptionError(f"only {n_train} training example(s) after the validation split; need at least 2")
         if method == "auto" and not n_val:
-            raise OptionError("--method auto chooses on validation queries and this data leaves none (val_fraction 0, "
-                              "or fewer than 4 queries); use --method full or --method adapter")
+            raise OptionError(AUTO_NEEDS_VALIDATION)
     check_global_batch(n_train, full.batch_size, processes)
 
 

@@ -23,31 +23,14 @@ from ..data.examples import TrainingExample
 from ..embeddings.encoding import CachedEncoder, Encoder
 from ..embeddings.models import open_model
 from ..embeddings.query_adapter import AdaptedEncoder, base_identity
-from ..errors import OptionError
 from ..records.card import TrainingCard, run_fields
 from ..records.gate import GateResult
 from ..records.plan import HERE, ServingPlan
 from . import distributed
 from .adapter import AdapterConfig, fit_adapter, save_adapter
-from .champion import (
-    champion_history,
-    continuable_adapter,
-    continuable_model,
-    continual_examples,
-    data_reference,
-    history_refs,
-    split_with_champion,
-)
-from .common import (
-    TrainConfig,
-    TrainResult,
-    check_base_encoder,
-    ensure_room_to_train,
-    plan_validation,
-    save_model,
-    shared_result,
-)
-from .promotion import select, unseen_query_ids, validation_dataset
+from .champion import continuable_adapter, continuable_model, continual_examples
+from .common import AUTO_NEEDS_VALIDATION, TrainConfig, TrainResult, save_model, shared_result
+from .contract import Judgement, Round, TrainerCall, judge, open_base, setup
 from .training import fine_tune, full_defaults, peak_memory, run_fingerprint
 from .validation_split import ValidationSplit
 
@@ -105,25 +88,6 @@ def _adapter_writer(adapter, info, base):
 
 
 @dataclass
-class _Round:
-    """What every step of one ``--method auto`` run reads: the options, the data split, the champion."""
-
-    config: TrainConfig
-    full_config: TrainConfig
-    examples: list[TrainingExample]
-    split: ValidationSplit
-    continual: ValidationSplit | None  # the champion's continual rows (its replayed examples joined), if any
-    history: object | None             # champion.ChampionHistory
-    champion: object | None
-    corpus: dict[str, str] | None
-    output_dir: Path
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.output_dir.with_name(self.output_dir.name + ".checkpoints")
-
-
-@dataclass
 class _Candidates:
     """Every candidate built, which training rows each learnt from (for the card), and the adapters' seconds."""
 
@@ -136,12 +100,11 @@ class _Candidates:
 class _Choice:
     """The gate's verdicts on every candidate and what it made of them."""
 
-    selection: object         # promotion.Selection
+    judged: Judgement
     verdicts: dict[str, GateResult]
     chosen: Candidate | None
     forced: bool
     gate_of: str              # the chosen candidate, or (none chosen) the one that came closest
-    against_champion: bool
 
 
 def select_method(examples: list[TrainingExample], output_dir: str | Path, config: TrainConfig | None = None,
@@ -157,80 +120,66 @@ def select_method(examples: list[TrainingExample], output_dir: str | Path, confi
     train on the new examples plus its replayed ones; its own validation queries join the gate's. ``training_data``:
     the file ``examples`` came from, named in the card (path + hash) so a later round can replay it.
 
-    The steps: :func:`_plan_round` (checks, split), the fine-tunes (every process under a launcher), then rank 0
-    alone: :func:`_build_candidates`, :func:`_judge`, the fusion for the winner, :func:`_card`, :func:`_write`."""
-    from ..evaluate.fusion_selection import select_fusion
-
-    r = _plan_round(examples, output_dir, config, base_encoder, validation, champion, corpus)
+    The steps: :func:`_plan_round` (the trainer contract's setup, the continual split), the fine-tunes (every process
+    under a launcher), then rank 0 alone: :func:`_build_candidates`, :func:`_judge`, the fusion for the winner,
+    :func:`_card`, :func:`_write`."""
+    r, continual = _plan_round(TrainerCall(examples, Path(output_dir), config, data_fingerprint, corpus, engine,
+                                           base_encoder, validation, champion, training_data))
+    full_config = full_defaults(r.options)
     # The fine-tunes first: under a launcher (torchrun, accelerate launch) every process trains them together; the
     # adapters, the interpolations, the judging and the writing are rank 0's alone (distributed.on_main).
-    tuned = fine_tune(r.split, r.full_config, r.checkpoints, run_fingerprint(examples, r.full_config))
+    tuned = fine_tune(r.split, full_config, r.checkpoints, run_fingerprint(examples, full_config))
     resumed = None
-    if r.config.continual and (start := continuable_model(champion)) is not None:
-        cont_config = replace(r.full_config, base_model=start)
-        resumed = fine_tune(r.continual, cont_config, r.checkpoints.with_name(r.checkpoints.name + "-continued"),
-                            run_fingerprint(r.continual.train, cont_config))
+    if r.options.continual and (start := continuable_model(champion)) is not None:
+        cont_config = replace(full_config, base_model=start)
+        resumed = fine_tune(continual, cont_config, r.checkpoints.with_name(r.checkpoints.name + "-continued"),
+                            run_fingerprint(continual.train, cont_config))
 
     def choose_and_write() -> TrainResult:
-        config = r.config
-        base = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length, show_progress=False,
-                                             trust_remote_code=config.trust_remote_code)
-        everything = [*examples, *(r.history.replay if r.history else [])]
-        val_set = validation_dataset(r.split.val, everything, corpus)
-        built = _build_candidates(r, base, tuned, resumed, everything)
-        choice = _judge(r, built.candidates, val_set, base, engine)
+        config = r.options
+        base = open_base(base_encoder, config)
+        built = _build_candidates(r, base, tuned, resumed, continual)
+        choice = _judge(r, built.candidates, base)
         fusion, plan = None, None
         if choice.chosen:
-            prior = (validation_dataset(r.split.train, examples, corpus), base)
-            fusion = select_fusion(val_set, choice.chosen.encoder, engine=engine, prior=prior)
+            fusion = r.choose_fusion(choice.judged, choice.chosen.encoder)
             # in the card, HERE (".") is the output folder itself (see ServingPlan.resolved)
             plan = ServingPlan(HERE if choice.chosen.reindex else (getattr(base, "model_name", None) or config.base_model),
                                HERE if choice.chosen.adapter else None, choice.chosen.reindex)
-        card = _card(r, tuned, built, choice, fusion, plan, data_fingerprint, training_data)
-        _write(r, choice, card, fusion, val_set)
+        card = _card(r, full_config, tuned, built, choice, fusion, plan)
+        _write(r, choice, card, fusion)
         log.info("method auto: %s", card.choice["reason"])
-        return TrainResult(model_dir=r.output_dir, card=card, gate=choice.verdicts[choice.gate_of], fusion=fusion,
-                           promoted=choice.chosen is not None,
-                           serving=plan.resolved(r.output_dir).to_dict() if plan else None)
+        return r.result(card, choice.verdicts[choice.gate_of], fusion, plan)
 
     return distributed.on_main(choose_and_write, "training the adapters, judging the candidates and writing the winner",
                                shared=shared_result)
 
 
-def _plan_round(examples, output_dir, config, base_encoder, validation, champion, corpus) -> _Round:
-    """Check the options and the data, hold out the validation queries (the champion's joining them)."""
-    config = config or TrainConfig()
-    config.validate()
-    if not examples:
-        raise OptionError("no training examples")
-    history = champion_history(champion) if champion is not None else None
-    split = split_with_champion(examples, history, lambda rows: plan_validation(rows, config.val_fraction, config.seed,
-                                                                             config.seen_share or 0.0, validation))
-    if not split.val:
-        raise OptionError("--method auto chooses on validation queries and this data leaves none (val_fraction 0, or "
-                          "fewer than 4 queries); use --method full or --method adapter")
-    check_base_encoder(base_encoder, config)  # the candidates include fine-tunes of config.base_model
-    output_dir = Path(output_dir)
-    ensure_room_to_train(config, output_dir)
-    continual = ValidationSplit(continual_examples(split.train, history, split.val), split.val, split.unseen) \
-        if history is not None else None
-    return _Round(config, full_defaults(config), examples, split, continual, history, champion, corpus, output_dir)
+def _plan_round(call: TrainerCall) -> tuple[Round, ValidationSplit | None]:
+    """The trainer contract's setup (options, data, the split with the champion's queries, refused without
+    validation queries: auto chooses on them; the candidates include fine-tunes of ``base_model``), and the
+    champion's continual split (its replayed examples joined the training rows) when there is a champion."""
+    r = setup(call, call.config or TrainConfig(), fine_tunes=True, needs_validation=AUTO_NEEDS_VALIDATION)
+    split = r.split
+    continual = ValidationSplit(continual_examples(split.train, r.history, split.val), split.val, split.unseen) \
+        if r.history is not None else None
+    return r, continual
 
 
-def _build_candidates(r: _Round, base: Encoder, tuned, resumed, everything: list[TrainingExample]) -> _Candidates:
+def _build_candidates(r: Round, base: Encoder, tuned, resumed, continual: ValidationSplit | None) -> _Candidates:
     """The adapters (on the base, continued from the champion's, on the fine-tune), the interpolations, the
     fine-tune(s): each with its encoder for the gate and its writer, cheapest to serve first."""
-    config, split, corpus = r.config, r.split, r.corpus
+    config, split, corpus, examples = r.options, r.split, r.call.corpus, r.call.examples
     adapter_options = AdapterConfig(val_fraction=config.val_fraction, seed=config.seed, num_negatives=config.num_negatives)
-    on_base = fit_adapter(split, r.examples, base, adapter_options, corpus=corpus)
+    on_base = fit_adapter(split, examples, base, adapter_options, corpus=corpus)
     candidates = [Candidate("adapter", AdaptedEncoder(base, on_base.adapter, label="adapter"), False,
                             _adapter_writer(on_base.adapter, on_base.info, base_identity(base)), adapter=True)]
     trained_on = {"adapter": split.train}
-    if config.continual and (init := continuable_adapter(r.champion, base)) is not None:
-        cont = fit_adapter(r.continual, everything, base, adapter_options, init=init, corpus=corpus)
+    if config.continual and (init := continuable_adapter(r.call.champion, base)) is not None:
+        cont = fit_adapter(continual, r.everything, base, adapter_options, init=init, corpus=corpus)
         candidates.append(Candidate("adapter (continued)", AdaptedEncoder(base, cont.adapter, label="adapter (continued)"),
                                     False, _adapter_writer(cont.adapter, cont.info, base_identity(base)), adapter=True))
-        trained_on["adapter (continued)"] = r.continual.train
+        trained_on["adapter (continued)"] = continual.train
     full = CachedEncoder.from_model(tuned.model, label="full")
     for alpha in ALPHAS:  # built when encoding (and again if written), never held beside the others (issue #40)
         def merged(alpha=alpha):
@@ -241,44 +190,44 @@ def _build_candidates(r: _Round, base: Encoder, tuned, resumed, everything: list
     if resumed is not None:
         candidates.append(Candidate("full (continued)", CachedEncoder.from_model(resumed.model, label="full (continued)"),
                                     True, _model_writer(resumed.model)))
-        trained_on["full (continued)"] = r.continual.train
-    on_full = fit_adapter(split, r.examples, full, adapter_options, corpus=corpus)
+        trained_on["full (continued)"] = continual.train
+    on_full = fit_adapter(split, examples, full, adapter_options, corpus=corpus)
     candidates.append(Candidate("full+adapter", AdaptedEncoder(full, on_full.adapter, label="full+adapter"), True,
                                 _model_writer(tuned.model, on_full.adapter, on_full.info), adapter=True))
     return _Candidates(candidates, trained_on, (on_base.info["train_seconds"], on_full.info["train_seconds"]))
 
 
-def _judge(r: _Round, candidates: list[Candidate], val_set, base: Encoder, engine: str) -> _Choice:
-    """Every candidate against the base (and the champion, when one serves) on the validation queries; the chosen
-    one, or with ``--force`` the largest gain where the gate decides."""
-    config, champion = r.config, r.champion
-    champion_encoder = None if champion is None or champion.is_plain(config.base_model) else champion.encoder(base)
-    selection = select(val_set, unseen_query_ids(val_set, r.split.unseen), base, {c.name: c.encoder for c in candidates},
-                       champion_encoder, engine=engine, seen_weight=config.seen_share or 0.0)
+def _judge(r: Round, candidates: list[Candidate], base: Encoder) -> _Choice:
+    """Every candidate against the base (and the champion, when one serves) on the validation queries (the trainer
+    contract's :func:`~ace_llamaindex.train.contract.judge`); the chosen one, or with ``--force`` the largest gain
+    where the gate decides."""
+    judged = judge(r, base, {c.name: c.encoder for c in candidates}, r.options.base_model)
+    selection = judged.selection
     verdicts = selection.against_champion or selection.against_base
     chosen = next((c for c in candidates if c.name == selection.chosen), None)
-    forced = chosen is None and config.force
+    forced = chosen is None and r.options.force
     if forced:  # --force: the candidate with the largest gain where the gate decides, better or not
         chosen = max(candidates, key=lambda c: _decisive_delta(verdicts[c.name]))
     gate_of = chosen.name if chosen else max(verdicts, key=lambda n: _decisive_delta(verdicts[n]))
-    return _Choice(selection, verdicts, chosen, forced, gate_of, champion_encoder is not None)
+    return _Choice(judged, verdicts, chosen, forced, gate_of)
 
 
-def _card(r: _Round, tuned, built: _Candidates, choice: _Choice, fusion, plan: ServingPlan | None,
-          data_fingerprint: str | None, training_data: str | Path | None) -> TrainingCard:
+def _card(r: Round, full_config: TrainConfig, tuned, built: _Candidates, choice: _Choice, fusion,
+          plan: ServingPlan | None) -> TrainingCard:
     """The training card of the run: the choice and why, every candidate's gate, the fine-tune's record."""
-    config, split, chosen, selection = r.config, r.split, choice.chosen, choice.selection
-    stays = "the champion stays" if choice.against_champion else "the base model stays"
+    config, split, chosen, selection = r.options, r.split, choice.chosen, choice.judged.selection
+    against_champion = choice.judged.against_champion
+    stays = "the champion stays" if against_champion else "the base model stays"
     device = tuned.info["device"]
     card = TrainingCard(
         method="auto", chosen=chosen.name if chosen else "base",
         choice={"steps": selection.steps, "forced": choice.forced,
                 "reason": "; ".join(selection.steps) if chosen and not choice.forced else
                 ("--force: the largest gain on the deciding queries, not better with confidence" if choice.forced else
-                 f"no candidate is better than the {'champion' if choice.against_champion else 'base'} with "
+                 f"no candidate is better than the {'champion' if against_champion else 'base'} with "
                  f"confidence: {stays}")},
-        base_model=config.base_model, config={**asdict(r.full_config), "epochs": tuned.info["epochs"]},
-        data_fingerprint=data_fingerprint, train_examples=len(split.train), val_examples=len(split.val),
+        base_model=config.base_model, config={**asdict(full_config), "epochs": tuned.info["epochs"]},
+        data_fingerprint=r.call.data_fingerprint, train_examples=len(split.train), val_examples=len(split.val),
         data_checks=split.checks, device=device, precision=tuned.info["precision"], memory_plan=tuned.info["memory_plan"],
         train_seconds=round(tuned.info["train_seconds"] + built.adapter_seconds[0] + built.adapter_seconds[1], 1),
         details={"full_fine_tune": {k: tuned.info[k] for k in ("validation_before", "validation_per_epoch",
@@ -287,21 +236,16 @@ def _card(r: _Round, tuned, built: _Candidates, choice: _Choice, fusion, plan: S
         gate_of=choice.gate_of,  # the chosen candidate, or (none chosen) the one that came closest
         promoted=chosen is not None, serving=plan.to_dict() if plan else None,
         fusion=fusion.to_dict() if fusion else None,
-        training_data=([data_reference(training_data)] if training_data else [])
-        + (history_refs(r.champion) if choice.gate_of in built.trained_on and choice.gate_of != "adapter" else []))
+        training_data=r.data_refs(continued=choice.gate_of in built.trained_on and choice.gate_of != "adapter"))
     for c in built.candidates:
         card.record_candidate(c.name, choice.verdicts[c.name], c.reindex,
-                              selection.against_base[c.name] if choice.against_champion else None)
-    card.record_gate(selection.against_base[choice.gate_of])
-    card.record_queries((e.query for e in built.trained_on.get(choice.gate_of, split.train)), (e.query for e in split.val))
-    card.record_champion(r.champion.to_dict() if r.champion is not None else None,
-                         r.history.note if r.history else None, choice.verdicts[choice.gate_of])
-    return card
+                              selection.against_base[c.name] if against_champion else None)
+    return r.record(card, choice.judged, choice.gate_of, built.trained_on.get(choice.gate_of, split.train))
 
 
-def _write(r: _Round, choice: _Choice, card: TrainingCard, fusion, val_set) -> None:
+def _write(r: Round, choice: _Choice, card: TrainingCard, fusion) -> None:
     """The winner into the output folder (or the card beside it, not promoted), checkpoints removed, exports."""
-    config, chosen, output_dir = r.config, choice.chosen, r.output_dir
+    config, chosen, output_dir = r.options, choice.chosen, r.call.output_dir
     if chosen:
         chosen.write(output_dir, card, fusion)
     else:
@@ -312,7 +256,7 @@ def _write(r: _Round, choice: _Choice, card: TrainingCard, fusion, val_set) -> N
     if chosen and config.exports and chosen.reindex:  # a model folder was written: export it as `--method full` does
         from .common import export_all
 
-        export_all(output_dir, config.exports, val_set)
+        export_all(output_dir, config.exports, choice.judged.val_set)
     elif chosen and config.exports:  # an adapter over the base: the folder holds the adapter, no model to export
         card.exports_skipped = (
             f"--export {', '.join(config.exports)}: nothing exported: the chosen {chosen.name!r} is a query adapter over "

@@ -453,68 +453,45 @@ def train(examples: list[TrainingExample], output_dir: str | Path, config: Train
     ``validation``: the validation examples to use instead of holding out queries of ``examples``.
     ``champion`` (:class:`~ace_llamaindex.train.champion.Champion`, what serves now): the model must be better than
     it too, judged on the same queries (its own validation queries included); ``training_data``: the file
-    ``examples`` came from, named in the card so a later round can replay it.
+    ``examples`` came from, named in the card so a later round can replay it. The setup and the judging are the
+    trainer contract's (:mod:`~ace_llamaindex.train.contract`).
     """
     from ..embeddings.encoding import CachedEncoder
-    from ..evaluate.fusion_selection import select_fusion
     from ..records.card import TrainingCard, run_fields
     from ..records.plan import HERE, ServingPlan
-    from ..records.verdict import Verdict
-    from .champion import champion_history, data_reference, split_with_champion
-    from .promotion import select, unseen_query_ids, validation_dataset
+    from .contract import TrainerCall, judge, open_base, setup
 
-    config = full_defaults(config or TrainConfig())
-    config.validate()
-    if not examples:
-        raise OptionError("no training examples")
-    check_base_encoder(base_encoder, config)
-    output_dir = Path(output_dir)
-    checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
-    ensure_room_to_train(config, output_dir)
-    history = champion_history(champion) if champion is not None else None
-    split = split_with_champion(examples, history, lambda rows: plan_validation(rows, config.val_fraction, config.seed,
-                                                                             config.seen_share or 0.0, validation))
-    tuned = fine_tune(split, config, checkpoints, run_fingerprint(examples, config))
+    r = setup(TrainerCall(examples, Path(output_dir), config, data_fingerprint, corpus, engine, base_encoder, validation,
+                          champion, training_data), full_defaults(config or TrainConfig()), fine_tunes=True)
+    config, split, output_dir = r.options, r.split, r.call.output_dir
+    tuned = fine_tune(split, config, r.checkpoints, run_fingerprint(examples, config))
 
     def judge_and_write() -> TrainResult:  # rank 0 alone under a launcher; the others wait (distributed.on_main)
-        nonlocal base_encoder
-
-        verdict, against_base, fusion, val_set = None, None, None, None
+        judged, verdict, fusion = None, None, None
         if split.val:
-            val_set = validation_dataset(split.val, [*examples, *(history.replay if history else [])], corpus)
-            base_encoder = base_encoder or CachedEncoder(config.base_model, max_seq_length=config.max_seq_length,
-                                                         show_progress=False, trust_remote_code=config.trust_remote_code)
             tuned_encoder = CachedEncoder.from_model(tuned.model, label="finetuned")
-            champion_encoder = None if champion is None or champion.is_plain(config.base_model) \
-                else champion.encoder(base_encoder)
-            selection = select(val_set, unseen_query_ids(val_set, split.unseen), base_encoder, {"finetuned": tuned_encoder},
-                               champion_encoder, engine=engine, seen_weight=config.seen_share or 0.0)
-            verdict, against_base = selection.deciding("finetuned"), selection.against_base["finetuned"]
-            prior = (validation_dataset(split.train, examples, corpus), base_encoder)  # the base never saw these queries
-            fusion = select_fusion(val_set, tuned_encoder, engine=engine, prior=prior)
+            judged = judge(r, open_base(base_encoder, config), {"finetuned": tuned_encoder}, config.base_model)
+            verdict = judged.selection.deciding("finetuned")
+            fusion = r.choose_fusion(judged, tuned_encoder)
             log.info("%s", verdict.sentence())
-        promoted = verdict is None or verdict.verdict == Verdict.BETTER or config.force or not _holds_model(output_dir)
+        promoted = r.promotes(verdict, _holds_model(output_dir))
         info = dict(tuned.info)
         epochs, patience = info.pop("epochs"), info.pop("early_stopping_patience")
+        plan = ServingPlan(HERE)  # HERE: this folder
         card = TrainingCard(
             method="full", base_model=config.base_model,
             config={**asdict(config), "epochs": epochs, "early_stopping_patience": patience},
             data_fingerprint=data_fingerprint, train_examples=len(split.train), val_examples=len(split.val),
             data_checks=split.checks, **run_fields(info), peak_memory=peak_memory(info["device"]), promoted=promoted,
-            serving=ServingPlan(HERE).to_dict(),  # HERE: this folder
-            fusion=fusion.to_dict() if fusion else None,
-            training_data=[data_reference(training_data)] if training_data else [])
-        card.record_gate(against_base).record_queries((e.query for e in split.train), (e.query for e in split.val))
-        card.record_champion(champion.to_dict() if champion is not None else None, history.note if history else None,
-                             verdict)
+            serving=plan.to_dict(), fusion=fusion.to_dict() if fusion else None, training_data=r.data_refs())
+        r.record(card, judged, "finetuned", split.train)
         if promoted:
             save_model(tuned.model, output_dir, card, fusion)
         if not config.keep_checkpoints:
-            shutil.rmtree(checkpoints, ignore_errors=True)
+            shutil.rmtree(r.checkpoints, ignore_errors=True)
         if promoted:
-            export_all(output_dir, config.exports, val_set)
-        return TrainResult(model_dir=output_dir, card=card, gate=verdict, fusion=fusion, promoted=promoted,
-                           serving=ServingPlan.from_dict(card.serving).resolved(output_dir).to_dict())
+            export_all(output_dir, config.exports, judged.val_set if judged else None)
+        return r.result(card, verdict, fusion, plan)
 
     return distributed.on_main(judge_and_write, "judging and writing the model", shared=shared_result)
 
