@@ -37,9 +37,12 @@ def register_miners(register):
 @hookspec
 def register_trainers(register):
     """Register trainers (``ace train --method NAME``): ``(examples, output_dir, config: TrainConfig,
-    data_fingerprint=None, corpus=None, engine="auto", base_encoder=None) -> TrainResult``. ``corpus`` (id -> text)
-    is the real corpus for validation when known; ``base_encoder`` the base model's encoder (vectors cached by
-    mining); a trainer may ignore both and ``engine``, but must refuse a ``TrainConfig`` option it cannot use
+    data_fingerprint=None, corpus=None, engine="auto", base_encoder=None, validation=None, champion=None,
+    training_data=None) -> TrainResult``, the call :class:`~ace_llamaindex.train.contract.TrainerCall` types.
+    ``corpus`` (id -> text) is the real corpus for validation when known; ``base_encoder`` the base model's encoder
+    (vectors cached by mining); ``validation`` examples to validate on instead of holding some out; ``champion``
+    what serves now, which a candidate must beat; ``training_data`` the file the examples came from. A trainer may
+    ignore ``corpus``, ``base_encoder`` and ``engine``, but must refuse a ``TrainConfig`` option it cannot use
     (``OptionError``). ``TrainResult.promoted`` says whether anything was written; ``TrainResult.serving`` what
     serving needs (``{"model", "adapter", "reindex"}``; None: the base stays), so no caller knows trainers by name."""
 
