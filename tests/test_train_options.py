@@ -264,7 +264,7 @@ FULL_ROWS = [
     ("learning_rate", 1e-9, {}, lambda run, base: run.delta < base.delta / 100),
     ("warmup_ratio", 0.9, {}, lambda run, base: run.delta < 0.9 * base.delta),
     ("max_seq_length", 8, {}, lambda run, base: run.model.max_seq_length == 8 and base.model.max_seq_length == 16
-     and run.info["memory_plan"]["typical_tokens"]["document"] <= 8),
+     and run.info["memory_plan"]["longest_tokens"]["document"] <= 8),
     ("num_negatives", 0, {}, lambda run, base: run.info["negatives"]["negatives_per_example"] == 0
      and 0 < run.texts < base.texts),
     ("mini_batch_size", 1, {"cached_loss": True}, lambda run, base: run.forwards > base.forwards),

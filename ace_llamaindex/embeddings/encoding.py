@@ -64,23 +64,25 @@ ENCODE_TOKENS = 8192
 ENCODE_BATCH = 64  # the most texts in a batch, however short
 
 
-def typical_tokens(model, texts: Sequence[str]) -> int:
-    """The 95th percentile of the token lengths of ``texts`` (a sample of 256), capped by the model's
-    ``max_seq_length``; the whole ``max_seq_length`` for a model without a plain text tokenizer."""
-    sample = list(texts[:: max(1, len(texts) // 256)][:256])
-    if not sample:
+def longest_tokens(model, texts: Sequence[str], sample: int = 2048) -> int:
+    """The token length of the longest of ``texts`` (an even sample of ``sample``), capped by the model's
+    ``max_seq_length``; the whole ``max_seq_length`` for a model without a plain text tokenizer. A batch is padded to
+    its longest text, so the longest, not the typical, sizes what a batch holds: on CoSQA the 95th percentile is 158
+    tokens and 1% of the documents reach the model's 256."""
+    picked = list(texts[:: max(1, len(texts) // sample)][:sample])
+    if not picked:
         return 1
     try:
-        ids = model.tokenizer(sample, truncation=True, max_length=model.max_seq_length)["input_ids"]
+        ids = model.tokenizer(picked, truncation=True, max_length=model.max_seq_length)["input_ids"]
     except Exception:  # noqa: BLE001 - a model without a plain text tokenizer: assume the longest
         return int(model.max_seq_length or 512)
-    return int(min(model.max_seq_length, np.percentile([len(i) for i in ids], 95)))
+    return int(min(model.max_seq_length, max(len(i) for i in ids)))
 
 
 def encode_batch_size(model, texts: Sequence[str]) -> int:
-    """How many of ``texts`` to encode at once: :data:`ENCODE_BATCH`, fewer when they are long, so that a batch holds
-    about :data:`ENCODE_TOKENS` tokens."""
-    return max(1, min(ENCODE_BATCH, ENCODE_TOKENS // typical_tokens(model, texts)))
+    """How many of ``texts`` to encode at once: :data:`ENCODE_BATCH`, fewer when they are long, so that a batch of
+    the longest (sentence-transformers encodes the longest first) holds about :data:`ENCODE_TOKENS` tokens."""
+    return max(1, min(ENCODE_BATCH, ENCODE_TOKENS // longest_tokens(model, texts)))
 
 
 def _key(text: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..atomic import write_json
 from ..data.examples import TrainingExample
-from ..embeddings.encoding import release_memory, typical_tokens
+from ..embeddings.encoding import longest_tokens, release_memory
 from ..embeddings.models import open_model
 from ..errors import OptionError
 from . import distributed
@@ -264,8 +264,9 @@ def plan_memory(model, rows: list[TrainingExample], config: TrainConfig, negativ
     def per_sequence(length: int) -> float:
         return ACTIVATION_BYTES * layers * length * (hidden + heads * length)
 
-    q_len = typical_tokens(model, [e.query for e in rows])
-    d_len = typical_tokens(model, [e.positive for e in rows])
+    # a (mini-)batch is padded to its longest text, and with random batches most hold one of the longest
+    q_len = longest_tokens(model, [e.query for e in rows])
+    d_len = longest_tokens(model, [t for e in rows for t in (e.positive, *e.negatives)])
     plain = config.batch_size * (per_sequence(q_len) + (1 + negatives) * per_sequence(d_len))
     limits = memory_budget(device, config.max_memory, model)
     budget = limits["activations"]
@@ -275,7 +276,7 @@ def plan_memory(model, rows: list[TrainingExample], config: TrainConfig, negativ
     plan = {"loss": "CachedMultipleNegativesRankingLoss" if cached else "MultipleNegativesRankingLoss",
             "cached": bool(cached), "mini_batch_size": mini if cached else None,
             "estimated_step_gb": round(step / 1e9, 2), "plain_step_gb": round(plain / 1e9, 2),
-            "budget_gb": round(budget / 1e9, 2), "typical_tokens": {"query": q_len, "document": d_len},
+            "budget_gb": round(budget / 1e9, 2), "longest_tokens": {"query": q_len, "document": d_len},
             **{k: v for k, v in limits.items() if k != "activations"}}
     plan["fits"] = step <= budget
     return plan
