@@ -130,7 +130,9 @@ def _profile(argv: list[str], out: Path) -> None:
     _mark(sampler, training, "fine_tune", "fine-tune (model, baseline validation, training)")
     _mark(sampler, ms, "fit_adapter", lambda a, k: f"adapter on {getattr(a[2], 'label', '?')}")
     _mark(sampler, ms, "interpolate", lambda a, k: f"interpolate({a[2]})")
-    _mark(sampler, ms, "select", "gate: encode + judge every candidate")
+    # the gate: promotion.select, called from the trainer contract since f2a6933 (from method_selection before)
+    gate_caller = ms if hasattr(ms, "select") else import_module("ace_llamaindex.train.contract")
+    _mark(sampler, gate_caller, "select", "gate: encode + judge every candidate")
     _mark(sampler, fusion_selection, "select_fusion", "fusion choice")
     for mod in (ms, training):
         if hasattr(mod, "save_model"):
