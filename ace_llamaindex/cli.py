@@ -295,11 +295,11 @@ def _training(kw: dict, seed: int):
     return from_options(TrainConfig, kw, seed=seed)
 
 
-def _interval_line(s: dict) -> str:
-    from .records.verdict import interval
-
-    change = f"{s['base']:.3f} -> {s['finetuned']:.3f}, " if s.get("base") is not None else ""
-    return change + interval(s["delta"], s["ci95"])
+def _interval_line(s) -> str:
+    """``0.500 -> 0.600, +0.100 [+0.050, +0.150]``: a :class:`~ace_llamaindex.records.verdict.Comparison`'s means
+    (when recorded) and its difference with its interval."""
+    change = f"{s.base:.3f} -> {s.finetuned:.3f}, " if s.base is not None else ""
+    return change + s.interval()
 
 
 def _verdict_colour(verdict) -> str:
@@ -309,69 +309,69 @@ def _verdict_colour(verdict) -> str:
     return {Verdict.BETTER: "green", Verdict.WORSE: "red"}.get(verdict, "yellow")
 
 
-def inconclusive_reason(g: dict) -> str:
-    """Why a verdict is not "better", in words: too few queries for a gain of that size, or the base near the ceiling."""
-    from .records.gate import deciding_subset, gate_verdict
+def inconclusive_reason(g) -> str:
+    """Why a verdict is not "better", in words: too few queries for a gain of that size, or the base near the ceiling
+    (``g``: a measured :class:`~ace_llamaindex.records.gate.GateResult`, or the dict a card holds)."""
+    from .records.gate import GateResult
     from .records.verdict import Verdict
 
-    s = deciding_subset(g)
-    s = {**s, "n": s.get("n", g.get("n_queries"))}
-    if gate_verdict(g) is Verdict.CANT_TELL:
-        return (f"{g['decided_by']}: every validation query but those asks about documents training queries also had, "
+    gate = g if isinstance(g, GateResult) else GateResult.read(g)
+    s = gate.deciding()
+    if gate.verdict is Verdict.CANT_TELL:
+        return (f"{gate.decided_by}: every validation query but those asks about documents training queries also had, "
                 "so a gain there could be memorised documents. More queries about other documents would tell.")
-    if s.get("base") is not None and s["base"] >= 0.9:
-        return (f"the base model already reaches {g['metric']} {s['base']:.3f} there: little room to improve, and the "
+    if s.base is not None and s.base >= 0.9:
+        return (f"the base model already reaches {gate.metric} {s.base:.3f} there: little room to improve, and the "
                 "fine-tuned model is not better with 95% confidence.")
-    half = (s["ci95"][1] - s["ci95"][0]) / 2
-    if s.get("delta") and s["delta"] > 0 and half > 0:
-        need = int(s["n"] * (half / s["delta"]) ** 2) + 1
-        return (f"the 95% interval on {s['n']} queries is +/-{half:.3f} wide, too wide to tell a gain of {s['delta']:+.3f} "
+    half = (s.ci95[1] - s.ci95[0]) / 2
+    if s.delta and s.delta > 0 and half > 0:
+        need = int(s.n * (half / s.delta) ** 2) + 1
+        return (f"the 95% interval on {s.n} queries is +/-{half:.3f} wide, too wide to tell a gain of {s.delta:+.3f} "
                 f"from noise; about {need} such queries would.")
-    return f"on {s['n']} queries the fine-tuned model does not gain (delta {s['delta']:+.3f})."
+    return f"on {s.n} queries the fine-tuned model does not gain (delta {s.delta:+.3f})."
 
 
 def print_training(card) -> None:
     """The promotion gate's verdict (and, for --method auto, every candidate's) and the fusion, for people
     (``card``: a :class:`~ace_llamaindex.records.card.TrainingCard` or its dict)."""
     from .records.card import TrainingCard
-    from .records.gate import GateResult, deciding_subset, gate_verdict
-    from .records.verdict import Verdict, interval
+    from .records.gate import ALL_QUERIES, GATE_METRIC
+    from .records.verdict import Verdict
 
     card = TrainingCard.from_dict(card)
-    g = card.gate
+    gate = card.gate_result()
     for candidate in card.judged_candidates():
-        cg = candidate.gate
-        where = cg.get("decided_by", "")
-        sub = deciding_subset(cg)
-        line = f"{where} {interval(sub['delta'], sub['ci95'])}" \
-            if sub is not cg and sub.get("delta") is not None \
-            else f"{cg['delta']:+.3f} ({where})"
+        cg = candidate.gate_result()
+        sub = cg.subset(cg.decided_by)
+        line = f"{cg.decided_by} {sub.interval()}" if sub is not None and sub.measured \
+            else f"{cg.delta:+.3f} ({cg.decided_by})"
         console.print(f"  candidate {candidate.name:<18} {line}: {candidate.verdict}"
                       f"{' (re-index)' if candidate.reindex else ' (no re-index)'}", highlight=False)
-    if g.get("delta") is not None:
-        gate = GateResult.from_dict(g)
+    if gate is not None and gate.measured:
         colour = _verdict_colour(gate.verdict)
         label = f" for {card.gate_of}" if card.gate_of else ""
-        console.print(f"promotion gate{label} ({gate.n_queries} validation queries): {gate.metric} {_interval_line(g)}: "
-                      f"[{colour}]{escape(gate.verdict)}[/{colour}] (decided by {gate.decided_by})",
-                      highlight=False)
-        for name, sub in (g.get("subsets") or {}).items():
-            if sub.get("delta") is not None:
-                console.print(f"  {name} ({sub['n']} queries): {_interval_line(sub)}: {sub['verdict']}", highlight=False)
-    elif g:
-        console.print(f"promotion gate: {g.get('verdict')}", highlight=False)
-    if gate_verdict(g) in (Verdict.NO_CLEAR_DIFFERENCE, Verdict.WORSE, Verdict.CANT_TELL) and g.get("base") is not None:
-        console.print(f"[yellow]no gain shown:[/yellow] {inconclusive_reason(g)}", highlight=False)
-    champion = card.champion
+        console.print(f"promotion gate{label} ({gate.n_queries} validation queries): {gate.metric} "
+                      f"{_interval_line(gate.overall())}: [{colour}]{escape(gate.verdict)}[/{colour}] "
+                      f"(decided by {gate.decided_by})", highlight=False)
+        for name, sub in gate.subset_comparisons().items():
+            if sub.measured:
+                console.print(f"  {name} ({sub.n} queries): {_interval_line(sub)}: {sub.verdict}", highlight=False)
+    elif card.gate:
+        console.print(f"promotion gate: {gate.words if gate else None}", highlight=False)
+    if gate is not None and gate.base is not None and \
+            gate.verdict in (Verdict.NO_CLEAR_DIFFERENCE, Verdict.WORSE, Verdict.CANT_TELL):
+        console.print(f"[yellow]no gain shown:[/yellow] {inconclusive_reason(gate)}", highlight=False)
+    champion = card.champion_record()
     if champion:
-        cg = card.champion_gate
-        colour = _verdict_colour(gate_verdict(cg, "champion.gate.verdict"))
-        sub = deciding_subset(cg)
-        evidence = f"{_interval_line(sub)}: " if sub.get("delta") is not None else ""
-        console.print(f"against the champion ({champion['source']}, {cg.get('n_queries', 0)} validation queries): "
-                      f"{g.get('metric', 'ndcg@10')} {evidence}[{colour}]{escape(str(cg.get('verdict')))}[/{colour}]"
-                      f" (decided by {cg.get('decided_by', 'all validation queries')})", highlight=False, soft_wrap=True)
-        console.print(f"  champion history: {champion.get('history')}", highlight=False, soft_wrap=True)
+        cg = champion.gate  # None: an old card's champion without a gate (printed as such)
+        sub = cg.deciding() if cg else None
+        evidence = f"{_interval_line(sub)}: " if sub is not None and sub.measured else ""
+        colour = _verdict_colour(cg.verdict if cg else None)
+        console.print(f"against the champion ({champion.source}, {cg.n_queries if cg else 0} validation queries): "
+                      f"{gate.metric if gate else GATE_METRIC} {evidence}"
+                      f"[{colour}]{escape(str(cg.words if cg else None))}[/{colour}]"
+                      f" (decided by {cg.decided_by if cg else ALL_QUERIES})", highlight=False, soft_wrap=True)
+        console.print(f"  champion history: {champion.history}", highlight=False, soft_wrap=True)
     if card.choice:
         console.print(f"method: {card.chosen} ({card.choice['reason']})", highlight=False)
     if card.fusion:
@@ -380,7 +380,7 @@ def print_training(card) -> None:
 
 def print_report(report: dict, metric: str = "ndcg@10") -> None:
     """The overall table and the verdicts, for people."""
-    from .records.verdict import Verdict, ci_text
+    from .records.verdict import SystemComparison, ci_text
 
     metrics = [m for m in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "cosine") if m in report["metrics"]]
     metrics += [m for m in report["metrics"] if m not in metrics]
@@ -394,11 +394,11 @@ def print_report(report: dict, metric: str = "ndcg@10") -> None:
     verdicts = Table(title="paired bootstrap, 95% CI")
     for col in ("candidate vs baseline", "metric", "delta", "95% CI", "verdict"):
         verdicts.add_column(col)
-    for c in report["comparisons"]:
-        if c["metric"] in ("recall@1", metric):
-            colour = _verdict_colour(Verdict.read(c["verdict"], "comparisons.verdict"))
-            verdicts.add_row(f"{c['candidate']} vs {c['baseline']}", c["metric"], f"{c['delta']:+.3f}",
-                             ci_text(c["ci95"]), f"[{colour}]{c['verdict']}[/{colour}]")
+    for c in (SystemComparison.read(row) for row in report["comparisons"]):
+        if c.metric in ("recall@1", metric):
+            colour = _verdict_colour(c.verdict)
+            verdicts.add_row(f"{c.candidate} vs {c.baseline}", c.metric, f"{c.delta:+.3f}", ci_text(c.ci95),
+                             f"[{colour}]{c.verdict}[/{colour}]")
     out.print(verdicts)
     fusion = report.get("fusion")
     if fusion:
@@ -690,7 +690,7 @@ def tune_fusion_cmd(dataset, fmt, split, strict, model, max_queries, engine):
     from .embeddings.encoding import CachedEncoder
     from .evaluate.evaluate import sample_queries
     from .evaluate.fusion_selection import select_fusion
-    from .records.verdict import ci_text
+    from .records.verdict import Comparison, ci_text
 
     ds = _load_unseen(dataset, fmt, split, strict, model)
     ds = ds.subset(sample_queries(list(ds.queries), max_queries))
@@ -700,8 +700,9 @@ def tune_fusion_cmd(dataset, fmt, split, strict, model, max_queries, engine):
         table.add_column(col)
     for name, score in choice.scores.items():
         v = choice.vs_dense.get(name)
-        table.add_row(name, f"{score:.3f}", f"{v['delta']:+.3f}" if v else "", ci_text(v["ci95"]) if v else "",
-                      v["verdict"] if v else "")
+        c = Comparison.read(v, f"fusion vs_dense.{name}") if v else None
+        table.add_row(name, f"{score:.3f}", f"{c.delta:+.3f}" if c else "", ci_text(c.ci95) if c else "",
+                      c.verdict if c else "")
     out.print(table)
     path = choice.save(model)
     console.print(f"chosen: {choice.summary()} -> {path}", highlight=False)

@@ -20,23 +20,24 @@ from typing import Any
 from ..data.dataset import QADataset
 from ..records.card import TrainingCard, read_card
 from ..records.evidence import Evidence
-from ..records.gate import GateResult, deciding_subset, gate_verdict
+from ..records.gate import GateResult
 from ..records.plan import ServingPlan, describe_plan, fingerprint_identity
-from ..records.verdict import Verdict, interval
+from ..records.verdict import Verdict
 from ..serve.serving_record import plan_identity
 
 
 def _verdict_allows(gate: dict[str, Any]) -> bool:
     # trained without validation ("not measured") is the trainer's explicit choice; a measured "not better" is refused
-    return Verdict.allows(gate_verdict(gate))
+    result = GateResult.read(gate)
+    return Verdict.allows(result.verdict if result else None)
 
 
 def _evidence_line(gate: dict[str, Any]) -> str:
-    sub = deciding_subset(gate)
-    if sub.get("delta") is None:
-        return str(gate.get("verdict"))
-    return (f"{interval(sub['delta'], sub['ci95'])} nDCG@10 on {sub.get('n', gate.get('n_queries'))} "
-            f"queries ({gate.get('decided_by', 'all queries')}): {gate.get('verdict')}")
+    result = GateResult.read(gate)
+    sub = result.deciding() if result else None
+    if sub is None or not sub.measured:
+        return str(result.words if result else None)
+    return f"{sub.interval()} nDCG@10 on {sub.n} queries ({result.decided_by}): {result.words}"
 
 
 def _card_base_identity(card: TrainingCard) -> dict[str, str | None] | None:

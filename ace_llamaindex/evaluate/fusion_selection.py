@@ -16,7 +16,7 @@ from ..embeddings.encoding import Encoder
 from ..errors import OptionError
 from ..index.fusion_choice import DEFAULT_METRIC, FusionChoice
 from ..index.store import HybridParams
-from ..records.verdict import Verdict, interval
+from ..records.verdict import Comparison, SystemComparison, Verdict
 from .evaluate import System, evaluate
 
 MIN_QUERIES = 30  # below this a bootstrap interval is too wide to trust; keep dense
@@ -39,9 +39,14 @@ def _measure(dataset: QADataset, encoder: Encoder, candidates: dict[str, tuple[s
     report = evaluate(dataset, systems, comparisons=[("dense", name) for name in candidates if name != "dense"],
                       show_progress=show_progress, engine=engine, seed=seed)
     scores = {name: round(report.overall(name, metric), 4) for name in candidates}
-    vs_dense = {c["candidate"]: {"delta": round(c["delta"], 4), "ci95": [round(x, 4) for x in c["ci95"]], "verdict": c["verdict"]}
-                for c in report.data["comparisons"] if c["metric"] == metric}
+    rows = (SystemComparison.read(row) for row in report.data["comparisons"])
+    vs_dense = {c.candidate: {"delta": round(c.delta, 4), "ci95": [round(x, 4) for x in c.ci95], "verdict": c.verdict}
+                for c in rows if c.metric == metric}
     return scores, vs_dense
+
+
+def _read(vs_dense: dict[str, dict[str, Any]], field: str) -> dict[str, Comparison]:
+    return {name: Comparison.read(v, f"{field}.{name}") for name, v in vs_dense.items()}
 
 
 def select_fusion(dataset: QADataset, encoder: Encoder, *, metric: str = DEFAULT_METRIC,
@@ -63,24 +68,23 @@ def select_fusion(dataset: QADataset, encoder: Encoder, *, metric: str = DEFAULT
         return FusionChoice("dense", "dense", metric=metric, n_queries=n,
                             reason=f"only {n} validation queries (< {min_queries}): too few to trust a fusion, kept dense")
     scores, vs_dense = _measure(dataset, encoder, candidates, metric, engine, show_progress, seed)
-    winners = {name: "beats dense on {n} validation queries" for name, v in vs_dense.items() if v["verdict"] == Verdict.BETTER}
+    versus = _read(vs_dense, "vs_dense")
+    winners = {name: "beats dense on {n} validation queries" for name, v in versus.items() if v.verdict == Verdict.BETTER}
     prior_vs_dense: dict[str, dict[str, Any]] = {}
     if prior is not None and len(prior[0].queries) >= min_queries:
         _, prior_vs_dense = _measure(prior[0], prior[1], candidates, metric, engine, show_progress, seed)
-        for name, v in prior_vs_dense.items():
-            if v["verdict"] == Verdict.BETTER and vs_dense[name]["delta"] >= 0 and name not in winners:
+        for name, v in _read(prior_vs_dense, "training_queries_base_model.vs_dense").items():
+            if v.verdict == Verdict.BETTER and versus[name].delta >= 0 and name not in winners:
                 winners[name] = (f"beats dense with the base model on {len(prior[0].queries)} training queries "
-                                 f"({metric} {interval(v['delta'], v['ci95'])}) and is not below "
+                                 f"({metric} {v.interval()}) and is not below "
                                  "dense for the fine-tuned model on {n} validation queries")
     if winners:
         name = max(winners, key=lambda c: scores[c])
-        v = vs_dense[name]
-        reason = (winners[name].format(n=n) + f": validation {metric} {interval(v['delta'], v['ci95'])}")
+        reason = (winners[name].format(n=n) + f": validation {metric} {versus[name].interval()}")
     else:
         name = "dense"
         best = max(scores, key=lambda c: scores[c])
         reason = (f"no candidate beats dense with confidence on {n} validation queries"
-                  + (f" (best: {best}, {metric} {interval(vs_dense[best]['delta'], vs_dense[best]['ci95'])})"
-                     if best != "dense" else ""))
+                  + (f" (best: {best}, {metric} {versus[best].interval()})" if best != "dense" else ""))
     mode, params = candidates[name]
     return FusionChoice(name, mode, params, metric, n, reason, scores, vs_dense, prior_vs_dense)

@@ -8,9 +8,8 @@ from typing import Any
 from ..atomic import write_json, write_text
 from ..plugins.manager import components, get
 from ..records.card import TrainingCard
-from ..records.gate import deciding_subset
 from ..records.plan import ServingPlan
-from ..records.verdict import ci_text, interval
+from ..records.verdict import Comparison, SystemComparison, ci_text
 
 HEADLINE = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "cosine")
 
@@ -37,8 +36,8 @@ def markdown_report(report: dict[str, Any], breakdown_metric: str = "ndcg@10") -
     if report["comparisons"]:
         out += ["", "### Is the difference real? (paired bootstrap over queries, 95% interval)", "",
                 "| candidate vs baseline | metric | delta | 95% CI | verdict |", "|---|---|---:|---|---|"]
-        for c in report["comparisons"]:
-            out.append(f"| {c['candidate']} vs {c['baseline']} | {c['metric']} | {c['delta']:+.3f} | {ci_text(c['ci95'])} | {c['verdict']} |")
+        for c in (SystemComparison.read(row) for row in report["comparisons"]):
+            out.append(f"| {c.candidate} vs {c.baseline} | {c.metric} | {c.delta:+.3f} | {ci_text(c.ci95)} | {c.verdict} |")
     out += _training_section(report)
     systems = list(report["overall"])
     for key, title in (("by_difficulty", "difficulty"), ("by_category", "category")):
@@ -55,17 +54,15 @@ def _training_section(report: dict[str, Any]) -> list[str]:
     out: list[str] = []
     card = TrainingCard.from_dict(report["training_card"], "the report's training_card") \
         if report.get("training_card") else None
-    gate = card.gate if card else {}
-    if gate.get("delta") is not None:
+    gate = card.gate_result() if card else None
+    if gate is not None and gate.measured:
         out += ["", "### Promotion gate (validation queries, before this evaluation)", "",
-                f"{gate['metric']} base {gate['base']:.3f} -> fine-tuned {gate['finetuned']:.3f}: {interval(gate['delta'], gate['ci95'])} "
-                f"on {gate['n_queries']} queries: **{gate['verdict']}** (decided by "
-                f"{gate.get('decided_by', 'all validation queries')})."]
-        subsets = {k: v for k, v in (gate.get("subsets") or {}).items() if v.get("delta") is not None}
+                f"{gate.metric} base {gate.base:.3f} -> fine-tuned {gate.finetuned:.3f}: {gate.overall().interval()} "
+                f"on {gate.n_queries} queries: **{gate.verdict}** (decided by {gate.decided_by})."]
+        subsets = {k: v for k, v in gate.subset_comparisons().items() if v.measured}
         if subsets:
             out += ["", "| validation queries | n | delta | 95% CI | verdict |", "|---|---:|---:|---|---|"]
-            out += [f"| {k} | {v['n']} | {v['delta']:+.3f} | {ci_text(v['ci95'])} | {v['verdict']} |"
-                    for k, v in subsets.items()]
+            out += [f"| {k} | {v.n} | {v.delta:+.3f} | {ci_text(v.ci95)} | {v.verdict} |" for k, v in subsets.items()]
     if card and card.candidates:
         serving = ServingPlan.from_dict(card.serving) if card.serving else None
         out += ["", f"### Method chosen: {card.chosen}", "", (card.choice or {}).get("reason", "") + ".",
@@ -74,12 +71,12 @@ def _training_section(report: dict[str, Any]) -> list[str]:
                               + (", queries through the adapter" if serving.adapter else "")) + ".", "",
                 "| candidate | re-index | decided by | delta | 95% CI | verdict |", "|---|:---:|---|---:|---|---|"]
         for candidate in card.judged_candidates():
-            g = candidate.gate
-            d = deciding_subset(g)
-            ci = ci_text(d["ci95"]) if d.get("ci95") else "–"
-            delta = f"{d['delta']:+.3f}" if d.get("delta") is not None else "–"
-            out.append(f"| {candidate.name} | {'yes' if candidate.reindex else 'no'} | {g.get('decided_by')} | {delta} | {ci} "
-                       f"| {candidate.verdict} |")
+            g = candidate.gate_result()
+            d = g.deciding()
+            ci = ci_text(d.ci95) if d.ci95 else "–"
+            delta = f"{d.delta:+.3f}" if d.measured else "–"
+            out.append(f"| {candidate.name} | {'yes' if candidate.reindex else 'no'} | {g.decided_by} | {delta} | {ci} "
+                       f"| {g.verdict} |")
     fusion = report.get("fusion")
     if fusion:
         out += ["", f"### Fusion chosen on validation: {fusion['name']}", "", fusion["reason"] + ".", ""]
@@ -87,8 +84,8 @@ def _training_section(report: dict[str, Any]) -> list[str]:
         if scores:
             out += [f"| candidate | {fusion['metric']} | vs dense | 95% CI | verdict |", "|---|---:|---:|---|---|"]
             for name, score in scores.items():
-                v = vs.get(name)
-                out.append(f"| {name} | {score:.3f} | " + (f"{v['delta']:+.3f} | {ci_text(v['ci95'])} | {v['verdict']} |"
+                v = Comparison.read(vs[name], f"fusion.validation.vs_dense.{name}") if vs.get(name) else None
+                out.append(f"| {name} | {score:.3f} | " + (f"{v.delta:+.3f} | {ci_text(v.ci95)} | {v.verdict} |"
                                                           if v else "– | – | – |"))
     for warning in report.get("warnings", []):
         out += ["", f"**Warning:** {warning}"]

@@ -44,6 +44,35 @@ class JudgedCandidate:
         """Its gate's verdict, read into a :class:`~ace_llamaindex.records.verdict.Verdict`."""
         return Verdict.read(self.gate["verdict"], f"candidates.{self.name}.gate.verdict")
 
+    def gate_result(self) -> GateResult:
+        """Its gate, read (:meth:`~.gate.GateResult.read`); a gate without a verdict is one
+        :class:`~ace_llamaindex.errors.OptionError` line naming the candidate."""
+        result = GateResult.read(self.gate, f"candidates.{self.name}.gate")
+        if result is None:
+            raise OptionError(f"candidates.{self.name}.gate has no verdict: a judged candidate has a gate")
+        return result
+
+
+@dataclass(frozen=True)
+class ChampionRecord:
+    """What served when a model trained, as its card's ``champion`` holds it: where it was found (``source``), the
+    note on the history the run replayed, the new model against it (``gate``; None: the card has none), its
+    serving plan, its identity (``serve.serving_record.plan_identity``) and the method that made it."""
+
+    source: str | None
+    history: str | None
+    gate: GateResult | None
+    serving: dict[str, Any] | None = None
+    identity: dict[str, str | None] | None = None
+    method: str | None = None
+
+    @classmethod
+    def read(cls, data: Mapping[str, Any], field: str = "champion") -> ChampionRecord:
+        """The champion in a card's ``champion`` object (``TrainingCard.record_champion``); its gate is read by
+        :meth:`~.gate.GateResult.read`, an unknown verdict naming ``{field}.gate.verdict``."""
+        return cls(data.get("source"), data.get("history"), GateResult.read(data.get("gate"), f"{field}.gate"),
+                   data.get("serving"), data.get("identity"), data.get("method"))
+
 
 @dataclass
 class TrainingCard:
@@ -182,6 +211,15 @@ class TrainingCard:
     def method_name(self) -> str:
         """The method that produced the model: the candidate chosen, else the trainer."""
         return self.chosen or self.method
+
+    def gate_result(self) -> GateResult | None:
+        """The new model against its base, read (:meth:`~.gate.GateResult.read`: measured, unmeasured, or None
+        when the card has no gate)."""
+        return GateResult.read(self.gate, "gate")
+
+    def champion_record(self) -> ChampionRecord | None:
+        """What served when it trained, read (:class:`ChampionRecord`), or None: there was no champion."""
+        return ChampionRecord.read(self.champion, "champion") if self.champion else None
 
     @property
     def deciding_gate(self) -> dict[str, Any]:

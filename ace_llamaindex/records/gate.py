@@ -4,10 +4,13 @@ training card holds it (``GateResult.as_dict()``) and as every reader formats it
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .verdict import Verdict, interval
+from .verdict import Comparison, Verdict, interval
+
+GATE_METRIC = "ndcg@10"  # what the gate measures unless told otherwise
+ALL_QUERIES = "all validation queries"  # a gate's decided_by when no subset decided
 
 
 def gate_verdict(gate: Mapping[str, Any] | None, field: str = "gate.verdict") -> Verdict | None:
@@ -37,7 +40,9 @@ class GateResult:
     n_queries: int = 0
     seen_documents: float | None = None  # share of validation queries whose document a training query also had
     subsets: dict[str, dict[str, Any]] = field(default_factory=dict)  # UNSEEN / SEEN -> comparison
-    decided_by: str = "all validation queries"
+    decided_by: str = ALL_QUERIES
+    said: str = field(default="", compare=False, repr=False)  # the record's words when they say more than the
+    #                                                            verdict: "not measured (no validation queries)"
 
     def __post_init__(self) -> None:
         self.verdict = Verdict.read(self.verdict, "gate.verdict")
@@ -55,6 +60,57 @@ class GateResult:
         return cls(comparison["verdict"], metric, comparison.get("base"), comparison.get("finetuned"),
                    comparison.get("delta"), tuple(ci95) if ci95 else None, n_queries)
 
+    @classmethod
+    def read(cls, gate: Mapping[str, Any] | None, field: str = "gate") -> GateResult | None:
+        """The gate a card holds, whatever its shape: a measured gate (``as_dict()``), an unmeasured one
+        (:func:`unmeasured_gate`, or a bare ``{"verdict": ...}``: no difference, ``measured`` False), or none (None,
+        for ``{}`` or a gate without a verdict). Every verdict in it, its subsets' too, is read into a
+        :class:`Verdict`: an unknown word is one :class:`~ace_llamaindex.errors.OptionError` line naming the field
+        (``{field}.verdict``, ``{field}.subsets.<name>.verdict``)."""
+        if not gate or gate.get("verdict") is None:
+            return None
+        verdict = Verdict.read(gate["verdict"], f"{field}.verdict")
+        subsets = dict(gate.get("subsets") or {})
+        for name, comparison in subsets.items():
+            Comparison.read(comparison, f"{field}.subsets.{name}")
+        ci95 = gate.get("ci95")
+        return cls(verdict, gate.get("metric") or GATE_METRIC, gate.get("base"), gate.get("finetuned"),
+                   gate.get("delta"), (ci95[0], ci95[1]) if ci95 else None, gate.get("n_queries") or 0,
+                   gate.get("seen_documents"), subsets, gate.get("decided_by") or ALL_QUERIES,
+                   "" if str(gate["verdict"]) == verdict.value else str(gate["verdict"]))
+
+    @property
+    def measured(self) -> bool:
+        """Whether the gate has a difference (an unmeasured gate has none)."""
+        return self.delta is not None
+
+    @property
+    def words(self) -> str:
+        """The verdict as the card spells it (``not measured (no validation queries)`` says more than the member)."""
+        return self.said or self.verdict.value
+
+    def overall(self) -> Comparison:
+        """The comparison on all its ``n_queries`` validation queries."""
+        return Comparison(self.verdict, self.n_queries, self.base, self.finetuned, self.delta, self.ci95)
+
+    def subset(self, name: str) -> Comparison | None:
+        """The comparison on the subset ``name`` of the validation queries (``unseen documents``, ``seen
+        documents``, a seen/unseen mix), or None: the gate has no such subset."""
+        data = self.subsets.get(name)
+        return Comparison.read(data, f"gate.subsets.{name}") if data else None
+
+    def subset_comparisons(self) -> dict[str, Comparison]:
+        """Every subset's comparison, in the order the gate holds them."""
+        return {name: Comparison.read(data, f"gate.subsets.{name}") for name, data in self.subsets.items()}
+
+    def deciding(self) -> Comparison:
+        """The comparison its verdict was decided on: the subset ``decided_by`` names, else all queries. Its ``n``
+        is the subset's, else the gate's ``n_queries``."""
+        chosen = self.subset(self.decided_by)
+        if chosen is None:
+            return self.overall()
+        return chosen if chosen.n is not None else replace(chosen, n=self.n_queries)
+
     def subset_verdict(self, name: str) -> Verdict:
         """The verdict on the subset ``name`` of the validation queries (``unseen documents``, ``seen documents``)."""
         return Verdict.read(self.subsets[name]["verdict"], f"gate.subsets.{name}.verdict")
@@ -68,7 +124,7 @@ class GateResult:
         if g.get("delta") is None:
             return None
         return cls(g["verdict"], g["metric"], g["base"], g["finetuned"], g["delta"], tuple(g["ci95"]), g["n_queries"],
-                   g.get("seen_documents"), g.get("subsets") or {}, g.get("decided_by", "all validation queries"))
+                   g.get("seen_documents"), g.get("subsets") or {}, g.get("decided_by", ALL_QUERIES))
 
     def sentence(self) -> str:
         if self.delta is None:
@@ -83,8 +139,3 @@ class GateResult:
 # A gate's comparison as the card holds it (GateResult.as_dict()): the entries readers format
 GATE_KINDS = {"verdict": str, "metric": str, "base": float, "finetuned": float, "delta": float, "ci95": list,
               "n_queries": int, "subsets": dict, "decided_by": str}
-
-
-def deciding_subset(gate: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The comparison (from a gate's ``as_dict()``) its verdict was decided on: a subset, or all queries."""
-    return (gate.get("subsets") or {}).get(gate.get("decided_by")) or gate

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -49,3 +50,50 @@ def interval(delta: float, ci: Sequence[float]) -> str:
 def ci_text(ci: Sequence[float]) -> str:
     """``[+0.045, +0.201]``: an interval alone (a table's own column), as :func:`interval` writes it."""
     return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One paired comparison as a record holds it: a gate's subset or the gate overall, a fusion's ``vs_dense``
+    entry. ``n`` queries (None: not recorded), the baseline's and the candidate's means, their difference with its
+    95% interval (None: no queries to measure), and the :class:`Verdict`."""
+
+    verdict: Verdict
+    n: int | None = None
+    base: float | None = None
+    finetuned: float | None = None
+    delta: float | None = None
+    ci95: tuple[float, float] | None = None
+
+    @classmethod
+    def read(cls, data: Mapping[str, Any], field: str = "comparison") -> Comparison:
+        """The comparison in ``data`` (a dict as ``train.promotion.compare`` or ``evaluate`` writes it, or as JSON
+        gave it back). Its verdict is read into a :class:`Verdict`: an unknown word is one
+        :class:`~ace_llamaindex.errors.OptionError` line naming ``{field}.verdict``."""
+        ci95 = data.get("ci95")
+        return cls(Verdict.read(data.get("verdict"), f"{field}.verdict"), data.get("n"), data.get("base"),
+                   data.get("finetuned"), data.get("delta"), (ci95[0], ci95[1]) if ci95 else None)
+
+    @property
+    def measured(self) -> bool:
+        """Whether it has a difference (a comparison on no queries has none)."""
+        return self.delta is not None
+
+    def interval(self) -> str:
+        """Its difference and interval as every report writes them (:func:`interval`)."""
+        return interval(self.delta, self.ci95)
+
+
+@dataclass(frozen=True)
+class SystemComparison(Comparison):
+    """One row of an evaluation report's ``comparisons``: ``candidate`` against ``baseline`` on ``metric``."""
+
+    candidate: str = ""
+    baseline: str = ""
+    metric: str = ""
+
+    @classmethod
+    def read(cls, data: Mapping[str, Any], field: str = "comparisons") -> SystemComparison:
+        """The row ``data`` (as ``evaluate`` writes it); an unknown verdict names ``{field}.verdict``."""
+        return replace(super().read(data, field), candidate=data["candidate"], baseline=data["baseline"],
+                       metric=data["metric"])

@@ -269,7 +269,7 @@ select_method.data_parallel = True  # runs under torchrun / accelerate launch (s
 
 
 def _decisive_delta(g: GateResult) -> float:
-    subset = g.subsets.get("unseen documents") or {}
-    value = subset.get("delta") if subset.get("delta") is not None else g.delta
+    subset = g.subset("unseen documents")
+    value = subset.delta if subset is not None and subset.measured else g.delta
     return value if value is not None else float("-inf")
 

@@ -20,10 +20,8 @@ from ..embeddings.encoding import Encoder
 from ..evaluate.evaluate import System, evaluate
 from ..evaluate.stats import paired_bootstrap, weighted_paired_bootstrap
 from ..records.card import TrainingCard
-from ..records.gate import GateResult
+from ..records.gate import GATE_METRIC, GateResult
 from ..records.verdict import Verdict
-
-GATE_METRIC = "ndcg@10"
 
 
 def validation_dataset(val: Sequence[TrainingExample], everything: Iterable[TrainingExample],
