@@ -2,9 +2,10 @@
 hybrid) in ``--runs`` fresh processes on the embedded engine; counts the queries whose top 10 differ between runs,
 and the exact BM25 ties in the single lists with how far apart ``bm25.tie_breaker`` puts their documents.
 
-    python benchmarks/bench_hybrid_ties.py --runs 3
+    python benchmarks/bench_hybrid_ties.py --runs 3 --name hybrid-ties-demo
 
-Writes benchmarks/results/hybrid-ties-demo.json.
+Writes benchmarks/results/<name>.json (hybrid-ties-demo.json: fused inside Qdrant, before; hybrid-ties-demo-after.json:
+fused in ``CorpusIndex``, ranked lists with ties in point-id order).
 """
 
 from __future__ import annotations
@@ -51,9 +52,15 @@ def _top10_differs(a: dict, b: dict) -> int:
     return sum(1 for q in a if [d for d, _ in a[q][:10]] != [d for d, _ in b[q][:10]])
 
 
+def _commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--name", default="hybrid-ties-demo", help="result file name (without .json)")
     a = p.parse_args()
     from ace_llamaindex.index.bm25 import tie_breaker
 
@@ -82,7 +89,7 @@ def main() -> None:
         result["exact_ties_in_one_list"][mode] = {"groups": len(gaps),
                                                   "largest_tie_breaker_gap": max(gaps) if gaps else None}
     print(json.dumps(result, indent=1))
-    print(save("hybrid-ties-demo", result))
+    print(save(a.name, {"commit": _commit(), **result}))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Reciprocal Rank Fusion, for callers that fuse in Python (LlamaIndex's stock ``QdrantVectorStore``).
 
-Our own retriever fuses inside Qdrant (``prefetch`` + ``RrfQuery``); this function gives users of the stock store
-the same fusion: ``QdrantVectorStore(enable_hybrid=True, hybrid_fusion_fn=rrf_fusion, ...)``.
+Our own retriever fuses with :func:`rrf_scores` over both lists ranked by score then point id (``CorpusIndex``);
+this function gives users of the stock store the same fusion: ``QdrantVectorStore(enable_hybrid=True, hybrid_fusion_fn=rrf_fusion, ...)``.
 """
 
 from __future__ import annotations

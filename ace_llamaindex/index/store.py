@@ -1,8 +1,10 @@
 """One Qdrant collection holding a corpus: one named dense vector per embedding model, plus BM25 sparse vectors.
 
 Keeping one named vector per model is what makes fallback safe: a query vector from model A is only ever
-searched against document vectors from model A. Search runs through Qdrant's Query API, fusion included
-(``prefetch`` + ``RrfQuery``), so it behaves the same in embedded local mode and against a server or cluster.
+searched against document vectors from model A. Search runs through Qdrant's Query API, so it behaves the same in
+embedded local mode and against a server or cluster. Hybrid fusion (RRF, DBSF, convex) is computed here over each
+list's top ``prefetch_limit``, ranked by score then point id: inside the engine, exact ties of a list reach the fusion in
+an order that changes from process to process (``benchmarks/bench_hybrid_ties.py``), and so would the fused ranking.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..errors import OptionError
 from .bm25 import BM25Encoder
-from .fusion import DEFAULT_RRF_K, FUSION_METHODS, convex_scores
+from .fusion import DEFAULT_RRF_K, FUSION_METHODS, convex_scores, rrf_scores
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +55,10 @@ class Hit:
 class HybridParams:
     """How dense and BM25 results are fused.
 
-    ``method``: ``rrf`` (Qdrant's weighted RRF: ``rrf_k``, ``dense_weight``/``sparse_weight``), ``dbsf`` (Qdrant's
-    distribution-based score fusion) or ``convex`` (``alpha * dense + (1 - alpha) * bm25`` over theoretically
-    min-max normalised scores, Bruch et al. 2023; fused in Python over the ``prefetch_limit`` candidates of each
-    list, so its score is in [0, 1])."""
+    ``method``: ``rrf`` (Qdrant's weighted RRF formula: ``rrf_k``, ``dense_weight``/``sparse_weight``), ``dbsf``
+    (Qdrant's distribution-based score fusion, qdrant-client's implementation) or ``convex`` (``alpha * dense + (1 -
+    alpha) * bm25`` over theoretically min-max normalised scores, Bruch et al. 2023). Each is fused in Python over the
+    ``prefetch_limit`` candidates of each list, ties in point-id order; every score is in [0, 1]."""
 
     rrf_k: int = DEFAULT_RRF_K
     dense_weight: float = 1.0
@@ -89,6 +91,30 @@ def _fused_score_scale(hybrid: HybridParams) -> float:
         return 0.5
     best = sum(1.0 / (1.0 / w + hybrid.rrf_k - 1) for w in (hybrid.dense_weight, hybrid.sparse_weight) if w > 0)
     return 1.0 / best if best else 1.0
+
+
+def _ranked(points: Sequence[Any]) -> dict[str, float]:
+    """A list's scores by point id, best first and exact ties in point-id order (the engine's order of ties is not
+    the same in every process)."""
+    return dict(sorted(((str(p.id), float(p.score)) for p in points), key=lambda item: (-item[1], item[0])))
+
+
+def _fuse(raw: Mapping[str, dict[str, float]], hybrid: HybridParams) -> dict[str, float]:
+    """The fused score of every candidate in [0, 1]: convex; Qdrant's weighted RRF scaled by its best; or DBSF
+    (qdrant-client's own, as its local mode runs it) halved."""
+    if hybrid.method == "convex":
+        return convex_scores(list(raw["dense"].items()), list(raw["bm25"].items()), hybrid.alpha)
+    if hybrid.method == "dbsf":
+        from qdrant_client.hybrid.fusion import distribution_based_score_fusion
+
+        lists = [[models.ScoredPoint(id=pid, version=0, score=score) for pid, score in raw[name].items()]
+                 for name in ("dense", "bm25")]
+        fused = {str(p.id): p.score for p in distribution_based_score_fusion(lists, limit=sum(map(len, lists)))}
+    else:
+        fused = rrf_scores([list(raw["dense"]), list(raw["bm25"])], k=hybrid.rrf_k,
+                           weights=[hybrid.dense_weight, hybrid.sparse_weight])
+    scale = _fused_score_scale(hybrid)
+    return {pid: min(1.0, score * scale) for pid, score in fused.items()}
 
 
 _OPEN_CLIENTS: weakref.WeakSet = weakref.WeakSet()
@@ -572,7 +598,6 @@ class CorpusIndex:
         using: str | None,
         limit: int,
         query_filter: models.Filter | None,
-        hybrid: HybridParams,
         score_threshold: float | None,
         with_payload: bool = True,
     ) -> models.QueryRequest:
@@ -583,22 +608,9 @@ class CorpusIndex:
         if mode == "dense":
             return models.QueryRequest(query=vector.tolist(), using=using, limit=limit, filter=query_filter,
                                        with_payload=with_payload, score_threshold=score_threshold)
-        if mode == "bm25":
-            return models.QueryRequest(query=sparse, using=SPARSE_NAME, limit=limit, filter=query_filter,
-                                       with_payload=with_payload, score_threshold=score_threshold)
-        prefetch_limit = max(limit, hybrid.prefetch_limit)
-        fusion = (models.FusionQuery(fusion=models.Fusion.DBSF) if hybrid.method == "dbsf" else
-                  models.RrfQuery(rrf=models.Rrf(k=hybrid.rrf_k, weights=[hybrid.dense_weight, hybrid.sparse_weight])))
-        return models.QueryRequest(
-            prefetch=[
-                models.Prefetch(query=vector.tolist(), using=using, limit=prefetch_limit, filter=query_filter),
-                models.Prefetch(query=sparse, using=SPARSE_NAME, limit=prefetch_limit, filter=query_filter),
-            ],
-            query=fusion,
-            limit=limit,
-            with_payload=True,
-            score_threshold=score_threshold,
-        )
+        # bm25 (a hybrid search asks for each list on its own and fuses them: _fused_search)
+        return models.QueryRequest(query=sparse, using=SPARSE_NAME, limit=limit, filter=query_filter,
+                                   with_payload=with_payload, score_threshold=score_threshold)
 
     def search(
         self,
@@ -624,48 +636,46 @@ class CorpusIndex:
             raise OptionError(f"{mode} search needs the query texts")
         n = len(vectors) if vectors is not None else len(texts)
         hybrid = hybrid or HybridParams()
-        if mode == "hybrid" and hybrid.method == "convex":
-            return self._convex_search(vectors, texts, using, limit, query_filter, hybrid, score_threshold, batch_size,
-                                       show_progress)
+        if mode == "hybrid":
+            return self._fused_search(vectors, texts, using, limit, query_filter, hybrid, score_threshold, batch_size,
+                                      show_progress)
         results: list[list[Hit]] = []
-        scale = _fused_score_scale(hybrid) if mode == "hybrid" else None
         for start in tqdm(range(0, n, batch_size), desc=f"{mode} search", disable=not show_progress):
             stop = min(start + batch_size, n)
             requests = [
                 self._request(mode, None if vectors is None else vectors[i], None if texts is None else texts[i],
-                              using, limit, query_filter, hybrid, score_threshold)
+                              using, limit, query_filter, score_threshold)
                 for i in range(start, stop)
             ]
             for points in self._query_or_explain(requests):
                 hits = [self._hit(p) for p in points]
-                if scale is not None:  # hybrid: into [0, 1]; min: Edge's float32 scores overshoot by ~1e-7
-                    for h in hits:
-                        h.score = min(1.0, h.score * scale)
                 # Exact ties in document-id order: engines (Qdrant Edge above all) order them arbitrarily.
                 results.append(sorted(hits, key=lambda h: (-h.score, h.doc_id)))
         return results
 
-    def _convex_search(self, vectors, texts, using, limit, query_filter, hybrid, score_threshold, batch_size,
-                       show_progress) -> list[list[Hit]]:
-        """Convex combination over each list's top ``prefetch_limit``. Written here rather than as a Qdrant formula
-        query: formula queries need a server (neither local mode nor Edge runs them), and with <= 100 candidates
-        per list the fusion costs microseconds in Python. Both lists are fetched by point id only (payloads are
-        most of a query's cost) and fused on ids; payloads are fetched for the fused top ``limit`` alone.
-        Each hit keeps its raw scores in ``payload['ace_scores']``."""
+    def _fused_search(self, vectors, texts, using, limit, query_filter, hybrid, score_threshold, batch_size,
+                      show_progress) -> list[list[Hit]]:
+        """RRF, DBSF or the convex combination over each list's top ``prefetch_limit``, fused here. Both lists are fetched by
+        point id only (payloads are most of a query's cost), ranked by score then point id, and fused on ids;
+        payloads are fetched for the fused top ``limit`` alone. Why not inside Qdrant: exact ties of a list (BM25
+        ties the tie-breaker cannot separate in float32) reach the engine's RRF in an order that changes from process
+        to process (and RRF is rank-based; DBSF's cut at ``limit`` among tied scores also moved), and the convex
+        combination is a formula query, which needs a server (neither local mode nor Edge
+        runs them). With <= 100 candidates per list the fusion costs microseconds. Scores are in [0, 1] (RRF's and
+        DBSF's scaled, :func:`_fused_score_scale`); ``score_threshold`` applies to them. A convex hit keeps its
+        raw scores in ``payload['ace_scores']``."""
         depth = max(limit, hybrid.prefetch_limit)
         results: list[list[Hit]] = []
         for start in tqdm(range(0, len(vectors), batch_size), desc="hybrid search", disable=not show_progress):
             stop = min(start + batch_size, len(vectors))
-            requests = [self._request(mode, vectors[i], texts[i], using, depth, query_filter, hybrid, None,
-                                      with_payload=False)
+            requests = [self._request(mode, vectors[i], texts[i], using, depth, query_filter, None, with_payload=False)
                         for i in range(start, stop) for mode in ("dense", "bm25")]
             answers = self._query_or_explain(requests)
             fused_rows = []
             for d_points, s_points in zip(answers[0::2], answers[1::2], strict=True):
-                raw = {"dense": {str(p.id): float(p.score) for p in d_points},
-                       "bm25": {str(p.id): float(p.score) for p in s_points}}
-                fused = convex_scores(list(raw["dense"].items()), list(raw["bm25"].items()), hybrid.alpha)
-                top = sorted(fused, key=lambda pid: -fused[pid])[:limit]
+                raw = {"dense": _ranked(d_points), "bm25": _ranked(s_points)}
+                fused = _fuse(raw, hybrid)
+                top = sorted(fused, key=lambda pid: (-fused[pid], pid))[:limit]
                 if score_threshold is not None:
                     top = [pid for pid in top if fused[pid] >= score_threshold]
                 fused_rows.append((top, fused, raw))
@@ -678,8 +688,9 @@ class CorpusIndex:
                         continue
                     h = self._hit(points[pid])
                     h.score = fused[pid]
-                    h.payload["ace_scores"] = {"dense": raw["dense"].get(pid), "bm25": raw["bm25"].get(pid),
-                                               "fused": fused[pid]}
+                    if hybrid.method == "convex":
+                        h.payload["ace_scores"] = {"dense": raw["dense"].get(pid), "bm25": raw["bm25"].get(pid),
+                                                   "fused": fused[pid]}
                     row.append(h)
                 results.append(sorted(row, key=lambda h: (-h.score, h.doc_id)))
         return results
