@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("dataset")
     parser.add_argument("--split", default="test")
     parser.add_argument("--queries", type=int, default=None)
+    parser.add_argument("--name", default=None, help="result file name (default retriever-<dataset>)")
     args = parser.parse_args()
     ds = load_beir(dataset_dir(args.dataset), args.split)
     qids = list(ds.queries)[: args.queries or None]
@@ -89,11 +90,11 @@ def main() -> None:
         embed.get_query_embedding(ds.queries[q])
         forward.append(time.perf_counter() - started)
     rows = [
-        run("ours, edge engine: HybridQdrantRetriever (RRF in Qdrant, k=60)", edge.retrieve, ds, qids, lambda n: n.node.node_id),
+        run("ours, edge engine: HybridQdrantRetriever (RRF k=60, fused in CorpusIndex over 2 x 100 candidates)", edge.retrieve, ds, qids, lambda n: n.node.node_id),
         run("ours, edge engine: convex(alpha=0.7), fused in Python over 2 x 100 candidates", edge_convex.retrieve, ds, qids,
             lambda n: n.node.node_id),
-        run("ours, edge engine: DBSF in Qdrant", edge_dbsf.retrieve, ds, qids, lambda n: n.node.node_id),
-        run("ours, local mode: HybridQdrantRetriever (RRF in Qdrant, k=60)", ours.retrieve, ds, qids, lambda n: n.node.node_id),
+        run("ours, edge engine: DBSF, fused in CorpusIndex over 2 x 100 candidates", edge_dbsf.retrieve, ds, qids, lambda n: n.node.node_id),
+        run("ours, local mode: HybridQdrantRetriever (RRF k=60, fused in CorpusIndex over 2 x 100 candidates)", ours.retrieve, ds, qids, lambda n: n.node.node_id),
         run("stock: QdrantVectorStore hybrid + our BM25 + rrf_fusion", stock.retrieve, ds, qids, lambda n: back[n.node.node_id]),
         run("stock: QdrantVectorStore dense only", stock_dense.retrieve, ds, qids, lambda n: back[n.node.node_id]),
     ]
@@ -107,7 +108,7 @@ def main() -> None:
               "model_forward_one_query": fwd, "systems": rows,
               "note": "local mode = qdrant-client's embedded mode (brute force in Python; the stock store uses it too); "
                       "edge = Qdrant Edge, Qdrant's engine in-process"}
-    save(f"retriever-{args.dataset}", result)
+    save(args.name or f"retriever-{args.dataset}", result)
     for row in rows:
         print(row)
     print("forward", fwd)
