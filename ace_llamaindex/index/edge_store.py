@@ -2,8 +2,9 @@
 
 qdrant-client's embedded local mode searches by brute force in Python (a BM25 query over 5k documents takes
 ~250 ms here); Qdrant Edge (``pip install ace-llamaindex[edge]``) runs Qdrant's own indexes in the process, with
-the same data model: named dense vectors, sparse vectors with the IDF modifier, prefetch + RRF. Requests are
-built once, as qdrant-client models, and translated here, so both engines answer the same queries.
+the same data model: named dense vectors, sparse vectors with the IDF modifier. Requests are built once, as
+qdrant-client models (nearest-vector queries: hybrid fusion runs in ``CorpusIndex``), and translated here, so both
+engines answer the same queries.
 Qdrant Edge is beta; this module is the only place that knows its API.
 """
 
@@ -315,16 +316,9 @@ class EdgeCorpusIndex(CorpusIndex):
         return self.q.Query.Nearest(self._vector(query), using=using)
 
     def _request_to_edge(self, r: models.QueryRequest) -> Any:
-        q = self.q
-        if isinstance(r.query, (models.RrfQuery, models.FusionQuery)):
-            query = (q.Fusion.Rrf(k=r.query.rrf.k, weights=r.query.rrf.weights) if isinstance(r.query, models.RrfQuery)
-                     else q.Fusion.Dbsf())
-            prefetches = [q.Prefetch(limit=p.limit, query=self._nearest(p.query, p.using), filter=self._filter(p.filter))
-                          for p in r.prefetch]
-        else:
-            query, prefetches = self._nearest(r.query, r.using), None
-        return q.QueryRequest(limit=r.limit, query=query, prefetches=prefetches, filter=self._filter(r.filter),
-                              score_threshold=r.score_threshold, with_payload=bool(r.with_payload))
+        return self.q.QueryRequest(limit=r.limit, query=self._nearest(r.query, r.using), prefetches=None,
+                                   filter=self._filter(r.filter), score_threshold=r.score_threshold,
+                                   with_payload=bool(r.with_payload))
 
     def _filter(self, f: models.Filter | None) -> Any:
         if f is None:

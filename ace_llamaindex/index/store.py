@@ -702,7 +702,7 @@ class CorpusIndex:
         except Exception:  # noqa: BLE001 - engine errors (ValueError, UnexpectedResponse, ...) vary by engine
             if not self.exists():
                 raise OptionError(f"collection {self.collection!r} does not exist; index documents into it first") from None
-            wanted = {r.using for r in requests} | {p.using for r in requests for p in (r.prefetch or [])}
+            wanted = {r.using for r in requests}
             missing = sorted(w for w in wanted if w and w != SPARSE_NAME and w not in self.dense_vectors())
             if missing:
                 have = sorted(self.dense_vectors())
