@@ -1092,20 +1092,20 @@ _OWN_PROCESS = False  # set by main(): the `ace` command runs in a process of it
 
 def main() -> None:
     """The ``ace`` command."""
-    import signal
     import warnings
 
     from .errors import AceDeprecationWarning
     from .plugins.manager import add_commands
+    from .stopping import stopped_by_sigterm
 
     # a deprecated name of ours (the 'sentence-transformers' trainer...) says so on the command line too
     warnings.filterwarnings("default", category=AceDeprecationWarning)
-    # SIGTERM ends the process like Ctrl-C does: atomic writes roll back and temporary indexes are removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     add_commands(cli)
     global _OWN_PROCESS
     _OWN_PROCESS = True
-    cli()
+    # SIGTERM ends the process like Ctrl-C does: atomic writes roll back and temporary indexes are removed.
+    with stopped_by_sigterm():
+        cli()
 
 
 if __name__ == "__main__":

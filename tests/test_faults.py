@@ -229,6 +229,37 @@ def test_sigterm_removes_temporary_edge_shards(tmp_path):
     assert not list(tmp_path.glob("ace-edge-*"))
 
 
+# A stop the code under the handler swallowed is raised again; a cleanup already unwinding is never cut short. Each row
+# runs in its own process: SIGTERM to itself inside `stopped_by_sigterm`, then `finished` if the process carried on.
+_SPIN = "import time\ndef spin(s):\n    end = time.monotonic() + s\n    while time.monotonic() < end: pass\n"
+_STOP_ROWS = {
+    "plain": "os.kill(os.getpid(), signal.SIGTERM); spin(5)",
+    "swallowed-by-except-baseexception": ("try:\n    os.kill(os.getpid(), signal.SIGTERM); spin(5)\n"
+                                          "except BaseException:\n    pass\nspin(5)"),
+    "swallowed-in-a-finaliser": ("class Gone:\n    def __del__(self):\n        os.kill(os.getpid(), signal.SIGTERM); "
+                                 "spin(1)\nGone()\nspin(5)"),
+    "cleanup-outlasting-redelivery": ("try:\n    os.kill(os.getpid(), signal.SIGTERM); spin(5)\nfinally:\n    spin(2.5)\n"
+                                      "    open(sys.argv[1] + '.cleaned', 'w').close()"),
+}
+
+
+@pytest.mark.parametrize("row", list(_STOP_ROWS))
+def test_sigterm_stops_even_when_the_exit_is_swallowed(tmp_path, row):
+    """Every row exits 143 without reaching `finished`; the cleanup row also completes its `finally`."""
+    import subprocess
+    import sys
+    import textwrap
+
+    body = textwrap.indent(_STOP_ROWS[row], "    ")
+    code = (f"import os, signal, sys\n{_SPIN}from ace_llamaindex.stopping import stopped_by_sigterm\n"
+            f"with stopped_by_sigterm():\n{body}\n    open(sys.argv[1], 'w').close()\n")
+    marker = tmp_path / "finished"
+    proc = subprocess.run([sys.executable, "-c", code, str(marker)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert not marker.exists()
+    assert (tmp_path / "finished.cleaned").exists() == (row == "cleanup-outlasting-redelivery")
+
+
 # ---- artifacts: corrupt, foreign or mismatched, each refused in one line naming the folder (or dropped if disposable)
 def _trained_adapter(tmp_path):
     from ace_llamaindex.mine.mining import TrainingExample
