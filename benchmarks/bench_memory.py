@@ -47,6 +47,7 @@ class _Sampler:
         self.stack: list[str] = ["start-up"]
         self.stages: list[dict] = []
         self.peak: dict[str, int] = {}
+        self.series: list[tuple[float, float]] = []  # (seconds, GB): the largest sample of each second
         self.done = threading.Event()
         self.started = time.perf_counter()
         threading.Thread(target=self._run, daemon=True).start()
@@ -58,6 +59,11 @@ class _Sampler:
 
     def sample(self) -> None:
         rss = self.proc.memory_info().rss
+        second = int(time.perf_counter() - self.started)
+        if self.series and self.series[-1][0] == second:
+            self.series[-1] = (second, max(self.series[-1][1], round(rss / 1e9, 3)))
+        else:
+            self.series.append((second, round(rss / 1e9, 3)))
         name = self.stack[-1]
         if rss > self.peak.get(name, 0):
             self.peak[name] = rss
@@ -126,6 +132,7 @@ def _profile(argv: list[str], out: Path) -> None:
             sampler.leave("fine-tune: trainer.train")
 
     SentenceTransformerTrainer.train = timed_train
+    _mark(sampler, SentenceTransformerTrainer, "evaluate", "fine-tune: validation between epochs")
     _mark(sampler, ms, "fine_tune", "fine-tune (model, baseline validation, training)")
     _mark(sampler, training, "fine_tune", "fine-tune (model, baseline validation, training)")
     _mark(sampler, ms, "fit_adapter", lambda a, k: f"adapter on {getattr(a[2], 'label', '?')}")
@@ -153,7 +160,8 @@ def _profile(argv: list[str], out: Path) -> None:
                  and t.get("end_s", 1e12) <= s.get("end_s", 1e12)]
         s["peak_rss_gb"] = max([s["peak_rss_gb"], *inner])
     out.write_text(json.dumps({"status": status, "stages": stages, "ru_maxrss_gb": round(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3), "speed": speed}, indent=1))
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3), "speed": speed,
+        "rss_by_second": sampler.series}, indent=1))
 
 
 # --- the driver -------------------------------------------------------------------------------------------------
