@@ -355,7 +355,8 @@ def main() -> None:
                    train_seconds=round(sp.get("train_seconds", 0), 1),
                    examples_per_s=round(_examples_trained(sp) / sp["train_seconds"], 3)
                    if sp.get("train_seconds") else None, epochs_run=sp.get("epochs_run"),
-                   optimizer_steps=sp.get("optimizer_steps"), max_steps=a.max_steps)
+                   optimizer_steps=sp.get("optimizer_steps"), max_steps=a.max_steps,
+                   rss_by_second=prof.get("rss_by_second"))
         run["complete"] = prof.get("status") == 0 and bool(card)
         if not run["complete"]:  # stopped before its end (killed, failed): its peaks so far, no model to score
             run["note"] = (f"incomplete: exit status {prof.get('status')}; the stages and peak up to where it stopped "
@@ -417,7 +418,9 @@ def _markdown(path: Path, r: dict) -> None:
                   + " |" for label, run in r["runs"].items()]
     t = r.get("test_after_vs_before")
     lines += ["", f"After vs before on {t['queries']} test queries (paired bootstrap): delta {t['delta']}, 95% CI "
-              f"{t['ci95']} ({t['verdict']})." if t else "No paired test comparison (a run is incomplete).", ""]
+              f"{t['ci95']} ({t['verdict']})." if t else "No paired test comparison (" + (
+                  "a run is incomplete)." if not all(run.get("complete", True) for run in r["runs"].values()) else
+                  "one side measured in this run: --only)."), ""]
     if "speed_after_over_before" in r:
         lines.append(f"Examples/s after / before: {r['speed_after_over_before']}.")
     if "plain_sentence_transformers" in r:
