@@ -233,6 +233,8 @@ def _data(name: str) -> str:
 def _test_scores(model_dir: Path, dataset: str, work: Path, label: str) -> dict:
     """nDCG@10 per test query of what ``ace train`` wrote (the base model when nothing was promoted)."""
     out = work / f"scores-{label}.json"
+    if out.exists() and out.stat().st_mtime >= (work / f"profile-{label}.json").stat().st_mtime:
+        return json.loads(out.read_text())  # scored already, after this model was trained: kept (a resumed run)
     code = f"""
 import json, sys
 sys.path.insert(0, {str(ROOT / 'benchmarks')!r})
