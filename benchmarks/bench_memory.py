@@ -30,6 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ace_llamaindex.train.training import cpu_has_native_bf16  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 PY = sys.executable
@@ -329,7 +331,7 @@ def main() -> None:
                         text=True).stdout.strip(),
                     "after_tree": str(a.after), "after_commit": subprocess.run(["git", "-C", str(a.after), "rev-parse", "--short", "HEAD"],
                                                    capture_output=True, text=True).stdout.strip(),
-                    "cpu_cores": os.cpu_count(), "runs": {}}
+                    "cpu_cores": os.cpu_count(), "cpu_native_bf16": cpu_has_native_bf16(), "runs": {}}
     if not train_file.exists():
         code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); from bench_memory import _mine; "
                 f"_mine({data!r}, {str(train_file)!r})")

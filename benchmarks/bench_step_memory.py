@@ -26,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ace_llamaindex.train.training import cpu_has_native_bf16  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 _CHILD = """
@@ -102,7 +104,8 @@ def main() -> None:
         s["speed_vs_first"] = round(reference / s["train_seconds"], 3)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "commit": commit, "steps": a.steps,
-              "cpu_cores": os.cpu_count(), "summary": summary, "runs": runs}
+              "cpu_cores": os.cpu_count(), "cpu_native_bf16": cpu_has_native_bf16(), "summary": summary,
+              "runs": runs}
     save("step-memory-demo", result)
     lines = [f"# What a CPU training step leaves behind (demo, {a.steps} steps, commit {commit})", "",
              f"`{result['command']}`: each variant twice, in order then back, each in its own process.", "",

@@ -222,23 +222,33 @@ def test_only_a_cpu_process_changes_its_allocator():
 
 # ---- what a CPU step leaves behind is bounded: oneDNN's primitive cache, the heap (train/allocator.py; issue #40) -----
 # oneDNN says for every primitive it creates whether its cache served it (ONEDNN_VERBOSE=2: create:cache_hit/miss).
-# With the product's bound patched to 0, a bound set before the first bf16 step leaves no hit at all; a bound set too
-# late (or not at all) leaves the default 1024 and hits from the second mini-batch on.
+# bf16 matmuls go through oneDNN only on CPUs with native bf16 (AVX-512/AMX), so that every CPU exercises the cache
+# each training step also runs three fp32 convolutions (oneDNN on any x86 CPU) of the same shapes, step after step.
+# With the product's bound patched to 0, a bound set before the first step leaves no hit at all; a bound set too late
+# (after oneDNN's first primitive) or not at all leaves the default 1024 and hits from the second step on.
 
 _PRIMITIVES = """
 import pathlib, sys
+import torch
+import transformers
 from ace_llamaindex.data.examples import TrainingExample
 from ace_llamaindex.train import allocator, training
 allocator.PRIMITIVE_CACHE_CAPACITY = 0
+step = transformers.Trainer.training_step
+def training_step(self, *args, **kwargs):  # oneDNN work inside every step, whatever the CPU
+    for side in (32, 33, 34):
+        torch.nn.functional.conv2d(torch.ones(2, 8, side, side), torch.ones(8, 8, 3, 3))
+    return step(self, *args, **kwargs)
+transformers.Trainer.training_step = training_step
 rows = [TrainingExample(f"query {i}", f"memory {i} about topic {i}", []) for i in range(8)]
-config = training.full_defaults(training.TrainConfig(epochs=1, batch_size=4, val_fraction=0.0, precision="bf16",
-                                                     device="cpu", extra={"max_steps": 2}))
+config = training.full_defaults(training.TrainConfig(epochs=1, batch_size=2, val_fraction=0.0, precision="bf16",
+                                                     device="cpu", extra={"max_steps": 3}))
 training.fine_tune(training.plan_validation(rows, 0.0, 1), config, pathlib.Path(sys.argv[1]), "f")
 """
 
 
 @pytest.mark.parametrize("user_value,hits", [
-    pytest.param(None, False, id="the-bound-is-in-effect-from-the-first-bf16-step"),
+    pytest.param(None, False, id="the-bound-is-in-effect-from-the-first-step"),
     pytest.param("1024", True, id="the-users-own-value-wins"),  # and shows the data exercises the cache
 ])
 def test_onednn_keeps_no_more_primitives_than_the_bound(tmp_path, user_value, hits):
@@ -254,7 +264,7 @@ def test_onednn_keeps_no_more_primitives_than_the_bound(tmp_path, user_value, hi
                          env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     log = out.stdout + out.stderr
-    assert log.count("create:cache_miss") > 10, "no bf16 primitive was created: the run did not exercise oneDNN"
+    assert log.count("create:cache_miss") >= 3, "no oneDNN primitive was created: the run did not exercise oneDNN"
     assert (log.count("create:cache_hit") > 0) is hits, f"{log.count('create:cache_hit')} primitives from the cache"
 
 
