@@ -1,7 +1,7 @@
 """What a user gets from the defaults: ``ace pipeline`` with no options, trained on a BEIR train split and
 evaluated on its test split (never trained on), one run per dataset.
 
-    python benchmarks/bench_defaults.py stackfaq-threads cosqa scifact
+    python benchmarks/bench_defaults.py scifact      # one dataset per run: the peak RSS is the process's
 
 For each dataset: mining (dense, 5 negatives), training (lr 5e-5, automatic epochs, validation + promotion gate),
 the fusion chosen on the validation queries (``fusion.json``), then base vs fine-tuned, plain RRF and the chosen
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import resource
 import shutil
+import subprocess
 import time
 
 from common import RESULTS, dataset_dir, save
@@ -20,13 +21,22 @@ from common import RESULTS, dataset_dir, save
 from ace_llamaindex.data.beir import load_beir
 from ace_llamaindex.evaluate.reporting import markdown_report
 from ace_llamaindex.pipeline import run_pipeline
+from ace_llamaindex.train.training import cpu_has_native_bf16
+
+
+def _commit() -> str:
+    """The commit measured, with ``+changes`` when the tree differs from it."""
+    git = ["git", "-C", str(RESULTS.parent.parent)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+    return commit + ("+changes" if dirty.strip() else "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("datasets", nargs="+")
+    parser.add_argument("dataset", help="one per run: the peak RSS read is the process's")
     args = parser.parse_args()
-    for name in args.datasets:
+    for name in [args.dataset]:
         folder = dataset_dir(name)
         train_set, test_set = load_beir(folder, "train"), load_beir(folder, "test")
         work = RESULTS / f".defaults-{name}-run"
@@ -37,7 +47,8 @@ def main() -> None:
         data = result.report.data
         data.pop("per_query")
         card = data["training_card"]
-        data["benchmark"] = {"dataset": name, "wall_seconds": seconds, "train_seconds": card["train_seconds"],
+        data["benchmark"] = {"dataset": name, "commit": _commit(), "cpu_native_bf16": cpu_has_native_bf16(),
+                             "wall_seconds": seconds, "train_seconds": card["train_seconds"],
                              "train_examples": card["train_examples"], "epochs": card["config"].get("epochs"),
                              "method": card.get("chosen", card.get("method")), "candidates": card.get("candidates"),
                              "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
