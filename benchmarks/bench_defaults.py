@@ -11,6 +11,7 @@ fusion on the test split, with paired-bootstrap intervals. Writes benchmarks/res
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import shutil
 import subprocess
@@ -30,6 +31,22 @@ def _commit() -> str:
     commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
     return commit + ("+changes" if dirty.strip() else "")
+
+
+def summary(bench: dict) -> str:
+    """The run in a few lines of markdown: time, memory, the method, the gate's verdict and the fusion."""
+    gate = bench["gate"]
+    decided = gate.get("subsets", {}).get(gate.get("decided_by"), gate)  # the queries the verdict was read on
+    low, high = decided.get("ci95") or (0.0, 0.0)
+    lines = [f"Commit {bench.get('commit')}, CPU with native bf16: {bench.get('cpu_native_bf16')}.",
+             f"Wall clock, whole pipeline: {bench['wall_seconds']} s (training {bench['train_seconds']} s, "
+             f"{bench['epochs']} epoch(s) planned), peak RSS {bench['peak_rss_gb']} GB.",
+             f"Method: {bench['method']}.",
+             f"Gate ({gate.get('metric')}, decided by {gate.get('decided_by', 'all validation queries')}): "
+             f"{gate.get('verdict')}, delta {decided.get('delta', 0):+.4f} [{low:+.4f}, {high:+.4f}] over "
+             f"{decided.get('n', decided.get('n_queries'))} queries.",
+             f"Fusion: {bench['fusion']}."]
+    return "\n\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -54,11 +71,8 @@ def main() -> None:
                              "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
                              "memory_plan": card.get("memory_plan"), "device": card.get("device"),
                              "gate": card["gate"], "fusion": data["fusion"]}
-        save(f"defaults-{name}", data)
-        (RESULTS / f"defaults-{name}.md").write_text(
-            markdown_report(data) + f"\n\nWall clock, whole pipeline: {seconds} s (training {card['train_seconds']} s, "
-            f"{card['config'].get('epochs')} epoch(s) planned), peak RSS {data['benchmark']['peak_rss_gb']} GB.\n\n"
-            f"Method: {data['benchmark']['method']}\n\nGate: {card['gate']}\n\nFusion: {data['fusion']}\n")
+        saved = json.loads(save(f"defaults-{name}", data).read_text())  # enums as the JSON spells them
+        (RESULTS / f"defaults-{name}.md").write_text(markdown_report(saved) + "\n\n" + summary(saved["benchmark"]))
         print(name, seconds, "s", {k: round(v["ndcg@10"], 4) for k, v in data["overall"].items()}, flush=True)
 
 
