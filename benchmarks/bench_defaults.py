@@ -14,23 +14,14 @@ import argparse
 import json
 import resource
 import shutil
-import subprocess
 import time
 
-from common import RESULTS, dataset_dir, save
+from common import RESULTS, commit, dataset_dir, save
 
 from ace_llamaindex.data.beir import load_beir
 from ace_llamaindex.evaluate.reporting import markdown_report
 from ace_llamaindex.pipeline import run_pipeline
 from ace_llamaindex.train.training import cpu_has_native_bf16
-
-
-def _commit() -> str:
-    """The commit measured, with ``+changes`` when the tree differs from it."""
-    git = ["git", "-C", str(RESULTS.parent.parent)]
-    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
-    return commit + ("+changes" if dirty.strip() else "")
 
 
 def summary(bench: dict) -> str:
@@ -64,7 +55,7 @@ def main() -> None:
         data = result.report.data
         data.pop("per_query")
         card = data["training_card"]
-        data["benchmark"] = {"dataset": name, "commit": _commit(), "cpu_native_bf16": cpu_has_native_bf16(),
+        data["benchmark"] = {"dataset": name, "commit": commit(), "cpu_native_bf16": cpu_has_native_bf16(),
                              "wall_seconds": seconds, "train_seconds": card["train_seconds"],
                              "train_examples": card["train_examples"], "epochs": card["config"].get("epochs"),
                              "method": card.get("chosen", card.get("method")), "candidates": card.get("candidates"),

@@ -27,13 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-from common import CACHE, RESULTS, dataset_dir, save
+from common import CACHE, RESULTS, commit, dataset_dir, save
 
 from ace_llamaindex.data.beir import load_beir
 from ace_llamaindex.embeddings.encoding import CachedEncoder
 from ace_llamaindex.embeddings.models import open_model
 from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, load_training_data, save_training_data
-from ace_llamaindex.train.training import TrainConfig, choose_precision, to_hf_dataset, train
+from ace_llamaindex.train.training import TrainConfig, choose_precision, cpu_has_native_bf16, to_hf_dataset, train
 
 
 def plain(examples, out, batch_size, max_seq_length, seed) -> float:
@@ -115,7 +115,7 @@ def main() -> None:
         print(name, round(seconds[name][-1], 1), "s", flush=True)
     shutil.rmtree(work, ignore_errors=True)
     rate = {k: len(examples) * len(v) / sum(v) for k, v in seconds.items()}
-    result = {"dataset": args.dataset, "examples": len(examples), "negatives": 5, "max_seq_length": args.max_seq_length,
+    result = {"commit": commit(), "cpu_native_bf16": cpu_has_native_bf16(), "dataset": args.dataset, "examples": len(examples), "negatives": 5, "max_seq_length": args.max_seq_length,
               "batch_size": args.batch_size, "ours_precision": choose_precision("auto", "cpu"), "seconds": seconds, "examples_per_second": rate,
               "memory_plans": PLANS, "peak_rss_gb": peaks, "command": " ".join(["bench_train_speed.py", *sys.argv[1:]]),
               "ratios_over_plain": {k: rate[k] / rate["plain"] for k in sides if k != "plain"}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,14 @@ def timed(store: dict, key: str):
     started = time.perf_counter()
     yield
     store[key] = round(time.perf_counter() - started, 1)
+
+
+def commit() -> str:
+    """The commit this checkout measures, with ``+changes`` when tracked files differ from it."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+    return head + ("+changes" if dirty.strip() else "")
 
 
 def save(name: str, data: dict) -> Path:
