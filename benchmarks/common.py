@@ -22,10 +22,11 @@ def timed(store: dict, key: str):
 
 
 def commit() -> str:
-    """The commit this checkout measures, with ``+changes`` when tracked files differ from it."""
+    """The commit this checkout measures, with ``+changes`` when tracked code or docs differ from it."""
     git = ["git", "-C", str(ROOT)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
+                           capture_output=True, text=True).stdout  # results written by earlier runs do not count
     return head + ("+changes" if dirty.strip() else "")
 
 
