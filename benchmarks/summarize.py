@@ -21,10 +21,17 @@ def verdict(data: dict, a: str, b: str, metric: str = "ndcg@10") -> str:
     return f"{c['delta']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] {c['verdict']}" if c else "–"
 
 
+def measured_at(bench: dict) -> str:
+    """The commit and the CPU's precision a result was measured with ("not recorded" for results from before both)."""
+    cpu = {True: "bf16 CPU", False: "fp32 CPU (no native bf16)"}.get(bench.get("cpu_native_bf16"), "CPU not recorded")
+    return f"{bench.get('commit', 'commit not recorded')}, {cpu}"
+
+
 def defaults_table() -> list[str]:
     rows = ["| dataset (test split) | test queries | about seen documents | method chosen | gate (decided by) | base | "
-            "served, dense | served vs base, nDCG@10 (95% CI) | fusion chosen | served with fusion | wall time | peak RSS |",
-            "|---|---:|---:|---|---|---:|---:|---|---|---:|---:|---:|"]
+            "served, dense | served vs base, nDCG@10 (95% CI) | fusion chosen | served with fusion | wall time | peak RSS | "
+            "measured at |",
+            "|---|---:|---:|---|---|---:|---:|---|---|---:|---:|---:|---|"]
     for d in results("defaults-*.json"):
         o, b, card = d["overall"], d["benchmark"], d["training_card"]
         if "method" not in card:  # a result of the earlier defaults (full fine-tune only), kept in results/earlier
@@ -38,7 +45,7 @@ def defaults_table() -> list[str]:
                     f"{g['verdict']} ({g.get('decided_by', 'all')}) | {o['base']['ndcg@10']:.3f} | {served:.3f} | "
                     f"{verdict(d, 'base', 'finetuned') if tuned else '+0 (the base stays)'} | "
                     f"{(b.get('fusion') or {}).get('name', 'dense (base)')} | {fused:.3f} | {b['wall_seconds'] / 60:.0f} min "
-                    f"(training {b['train_seconds'] / 60:.0f}) | {b.get('peak_rss_gb', '–')} GB |")
+                    f"(training {b['train_seconds'] / 60:.0f}) | {b.get('peak_rss_gb', '–')} GB | {measured_at(b)} |")
     return rows
 
 
