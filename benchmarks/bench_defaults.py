@@ -44,27 +44,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="one per run: the peak RSS read is the process's")
     args = parser.parse_args()
-    for name in [args.dataset]:
-        folder = dataset_dir(name)
-        train_set, test_set = load_beir(folder, "train"), load_beir(folder, "test")
-        work = RESULTS / f".defaults-{name}-run"
-        shutil.rmtree(work, ignore_errors=True)
-        started = time.perf_counter()
-        result = run_pipeline(train_set, work, test_set=test_set, show_progress=False, reporters=[])
-        seconds = round(time.perf_counter() - started, 1)
-        data = result.report.data
-        data.pop("per_query")
-        card = data["training_card"]
-        data["benchmark"] = {"dataset": name, "commit": commit(), "cpu_native_bf16": cpu_has_native_bf16(),
-                             "wall_seconds": seconds, "train_seconds": card["train_seconds"],
-                             "train_examples": card["train_examples"], "epochs": card["config"].get("epochs"),
-                             "method": card.get("chosen", card.get("method")), "candidates": card.get("candidates"),
-                             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
-                             "memory_plan": card.get("memory_plan"), "device": card.get("device"),
-                             "gate": card["gate"], "fusion": data["fusion"]}
-        saved = json.loads(save(f"defaults-{name}", data).read_text())  # enums as the JSON spells them
-        (RESULTS / f"defaults-{name}.md").write_text(markdown_report(saved) + "\n\n" + summary(saved["benchmark"]))
-        print(name, seconds, "s", {k: round(v["ndcg@10"], 4) for k, v in data["overall"].items()}, flush=True)
+    name = args.dataset
+    folder = dataset_dir(name)
+    train_set, test_set = load_beir(folder, "train"), load_beir(folder, "test")
+    work = RESULTS / f".defaults-{name}-run"
+    shutil.rmtree(work, ignore_errors=True)
+    started = time.perf_counter()
+    result = run_pipeline(train_set, work, test_set=test_set, show_progress=False, reporters=[])
+    seconds = round(time.perf_counter() - started, 1)
+    data = result.report.data
+    data.pop("per_query")
+    card = data["training_card"]
+    data["benchmark"] = {"dataset": name, "commit": commit(), "cpu_native_bf16": cpu_has_native_bf16(),
+                         "wall_seconds": seconds, "train_seconds": card["train_seconds"],
+                         "train_examples": card["train_examples"], "epochs": card["config"].get("epochs"),
+                         "method": card.get("chosen", card.get("method")), "candidates": card.get("candidates"),
+                         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+                         "memory_plan": card.get("memory_plan"), "device": card.get("device"),
+                         "gate": card["gate"], "fusion": data["fusion"]}
+    saved = json.loads(save(f"defaults-{name}", data).read_text())  # enums as the JSON spells them
+    (RESULTS / f"defaults-{name}.md").write_text(markdown_report(saved) + "\n\n" + summary(saved["benchmark"]))
+    print(name, seconds, "s", {k: round(v["ndcg@10"], 4) for k, v in data["overall"].items()}, flush=True)
 
 
 if __name__ == "__main__":

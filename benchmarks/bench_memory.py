@@ -318,7 +318,7 @@ def main() -> None:
     p.add_argument("--only", choices=("before", "after"), help="measure one side now (the other later, same --work)")
     p.add_argument("train_args", nargs="*", help="extra `ace train` options, for both runs")
     a = p.parse_args()
-    from common import save
+    from common import commit, save
 
     from ace_llamaindex.evaluate.stats import paired_bootstrap
 
@@ -329,11 +329,8 @@ def main() -> None:
     data = _data(a.dataset)
     train_file = work / "training_data.json"
     result: dict = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "dataset": a.dataset,
-                    "before_tree": str(a.before), "before_commit": subprocess.run(
-                        ["git", "-C", str(a.before), "rev-parse", "--short", "HEAD"], capture_output=True,
-                        text=True).stdout.strip(),
-                    "after_tree": str(a.after), "after_commit": subprocess.run(["git", "-C", str(a.after), "rev-parse", "--short", "HEAD"],
-                                                   capture_output=True, text=True).stdout.strip(),
+                    "before_tree": str(a.before), "before_commit": commit(a.before),
+                    "after_tree": str(a.after), "after_commit": commit(a.after),
                     "cpu_cores": os.cpu_count(), "cpu_native_bf16": cpu_has_native_bf16(), "runs": {}}
     if not train_file.exists():
         code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); from bench_memory import _mine; "

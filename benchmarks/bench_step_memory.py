@@ -82,7 +82,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=None)
     a = p.parse_args()
     from bench_memory import _mine
-    from common import RESULTS, save
+    from common import RESULTS, commit, save
 
     work = a.work or Path(tempfile.mkdtemp(prefix="bench-step-memory-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -102,12 +102,12 @@ def main() -> None:
     reference = summary[variants[0]]["train_seconds"]
     for s in summary.values():
         s["speed_vs_first"] = round(reference / s["train_seconds"], 3)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "commit": commit, "steps": a.steps,
+    at = commit()
+    result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "commit": at, "steps": a.steps,
               "cpu_cores": os.cpu_count(), "cpu_native_bf16": cpu_has_native_bf16(), "summary": summary,
               "runs": runs}
     save("step-memory-demo", result)
-    lines = [f"# What a CPU training step leaves behind (demo, {a.steps} steps, commit {commit})", "",
+    lines = [f"# What a CPU training step leaves behind (demo, {a.steps} steps, commit {at})", "",
              f"`{result['command']}`: each variant twice, in order then back, each in its own process.", "",
              f"| variant | peak RSS (GB, VmHWM) | peak during training (GB) | training s | speed vs {variants[0]} |",
              "|---|---:|---:|---:|---:|"]

@@ -21,9 +21,10 @@ def timed(store: dict, key: str):
     store[key] = round(time.perf_counter() - started, 1)
 
 
-def commit() -> str:
-    """The commit this checkout measures, with ``+changes`` when tracked code or docs differ from it."""
-    git = ["git", "-C", str(ROOT)]
+def commit(tree: Path = ROOT) -> str:
+    """The commit a checkout (this one, or a worktree being measured) is at, with ``+changes`` when its tracked code
+    or docs differ from it."""
+    git = ["git", "-C", str(tree)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
                            capture_output=True, text=True).stdout  # results written by earlier runs do not count

@@ -3,8 +3,8 @@
 Two caches outside the model grow with every step of a CPU fine-tune and are not needed from one step to the next:
 
 - **oneDNN's primitive cache.** bf16 matmuls on a CPU with native bf16 (AVX-512, AMX) run through oneDNN, which
-  compiles a primitive per shape and keeps up to 1024 of them. With dynamic padding nearly every mini-batch brings new shapes, so the cache grows
-  through the run while a step reuses only its own. :func:`bound_primitive_cache` sets
+  compiles a primitive per shape and keeps up to 1024 of them. With dynamic padding nearly every mini-batch brings
+  new shapes, so the cache grows through the run while a step reuses only its own. :func:`bound_primitive_cache` sets
   ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` unless the user has; oneDNN reads it once, at its first primitive, so it is set
   before training starts (fp32 inference does not go through oneDNN here: a process that trains after encoding is
   still in time).
