@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--docs", type=int, default=1000)
     p.add_argument("--batch-sizes", default="64,32,16")
     a = p.parse_args()
-    from common import dataset_dir, save
+    from common import commit, dataset_dir, save
 
     sizes = [int(x) for x in a.batch_sizes.split(",")]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
@@ -64,8 +64,7 @@ def main() -> None:
     first = summary[sizes[0]]["docs_per_s"]
     for s in summary.values():
         s["speed_vs_first"] = round(s["docs_per_s"] / first, 3)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    save(f"encode-memory-{a.dataset}", {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "commit": commit,
+    save(f"encode-memory-{a.dataset}", {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "commit": commit(),
                                         "docs": a.docs, "cpu_cores": os.cpu_count(), "summary": summary, "runs": runs})
     print(json.dumps(summary, indent=1))
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import save  # noqa: E402
+from common import commit, save  # noqa: E402
 
 _CHILD = """
 import json, sys
@@ -50,11 +50,6 @@ json.dump({"engine": type(index).__name__, "rankings": out}, open(sys.argv[2], "
 
 def _top10_differs(a: dict, b: dict) -> int:
     return sum(1 for q in a if [d for d, _ in a[q][:10]] != [d for d, _ in b[q][:10]])
-
-
-def _commit() -> str:
-    root = Path(__file__).resolve().parent.parent
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
 
 
 def main() -> None:
@@ -89,7 +84,7 @@ def main() -> None:
         result["exact_ties_in_one_list"][mode] = {"groups": len(gaps),
                                                   "largest_tie_breaker_gap": max(gaps) if gaps else None}
     print(json.dumps(result, indent=1))
-    print(save(a.name, {"commit": _commit(), **result}))
+    print(save(a.name, {"commit": commit(), **result}))
 
 
 if __name__ == "__main__":

@@ -153,6 +153,14 @@ def _warmup(ratio: float) -> dict[str, float]:
 # here: MNRL at batch 32 with 5 hard negatives on 256-token SciFact abstracts (224 MiniLM sequences: 6 layers,
 # 384 hidden, 12 heads) peaked at 20.6 GB RSS on a CPU.
 ACTIVATION_BYTES = 18
+# A CachedMNRL step on a CPU rises above its mini-batch's activations by what glibc keeps of the blocks earlier
+# mini-batches freed (blocks under its mmap threshold, which climbs to 32 MB, stay in the heap). On 256-token SciFact
+# abstracts, fp32 (benchmarks/results/step-rise-scifact.json), the step rose up to 1.03x, 1.15x, 1.42x what the plan
+# counted (estimate + headroom) at mini-batch 2, 4, 8, and 0.95x at 16 (its 50 MB attention maps are mapped and go
+# back); bf16 at 8 as much (train-speed-memory-scifact.json). So on a CPU a mini-batch counts at this factor: the most
+# those runs needed and a margin. Smaller mini-batches trained as fast there; giving freed blocks from 1 MB up back
+# to the system met the estimate at 0.63x the speed (step-rise-scifact-mmap.json).
+CPU_MINI_BATCH_FACTOR = 1.7
 DEFAULT_MAX_MEMORY_GB = 2.0  # the peak a default CPU run aims at (--max-memory; issue #40)
 FREE_SHARE = 0.8             # the default budget never exceeds this share of the memory free when training starts
 HEADROOM_GB = 0.3            # besides the step: tokenized batches, the evaluator's encoding, allocator slack
@@ -271,8 +279,10 @@ def plan_memory(model, rows: list[TrainingExample], config: TrainConfig, negativ
     limits = memory_budget(device, config.max_memory, model)
     budget = limits["activations"]
     cached = config.cached_loss if config.cached_loss is not None else plain > budget
-    mini = config.mini_batch_size or max(1, min(config.batch_size, int(budget // per_sequence(d_len))))
-    step = mini * per_sequence(d_len) if cached else plain
+    # plain MNRL's bytes per sequence were calibrated on its own step; a mini-batch's on a CPU carry the heap's share
+    per_text = per_sequence(d_len) * (CPU_MINI_BATCH_FACTOR if device.startswith("cpu") else 1.0)
+    mini = config.mini_batch_size or max(1, min(config.batch_size, int(budget // per_text)))
+    step = mini * per_text if cached else plain
     plan = {"loss": "CachedMultipleNegativesRankingLoss" if cached else "MultipleNegativesRankingLoss",
             "cached": bool(cached), "mini_batch_size": mini if cached else None,
             "estimated_step_gb": round(step / 1e9, 2), "plain_step_gb": round(plain / 1e9, 2),
