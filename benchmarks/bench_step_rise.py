@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import CACHE, RESULTS, commit, dataset_dir, save
+from common import RESULTS, commit, first_examples, save
 
 from ace_llamaindex.train.training import HEADROOM_GB, cpu_has_native_bf16
 
@@ -43,16 +43,11 @@ print("RESULT " + json.dumps({"peak_rss_gb": round(hwm * 1024 / 1e9, 3), "plan":
 
 
 def _examples(dataset: str, n: int, work: Path) -> Path:
-    from ace_llamaindex.data.beir import load_beir
-    from ace_llamaindex.embeddings.encoding import CachedEncoder
-    from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, save_training_data
+    from ace_llamaindex.mine.mining import save_training_data
 
     path = work / f"{dataset}-{n}.json"
     if not path.exists():
-        data = load_beir(dataset_dir(dataset), "train")
-        data = data.subset(sorted(data.queries)[:n])
-        examples = HardNegativeMiner("dense", CachedEncoder(cache_dir=CACHE, show_progress=False), show_progress=False,
-                                     options=MiningOptions(num_negatives=5, relative_margin=0.05)).mine(data)[:n]
+        examples = first_examples(dataset, n)
         save_training_data(examples, path, source=f"{dataset} train, {len(examples)} queries")
     return path
 

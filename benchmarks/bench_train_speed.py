@@ -27,12 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from common import CACHE, RESULTS, commit, dataset_dir, save
+from common import RESULTS, commit, first_examples, save
 
-from ace_llamaindex.data.beir import load_beir
-from ace_llamaindex.embeddings.encoding import CachedEncoder
 from ace_llamaindex.embeddings.models import open_model
-from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions, load_training_data, save_training_data
+from ace_llamaindex.mine.mining import load_training_data, save_training_data
 from ace_llamaindex.train.training import TrainConfig, choose_precision, cpu_has_native_bf16, to_hf_dataset, train
 
 
@@ -92,10 +90,7 @@ def main() -> None:
     sides = args.sides.split(",")
     if not set(sides) <= set(SIDES) or "plain" not in sides:
         parser.error(f"--sides: expected plain and any of {', '.join(SIDES)}, got {args.sides!r}")
-    data = load_beir(dataset_dir(args.dataset), "train")
-    data = data.subset(sorted(data.queries)[: args.examples])
-    examples = HardNegativeMiner("dense", CachedEncoder(cache_dir=CACHE, show_progress=False), show_progress=False,
-                                 options=MiningOptions(num_negatives=5, relative_margin=0.05)).mine(data)[: args.examples]
+    examples = first_examples(args.dataset, args.examples)
     work = RESULTS / ".train-speed-run"
     seconds: dict[str, list[float]] = {name: [] for name in sides}
     peaks: dict[str, list[float]] = {}  # each run's peak RSS (its own process, GB)

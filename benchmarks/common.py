@@ -42,3 +42,16 @@ def dataset_dir(name: str) -> Path:
     if not (path / "corpus.jsonl").exists():
         raise SystemExit(f"{path} is not a BEIR folder; set ACE_BENCH_DATA to the folder holding {name}/")
     return path
+
+
+def first_examples(dataset: str, n: int) -> list:
+    """The dataset's first ``n`` training queries (sorted ids), each with 5 hard negatives mined by the base model
+    (corpus vectors cached in ``CACHE``): the rows the training-speed and step-memory benchmarks train on."""
+    from ace_llamaindex.data.beir import load_beir
+    from ace_llamaindex.embeddings.encoding import CachedEncoder
+    from ace_llamaindex.mine.mining import HardNegativeMiner, MiningOptions
+
+    data = load_beir(dataset_dir(dataset), "train")
+    data = data.subset(sorted(data.queries)[:n])
+    return HardNegativeMiner("dense", CachedEncoder(cache_dir=CACHE, show_progress=False), show_progress=False,
+                             options=MiningOptions(num_negatives=5, relative_margin=0.05)).mine(data)[:n]
